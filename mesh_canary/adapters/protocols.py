@@ -1,0 +1,68 @@
+"""The small interfaces every adapter implements, one module per backend.
+
+Drivers (CLI, controller, simulator) hold one of each and feed what they return to the
+pure engine; the engine never sees them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mesh_canary.core.observations import Observation
+from mesh_canary.core.weights import ALL_STABLE, Weights
+
+__all__ = ["ALL_STABLE", "Announcement", "Clock", "MetricsSource", "Notifier", "StateStore", "TrafficRouter", "Weights"]
+
+
+
+
+class TrafficRouter(Protocol):
+    def set_weights(self, weights: Weights) -> None:
+        """Write the weights in one call; raise on failure (the driver retries)."""
+        ...
+
+    def get_weights(self) -> Weights:
+        """The weights currently in force (to notice someone else changing them)."""
+        ...
+
+
+class MetricsSource(Protocol):
+    def read(self, since: float, now: float) -> Observation:
+        """Counts per version accumulated over ``[since, now]``.
+
+        Never raises for missing or bad data: it returns an Observation whose
+        ``problem`` says what was wrong, so the engine's no-data rules decide.
+        """
+        ...
+
+
+class StateStore(Protocol):
+    def load(self) -> dict[str, Any] | None:
+        """The saved rollout state, or None when there is none yet."""
+        ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """Something a person should hear about: a step, a promotion, a rollback."""
+
+    rollout: str
+    kind: str  # Started | StepAdvanced | Paused | Resumed | Promoted | RolledBack | ...
+    message: str
+    severity: str = "info"  # info | warning
+    details: dict[str, Any] | None = None
+
+
+class Notifier(Protocol):
+    def notify(self, announcement: Announcement) -> None:
+        """Best effort: must not raise and must not block for long."""
+        ...
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...

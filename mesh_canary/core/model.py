@@ -1,0 +1,136 @@
+"""The typed rollout policy: what `policy.load_policy` returns after validation.
+
+Plain frozen dataclasses; durations are seconds, latencies milliseconds, shares 0..1,
+weights integer percent. The YAML contract (camelCase) is in docs/policy.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Strategy = Literal["canary", "blueGreen"]
+MetricKind = Literal[
+    "errorRate",
+    "latency",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "predictionDrift",
+    "featureDrift",
+    "trafficShare",
+    "custom",
+]
+
+
+@dataclass(frozen=True)
+class Destination:
+    host: str
+    subset: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    destination: Destination
+    version: str
+    metrics_version: str  # the label value metrics carry (defaults to `version`)
+
+
+@dataclass(frozen=True)
+class VirtualServiceRef:
+    name: str
+    namespace: str
+    routes: tuple[str, ...] = ()  # empty: every http route whose destinations are stable+candidate
+
+
+@dataclass(frozen=True)
+class CanarySpec:
+    steps: tuple[int, ...] = (5, 10, 25, 50, 100)
+    min_step_duration_s: float = 60.0
+    max_step_duration_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class BlueGreenSpec:
+    mirror_percent: int = 100
+    preview_duration_s: float = 600.0
+    post_switch_window_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One analysis check. Unset bounds are None; at least one bound is set."""
+
+    metric: MetricKind
+    name: str  # unique within the policy; defaults to the metric (plus qualifier)
+    quantile: float | None = None  # latency: which quantile
+    slower_than_ms: float | None = None  # latency: judge the share slower than this
+    max: float | None = None  # absolute SLO on the candidate (latency: ms)
+    min: float | None = None
+    max_increase: float | None = None  # candidate - stable (absolute units)
+    max_increase_ratio: float | None = None  # candidate / stable - 1
+    max_decrease: float | None = None  # stable - candidate (absolute units)
+    min_labeled: int | None = None  # accuracy family: labelled samples before promotion
+    class_: str | None = None  # precision/recall/f1: which class
+    feature: str | None = None  # featureDrift: which input feature
+    max_psi: float | None = None  # drift checks
+    max_deviation: float | None = None  # trafficShare
+    query: str | None = None  # custom: PromQL with {{ version }} and {{ window }}
+
+    @property
+    def is_relative(self) -> bool:
+        return (
+            self.max_increase is not None
+            or self.max_increase_ratio is not None
+            or self.max_decrease is not None
+            or self.max_psi is not None
+        )
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    interval_s: float = 30.0
+    confidence: float = 0.99
+    min_requests: int = 100
+    no_data_timeout_s: float = 300.0
+    checks: tuple[Check, ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricsSpec:
+    provider: Literal["prometheus", "local"] = "prometheus"
+    profile: Literal["istio", "envoy"] = "istio"
+    address: str = "http://prometheus.istio-system:9090"
+    version_label: str = "destination_version"
+    model_version_label: str = "version"  # label on the model metrics convention's series
+    timeout_s: float = 10.0
+    variables: dict[str, str] = field(default_factory=dict)  # for custom queries
+
+
+@dataclass(frozen=True)
+class Webhook:
+    url: str | None = None
+    url_from_env: str | None = None
+    url_from_secret: dict[str, str] | None = None  # {name, key}
+    format: Literal["slack", "json"] = "json"
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    namespace: str
+    virtual_service: VirtualServiceRef
+    stable: VersionSpec
+    candidate: VersionSpec
+    fallback: Destination | None = None
+    strategy: Strategy = "canary"
+    canary: CanarySpec = field(default_factory=CanarySpec)
+    blue_green: BlueGreenSpec = field(default_factory=BlueGreenSpec)
+    analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    metrics: MetricsSpec = field(default_factory=MetricsSpec)
+    approval: Literal["none", "beforePromotion"] = "none"
+    notifications: tuple[Webhook, ...] = ()
+    document: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    """The validated YAML document with defaults filled in (camelCase, as written)."""
