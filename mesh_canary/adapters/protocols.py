@@ -12,9 +12,16 @@ from typing import Any, Protocol
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.weights import ALL_STABLE, Weights
 
-__all__ = ["ALL_STABLE", "Announcement", "Clock", "MetricsSource", "Notifier", "StateStore", "TrafficRouter", "Weights"]
-
-
+__all__ = [
+    "ALL_STABLE",
+    "Announcement",
+    "Clock",
+    "MetricsSource",
+    "Notifier",
+    "StateStore",
+    "TrafficRouter",
+    "Weights",
+]
 
 
 class TrafficRouter(Protocol):

@@ -37,7 +37,7 @@ def format_duration(seconds: float) -> str:
     """The shortest readable form: 0.5 -> '500ms', 90 -> '1m30s'."""
     if seconds < 1 and seconds != 0:
         return f"{round(seconds * 1000)}ms"
-    rest = int(round(seconds))
+    rest = round(seconds)
     out = ""
     for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
         if rest >= size:

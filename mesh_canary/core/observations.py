@@ -40,7 +40,9 @@ class Histogram:
             return self
         if other.bounds != self.bounds:
             raise ValueError("histograms with different bucket bounds cannot be subtracted")
-        return Histogram(self.bounds, tuple(max(a - b, 0.0) for a, b in zip(self.counts, other.counts)))
+        return Histogram(
+            self.bounds, tuple(max(a - b, 0.0) for a, b in zip(self.counts, other.counts, strict=True))
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"bounds": [_enc(b) for b in self.bounds], "counts": list(self.counts)}

@@ -80,8 +80,6 @@ class JudgeContext:
 
 
 class Judge(Protocol):
-    def evaluate(
-        self, checks: Sequence[Check], window: Observation, ctx: JudgeContext
-    ) -> list[CheckResult]:
+    def evaluate(self, checks: Sequence[Check], window: Observation, ctx: JudgeContext) -> list[CheckResult]:
         """One result per check, in order. Pure: same inputs, same results."""
         ...

@@ -24,11 +24,18 @@ class Weights:
         return cls(stable=100 - percent, candidate=percent, mirror_percent=mirror_percent)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stable": self.stable, "candidate": self.candidate, "fallback": self.fallback, "mirrorPercent": self.mirror_percent}
+        return {
+            "stable": self.stable,
+            "candidate": self.candidate,
+            "fallback": self.fallback,
+            "mirrorPercent": self.mirror_percent,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Weights:
-        return cls(int(d["stable"]), int(d["candidate"]), int(d.get("fallback", 0)), int(d.get("mirrorPercent", 0)))
+        return cls(
+            int(d["stable"]), int(d["candidate"]), int(d.get("fallback", 0)), int(d.get("mirrorPercent", 0))
+        )
 
 
 ALL_STABLE = Weights(stable=100, candidate=0)

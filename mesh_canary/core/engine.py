@@ -1,0 +1,487 @@
+"""The rollout engine: a pure state machine over plain data.
+
+Every rule of a rollout lives here: steps, waiting, judging, promoting, rolling back,
+gates and deadlines. Drivers (the CLI, the controller, the simulator) call `start`, `tick`
+and `command` with the time and the latest observation, carry out the returned actions in
+order, then save the returned state. No I/O and no clock: the same inputs give the same
+decision, so what `simulate` shows is what production does.
+
+Carrying out a Decision: execute `actions` in order (a rollback's weight write is always
+the first action, so nothing can delay it), then save `state`. A driver that crashes
+between the two resumes from the older state; it never re-writes weights on resume, so a
+rollback that went through is never undone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from mesh_canary.core.durations import format_duration
+from mesh_canary.core.model import Check, Policy
+from mesh_canary.core.observations import Observation
+from mesh_canary.core.verdicts import CheckResult, Judge, JudgeContext, Verdict
+from mesh_canary.core.weights import ALL_STABLE, Weights
+
+
+class Phase(StrEnum):
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    WAITING_FOR_APPROVAL = "WaitingForApproval"
+    SUCCEEDED = "Succeeded"
+    ROLLED_BACK = "RolledBack"
+
+
+TERMINAL = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK})
+
+
+class Command(StrEnum):
+    ABORT = "abort"
+    PAUSE = "pause"
+    RESUME = "resume"
+    APPROVE = "approve"
+
+
+# ---- actions: what the driver must do, in order ------------------------------------
+
+
+@dataclass(frozen=True)
+class SetWeights:
+    weights: Weights
+    reason: str
+    rollback: bool = False  # the driver retries a rollback write hardest
+
+
+@dataclass(frozen=True)
+class Announce:
+    kind: str  # Started | StepAdvanced | Holding | Paused | Resumed | Approved |
+    #            WaitingForApproval | Switched | Promoted | RolledBack
+    message: str
+    severity: str = "info"
+
+
+Action = SetWeights | Announce
+
+
+# ---- state ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    weight: int
+    start_s: float
+    end_s: float | None = None
+    verdict: str | None = None  # pass | fail | None while the step runs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weight": self.weight, "startS": self.start_s, "endS": self.end_s, "verdict": self.verdict}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StepRecord:
+        return cls(int(d["weight"]), float(d["startS"]), d.get("endS"), d.get("verdict"))
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """Everything needed to resume a rollout exactly. Times are the driver's clock (s)."""
+
+    name: str
+    strategy: str
+    phase: Phase
+    step_index: int  # canary: index into steps; blueGreen: 0 preview, 1 after the switch
+    weights: Weights
+    started_at: float
+    step_started_at: float  # also the start of the metrics window being judged
+    last_data_at: float  # last tick at which the candidate had data
+    last_tick_at: float | None = None
+    paused: bool = False
+    approved: bool = False
+    finished_at: float | None = None
+    reason: str = ""
+    failed_checks: tuple[str, ...] = ()
+    checks: tuple[CheckResult, ...] = ()  # the latest verdict of every check
+    steps: tuple[StepRecord, ...] = ()
+    stable_baseline: Observation | None = None  # blueGreen: stable's preview window
+    policy_fingerprint: str = ""
+    ticks: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL
+
+    @property
+    def window_start(self) -> float:
+        """The metrics window being judged starts with the step."""
+        return self.step_started_at
+
+    def next_tick_at(self, policy: Policy) -> float:
+        base = self.last_tick_at if self.last_tick_at is not None else self.step_started_at
+        return base + policy.analysis.interval_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "strategy": self.strategy,
+            "phase": self.phase.value,
+            "stepIndex": self.step_index,
+            "weights": self.weights.to_dict(),
+            "startedAt": self.started_at,
+            "stepStartedAt": self.step_started_at,
+            "lastDataAt": self.last_data_at,
+            "lastTickAt": self.last_tick_at,
+            "paused": self.paused,
+            "approved": self.approved,
+            "finishedAt": self.finished_at,
+            "reason": self.reason,
+            "failedChecks": list(self.failed_checks),
+            "checks": [c.to_dict() for c in self.checks],
+            "steps": [s.to_dict() for s in self.steps],
+            "stableBaseline": self.stable_baseline.to_dict() if self.stable_baseline else None,
+            "policyFingerprint": self.policy_fingerprint,
+            "ticks": self.ticks,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RolloutState:
+        base = d.get("stableBaseline")
+        return cls(
+            name=d["name"],
+            strategy=d["strategy"],
+            phase=Phase(d["phase"]),
+            step_index=int(d["stepIndex"]),
+            weights=Weights.from_dict(d["weights"]),
+            started_at=float(d["startedAt"]),
+            step_started_at=float(d["stepStartedAt"]),
+            last_data_at=float(d["lastDataAt"]),
+            last_tick_at=d.get("lastTickAt"),
+            paused=bool(d.get("paused", False)),
+            approved=bool(d.get("approved", False)),
+            finished_at=d.get("finishedAt"),
+            reason=d.get("reason", ""),
+            failed_checks=tuple(d.get("failedChecks", ())),
+            checks=tuple(CheckResult.from_dict(c) for c in d.get("checks", ())),
+            steps=tuple(StepRecord.from_dict(s) for s in d.get("steps", ())),
+            stable_baseline=Observation.from_dict(base) if base else None,
+            policy_fingerprint=d.get("policyFingerprint", ""),
+            ticks=int(d.get("ticks", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: RolloutState
+    actions: tuple[Action, ...] = field(default_factory=tuple)
+
+    @property
+    def weight_writes(self) -> list[SetWeights]:
+        return [a for a in self.actions if isinstance(a, SetWeights)]
+
+    @property
+    def announcements(self) -> list[Announce]:
+        return [a for a in self.actions if isinstance(a, Announce)]
+
+
+# ---- the rules ------------------------------------------------------------------------
+
+
+def policy_fingerprint(policy: Policy) -> str:
+    """Identifies what is being rolled out: a changed candidate restarts the rollout."""
+    spec = policy.document.get("spec", {}) if policy.document else {}
+    key = json.dumps(
+        {"spec": spec, "candidate": policy.candidate.version, "stable": policy.stable.version},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def schedule(policy: Policy) -> tuple[int, ...]:
+    """Candidate weight per step. blueGreen: 0 while previewing (mirrored), then 100."""
+    if policy.strategy == "blueGreen":
+        return (0, 100)
+    return policy.canary.steps
+
+
+def _weights_for_step(policy: Policy, index: int) -> Weights:
+    weight = schedule(policy)[index]
+    if policy.strategy == "blueGreen" and index == 0:
+        return Weights.candidate_at(0, mirror_percent=policy.blue_green.mirror_percent)
+    return Weights.candidate_at(weight)
+
+
+def _judged_windows(policy: Policy) -> int:
+    """How many windows share the rollout's false-rollback budget."""
+    if policy.strategy == "blueGreen":
+        return 2
+    return max(sum(1 for w in policy.canary.steps if w < 100), 1)
+
+
+def start(policy: Policy, now: float) -> Decision:
+    weights = _weights_for_step(policy, 0)
+    state = RolloutState(
+        name=policy.name,
+        strategy=policy.strategy,
+        phase=Phase.PROGRESSING,
+        step_index=0,
+        weights=weights,
+        started_at=now,
+        step_started_at=now,
+        last_data_at=now,
+        steps=(StepRecord(weight=schedule(policy)[0], start_s=0.0),),
+        policy_fingerprint=policy_fingerprint(policy),
+    )
+    what = (
+        f"mirroring {weights.mirror_percent}% of traffic to the candidate"
+        if policy.strategy == "blueGreen"
+        else f"{weights.candidate}% of traffic to the candidate"
+    )
+    msg = f"started rolling out {policy.candidate.version} over {policy.stable.version}: {what}"
+    return Decision(state, (SetWeights(weights, "start"), Announce("Started", msg)))
+
+
+def command(policy: Policy, state: RolloutState, cmd: Command | str, now: float) -> Decision:
+    """A person's order: abort, pause, resume or approve."""
+    cmd = Command(cmd)
+    if state.terminal:
+        return Decision(state)
+    if cmd is Command.ABORT:
+        return _roll_back(state, now, "aborted by a person (manual rollback)", ("manual",))
+    if cmd is Command.PAUSE:
+        if state.paused:
+            return Decision(state)
+        new = replace(state, paused=True, phase=Phase.PAUSED)
+        return Decision(
+            new, (Announce("Paused", f"paused at {state.weights.candidate}% (checks still run)"),)
+        )
+    if cmd is Command.RESUME:
+        if not state.paused:
+            return Decision(state)
+        phase = Phase.WAITING_FOR_APPROVAL if _waiting_for_approval(policy, state) else Phase.PROGRESSING
+        new = replace(state, paused=False, phase=phase)
+        return Decision(new, (Announce("Resumed", f"resumed at {state.weights.candidate}%"),))
+    # approve
+    new = replace(state, approved=True)
+    if new.phase is Phase.WAITING_FOR_APPROVAL:
+        new = replace(new, phase=Phase.PROGRESSING)
+    return Decision(new, (Announce("Approved", "promotion approved by a person"),))
+
+
+def tick(
+    policy: Policy,
+    state: RolloutState,
+    observation: Observation,
+    now: float,
+    judge: Judge,
+) -> Decision:
+    """One analysis: judge the step's window and decide to hold, advance or roll back."""
+    if state.terminal:
+        return Decision(state)
+    state = replace(state, last_tick_at=now, ticks=state.ticks + 1)
+    checks = policy.analysis.checks
+
+    no_data = _no_data_reason(observation)
+    if no_data is not None:
+        results = tuple(
+            CheckResult(name=c.name, metric=c.metric, verdict=Verdict.INCONCLUSIVE, reason=no_data)
+            for c in checks
+        )
+        state = replace(state, checks=results)
+        silent_for = now - state.last_data_at
+        if silent_for >= policy.analysis.no_data_timeout_s:
+            return _roll_back(
+                state,
+                now,
+                f"no data: {no_data} for {format_duration(silent_for)} "
+                f"(noDataTimeout {format_duration(policy.analysis.no_data_timeout_s)})",
+                ("noData",),
+            )
+        return _check_step_deadline(policy, state, now) or Decision(state)
+
+    state = replace(state, last_data_at=now)
+    if policy.strategy == "blueGreen" and state.step_index == 0:
+        # Relative checks after the switch compare with what stable did during preview.
+        state = replace(state, stable_baseline=observation)
+    results = tuple(judge.evaluate(checks, observation, _context(policy, state)))
+    state = replace(state, checks=results)
+
+    failed = [r for r in results if r.verdict is Verdict.FAIL]
+    if failed:
+        reason = "; ".join(f"{r.name}: {r.reason}" for r in failed)
+        return _roll_back(state, now, reason, tuple(r.name for r in failed))
+
+    if state.paused:
+        return Decision(state)
+
+    in_step = now - state.step_started_at
+    final_window = state.step_index + 1 == len(schedule(policy)) - 1 or policy.strategy == "blueGreen"
+    ready = in_step >= _min_duration(policy, state) and all(
+        _ready(r, c, final_window) for r, c in zip(results, checks, strict=True)
+    )
+    if not ready:
+        return _check_step_deadline(policy, state, now) or Decision(state)
+    return _advance(policy, state, now)
+
+
+def _no_data_reason(obs: Observation) -> str | None:
+    if obs.problem:
+        return obs.problem
+    if obs.candidate.requests <= 0:
+        return "no requests reached the candidate"
+    return None
+
+
+def _context(policy: Policy, state: RolloutState) -> JudgeContext:
+    mirrored = policy.strategy == "blueGreen" and state.step_index == 0
+    share = 0.5 if mirrored else state.weights.candidate / 100.0
+    return JudgeContext(
+        candidate_share=share,
+        alpha=(1.0 - policy.analysis.confidence) / _judged_windows(policy),
+        min_requests=policy.analysis.min_requests,
+        mirrored=mirrored,
+        step_index=state.step_index,
+        step_count=len(schedule(policy)),
+        stable_baseline=state.stable_baseline if policy.strategy == "blueGreen" else None,
+    )
+
+
+_LABEL_METRICS = frozenset({"accuracy", "precision", "recall", "f1"})
+
+
+def _ready(result: CheckResult, check: Check, final_window: bool) -> bool:
+    """May the step advance as far as this check is concerned?
+
+    A check that passes is ready. An inconclusive one is ready once it has its minimum
+    samples and does not lean towards failure (proving non-inferiority within a tight
+    tolerance can take far more traffic than a step sees). Label-based checks need their
+    `minLabeled` only before promotion: labels arrive late and slowly at small weights.
+    """
+    if result.verdict is Verdict.PASS:
+        return True
+    if result.leaning_fail:
+        return False
+    if result.enough_data:
+        return True
+    return check.metric in _LABEL_METRICS and not final_window
+
+
+def _min_duration(policy: Policy, state: RolloutState) -> float:
+    if policy.strategy == "blueGreen":
+        bg = policy.blue_green
+        return bg.preview_duration_s if state.step_index == 0 else bg.post_switch_window_s
+    return policy.canary.min_step_duration_s
+
+
+def _max_duration(policy: Policy, state: RolloutState) -> float:
+    if policy.strategy == "blueGreen":
+        return max(_min_duration(policy, state), policy.canary.max_step_duration_s)
+    return policy.canary.max_step_duration_s
+
+
+def _check_step_deadline(policy: Policy, state: RolloutState, now: float) -> Decision | None:
+    """Still undecided past maxStepDuration: roll back (fail closed)."""
+    if state.paused or state.phase is Phase.WAITING_FOR_APPROVAL:
+        return None
+    in_step = now - state.step_started_at
+    limit = _max_duration(policy, state)
+    if in_step < limit:
+        return None
+    holding = [r.name for r in state.checks if r.verdict is not Verdict.PASS]
+    why = ", ".join(holding) if holding else "no verdict"
+    return _roll_back(
+        state,
+        now,
+        f"step {state.step_index + 1} at {state.weights.candidate}% still inconclusive after "
+        f"{format_duration(in_step)} (maxStepDuration {format_duration(limit)}): {why}",
+        ("stepTimeout",),
+    )
+
+
+def _waiting_for_approval(policy: Policy, state: RolloutState) -> bool:
+    return policy.approval == "beforePromotion" and not state.approved
+
+
+def _close_step(state: RolloutState, now: float, verdict: str) -> tuple[StepRecord, ...]:
+    if not state.steps:
+        return state.steps
+    last = replace(state.steps[-1], end_s=now - state.started_at, verdict=verdict)
+    return (*state.steps[:-1], last)
+
+
+def _advance(policy: Policy, state: RolloutState, now: float) -> Decision:
+    sched = schedule(policy)
+    nxt = state.step_index + 1
+    promoting = sched[nxt] == 100 if nxt < len(sched) else True
+    if policy.strategy == "blueGreen" and state.step_index == 1:
+        # The post-switch window passed with no failure: stable may be retired.
+        return _finish(policy, state, now)
+    if promoting and _waiting_for_approval(policy, state):
+        if state.phase is Phase.WAITING_FOR_APPROVAL:
+            return Decision(state)
+        new = replace(state, phase=Phase.WAITING_FOR_APPROVAL)
+        return Decision(
+            new,
+            (Announce("WaitingForApproval", "all checks ready: waiting for `mesh-canary rollout approve`"),),
+        )
+    weights = _weights_for_step(policy, nxt)
+    steps = (*_close_step(state, now, "pass"), StepRecord(weight=sched[nxt], start_s=now - state.started_at))
+    new = replace(
+        state,
+        phase=Phase.PROGRESSING,
+        step_index=nxt,
+        weights=weights,
+        step_started_at=now,
+        steps=steps,
+    )
+    if policy.strategy == "blueGreen":
+        window = format_duration(policy.blue_green.post_switch_window_s)
+        msg = f"switched 100% of traffic to {policy.candidate.version}; watching for {window}"
+        return Decision(new, (SetWeights(weights, "switch"), Announce("Switched", msg)))
+    if promoting:
+        return _finish(policy, new, now, weights_to_write=weights)
+    msg = f"step {nxt + 1}/{len(sched)}: {weights.candidate}% of traffic to {policy.candidate.version}"
+    return Decision(new, (SetWeights(weights, f"step {nxt + 1}"), Announce("StepAdvanced", msg)))
+
+
+def _finish(
+    policy: Policy, state: RolloutState, now: float, weights_to_write: Weights | None = None
+) -> Decision:
+    weights = weights_to_write or Weights.candidate_at(100)
+    steps = _close_step(state, now, "pass")
+    new = replace(
+        state,
+        phase=Phase.SUCCEEDED,
+        weights=weights,
+        finished_at=now,
+        reason="all checks passed",
+        steps=steps,
+    )
+    msg = f"promoted {policy.candidate.version}: 100% of traffic, all checks passed"
+    actions: tuple[Action, ...] = (Announce("Promoted", msg),)
+    if weights_to_write is not None:
+        actions = (SetWeights(weights, "promote"), *actions)
+    return Decision(new, actions)
+
+
+def _roll_back(state: RolloutState, now: float, reason: str, failed: Sequence[str]) -> Decision:
+    new = replace(
+        state,
+        phase=Phase.ROLLED_BACK,
+        weights=ALL_STABLE,
+        paused=False,
+        finished_at=now,
+        reason=reason,
+        failed_checks=tuple(failed),
+        steps=_close_step(state, now, "fail"),
+    )
+    # The write of 100% stable comes first: nothing may delay it.
+    return Decision(
+        new,
+        (
+            SetWeights(ALL_STABLE, reason, rollback=True),
+            Announce("RolledBack", f"rolled back to 100% stable: {reason}", severity="warning"),
+        ),
+    )
