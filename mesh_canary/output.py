@@ -1,0 +1,135 @@
+"""How results are shown: JSON/YAML documents for scripts, tables and a live display for people."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from mesh_canary.core.engine import RolloutState, schedule
+from mesh_canary.core.model import Policy
+from mesh_canary.core.observations import Observation
+from mesh_canary.core.verdicts import CheckResult
+
+_VERDICT_STYLE = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}
+
+
+def dump(doc: Any, fmt: str) -> str:
+    if fmt == "yaml":
+        return yaml.safe_dump(doc, sort_keys=False)
+    return json.dumps(doc, indent=2)
+
+
+def rollout_document(policy: Policy, state: RolloutState, outcome: str | None = None) -> dict[str, Any]:
+    """The facts a script needs about one rollout (same content as the text view)."""
+    sched = schedule(policy)
+    return {
+        "name": state.name,
+        "outcome": outcome,
+        "phase": state.phase.value,
+        "reason": state.reason,
+        "failedChecks": list(state.failed_checks),
+        "stable": policy.stable.version,
+        "candidate": policy.candidate.version,
+        "step": state.step_index + 1,
+        "stepCount": len(sched),
+        "weights": state.weights.to_dict(),
+        "startedAt": state.started_at,
+        "finishedAt": state.finished_at,
+        "durationS": None if state.finished_at is None else round(state.finished_at - state.started_at, 3),
+        "checks": [c.to_dict() for c in state.checks],
+        "steps": [s.to_dict() for s in state.steps],
+    }
+
+
+def _fmt(x: float | None, metric: str) -> str:
+    if x is None:
+        return "-"
+    if metric == "latency" and abs(x) >= 1:
+        return f"{x:.0f}ms" if abs(x) >= 10 else f"{x:.1f}ms"
+    if metric in {"errorRate", "accuracy", "precision", "recall", "f1", "trafficShare"}:
+        return f"{x * 100:.2f}%"
+    return f"{x:.3g}"
+
+
+def checks_table(checks: tuple[CheckResult, ...] | list[CheckResult]) -> Table:
+    t = Table(box=None, pad_edge=False, show_edge=False)
+    for col in ("check", "verdict", "candidate", "stable", "bounds", "tolerance", "n"):
+        t.add_column(col)
+    for c in checks:
+        bounds = (
+            "-"
+            if c.lower is None and c.upper is None
+            else f"{_fmt(c.lower, c.metric)}..{_fmt(c.upper, c.metric)}"
+        )
+        t.add_row(
+            c.name,
+            Text(c.verdict.value, style=_VERDICT_STYLE.get(c.verdict.value, "")),
+            _fmt(c.estimate, c.metric),
+            _fmt(c.stable_estimate, c.metric),
+            bounds,
+            c.bound or "-",
+            f"{c.samples:.0f}",
+        )
+    return t
+
+
+def headline(policy: Policy, state: RolloutState, now: float | None = None) -> Text:
+    sched = schedule(policy)
+    w = state.weights
+    elapsed = "" if now is None else f"  step time {now - state.step_started_at:.0f}s"
+    mirror = f" (+{w.mirror_percent}% mirrored)" if w.mirror_percent else ""
+    return Text.assemble(
+        (f"{state.name} ", "bold"),
+        f"{policy.stable.version} -> {policy.candidate.version}  ",
+        (f"{state.phase.value}", "bold cyan"),
+        f"  step {state.step_index + 1}/{len(sched)}  weights stable {w.stable}% / candidate {w.candidate}%{mirror}",
+        elapsed,
+    )
+
+
+def render_state(policy: Policy, state: RolloutState, now: float | None = None) -> Group:
+    parts: list[Any] = [headline(policy, state, now)]
+    if state.checks:
+        parts.append(checks_table(state.checks))
+    if state.reason and state.terminal:
+        style = "green" if state.phase.value == "Succeeded" else "bold red"
+        parts.append(Text(f"{state.phase.value}: {state.reason}", style=style))
+    return Group(*parts)
+
+
+class LiveProgress:
+    """A live display of the rollout for a terminal; plain lines when not a terminal."""
+
+    def __init__(self, policy: Policy, console: Console | None = None) -> None:
+        self.policy = policy
+        self.console = console or Console(stderr=True)
+        self._live: Live | None = None
+        self._last_line = ""
+
+    def __enter__(self) -> LiveProgress:
+        if self.console.is_terminal:
+            self._live = Live(console=self.console, refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def update(self, state: RolloutState, observation: Observation | None) -> None:
+        now = observation.at if observation is not None else None
+        if self._live is not None:
+            self._live.update(render_state(self.policy, state, now))
+            return
+        # Not a terminal (CI logs): one line per change of step or phase, plus verdicts.
+        verdicts = " ".join(f"{c.name}={c.verdict.value}" for c in state.checks)
+        line = f"{headline(self.policy, state).plain}  {verdicts}"
+        if line != self._last_line:
+            self.console.print(line, highlight=False)
+            self._last_line = line

@@ -1,0 +1,224 @@
+"""The runner carries out the engine's decisions: order, retries, resume, notifications.
+
+Fakes of the adapter Protocols only (unit tier); the real adapters have their own tests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from mesh_canary.adapters.clock import VirtualClock
+from mesh_canary.adapters.file_store import FileStateStore, MemoryStateStore
+from mesh_canary.adapters.notifiers import BackgroundNotifier
+from mesh_canary.adapters.protocols import Announcement
+from mesh_canary.core.engine import Command, Phase
+from mesh_canary.core.observations import Observation, VersionCounts
+from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.runner import RolloutRunner, RouterWriteError
+from tests.test_engine import ScriptedJudge, make_policy
+
+
+class Journal:
+    """One ordered record of every side effect, to check what happened first."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, object]] = []
+
+
+class FakeRouter:
+    def __init__(self, journal: Journal, fail_times: int = 0) -> None:
+        self.journal = journal
+        self.weights = ALL_STABLE
+        self.fail_times = fail_times
+
+    def set_weights(self, weights: Weights) -> None:
+        if self.fail_times > 0:
+            self.fail_times -= 1
+            raise ConnectionError("api server unreachable")
+        self.weights = weights
+        self.journal.entries.append(("weights", weights))
+
+    def get_weights(self) -> Weights:
+        return self.weights
+
+
+class FakeMetrics:
+    def __init__(self, errors_at: float | None = None) -> None:
+        self.errors_at = errors_at
+        self.reads: list[tuple[float, float]] = []
+
+    def read(self, since: float, now: float) -> Observation:
+        self.reads.append((since, now))
+        errors = 5.0 if self.errors_at is not None and now >= self.errors_at else 0.0
+        return Observation(
+            since=since,
+            at=now,
+            stable=VersionCounts(requests=100),
+            candidate=VersionCounts(requests=100, errors=errors),
+        )
+
+
+class JournalStore(MemoryStateStore):
+    def __init__(self, journal: Journal) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def save(self, state: dict[str, object]) -> None:  # type: ignore[override]
+        super().save(state)  # type: ignore[arg-type]
+        self.journal.entries.append(("save", state["phase"]))
+
+
+class JournalNotifier:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.kinds: list[str] = []
+
+    def notify(self, announcement: Announcement) -> None:
+        self.kinds.append(announcement.kind)
+        self.journal.entries.append(("notify", announcement.kind))
+
+
+def make_runner(
+    journal: Journal, **kw: object
+) -> tuple[RolloutRunner, FakeRouter, FakeMetrics, JournalNotifier]:
+    router = FakeRouter(journal, fail_times=kw.pop("fail_times", 0))  # type: ignore[arg-type]
+    metrics = FakeMetrics(errors_at=kw.pop("errors_at", None))  # type: ignore[arg-type]
+    notifier = JournalNotifier(journal)
+    store = kw.pop("store", None) or JournalStore(journal)
+    runner = RolloutRunner(
+        make_policy(),
+        router,
+        metrics,
+        store,
+        notifier,
+        VirtualClock(),
+        judge=ScriptedJudge(),
+        **kw,  # type: ignore[arg-type]
+    )
+    return runner, router, metrics, notifier
+
+
+def tick_after(runner: RolloutRunner, seconds: float = 30.0) -> object:
+    runner.clock.sleep(seconds)
+    return runner.tick_once()
+
+
+def test_healthy_run_promotes_and_router_ends_at_100() -> None:
+    j = Journal()
+    runner, router, metrics, notifier = make_runner(j)
+    result = runner.run()
+    assert result.outcome == "promoted" and result.exit_code == 0
+    assert router.weights == Weights(0, 100)
+    assert notifier.kinds[0] == "Started" and notifier.kinds[-1] == "Promoted"
+    # Reads cover the current step's window, every interval.
+    assert metrics.reads[0] == (0.0, 30.0) and metrics.reads[2] == (60.0, 90.0)
+
+
+def test_rollback_writes_stable_before_saving_or_notifying() -> None:
+    j = Journal()
+    runner, _router, _, _ = make_runner(j, errors_at=90.0)
+    result = runner.run()
+    assert result.outcome == "rolled_back" and result.exit_code == 3
+    i = j.entries.index(("weights", ALL_STABLE))
+    assert j.entries[i + 1] == ("save", "RolledBack")
+    assert j.entries[i + 2] == ("notify", "RolledBack")
+    assert not any(e[0] == "notify" and e[1] == "RolledBack" for e in j.entries[:i])
+
+
+def test_rollback_write_is_retried_hardest() -> None:
+    j = Journal()
+    runner, router, _, _ = make_runner(j, errors_at=30.0)
+    runner.start_or_resume()
+    router.fail_times = 10  # more than a step write's 3 tries
+    state = tick_after(runner)
+    assert state.phase is Phase.ROLLED_BACK and router.weights == ALL_STABLE
+
+
+def test_a_step_write_that_keeps_failing_raises_and_saves_nothing_new() -> None:
+    j = Journal()
+    runner, _router, _, _ = make_runner(j, fail_times=5)
+    with pytest.raises(RouterWriteError, match="weight change to 10%"):
+        runner.start_or_resume()
+    assert not any(e[0] == "save" for e in j.entries)
+
+
+def test_resume_from_saved_state_continues_without_rewriting_weights(tmp_path: object) -> None:
+    path = tmp_path / "state.json"  # type: ignore[operator]
+    j1 = Journal()
+    first, _router1, _, _ = make_runner(j1, store=FileStateStore(path))
+    first.start_or_resume()
+    for _ in range(3):  # into step 2 (50%) at t=60
+        tick_after(first)
+    assert first.state is not None and first.state.step_index == 1
+    # A new process: same policy, same state file; the router already holds 50%.
+    j2 = Journal()
+    second, router2, _, _ = make_runner(j2, store=FileStateStore(path))
+    router2.weights = Weights(50, 50)
+    second.clock.sleep(90)
+    state = second.start_or_resume()
+    assert state.step_index == 1 and state.to_dict() == first.state.to_dict()
+    assert not any(e[0] == "weights" for e in j2.entries)
+    result = second.run()
+    assert result.outcome == "promoted"
+    assert [e[1] for e in j2.entries if e[0] == "weights"] == [Weights(0, 100)]
+
+
+def test_changed_policy_starts_over(tmp_path: object) -> None:
+    path = tmp_path / "state.json"  # type: ignore[operator]
+    runner, _, _, _ = make_runner(Journal(), store=FileStateStore(path))
+    runner.start_or_resume()
+    tick_after(runner)
+    tick_after(runner)
+    other = make_runner(Journal(), store=FileStateStore(path))[0]
+    other.policy = replace(other.policy, candidate=replace(other.policy.candidate, version="9.9"))
+    assert other.start_or_resume().step_index == 0
+
+
+def test_abort_request_rolls_back_on_the_next_turn() -> None:
+    j = Journal()
+    runner, router, _, _notifier = make_runner(j)
+    runner.start_or_resume()
+    runner.request(Command.ABORT)
+    result = runner.run()
+    assert result.outcome == "rolled_back" and result.state.failed_checks == ("manual",)
+    assert router.weights == ALL_STABLE
+
+
+def test_timeout_leaves_the_rollout_unfinished_with_exit_4() -> None:
+    runner, _, _, _ = make_runner(Journal())
+    result = runner.run(timeout_s=45)
+    assert result.outcome == "timed_out" and result.exit_code == 4
+
+
+def test_external_weight_change_is_announced_not_fought() -> None:
+    j = Journal()
+    runner, router, _, notifier = make_runner(j)
+    runner.start_or_resume()
+    router.weights = Weights(100, 0)  # Argo CD synced the VirtualService back
+    tick_after(runner)
+    assert "ExternalChange" in notifier.kinds
+    assert runner.external_change is not None and "live 100/0" in runner.external_change
+    assert [e for e in j.entries if e[0] == "weights"] == [("weights", Weights(90, 10))]
+
+
+def test_background_notifier_never_delays_the_caller() -> None:
+    release = threading.Event()
+    delivered: list[str] = []
+
+    class SlowWebhook:
+        def notify(self, a: Announcement) -> None:
+            release.wait(5)
+            delivered.append(a.kind)
+
+    bg = BackgroundNotifier(SlowWebhook())
+    t0 = time.perf_counter()
+    for k in ("RolledBack", "Other"):
+        bg.notify(Announcement("r", k, "m"))
+    assert time.perf_counter() - t0 < 1.0  # a blocking call would take the full 5 s
+    release.set()
+    bg.close()
+    assert delivered == ["RolledBack", "Other"]
