@@ -106,14 +106,15 @@ def render_state(policy: Policy, state: RolloutState, now: float | None = None) 
 class LiveProgress:
     """A live display of the rollout for a terminal; plain lines when not a terminal."""
 
-    def __init__(self, policy: Policy, console: Console | None = None) -> None:
+    def __init__(self, policy: Policy, console: Console | None = None, enabled: bool = True) -> None:
         self.policy = policy
+        self.enabled = enabled
         self.console = console or Console(stderr=True)
         self._live: Live | None = None
         self._last_line = ""
 
     def __enter__(self) -> LiveProgress:
-        if self.console.is_terminal:
+        if self.enabled and self.console.is_terminal:
             self._live = Live(console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()
         return self
@@ -123,6 +124,8 @@ class LiveProgress:
             self._live.__exit__(None, None, None)
 
     def update(self, state: RolloutState, observation: Observation | None) -> None:
+        if not self.enabled:
+            return
         now = observation.at if observation is not None else None
         if self._live is not None:
             self._live.update(render_state(self.policy, state, now))

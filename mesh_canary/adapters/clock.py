@@ -16,8 +16,8 @@ class SystemClock:
         return time.time()
 
     def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            self._wake.wait(seconds)
+        if seconds > 0 and self._wake.wait(seconds):
+            self._wake.clear()  # woken early: later sleeps must sleep again
 
     def wake(self) -> None:
         self._wake.set()

@@ -1,0 +1,118 @@
+"""Wiring: which adapters a command uses for a backend, and running one rollout with them."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import replace
+
+from mesh_canary.adapters.clock import SystemClock
+from mesh_canary.adapters.file_store import FileStateStore, MemoryStateStore
+from mesh_canary.adapters.notifiers import notifier_for_policy
+from mesh_canary.adapters.protocols import MetricsSource, StateStore, TrafficRouter
+from mesh_canary.core.model import Policy
+from mesh_canary.runner import RolloutRunner, RunResult
+
+log = logging.getLogger("mesh_canary.drivers")
+
+# The degraded candidate of `run --candidate degraded` and the demo: more errors, slower,
+# and quietly less accurate, as bad models are.
+DEGRADED = {"error_rate": 0.08, "extra_latency_ms": 40.0, "accuracy_drop": 0.2}
+
+
+def prometheus_available() -> bool:
+    return shutil.which("prometheus") is not None
+
+
+@contextlib.contextmanager
+def local_backend(
+    policy: Policy, candidate_degraded: bool, rps: float, metrics_mode: str = "direct", seed: int = 1
+) -> Iterator[tuple[TrafficRouter, MetricsSource, object]]:
+    """The embedded local mesh for this policy: model servers behind a real Envoy, with load."""
+    from mesh_canary.localmesh.mesh import HEALTHY, Degradation, LoadSettings, LocalMesh
+
+    candidate = Degradation(**DEGRADED) if candidate_degraded else HEALTHY  # type: ignore[arg-type]
+    with LocalMesh(
+        policy.stable.metrics_version,
+        policy.candidate.metrics_version,
+        candidate=candidate,
+        seed=seed,
+        load=LoadSettings(rate=rps),
+    ) as mesh:
+        mesh.start_load()
+        if metrics_mode == "prometheus" or (metrics_mode == "auto" and prometheus_available()):
+            from mesh_canary.adapters.prometheus import PrometheusMetricsSource
+            from mesh_canary.localmesh.prometheus import LocalPrometheus
+
+            with LocalPrometheus(mesh) as prom:
+                local_policy = replace(policy, metrics=replace(policy.metrics, profile="envoy"))
+                yield mesh.router, PrometheusMetricsSource(local_policy, url=prom.url), mesh
+        else:
+            yield mesh.router, mesh.metrics_source(), mesh
+
+
+def run_policy(
+    policy: Policy,
+    *,
+    backend: str,
+    prometheus_url: str | None = None,
+    metrics_mode: str = "auto",
+    kubeconfig: str | None = None,
+    kube_context: str | None = None,
+    state_path: str | None = None,
+    timeout_s: float | None = None,
+    candidate_degraded: bool = False,
+    rps: float = 100.0,
+    live: bool = True,
+) -> RunResult:
+    """`mesh-canary run`: one rollout in this process, start to finish."""
+    store: StateStore = FileStateStore(state_path) if state_path else MemoryStateStore()
+    if backend == "local":
+        with local_backend(policy, candidate_degraded, rps, metrics_mode) as (router, metrics, _mesh):
+            return drive(policy, router, metrics, store, timeout_s, live)
+    router, metrics = istio_backend(policy, kubeconfig, kube_context, prometheus_url)
+    return drive(policy, router, metrics, store, timeout_s, live)
+
+
+def drive(
+    policy: Policy,
+    router: TrafficRouter,
+    metrics: MetricsSource,
+    store: StateStore,
+    timeout_s: float | None,
+    live: bool,
+) -> RunResult:
+    """Run the rollout with a live display; the first Ctrl-C rolls back to stable."""
+    from mesh_canary.cli import install_interrupt_handler
+    from mesh_canary.output import LiveProgress
+
+    clock = SystemClock()
+    notifier = notifier_for_policy(policy.notifications)
+    with LiveProgress(policy, enabled=live) as progress:
+        runner = RolloutRunner(policy, router, metrics, store, notifier, clock, on_update=progress.update)
+
+        def abort() -> None:
+            runner.request("abort")
+            clock.wake()
+
+        install_interrupt_handler(abort)
+        try:
+            return runner.run(timeout_s)
+        finally:
+            notifier.close()
+
+
+def istio_backend(
+    policy: Policy, kubeconfig: str | None, context: str | None, prometheus_url: str | None
+) -> tuple[TrafficRouter, MetricsSource]:
+    """A cluster: the VirtualService through the Kubernetes API, metrics from Prometheus."""
+    from kubernetes import config
+
+    from mesh_canary.adapters.istio import IstioRouter
+    from mesh_canary.adapters.prometheus import PrometheusMetricsSource
+
+    api_client = config.new_client_from_config(config_file=kubeconfig, context=context)
+    router = IstioRouter(policy, api_client)
+    return router, PrometheusMetricsSource(policy, url=prometheus_url)
