@@ -298,3 +298,17 @@ def test_terminal_state_ignores_ticks() -> None:
     p = make_policy()
     s = engine.command(p, engine.start(p, 0.0).state, Command.ABORT, 1.0).state
     assert engine.tick(p, s, obs(0, 30, errors=9), 30.0, ScriptedJudge()) == engine.Decision(s)
+
+
+def test_completed_steps_windows_are_carried_forward_to_the_judge() -> None:
+    p = make_policy()
+    j = ScriptedJudge()
+    s = engine.start(p, 0.0).state
+    s, _ = run_ticks(p, s, j, until=90)  # step 1 ends at 60, step 2 judged at 90
+    assert s.step_index == 1
+    assert [share for share, _ in j.contexts[-1].earlier_windows] == [0.10]
+    share, window = j.contexts[-1].earlier_windows[0]
+    assert (window.since, window.at) == (0.0, 60.0)
+    # ...and survive a save and load.
+    again = RolloutState.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert again.earlier_windows == s.earlier_windows

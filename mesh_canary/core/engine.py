@@ -106,6 +106,8 @@ class RolloutState:
     checks: tuple[CheckResult, ...] = ()  # the latest verdict of every check
     steps: tuple[StepRecord, ...] = ()
     stable_baseline: Observation | None = None  # blueGreen: stable's preview window
+    # Completed canary steps' last windows with the candidate's share: evidence carried forward.
+    earlier_windows: tuple[tuple[float, Observation], ...] = ()
     policy_fingerprint: str = ""
     ticks: int = 0
 
@@ -141,6 +143,7 @@ class RolloutState:
             "checks": [c.to_dict() for c in self.checks],
             "steps": [s.to_dict() for s in self.steps],
             "stableBaseline": self.stable_baseline.to_dict() if self.stable_baseline else None,
+            "earlierWindows": [{"share": sh, "window": w.to_dict()} for sh, w in self.earlier_windows],
             "policyFingerprint": self.policy_fingerprint,
             "ticks": self.ticks,
         }
@@ -166,6 +169,9 @@ class RolloutState:
             checks=tuple(CheckResult.from_dict(c) for c in d.get("checks", ())),
             steps=tuple(StepRecord.from_dict(s) for s in d.get("steps", ())),
             stable_baseline=Observation.from_dict(base) if base else None,
+            earlier_windows=tuple(
+                (float(w["share"]), Observation.from_dict(w["window"])) for w in d.get("earlierWindows", ())
+            ),
             policy_fingerprint=d.get("policyFingerprint", ""),
             ticks=int(d.get("ticks", 0)),
         )
@@ -323,7 +329,7 @@ def tick(
     )
     if not ready:
         return _check_step_deadline(policy, state, now) or Decision(state)
-    return _advance(policy, state, now)
+    return _advance(policy, state, now, observation)
 
 
 def _no_data_reason(obs: Observation) -> str | None:
@@ -345,6 +351,7 @@ def _context(policy: Policy, state: RolloutState) -> JudgeContext:
         step_index=state.step_index,
         step_count=len(schedule(policy)),
         stable_baseline=state.stable_baseline if policy.strategy == "blueGreen" else None,
+        earlier_windows=state.earlier_windows,
     )
 
 
@@ -411,7 +418,7 @@ def _close_step(state: RolloutState, now: float, verdict: str) -> tuple[StepReco
     return (*state.steps[:-1], last)
 
 
-def _advance(policy: Policy, state: RolloutState, now: float) -> Decision:
+def _advance(policy: Policy, state: RolloutState, now: float, window: Observation) -> Decision:
     sched = schedule(policy)
     nxt = state.step_index + 1
     promoting = sched[nxt] == 100 if nxt < len(sched) else True
@@ -428,6 +435,9 @@ def _advance(policy: Policy, state: RolloutState, now: float) -> Decision:
         )
     weights = _weights_for_step(policy, nxt)
     steps = (*_close_step(state, now, "pass"), StepRecord(weight=sched[nxt], start_s=now - state.started_at))
+    earlier = state.earlier_windows
+    if policy.strategy == "canary":
+        earlier = (*earlier, (state.weights.candidate / 100.0, window))
     new = replace(
         state,
         phase=Phase.PROGRESSING,
@@ -435,6 +445,7 @@ def _advance(policy: Policy, state: RolloutState, now: float) -> Decision:
         weights=weights,
         step_started_at=now,
         steps=steps,
+        earlier_windows=earlier,
     )
     if policy.strategy == "blueGreen":
         window = format_duration(policy.blue_green.post_switch_window_s)

@@ -77,6 +77,9 @@ class JudgeContext:
     step_index: int = 0
     step_count: int = 1
     stable_baseline: Observation | None = None  # blue/green after the switch: stable's preview window
+    # Earlier steps' complete windows, oldest first, each with the candidate's share then:
+    # evidence a judge may carry forward (a product of per-step martingales stays valid).
+    earlier_windows: tuple[tuple[float, Observation], ...] = ()
 
 
 class Judge(Protocol):
