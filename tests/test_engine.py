@@ -307,7 +307,7 @@ def test_completed_steps_windows_are_carried_forward_to_the_judge() -> None:
     s, _ = run_ticks(p, s, j, until=90)  # step 1 ends at 60, step 2 judged at 90
     assert s.step_index == 1
     assert [share for share, _ in j.contexts[-1].earlier_windows] == [0.10]
-    share, window = j.contexts[-1].earlier_windows[0]
+    _, window = j.contexts[-1].earlier_windows[0]
     assert (window.since, window.at) == (0.0, 60.0)
     # ...and survive a save and load.
     again = RolloutState.from_dict(json.loads(json.dumps(s.to_dict())))
