@@ -44,9 +44,9 @@ def local_backend(
         mesh.start_load()
         if metrics_mode == "prometheus" or (metrics_mode == "auto" and prometheus_available()):
             from mesh_canary.adapters.prometheus import PrometheusMetricsSource
-            from mesh_canary.localmesh.prometheus import LocalPrometheus
+            from mesh_canary.localmesh.prometheus import prometheus_for
 
-            with LocalPrometheus(mesh) as prom:
+            with prometheus_for(mesh) as prom:
                 local_policy = replace(policy, metrics=replace(policy.metrics, profile="envoy"))
                 yield mesh.router, PrometheusMetricsSource(local_policy, url=prom.url), mesh
         else:

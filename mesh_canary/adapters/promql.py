@@ -1,0 +1,602 @@
+"""PromQL for the Prometheus MetricsSource: building queries and reading answers, no I/O.
+
+Everything here is pure so that the queries can be shown, tested and documented apart from
+sending them (docs/prometheus.md lists them). ``plan_queries`` turns a policy and a window
+into the few instant queries one analysis tick needs (one per metric family, each returning
+both versions); ``interpret`` turns Prometheus's JSON answers back into per-version counts.
+
+Safety: every value a policy puts into a query goes through ``quote``/``regex_quote``
+(string- and regex-escaped), label names must be identifiers, and custom templates accept
+only known placeholders, escaped for the context they sit in. A policy can choose values,
+never the structure of a query.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mesh_canary.core.model import Check, Policy
+from mesh_canary.core.observations import Histogram, VersionCounts
+
+__all__ = [
+    "ISTIO_DURATION",
+    "ISTIO_REQUESTS",
+    "LABEL_NAME",
+    "PromQLError",
+    "Query",
+    "checks_families",
+    "format_window",
+    "interpret",
+    "label_name",
+    "matcher",
+    "plan_queries",
+    "quote",
+    "regex_escape",
+    "regex_quote",
+    "render_custom",
+    "service_scope",
+    "version_label",
+]
+
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+ISTIO_REQUESTS = "istio_requests_total"
+ISTIO_DURATION = "istio_request_duration_milliseconds_bucket"
+# Envoy charges upstream_rq_completed and upstream_rq_<class>xx together for every answer,
+# its own 503/504 for connect failures and resets included; upstream_rq_total misses the
+# requests that never got a connection. So requests = rq_xx summed over classes.
+ENVOY_RESPONSES = "envoy_cluster_upstream_rq_xx"
+ENVOY_DURATION = "envoy_cluster_upstream_rq_time_bucket"
+ENVOY_CLUSTER_LABEL = "envoy_cluster_name"
+MODEL_PREDICTIONS = "model_predictions_total"
+MODEL_FEEDBACK = "model_feedback_total"
+MODEL_SCORE = "model_prediction_score_bucket"
+MODEL_FEATURE = "model_feature_value_bucket"
+
+Family = Literal["traffic", "latency", "confusion", "predictions", "features", "custom"]
+
+# What each check kind reads. errorRate needs requests and errors, latency the histogram
+# (and requests for minRequests), trafficShare the request counts.
+_CHECK_NEEDS: dict[str, frozenset[str]] = {
+    "errorRate": frozenset({"requests", "errors"}),
+    "latency": frozenset({"requests", "latency"}),
+    "trafficShare": frozenset({"requests"}),
+    "accuracy": frozenset({"confusion"}),
+    "precision": frozenset({"confusion"}),
+    "recall": frozenset({"confusion"}),
+    "f1": frozenset({"confusion"}),
+    "predictionDrift": frozenset({"predictions"}),
+    "featureDrift": frozenset({"features"}),
+    "custom": frozenset({"custom"}),
+}
+
+
+class PromQLError(ValueError):
+    """A policy value that cannot be put into a query safely (one sentence says which)."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """One instant query and how to read its answer."""
+
+    family: Family
+    promql: str
+    label: str  # the label whose values tell the versions apart in the answer
+    metric: str  # the metric (or check) it reads, for messages
+    check: str | None = None  # custom: the check's name
+    version: str | None = None  # custom rendered for one version: its metrics version
+
+
+# --- escaping -------------------------------------------------------------------------------
+
+_REGEX_META = re.compile(r"([\\.+*?()|\[\]{}^$])")
+
+
+def label_name(name: str) -> str:
+    """``name`` if it is a valid Prometheus label name, else PromQLError."""
+    if not isinstance(name, str) or not LABEL_NAME.fullmatch(name):
+        raise PromQLError(
+            f"{name!r} is not a valid label name (letters, digits and _, not starting with a digit)"
+        )
+    return name
+
+
+def _escape(value: str, quote_char: str = '"') -> str:
+    """The body of a PromQL string literal holding ``value`` (Go string escapes)."""
+    out = value.replace("\\", "\\\\").replace(quote_char, "\\" + quote_char)
+    return out.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+
+
+def quote(value: str) -> str:
+    """``value`` as a double-quoted PromQL string literal."""
+    return '"' + _escape(str(value)) + '"'
+
+
+def regex_escape(value: str) -> str:
+    """``value`` as an RE2 regex that matches exactly it (Go's regexp.QuoteMeta)."""
+    return _REGEX_META.sub(r"\\\1", str(value))
+
+
+def regex_quote(values: Iterable[str]) -> str:
+    """A quoted regex matching exactly one of ``values`` (for ``label=~...``)."""
+    return quote("|".join(regex_escape(v) for v in values))
+
+
+def matcher(label: str, op: Literal["=", "!=", "=~", "!~"], value: str | Sequence[str]) -> str:
+    """``label<op>"value"``; for regex ops a sequence of values becomes an escaped alternation."""
+    label_name(label)
+    if op in ("=~", "!~"):
+        values = [value] if isinstance(value, str) else list(value)
+        return f"{label}{op}{regex_quote(values)}"
+    if not isinstance(value, str):
+        raise PromQLError(f"matcher {label}{op} takes one value, not {value!r}")
+    return f"{label}{op}{quote(value)}"
+
+
+def format_window(since: float, now: float) -> str:
+    """The range of ``[since, now]`` in whole seconds, at least 1s (``300s``)."""
+    seconds = round(now - since) if math.isfinite(now - since) else 1
+    return f"{max(int(seconds), 1)}s"
+
+
+# --- profiles -------------------------------------------------------------------------------
+
+
+def version_label(policy: Policy) -> str:
+    """The label that tells versions apart in the request metrics of the policy's profile.
+
+    The envoy profile reads Envoy's per-cluster stats, where the cluster is named after the
+    version; Istio's default ``destination_version`` there means "use envoy_cluster_name".
+    """
+    label = policy.metrics.version_label
+    if policy.metrics.profile == "envoy" and label == "destination_version":
+        label = ENVOY_CLUSTER_LABEL
+    return label_name(label)
+
+
+def service_scope(policy: Policy) -> list[list[str]]:
+    """Matchers that pick the policy's service out of Istio's metrics, one list per host.
+
+    A host with no dot (``fraud-scorer``) is a service in the VirtualService's namespace;
+    ``name.namespace`` and ``name.namespace.svc[.<cluster domain>]`` name the service and
+    namespace; both become ``destination_service_name`` + ``destination_service_namespace``
+    (independent of the cluster domain). Any other host (a ServiceEntry's) must equal
+    ``destination_service``. Stable and candidate on different hosts give two lists.
+    """
+    scopes: list[list[str]] = []
+    for host in (policy.stable.destination.host, policy.candidate.destination.host):
+        parts = host.split(".")
+        if len(parts) == 1:
+            scope = [
+                matcher("destination_service_name", "=", host),
+                matcher("destination_service_namespace", "=", policy.virtual_service.namespace),
+            ]
+        elif len(parts) == 2 or parts[2] == "svc":
+            scope = [
+                matcher("destination_service_name", "=", parts[0]),
+                matcher("destination_service_namespace", "=", parts[1]),
+            ]
+        else:
+            scope = [matcher("destination_service", "=", host)]
+        if scope not in scopes:
+            scopes.append(scope)
+    return scopes
+
+
+def _increase(metric: str, selectors: Sequence[Sequence[str]], window: str) -> str:
+    """``increase(metric{...}[window])``; several selectors are joined with ``or``."""
+    parts = [f"increase({metric}{{{','.join(sel)}}}[{window}])" for sel in selectors]
+    return parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")"
+
+
+def _sum_by(labels: Sequence[str], expr: str) -> str:
+    return f"sum by ({', '.join(label_name(x) for x in labels)}) ({expr})"
+
+
+def checks_families(checks: Iterable[Check]) -> set[str]:
+    """The metric families (requests, errors, latency, confusion, ...) the checks read."""
+    needed: set[str] = set()
+    for check in checks:
+        needed |= _CHECK_NEEDS.get(check.metric, frozenset())
+    return needed
+
+
+def _versions(policy: Policy) -> tuple[str, str]:
+    stable, candidate = policy.stable.metrics_version, policy.candidate.metrics_version
+    if stable == candidate:
+        raise PromQLError(
+            f"stable and candidate carry the same metrics version {stable!r}; they cannot be told apart"
+        )
+    return stable, candidate
+
+
+def plan_queries(policy: Policy, window: str) -> list[Query]:
+    """The instant queries one read needs for the policy's checks, over ``window``.
+
+    Raises PromQLError when a policy value cannot be used (bad label name, unknown
+    placeholder, ...): a policy error, found before anything is sent.
+    """
+    if not re.fullmatch(r"[0-9]+s", window):
+        raise PromQLError(f"window {window!r} is not a whole number of seconds such as 300s")
+    versions = _versions(policy)
+    families = checks_families(policy.analysis.checks)
+    queries: list[Query] = []
+    label = version_label(policy)
+    by_version = matcher(label, "=~", versions)
+
+    if policy.metrics.profile == "istio":
+        selectors = [['reporter="destination"', *scope, by_version] for scope in service_scope(policy)]
+        if families & {"requests", "errors"}:
+            # One query gives both: requests are the sum over codes, errors the 5xx codes.
+            expr = _sum_by([label, "response_code"], _increase(ISTIO_REQUESTS, selectors, window))
+            queries.append(Query("traffic", expr, label, ISTIO_REQUESTS))
+        if "latency" in families:
+            expr = _sum_by([label, "le"], _increase(ISTIO_DURATION, selectors, window))
+            queries.append(Query("latency", expr, label, ISTIO_DURATION))
+    else:
+        selectors = [[by_version]]
+        if families & {"requests", "errors"}:
+            # One query gives both: requests are the sum over classes, errors class 5.
+            expr = _sum_by(
+                [label, "envoy_response_code_class"], _increase(ENVOY_RESPONSES, selectors, window)
+            )
+            queries.append(Query("traffic", expr, label, ENVOY_RESPONSES))
+        if "latency" in families:
+            expr = _sum_by([label, "le"], _increase(ENVOY_DURATION, selectors, window))
+            queries.append(Query("latency", expr, label, ENVOY_DURATION))
+
+    model_label = label_name(policy.metrics.model_version_label)
+    model_selector = [[matcher(model_label, "=~", versions)]]
+    if "confusion" in families:
+        expr = _sum_by(
+            [model_label, "predicted", "actual"], _increase(MODEL_FEEDBACK, model_selector, window)
+        )
+        queries.append(Query("confusion", expr, model_label, MODEL_FEEDBACK))
+    if "predictions" in families:
+        expr = _sum_by([model_label, "class"], _increase(MODEL_PREDICTIONS, model_selector, window))
+        queries.append(Query("predictions", expr, model_label, MODEL_PREDICTIONS))
+    if "features" in families:
+        names = sorted(
+            {c.feature for c in policy.analysis.checks if c.metric == "featureDrift" and c.feature}
+        )
+        if names:
+            selector = [[*model_selector[0], matcher("feature", "=~", names)]]
+            expr = _sum_by([model_label, "feature", "le"], _increase(MODEL_FEATURE, selector, window))
+            queries.append(Query("features", expr, model_label, MODEL_FEATURE))
+
+    for check in policy.analysis.checks:
+        if check.metric != "custom":
+            continue
+        if not check.query:
+            raise PromQLError(f"custom check {check.name!r} has no query")
+        if _uses_placeholder(check.query, "version"):
+            for version in versions:
+                text = render_custom(check.query, version, window, policy.metrics.variables)
+                queries.append(Query("custom", text, label, check.name, check=check.name, version=version))
+        else:
+            text = render_custom(check.query, None, window, policy.metrics.variables)
+            queries.append(Query("custom", text, label, check.name, check=check.name))
+    return queries
+
+
+# --- custom templates -------------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_IDENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*$")
+_BARE_OK = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?|(?:[0-9]+(?:ms|s|m|h|d|w|y))+)$")
+
+
+def _uses_placeholder(template: str, name: str) -> bool:
+    return any(_placeholder_name(m) == name for m in _PLACEHOLDER.finditer(template))
+
+
+def _placeholder_name(m: re.Match[str]) -> str | None:
+    ident = _IDENT.match(m.group(1))
+    return ident.group(1) if ident else None
+
+
+def render_custom(
+    template: str, version: str | None, window: str, variables: Mapping[str, str] | None = None
+) -> str:
+    """A custom check's PromQL with ``{{ version }}``, ``{{ window }}`` and ``{{ <variable> }}`` filled in.
+
+    Each value is escaped for where it stands: inside a quoted string it is string-escaped
+    (and regex-escaped too when the string follows ``=~``/``!~``); inside a comment it is
+    string-escaped (so it cannot end the comment); outside quotes only numbers and durations
+    are accepted. Unknown placeholders, and ``{{ version }}`` when ``version`` is None, are
+    errors.
+    """
+    values: dict[str, str] = {}
+    for name, value in (variables or {}).items():
+        if name in ("version", "window"):
+            raise PromQLError(f"metrics.variables must not define {name!r}: it is a built-in placeholder")
+        label_name(name)
+        values[name] = str(value)
+    values["window"] = window
+    if version is not None:
+        values["version"] = version
+
+    out: list[str] = []
+    state = "code"  # code | "  | '  | `  | comment
+    string_is_regex = False
+    i = 0
+    matches = {m.start(): m for m in _PLACEHOLDER.finditer(template)}
+    while i < len(template):
+        m = matches.get(i)
+        if m is not None:
+            placeholder = _placeholder_name(m)
+            if placeholder is None or placeholder not in values:
+                known = ", ".join("{{ " + k + " }}" for k in sorted(values))
+                raise PromQLError(f"unknown placeholder {m.group(0)!r} in a custom query (known: {known})")
+            out.append(_fill(placeholder, values[placeholder], state, string_is_regex))
+            i = m.end()
+            continue
+        ch = template[i]
+        out.append(ch)
+        if state == "code":
+            if ch in "\"'`":
+                prefix = "".join(out[:-1]).rstrip()
+                string_is_regex = prefix.endswith(("=~", "!~"))
+                state = ch
+            elif ch == "#":
+                state = "comment"
+        elif state == "comment":
+            if ch == "\n":
+                state = "code"
+        elif state in "\"'":
+            if ch == "\\" and i + 1 < len(template):
+                out.append(template[i + 1])
+                i += 1
+            elif ch == state:
+                state = "code"
+        elif ch == "`":
+            state = "code"
+        i += 1
+    if state in ('"', "'", "`"):
+        raise PromQLError("a custom query has an unterminated string literal")
+    return "".join(out)
+
+
+def _fill(name: str, value: str, state: str, string_is_regex: bool) -> str:
+    if state in ('"', "'"):
+        return _escape(regex_escape(value) if string_is_regex else value, state)
+    if state == "comment":
+        return _escape(value)
+    if state == "`":
+        raise PromQLError(f"put {{{{ {name} }}}} in double quotes, not in a raw `...` string")
+    if not _BARE_OK.match(value):
+        raise PromQLError(
+            f"{{{{ {name} }}}} stands outside quotes and its value {value!r} is not a number or a duration; "
+            "put it in double quotes"
+        )
+    return value
+
+
+# --- reading answers --------------------------------------------------------------------------
+
+
+@dataclass
+class _Counts:
+    requests: float | None = None
+    errors: float | None = None
+    latency: dict[float, float] | None = None
+    confusion: dict[tuple[str, str], float] = field(default_factory=dict)
+    predictions: dict[str, float] = field(default_factory=dict)
+    features: dict[str, dict[float, float]] = field(default_factory=dict)
+    custom: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Reading:
+    """What the answers of one read amount to (filled by ``interpret``)."""
+
+    stable_version: str
+    candidate_version: str
+    window: str
+    counts: dict[str, _Counts] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.counts = {self.stable_version: _Counts(), self.candidate_version: _Counts()}
+
+    def role(self, version: str) -> str:
+        return "stable" if version == self.stable_version else "candidate"
+
+    def version_counts(self) -> tuple[VersionCounts, VersionCounts]:
+        stable = self._build(self.counts[self.stable_version], self.stable_version)
+        candidate = self._build(self.counts[self.candidate_version], self.candidate_version)
+        return stable, candidate
+
+    def _build(self, c: _Counts, version: str) -> VersionCounts:
+        latency = _histogram(c.latency) if c.latency else None
+        features = {name: _histogram(buckets) for name, buckets in c.features.items() if buckets}
+        return VersionCounts(
+            requests=c.requests or 0.0,
+            errors=c.errors or 0.0,
+            latency_ms=latency,
+            confusion=dict(c.confusion),
+            predictions=dict(c.predictions),
+            features=features,
+            custom=dict(c.custom),
+        )
+
+
+def _histogram(buckets: Mapping[float, float]) -> Histogram:
+    """Cumulative counts by upper bound; made non-decreasing (extrapolated increases wobble)."""
+    bounds = tuple(sorted(buckets))
+    counts: list[float] = []
+    running = 0.0
+    for b in bounds:
+        running = max(running, buckets[b])
+        counts.append(running)
+    return Histogram(bounds, tuple(counts))
+
+
+def _value(raw: Any) -> float | None:
+    try:
+        return float(raw[1])
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
+
+
+def _series(result: Any) -> list[tuple[dict[str, str], Any]] | None:
+    """``[(labels, [t, "v"])...]`` of an instant vector, or None if ``result`` is not one."""
+    if not isinstance(result, list):
+        return None
+    out = []
+    for item in result:
+        if not isinstance(item, dict) or not isinstance(item.get("metric"), dict) or "value" not in item:
+            return None
+        out.append((item["metric"], item["value"]))
+    return out
+
+
+def interpret(reading: Reading, query: Query, result_type: str, result: Any) -> None:
+    """Add one query's answer (``data.resultType``, ``data.result``) to ``reading``.
+
+    Missing versions, NaN/Inf values and answers of the wrong shape become problems.
+    """
+    if query.family == "custom":
+        _interpret_custom(reading, query, result_type, result)
+        return
+    series = _series(result) if result_type == "vector" else None
+    if series is None:
+        reading.problems.append(
+            f"Prometheus answered {query.metric} with a {result_type}, not an instant vector"
+        )
+        return
+    versions = (reading.stable_version, reading.candidate_version)
+    seen: set[str] = set()
+    not_numbers: set[str] = set()
+    for labels, raw in series:
+        version = labels.get(query.label)
+        if version not in versions:
+            continue
+        seen.add(version)
+        value = _value(raw)
+        if value is None or not math.isfinite(value):
+            if version not in not_numbers:
+                shown = raw[1] if isinstance(raw, list) and len(raw) > 1 else raw
+                reading.problems.append(
+                    f"{query.metric} is {shown} for the {reading.role(version)} "
+                    f"({query.label}={quote(version)}): not a number"
+                )
+            not_numbers.add(version)
+            continue
+        _add(reading.counts[version], query, labels, value)
+    missing = [v for v in versions if v not in seen]
+    if len(missing) == 2:
+        reading.problems.append(
+            f"no {query.metric} series for either version ({query.label}=~{regex_quote(versions)}) "
+            f"in the last {reading.window}: check metrics.profile, the version labels and the service"
+        )
+    elif missing:
+        version = missing[0]
+        reading.problems.append(
+            f"no {query.metric} series for the {reading.role(version)} ({query.label}={quote(version)}) "
+            f"in the last {reading.window}"
+        )
+    if query.family == "latency":
+        for version in seen - not_numbers:
+            buckets = reading.counts[version].latency or {}
+            if math.inf not in buckets:
+                reading.problems.append(
+                    f'{query.metric} has no le="+Inf" bucket for the {reading.role(version)} ({version})'
+                )
+
+
+def _add(c: _Counts, query: Query, labels: Mapping[str, str], value: float) -> None:
+    family = query.family
+    if family == "traffic":
+        c.requests = (c.requests or 0.0) + value
+        is_5xx = (
+            re.fullmatch(r"5[0-9][0-9]", labels.get("response_code", "")) is not None
+            or labels.get("envoy_response_code_class") == "5"
+        )
+        c.errors = (c.errors or 0.0) + (value if is_5xx else 0.0)
+    elif family == "latency":
+        bound = _le(labels)
+        if bound is not None:
+            c.latency = c.latency or {}
+            c.latency[bound] = c.latency.get(bound, 0.0) + value
+    elif family == "confusion":
+        key = (labels.get("predicted", ""), labels.get("actual", ""))
+        c.confusion[key] = c.confusion.get(key, 0.0) + value
+    elif family == "predictions":
+        cls = labels.get("class", "")
+        c.predictions[cls] = c.predictions.get(cls, 0.0) + value
+    elif family == "features":
+        bound = _le(labels)
+        if bound is not None:
+            buckets = c.features.setdefault(labels.get("feature", ""), {})
+            buckets[bound] = buckets.get(bound, 0.0) + value
+
+
+def _le(labels: Mapping[str, str]) -> float | None:
+    try:
+        return float(labels["le"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _interpret_custom(reading: Reading, query: Query, result_type: str, result: Any) -> None:
+    name = query.check or query.metric
+    both = (reading.stable_version, reading.candidate_version)
+    versions = (query.version,) if query.version is not None else both
+    where = f" for the {reading.role(query.version)} ({query.version})" if query.version is not None else ""
+    values: dict[str, float] = {}
+    series = _series(result) if result_type == "vector" else None
+    if result_type == "scalar":
+        value = _value(result)
+        if value is None:
+            reading.problems.append(f"custom check {name!r}{where} answered {result!r}, not a number")
+            return
+        values = dict.fromkeys(versions, value)
+    elif series is not None:
+        if not series:
+            reading.problems.append(
+                f"custom check {name!r} returned no data{where} in the last {reading.window}"
+            )
+            return
+        if query.version is not None or len(series) == 1:
+            if len(series) > 1:
+                reading.problems.append(
+                    f"custom check {name!r} returned {len(series)} series{where}; aggregate it to one, e.g. sum(...)"
+                )
+                return
+            value = _value(series[0][1])
+            values = dict.fromkeys(versions, math.nan if value is None else value)
+        else:
+            # No {{ version }} and several series: each must carry a version label.
+            for labels, raw in series:
+                label = (
+                    query.label
+                    if labels.get(query.label) in both
+                    else next((k for k, v in sorted(labels.items()) if v in both), None)
+                )
+                if label is not None:
+                    value = _value(raw)
+                    values[labels[label]] = math.nan if value is None else value
+            for version in both:
+                if version not in values:
+                    reading.problems.append(
+                        f"custom check {name!r} has no series for the {reading.role(version)} ({version}); "
+                        "a query without {{ version }} must return one series per version"
+                    )
+    else:
+        reading.problems.append(
+            f"custom check {name!r} answered a {result_type}; it must be one number per version"
+        )
+        return
+    for version, value in values.items():
+        if not math.isfinite(value):
+            reading.problems.append(
+                f"custom check {name!r} is {value} for the {reading.role(version)} ({version}): "
+                "not a number (a division by zero?)"
+            )
+        else:
+            reading.counts[version].custom[name] = value
