@@ -1,0 +1,29 @@
+"""A full local rollout decided from a real Prometheus scraping real Envoy and model servers."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh_canary.adapters.clock import SystemClock
+from mesh_canary.adapters.file_store import MemoryStateStore
+from mesh_canary.adapters.notifiers import LogNotifier
+from mesh_canary.adapters.prometheus import PrometheusMetricsSource
+from mesh_canary.demo import demo_policy
+from mesh_canary.drivers import local_backend
+from mesh_canary.runner import RolloutRunner
+
+
+@pytest.mark.parametrize(("degraded", "outcome"), [(False, "promoted"), (True, "rolled_back")])
+def test_rollout_decided_from_prometheus(degraded: bool, outcome: str) -> None:
+    policy = demo_policy()
+    with local_backend(policy, degraded, rps=100.0, metrics_mode="prometheus") as (router, metrics, mesh):
+        assert isinstance(metrics, PrometheusMetricsSource)
+        runner = RolloutRunner(policy, router, metrics, MemoryStateStore(), LogNotifier(), SystemClock())
+        result = runner.run(timeout_s=150)
+        assert result.outcome == outcome, result.state.reason
+        assert metrics.queries_per_read == 4  # one per check family, both versions in each
+        if degraded:
+            SystemClock().sleep(0.5)  # requests in flight at the switch may still land
+            before = mesh.requests_served(policy.candidate.metrics_version)  # type: ignore[attr-defined]
+            SystemClock().sleep(2.0)
+            assert mesh.requests_served(policy.candidate.metrics_version) == before  # type: ignore[attr-defined]
