@@ -1,0 +1,145 @@
+"""The manifests: kustomize renders them, RBAC is least privilege, the example is valid and consistent."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mesh_canary.adapters.vs_patch import RouteTargets, managed_route_indexes, read_weights
+from mesh_canary.core.policy import load_policy, validate_document
+from mesh_canary.core.weights import ALL_STABLE
+from mesh_canary.crd import render_crd
+from tests.crd_schema import DESTINATIONRULE_CRD, MODELROLLOUT_CRD, VIRTUALSERVICE_CRD, validator_for
+
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+EXAMPLE = MANIFESTS / "examples" / "fraud-scorer"
+SYSTEM_NS = "mesh-canary-system"
+
+
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is not installed (it renders kustomize): see https://kubernetes.io/docs/tasks/tools/")
+    result = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"kubectl kustomize {path} failed: {result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def installed() -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in kustomize(MANIFESTS)}
+
+
+@pytest.fixture(scope="module")
+def example() -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in kustomize(EXAMPLE)}
+
+
+def rule_set(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+def test_install_renders_the_expected_objects(installed: dict[tuple[str, str], Any]) -> None:
+    assert set(installed) == {
+        ("Namespace", SYSTEM_NS),
+        ("CustomResourceDefinition", "modelrollouts.mesh-canary.io"),
+        ("ServiceAccount", "mesh-canary-controller"),
+        ("ClusterRole", "mesh-canary-controller"),
+        ("ClusterRoleBinding", "mesh-canary-controller"),
+        ("Role", "mesh-canary-leader-election"),
+        ("RoleBinding", "mesh-canary-leader-election"),
+        ("Deployment", "mesh-canary-controller"),
+        ("Service", "mesh-canary-controller-metrics"),
+    }
+    for (kind, _), obj in installed.items():
+        if kind not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+            assert obj["metadata"]["namespace"] == SYSTEM_NS, kind
+    assert installed["CustomResourceDefinition", "modelrollouts.mesh-canary.io"]["spec"] == render_crd()["spec"]
+
+
+def test_rbac_is_least_privilege(installed: dict[tuple[str, str], Any]) -> None:
+    cluster = installed["ClusterRole", "mesh-canary-controller"]["rules"]
+    assert rule_set(cluster) == {
+        ("networking.istio.io", "virtualservices", verb) for verb in ("get", "list", "watch", "patch", "update")
+    } | {
+        ("mesh-canary.io", "modelrollouts", verb) for verb in ("get", "list", "watch")
+    } | {
+        ("mesh-canary.io", "modelrollouts/status", verb) for verb in ("get", "update", "patch")
+    } | {
+        (group, "events", verb) for group in ("", "events.k8s.io") for verb in ("create", "patch")
+    }
+    role = installed["Role", "mesh-canary-leader-election"]
+    assert role["metadata"]["namespace"] == SYSTEM_NS  # leases only in the controller's namespace
+    assert rule_set(role["rules"]) == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+    for kind, name, role_kind in [("ClusterRoleBinding", "mesh-canary-controller", "ClusterRole"),
+                                  ("RoleBinding", "mesh-canary-leader-election", "Role")]:
+        binding = installed[kind, name]
+        assert binding["roleRef"]["kind"] == role_kind
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mesh-canary-controller",
+                                        "namespace": SYSTEM_NS}]
+    assert not [k for k in installed if k[0] in ("Role", "ClusterRole") and "*" in yaml.safe_dump(installed[k])]
+
+
+def test_controller_deployment(installed: dict[tuple[str, str], Any]) -> None:
+    deployment = installed["Deployment", "mesh-canary-controller"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= \
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert pod["serviceAccountName"] == "mesh-canary-controller"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    [container] = pod["containers"]
+    assert container["image"] == "ghcr.io/mesh-canary/mesh-canary:0.1.0"
+    assert container["args"] == ["controller", "--leader-elect", "--metrics-addr", ":8080"]
+    assert [p["containerPort"] for p in container["ports"]] == [8080]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert ports[container[probe]["httpGet"]["port"]] == 8080
+    for kind in ("requests", "limits"):
+        assert set(container["resources"][kind]) == {"cpu", "memory"}
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["runAsNonRoot"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+
+
+def test_example_istio_objects_are_valid_against_istios_crds(example: dict[tuple[str, str], Any]) -> None:
+    assert validator_for(VIRTUALSERVICE_CRD).errors(example["VirtualService", "fraud-scorer"]) == []
+    assert validator_for(DESTINATIONRULE_CRD).errors(example["DestinationRule", "fraud-scorer"]) == []
+
+
+def test_example_model_rollout_is_valid_for_the_crd_and_the_cli(example: dict[tuple[str, str], Any]) -> None:
+    rollout = example["ModelRollout", "fraud-scorer"]
+    assert validator_for(MODELROLLOUT_CRD).errors(rollout) == []
+    assert validate_document(rollout) == []
+
+
+def test_example_fits_together(example: dict[tuple[str, str], Any]) -> None:
+    rollout = load_policy(example["ModelRollout", "fraud-scorer"])
+    vs = example["VirtualService", "fraud-scorer"]
+    targets = RouteTargets.from_policy(rollout)
+    assert [vs["spec"]["http"][i]["name"] for i in managed_route_indexes(vs, targets)] == ["primary"]
+    assert read_weights(vs, targets) == ALL_STABLE  # starts 100/0
+    assert rollout.virtual_service.namespace == vs["metadata"]["namespace"]
+
+    subsets = {s["name"]: s["labels"] for s in example["DestinationRule", "fraud-scorer"]["spec"]["subsets"]}
+    service = example["Service", "fraud-scorer"]
+    for version in (rollout.stable, rollout.candidate):
+        assert version.destination.host == service["metadata"]["name"] == vs["spec"]["hosts"][0]
+        assert version.destination.subset is not None
+        deployment = example["Deployment", f"fraud-scorer-{version.destination.subset}"]
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert subsets[version.destination.subset].items() <= pod_labels.items()
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        # the version label Istio reports (destination_version) is what the policy's metrics expect
+        assert pod_labels["version"] == version.metrics_version
+    ports = {p["name"] for p in service["spec"]["ports"]}
+    assert "http" in ports  # Istio picks the protocol from the port name
