@@ -16,7 +16,7 @@ import click
 
 from mesh_canary.core.durations import parse_duration
 from mesh_canary.core.model import Policy
-from mesh_canary.core.policy import PolicyError, load_policy_text
+from mesh_canary.core.policy import PolicyError, load_policy_text, validate_text
 from mesh_canary.logs import setup_logging
 from mesh_canary.runner import EXIT_BAD_INPUT, EXIT_FAILURE
 
@@ -45,7 +45,7 @@ def friendly_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except PolicyError as e:
             for p in e.problems:
-                click.echo(f"{p.path}: {p.message}" if p.path else p.message, err=True)
+                click.echo(str(p), err=True)
             sys.exit(EXIT_BAD_INPUT)
         except BadInput as e:
             fail(str(e), EXIT_BAD_INPUT)
@@ -82,28 +82,39 @@ def main(debug: bool, log_format: str) -> None:
 @friendly_errors
 def validate(policies: tuple[str, ...], fmt: str) -> None:
     """Check policies against the schema and the rules; print every problem with its path."""
-    results = []
+    results: list[dict[str, Any]] = []
     for path in policies:
         try:
-            p = read_policy(path)
-            results.append({"file": path, "valid": True, "name": p.name, "problems": []})
-        except PolicyError as e:
-            probs = [{"path": x.path, "message": x.message} for x in e.problems]
-            results.append({"file": path, "valid": False, "problems": probs})
-        except BadInput as e:
-            results.append({"file": path, "valid": False, "problems": [{"path": "", "message": str(e)}]})
+            text = Path(path).read_text()
+        except OSError as e:
+            results.append(
+                {
+                    "file": path,
+                    "valid": False,
+                    "problems": [{"path": "", "message": f"cannot read: {e.strerror}"}],
+                }
+            )
+            continue
+        problems = validate_text(text, source=path)
+        results.append(
+            {
+                "file": path,
+                "valid": not problems,
+                "problems": [{"path": p.path, "message": p.message, "line": p.line} for p in problems],
+                "text": [str(p) for p in problems],
+            }
+        )
     if fmt == "text":
         for r in results:
             if r["valid"]:
-                click.echo(f"{r['file']}: valid ({r['name']})")
-            else:
-                for pr in r["problems"]:
-                    where = f"{pr['path']}: " if pr["path"] else ""
-                    click.echo(f"{r['file']}: {where}{pr['message']}", err=True)
+                click.echo(f"{r['file']}: valid")
+            for line in r.get("text", []) or [f"{r['file']}: {p['message']}" for p in r["problems"]]:
+                click.echo(line, err=True)
     else:
         from mesh_canary.output import dump
 
-        click.echo(dump(results if len(results) > 1 else results[0], fmt))
+        docs = [{k: v for k, v in r.items() if k != "text"} for r in results]
+        click.echo(dump(docs if len(docs) > 1 else docs[0], fmt))
     if not all(r["valid"] for r in results):
         sys.exit(EXIT_BAD_INPUT)
 

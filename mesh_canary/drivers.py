@@ -113,6 +113,6 @@ def istio_backend(
     from mesh_canary.adapters.istio import IstioRouter
     from mesh_canary.adapters.prometheus import PrometheusMetricsSource
 
-    api_client = config.new_client_from_config(config_file=kubeconfig, context=context)
+    api_client = config.new_client_from_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
     router = IstioRouter(policy, api_client)
     return router, PrometheusMetricsSource(policy, url=prometheus_url)

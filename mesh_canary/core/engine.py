@@ -448,8 +448,8 @@ def _advance(policy: Policy, state: RolloutState, now: float, window: Observatio
         earlier_windows=earlier,
     )
     if policy.strategy == "blueGreen":
-        window = format_duration(policy.blue_green.post_switch_window_s)
-        msg = f"switched 100% of traffic to {policy.candidate.version}; watching for {window}"
+        watch = format_duration(policy.blue_green.post_switch_window_s)
+        msg = f"switched 100% of traffic to {policy.candidate.version}; watching for {watch}"
         return Decision(new, (SetWeights(weights, "switch"), Announce("Switched", msg)))
     if promoting:
         return _finish(policy, new, now, weights_to_write=weights)

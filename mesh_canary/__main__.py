@@ -1,0 +1,3 @@
+from mesh_canary.cli import main
+
+main()
