@@ -47,34 +47,19 @@ def rollout_document(policy: Policy, state: RolloutState, outcome: str | None = 
     }
 
 
-def _fmt(x: float | None, metric: str) -> str:
-    if x is None:
-        return "-"
-    if metric == "latency" and abs(x) >= 1:
-        return f"{x:.0f}ms" if abs(x) >= 10 else f"{x:.1f}ms"
-    if metric in {"errorRate", "accuracy", "precision", "recall", "f1", "trafficShare"}:
-        return f"{x * 100:.2f}%"
-    return f"{x:.3g}"
-
-
 def checks_table(checks: tuple[CheckResult, ...] | list[CheckResult]) -> Table:
-    t = Table(box=None, pad_edge=False, show_edge=False)
-    for col in ("check", "verdict", "candidate", "stable", "bounds", "tolerance", "n"):
-        t.add_column(col)
+    """One row per check: its verdict and the sentence that says why (values, bounds, tolerance)."""
+    t = Table(box=None, pad_edge=False, show_edge=False, expand=True)
+    t.add_column("check", no_wrap=True)
+    t.add_column("verdict", no_wrap=True)
+    t.add_column("n", justify="right", no_wrap=True)
+    t.add_column("why", ratio=1)
     for c in checks:
-        bounds = (
-            "-"
-            if c.lower is None and c.upper is None
-            else f"{_fmt(c.lower, c.metric)}..{_fmt(c.upper, c.metric)}"
-        )
         t.add_row(
             c.name,
             Text(c.verdict.value, style=_VERDICT_STYLE.get(c.verdict.value, "")),
-            _fmt(c.estimate, c.metric),
-            _fmt(c.stable_estimate, c.metric),
-            bounds,
-            c.bound or "-",
             f"{c.samples:.0f}",
+            c.reason,
         )
     return t
 
