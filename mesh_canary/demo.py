@@ -19,7 +19,7 @@ from mesh_canary.adapters.file_store import MemoryStateStore
 from mesh_canary.adapters.notifiers import BackgroundNotifier, LogNotifier
 from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import load_policy_text
-from mesh_canary.drivers import local_backend
+from mesh_canary.drivers import local_backend, prometheus_available
 from mesh_canary.output import LiveProgress, render_state
 from mesh_canary.runner import RolloutRunner
 
@@ -85,6 +85,15 @@ def count_after_rollback(mesh: Any, policy: Policy) -> dict[str, Any]:
 def run_demo(rps: float = 100.0, live: bool = True, metrics_mode: str = "direct") -> dict[str, Any]:
     console = Console(stderr=not live)
     policy = demo_policy()
+    if live:
+        via = (
+            "a real Prometheus"
+            if metrics_mode == "prometheus" or (metrics_mode == "auto" and prometheus_available())
+            else "Envoy's and the model servers' /metrics directly"
+        )
+        console.print(
+            f"Two model servers behind a real Envoy; load at {rps:.0f} req/s; metrics read from {via}."
+        )
     started = time.monotonic()
     runs = []
     for degraded in (False, True):
