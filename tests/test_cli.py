@@ -94,7 +94,7 @@ def test_simulate_outcomes_and_every_result_field(scenario: str, outcome: str, c
         "--seed", "7", "-o", "json",
     )  # fmt: skip
     doc = json.loads(out)
-    assert RESULT_FIELDS <= doc.keys()
+    assert doc.keys() >= RESULT_FIELDS
     assert doc["outcome"] == outcome, doc["reason"]
     assert rc == code
     assert doc["seed"] == 7
@@ -105,7 +105,7 @@ def test_simulate_outcomes_and_every_result_field(scenario: str, outcome: str, c
 
 
 def test_simulate_runs_are_json_lines_with_consecutive_seeds() -> None:
-    rc, out, _ = invoke(
+    _rc, out, _ = invoke(
         "simulate", "-f", str(ROOT / "policies/minimal.yaml"), "--scenario", str(ROOT / "scenarios/aa.yaml"),
         "--seed", "3", "--runs", "4", "-o", "json",
     )  # fmt: skip

@@ -312,3 +312,25 @@ def test_completed_steps_windows_are_carried_forward_to_the_judge() -> None:
     # ...and survive a save and load.
     again = RolloutState.from_dict(json.loads(json.dumps(s.to_dict())))
     assert again.earlier_windows == s.earlier_windows
+
+
+def test_resume_returns_to_the_gate_only_if_it_was_waiting_there() -> None:
+    p = make_policy(approval="beforePromotion")
+    s = engine.start(p, 0.0).state
+    s = engine.command(p, s, Command.PAUSE, 1.0).state
+    s = engine.command(p, s, Command.RESUME, 2.0).state
+    assert s.phase is Phase.PROGRESSING  # step 1 is not the gate
+    s, _ = run_ticks(p, s, ScriptedJudge(), until=1000)
+    assert s.phase is Phase.WAITING_FOR_APPROVAL
+    s = engine.command(p, s, Command.PAUSE, 1001.0).state
+    s = engine.command(p, s, Command.RESUME, 1002.0).state
+    assert s.phase is Phase.WAITING_FOR_APPROVAL
+
+
+def test_an_early_approval_does_not_skip_the_gate() -> None:
+    p = make_policy(approval="beforePromotion")
+    s = engine.start(p, 0.0).state
+    d = engine.command(p, s, Command.APPROVE, 1.0)
+    assert d.actions == () and not d.state.approved
+    s, _ = run_ticks(p, d.state, ScriptedJudge(), until=1000)
+    assert s.phase is Phase.WAITING_FOR_APPROVAL

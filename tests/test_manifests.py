@@ -67,7 +67,7 @@ def test_rbac_is_least_privilege(installed: dict[tuple[str, str], Any]) -> None:
     assert rule_set(cluster) == {
         ("networking.istio.io", "virtualservices", verb) for verb in ("get", "list", "watch", "patch", "update")
     } | {
-        ("mesh-canary.io", "modelrollouts", verb) for verb in ("get", "list", "watch")
+        ("mesh-canary.io", "modelrollouts", verb) for verb in ("get", "list", "watch", "patch")
     } | {
         ("mesh-canary.io", "modelrollouts/status", verb) for verb in ("get", "update", "patch")
     } | {

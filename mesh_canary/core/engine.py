@@ -100,6 +100,7 @@ class RolloutState:
     last_tick_at: float | None = None
     paused: bool = False
     approved: bool = False
+    at_gate: bool = False  # all checks ready before promotion, waiting for approval
     finished_at: float | None = None
     reason: str = ""
     failed_checks: tuple[str, ...] = ()
@@ -137,6 +138,7 @@ class RolloutState:
             "lastTickAt": self.last_tick_at,
             "paused": self.paused,
             "approved": self.approved,
+            "atGate": self.at_gate,
             "finishedAt": self.finished_at,
             "reason": self.reason,
             "failedChecks": list(self.failed_checks),
@@ -163,6 +165,7 @@ class RolloutState:
             last_tick_at=d.get("lastTickAt"),
             paused=bool(d.get("paused", False)),
             approved=bool(d.get("approved", False)),
+            at_gate=bool(d.get("atGate", False)),
             finished_at=d.get("finishedAt"),
             reason=d.get("reason", ""),
             failed_checks=tuple(d.get("failedChecks", ())),
@@ -266,11 +269,15 @@ def command(policy: Policy, state: RolloutState, cmd: Command | str, now: float)
     if cmd is Command.RESUME:
         if not state.paused:
             return Decision(state)
-        phase = Phase.WAITING_FOR_APPROVAL if _waiting_for_approval(policy, state) else Phase.PROGRESSING
+        # Back to where the pause found it: at the gate only if it was waiting there.
+        phase = Phase.WAITING_FOR_APPROVAL if state.at_gate else Phase.PROGRESSING
         new = replace(state, paused=False, phase=phase)
         return Decision(new, (Announce("Resumed", f"resumed at {state.weights.candidate}%"),))
-    # approve
-    new = replace(state, approved=True)
+    # approve: opens the gate only where the rollout waits at it; an early approval
+    # must not skip a gate the person has not seen yet.
+    if not state.at_gate:
+        return Decision(state)
+    new = replace(state, approved=True, at_gate=False)
     if new.phase is Phase.WAITING_FOR_APPROVAL:
         new = replace(new, phase=Phase.PROGRESSING)
     return Decision(new, (Announce("Approved", "promotion approved by a person"),))
@@ -390,7 +397,7 @@ def _max_duration(policy: Policy, state: RolloutState) -> float:
 
 def _check_step_deadline(policy: Policy, state: RolloutState, now: float) -> Decision | None:
     """Still undecided past maxStepDuration: roll back (fail closed)."""
-    if state.paused or state.phase is Phase.WAITING_FOR_APPROVAL:
+    if state.paused or state.at_gate:
         return None
     in_step = now - state.step_started_at
     limit = _max_duration(policy, state)
@@ -426,9 +433,9 @@ def _advance(policy: Policy, state: RolloutState, now: float, window: Observatio
         # The post-switch window passed with no failure: stable may be retired.
         return _finish(policy, state, now)
     if promoting and _waiting_for_approval(policy, state):
-        if state.phase is Phase.WAITING_FOR_APPROVAL:
+        if state.at_gate:
             return Decision(state)
-        new = replace(state, phase=Phase.WAITING_FOR_APPROVAL)
+        new = replace(state, phase=Phase.WAITING_FOR_APPROVAL, at_gate=True)
         return Decision(
             new,
             (Announce("WaitingForApproval", "all checks ready: waiting for `mesh-canary rollout approve`"),),
