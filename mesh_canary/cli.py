@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -270,14 +271,22 @@ def _print_simulation_text(results: list[dict[str, Any]]) -> None:
 
 @main.command()
 @click.option("--rps", type=float, default=100.0, show_default=True, help="Load generator rate.")
+@click.option(
+    "--metrics",
+    "metrics_mode",
+    type=click.Choice(["auto", "direct", "prometheus"]),
+    default="auto",
+    show_default=True,
+    help="Read metrics through a real Prometheus (auto: when `prometheus` is installed) or scrape directly.",
+)
 @output_option
 @friendly_errors
-def demo(rps: float, fmt: str) -> None:
+def demo(rps: float, metrics_mode: str, fmt: str) -> None:
     """The whole loop on the embedded local mesh: a healthy candidate promoted, a degraded one
-    rolled back (about two minutes)."""
+    rolled back (about a minute)."""
     from mesh_canary.demo import run_demo
 
-    report = run_demo(rps=rps, live=fmt == "text")
+    report = run_demo(rps=rps, live=fmt == "text", metrics_mode=metrics_mode)
     if fmt != "text":
         from mesh_canary.output import dump
 
@@ -298,3 +307,603 @@ def install_interrupt_handler(on_interrupt: Callable[[], None]) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+# --------------------------------------------------------------------------- the cluster
+# `rollout ...` talks to the API server about ModelRollout resources; the in-cluster
+# `controller` does the work. People's orders are annotations on the resource (see
+# docs/controller.md): the controller handles each new value once.
+
+ROLLOUT_TERMINAL = ("Succeeded", "RolledBack")
+
+
+def kube_options(fn: F) -> F:
+    fn = click.option("--context", "kube_context", help="kubeconfig context.")(fn)
+    fn = click.option(
+        "--kubeconfig",
+        type=click.Path(),
+        help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster).",
+    )(fn)
+    fn = click.option("-n", "--namespace", help="Namespace (default: the context's, else default).")(fn)
+    return fn
+
+
+def kube_client(kubeconfig: str | None, context: str | None) -> Any:
+    """An ApiClient from a kubeconfig, or from the pod's service account inside a cluster."""
+    import importlib
+    import os
+
+    import kubernetes.client
+
+    config: Any = importlib.import_module("kubernetes.config")  # untyped
+    default = Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser()
+    try:
+        if kubeconfig or context or default.exists():
+            return config.new_client_from_config(config_file=kubeconfig, context=context)
+        configuration = kubernetes.client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+        return kubernetes.client.ApiClient(configuration)
+    except Exception as e:
+        raise click.ClickException(f"cannot load the Kubernetes configuration: {e}") from e
+
+
+def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
+    import importlib
+
+    config: Any = importlib.import_module("kubernetes.config")  # untyped
+
+    try:
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+    except Exception:
+        return "default"
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
+
+
+def _api_error(e: Exception, what: str) -> NoReturn:
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(e, ApiException):
+        try:
+            message = json.loads(e.body or "{}").get("message") or e.reason
+        except ValueError:
+            message = e.reason
+        if e.status == 404:
+            fail(f"{what}: not found ({message})")
+        if e.status == 422:
+            fail(f"{what}: the API server rejected it: {message}", EXIT_BAD_INPUT)
+        fail(f"{what}: HTTP {e.status}: {message}")
+    fail(f"{what}: cannot reach the Kubernetes API: {e}")
+
+
+class _Rollouts:
+    """The ModelRollout calls the `rollout` verbs make."""
+
+    def __init__(self, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+        import kubernetes.client
+
+        from mesh_canary.adapters.kube_status import GROUP, PLURAL, VERSION
+
+        self.api: Any = kubernetes.client.CustomObjectsApi(kube_client(kubeconfig, context))
+        self.namespace = namespace or _context_namespace(kubeconfig, context)
+        self.gvp = (GROUP, VERSION)
+        self.plural = PLURAL
+
+    def ref(self, name: str, namespace: str | None = None) -> str:
+        return f"modelrollout {namespace or self.namespace}/{name}"
+
+    def get(self, name: str, namespace: str | None = None) -> dict[str, Any]:
+        ns = namespace or self.namespace
+        try:
+            return dict(
+                self.api.get_namespaced_custom_object(*self.gvp, ns, self.plural, name, _request_timeout=15)
+            )
+        except Exception as e:
+            _api_error(e, self.ref(name, ns))
+
+    def list(self, all_namespaces: bool = False) -> list[dict[str, Any]]:
+        try:
+            if all_namespaces:
+                result: Any = self.api.list_cluster_custom_object(*self.gvp, self.plural, _request_timeout=15)
+            else:
+                result = self.api.list_namespaced_custom_object(
+                    *self.gvp, self.namespace, self.plural, _request_timeout=15
+                )
+        except Exception as e:
+            _api_error(
+                e, f"listing modelrollouts in {'all namespaces' if all_namespaces else self.namespace}"
+            )
+        return [dict(i) for i in result.get("items", [])]
+
+    def apply(self, doc: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Create the resource, or replace its spec, labels and annotations; returns (object, what happened)."""
+        from kubernetes.client.exceptions import ApiException
+
+        name = doc["metadata"]["name"]
+        for _ in range(5):
+            try:
+                created: Any = self.api.create_namespaced_custom_object(
+                    *self.gvp, self.namespace, self.plural, doc, _request_timeout=15
+                )
+                return dict(created), "created"
+            except ApiException as e:
+                if e.status != 409:
+                    _api_error(e, self.ref(name))
+            except Exception as e:
+                _api_error(e, self.ref(name))
+            live = self.get(name)
+            meta = dict(live["metadata"])
+            if live.get("spec") == doc.get("spec") and all(
+                (meta.get(k) or {}).get(a) == v
+                for k in ("labels", "annotations")
+                for a, v in (doc["metadata"].get(k) or {}).items()
+            ):
+                return live, "unchanged"
+            body = copy.deepcopy(doc)
+            new_meta = body["metadata"]
+            # Keep what others own: the controller's finalizer, handled orders, other annotations.
+            for key in ("resourceVersion", "finalizers", "uid"):
+                if key in meta:
+                    new_meta[key] = meta[key]
+            new_meta["annotations"] = {
+                **(meta.get("annotations") or {}),
+                **(new_meta.get("annotations") or {}),
+            }
+            new_meta["labels"] = {**(meta.get("labels") or {}), **(new_meta.get("labels") or {})}
+            try:
+                replaced: Any = self.api.replace_namespaced_custom_object(
+                    *self.gvp, self.namespace, self.plural, name, body, _request_timeout=15
+                )
+                return dict(replaced), "configured"
+            except ApiException as e:
+                if e.status != 409:
+                    _api_error(e, self.ref(name))
+            except Exception as e:
+                _api_error(e, self.ref(name))
+        fail(f"{self.ref(name)}: kept changing while being applied; try again")
+
+    def annotate(self, name: str, key: str, value: str) -> dict[str, Any]:
+        body = {"metadata": {"annotations": {key: value}}}
+        try:
+            return dict(
+                self.api.patch_namespaced_custom_object(
+                    *self.gvp, self.namespace, self.plural, name, body, _request_timeout=15
+                )
+            )
+        except Exception as e:
+            _api_error(e, self.ref(name))
+
+
+def _request_id() -> str:
+    import time
+    import uuid
+
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def rollout_view(obj: dict[str, Any]) -> dict[str, Any]:
+    """What `rollout status` shows, as a plain document (the json/yaml output)."""
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    spec = obj.get("spec") or {}
+    return {
+        "name": meta.get("name"),
+        "namespace": meta.get("namespace"),
+        "phase": status.get("phase", "Pending"),
+        "step": status.get("currentStep"),
+        "stepCount": status.get("stepCount"),
+        "weights": status.get("weights"),
+        "stableVersion": status.get("stableVersion") or (spec.get("stable") or {}).get("version"),
+        "candidateVersion": status.get("candidateVersion") or (spec.get("candidate") or {}).get("version"),
+        "reason": status.get("reason", ""),
+        "message": status.get("message", ""),
+        "checks": status.get("checks", []),
+        "conditions": status.get("conditions", []),
+        "startedAt": status.get("startedAt"),
+        "finishedAt": status.get("finishedAt"),
+        "generation": meta.get("generation"),
+        "observedGeneration": status.get("observedGeneration"),
+    }
+
+
+def _print_rollout_text(view: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from mesh_canary.core.verdicts import CheckResult
+    from mesh_canary.output import checks_table
+
+    console = Console(width=max(Console().width, 120))
+    w = view.get("weights") or {}
+    step = f"step {view['step']}/{view['stepCount']}" if view.get("step") else "not started"
+    mirror = f" (+{w['mirrorPercent']}% mirrored)" if w.get("mirrorPercent") else ""
+    weights = f"stable {w.get('stable', '-')}% / candidate {w.get('candidate', '-')}%{mirror}" if w else "-"
+    console.print(
+        Text.assemble(
+            (f"{view['namespace']}/{view['name']} ", "bold"),
+            f"{view.get('stableVersion')} -> {view.get('candidateVersion')}  ",
+            (str(view["phase"]), "bold cyan"),
+            f"  {step}  weights {weights}",
+        )
+    )
+    if view.get("message"):
+        console.print(f"  {view['message']}")
+    checks = []
+    for c in view.get("checks") or []:
+        try:
+            checks.append(CheckResult.from_dict(c))
+        except (KeyError, ValueError):
+            continue
+    if checks:
+        console.print(checks_table(checks))
+    if view.get("conditions"):
+        t = Table(box=None, pad_edge=False, show_edge=False)
+        for col in ("condition", "status", "reason", "since", "message"):
+            t.add_column(col)
+        for c in view["conditions"]:
+            t.add_row(
+                c.get("type", ""),
+                c.get("status", ""),
+                c.get("reason", ""),
+                c.get("lastTransitionTime", ""),
+                c.get("message", ""),
+            )
+        console.print(t)
+
+
+def _emit_view(view: dict[str, Any], fmt: str, stream: bool = False) -> None:
+    from mesh_canary.output import dump
+
+    if fmt == "text":
+        _print_rollout_text(view)
+    elif fmt == "json" and stream:
+        click.echo(json.dumps(view))  # one document per line while watching
+    else:
+        click.echo(dump(view, fmt) + ("---" if fmt == "yaml" and stream else ""))
+
+
+def _follow(
+    client: _Rollouts,
+    name: str,
+    fmt: str,
+    timeout_s: float | None,
+    generation: int | None = None,
+    poll_s: float = 1.0,
+) -> tuple[dict[str, Any], str]:
+    """Poll the rollout until it ends (or needs a person, or time runs out); print each change.
+
+    Returns the last object and why following stopped: promoted | rolled_back | waiting |
+    invalid | timed_out.
+    """
+    import time
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last_key: Any = None
+    while True:
+        obj = client.get(name)
+        view = rollout_view(obj)
+        current = generation is None or (view.get("observedGeneration") or 0) >= generation
+        key = (
+            view["phase"],
+            view.get("step"),
+            json.dumps(view.get("weights"), sort_keys=True),
+            view.get("message"),
+        )
+        if key != last_key and current:
+            last_key = key
+            if fmt == "text":
+                click.echo(f"{view['phase']}: {view.get('message') or ''}".rstrip(": "))
+            else:
+                _emit_view(view, fmt, stream=True)
+        if current:
+            valid = next((c for c in view["conditions"] if c.get("type") == "PolicyValid"), None)
+            if valid and valid.get("status") == "False" and view["phase"] in ("Invalid", "Pending"):
+                return obj, "invalid"
+            if view["phase"] == "Succeeded":
+                return obj, "promoted"
+            if view["phase"] == "RolledBack":
+                return obj, "rolled_back"
+            if view["phase"] in ("WaitingForApproval", "Paused"):
+                return obj, "waiting"
+        if deadline is not None and time.monotonic() >= deadline:
+            return obj, "timed_out"
+        time.sleep(poll_s)
+
+
+_FOLLOW_EXIT = {"promoted": 0, "rolled_back": 3, "waiting": 4, "timed_out": 4, "invalid": EXIT_BAD_INPUT}
+
+
+@main.group()
+def rollout() -> None:
+    """ModelRollout resources for the in-cluster controller: start, follow, steer, review."""
+
+
+@rollout.command("start")
+@click.option("-f", "--filename", "policy_path", required=True, type=click.Path(), help="Policy YAML.")
+@click.option("--wait", is_flag=True, help="Follow the rollout to its end and exit with its outcome.")
+@click.option("--timeout", "timeout", help="With --wait: give up (exit 4) after this long, e.g. 30m.")
+@kube_options
+@output_option
+@friendly_errors
+def rollout_start(
+    policy_path: str,
+    wait: bool,
+    timeout: str | None,
+    namespace: str | None,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    fmt: str,
+) -> None:
+    """Apply the policy as a ModelRollout (create or replace); --wait follows it to the end.
+
+    Exit codes with --wait: 0 promoted, 3 rolled back, 4 timed out or waiting for a
+    person (approval, pause), 2 the controller found the policy invalid.
+    """
+    import yaml
+
+    read_policy(policy_path)  # every problem reported before anything touches the cluster
+    doc = yaml.safe_load(Path(policy_path).read_text())
+    timeout_s = _duration_arg("--timeout", timeout)
+    meta = doc.setdefault("metadata", {})
+    if namespace and meta.get("namespace") and meta["namespace"] != namespace:
+        raise BadInput(
+            f"the policy's metadata.namespace {meta['namespace']!r} does not match --namespace {namespace!r}"
+        )
+    client = _Rollouts(kubeconfig, kube_context, namespace or meta.get("namespace"))
+    meta["namespace"] = client.namespace
+    obj, what = client.apply(doc)
+    if fmt == "text":
+        click.echo(f"{client.ref(meta['name'])} {what}")
+    if not wait:
+        if fmt != "text":
+            _emit_view(rollout_view(obj), fmt)
+        return
+    generation = (obj.get("metadata") or {}).get("generation")
+    last, why = _follow(client, meta["name"], fmt, timeout_s, generation=generation)
+    if fmt == "text":
+        view = rollout_view(last)
+        messages = {
+            "promoted": f"promoted {view.get('candidateVersion')}",
+            "rolled_back": f"rolled back: {view.get('reason')}",
+            "waiting": f"{view['phase']}: waiting for a person "
+            f"(`mesh-canary rollout {'approve' if view['phase'] == 'WaitingForApproval' else 'resume'} {meta['name']}`)",
+            "timed_out": f"still {view['phase']} after {timeout}",
+            "invalid": "the controller found the policy invalid: "
+            + next((c.get("message", "") for c in view["conditions"] if c.get("type") == "PolicyValid"), ""),
+        }
+        click.echo(f"outcome: {messages[why]}", err=why not in ("promoted",))
+    sys.exit(_FOLLOW_EXIT[why])
+
+
+@rollout.command("status")
+@click.argument("name")
+@click.option("-w", "--watch", is_flag=True, help="Keep showing changes until the rollout ends.")
+@kube_options
+@output_option
+@friendly_errors
+def rollout_status(
+    name: str, watch: bool, namespace: str | None, kubeconfig: str | None, kube_context: str | None, fmt: str
+) -> None:
+    """Phase, step, weights, every check's latest estimate/bounds/verdict, conditions."""
+    import time
+
+    client = _Rollouts(kubeconfig, kube_context, namespace)
+    last: Any = None
+    while True:
+        view = rollout_view(client.get(name))
+        if view != last:
+            if last is not None and fmt == "text":
+                click.echo("")
+            _emit_view(view, fmt, stream=watch)
+            last = view
+        if not watch or view["phase"] in ROLLOUT_TERMINAL:
+            return
+        time.sleep(1.0)
+
+
+def _command(
+    word: str,
+    value: str,
+    name: str,
+    namespace: str | None,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    wait: bool,
+    timeout: str | None,
+    fmt: str,
+) -> None:
+    import time
+
+    from mesh_canary.adapters.kube_status import COMMAND_ANNOTATIONS
+
+    client = _Rollouts(kubeconfig, kube_context, namespace)
+    timeout_s = _duration_arg("--timeout", timeout) or 30.0
+    client.annotate(name, COMMAND_ANNOTATIONS[word], value)
+    if fmt == "text":
+        click.echo(f"{client.ref(name)}: {word} requested ({COMMAND_ANNOTATIONS[word]}={value})")
+    view = None
+    handled = False
+    deadline = time.monotonic() + timeout_s
+    while wait:
+        obj = client.get(name)
+        view = rollout_view(obj)
+        handled = ((obj.get("status") or {}).get("handledCommands") or {}).get(word) == value
+        if handled or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    if fmt != "text":
+        from mesh_canary.output import dump
+
+        click.echo(
+            dump(
+                {
+                    "name": name,
+                    "namespace": client.namespace,
+                    "command": word,
+                    "request": value,
+                    "handled": handled if wait else None,
+                    "status": view,
+                },
+                fmt,
+            )
+        )
+    elif wait and handled and view is not None:
+        click.echo(f"handled by the controller: {view['phase']}: {view.get('message') or ''}")
+    if wait and not handled:
+        click.echo(
+            "the order is recorded on the resource, but the controller has not handled it within "
+            f"{timeout_s:.0f}s (is it running?)",
+            err=True,
+        )
+        sys.exit(4)
+
+
+def _command_verb(word: str, verb: str, doc: str) -> None:
+    @rollout.command(verb, help=doc)
+    @click.argument("name")
+    @click.option(
+        "--wait/--no-wait",
+        default=True,
+        show_default=True,
+        help="Wait until the controller has handled the order.",
+    )
+    @click.option("--timeout", "timeout", help="How long to wait for the controller (default 30s).")
+    @kube_options
+    @output_option
+    @friendly_errors
+    def command(
+        name: str,
+        wait: bool,
+        timeout: str | None,
+        namespace: str | None,
+        kubeconfig: str | None,
+        kube_context: str | None,
+        fmt: str,
+    ) -> None:
+        rid = _request_id()
+        value = {"pause": f"true@{rid}", "resume": f"false@{rid}"}.get(verb, rid)
+        _command(word, value, name, namespace, kubeconfig, kube_context, wait, timeout, fmt)
+
+
+_command_verb("abort", "abort", "Snap to 100% stable now (recorded as a manual rollback).")
+_command_verb("approve", "approve", "Open the human gate: let the rollout promote.")
+_command_verb("pause", "pause", "Hold the current weight (checks still run; a failure still rolls back).")
+_command_verb("pause", "resume", "Release a paused rollout.")
+
+
+@rollout.command("history")
+@click.argument("name", required=False)
+@click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
+@kube_options
+@output_option
+@friendly_errors
+def rollout_history(
+    name: str | None,
+    all_namespaces: bool,
+    namespace: str | None,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    fmt: str,
+) -> None:
+    """Past rollouts (and the one in progress): versions, outcome, reason, duration."""
+    client = _Rollouts(kubeconfig, kube_context, namespace)
+    objs = [client.get(name)] if name else client.list(all_namespaces)
+    rows: list[dict[str, Any]] = []
+    for obj in objs:
+        meta = obj.get("metadata") or {}
+        status = obj.get("status") or {}
+        entries = [dict(h) for h in status.get("history") or []]
+        if status.get("phase") and status.get("phase") not in (*ROLLOUT_TERMINAL, "Invalid", "Pending"):
+            entries.append(
+                {
+                    "stableVersion": status.get("stableVersion"),
+                    "candidateVersion": status.get("candidateVersion"),
+                    "outcome": "inProgress",
+                    "reason": status.get("message", ""),
+                    "startedAt": status.get("startedAt"),
+                }
+            )
+        for entry in entries:
+            rows.append({"name": meta.get("name"), "namespace": meta.get("namespace"), **entry})
+    if fmt != "text":
+        from mesh_canary.output import dump
+
+        click.echo(dump(rows, fmt))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(box=None, pad_edge=False, show_edge=False)
+    for col in ("rollout", "stable", "candidate", "outcome", "started", "duration", "reason"):
+        t.add_column(col)
+    for r in rows:
+        duration = (
+            f"{r['durationSeconds']:.0f}s" if isinstance(r.get("durationSeconds"), (int, float)) else "-"
+        )
+        t.add_row(
+            f"{r['namespace']}/{r['name']}",
+            str(r.get("stableVersion") or "-"),
+            str(r.get("candidateVersion") or "-"),
+            str(r.get("outcome")),
+            str(r.get("startedAt") or "-"),
+            duration,
+            str(r.get("reason") or "")[:100],
+        )
+    if rows:
+        Console(width=max(Console().width, 140)).print(t)
+    else:
+        click.echo("no rollouts recorded yet")
+
+
+@main.command()
+@click.option("--namespace", help="Watch one namespace (default: every namespace).")
+@click.option(
+    "--leader-elect", is_flag=True, help="Reconcile only while holding the Lease (for replicas > 1)."
+)
+@click.option("--lease-namespace", help="Namespace of the Lease (default: $POD_NAMESPACE, else --namespace).")
+@click.option(
+    "--metrics-addr", default=":8080", show_default=True, help="Serve /livez, /readyz, /metrics here."
+)
+@click.option(
+    "--prometheus",
+    "prometheus_url",
+    help="Prometheus URL for every rollout (overrides spec.metrics.address).",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Rollouts analysed at once."
+)
+@click.option(
+    "--kubeconfig", type=click.Path(), help="kubeconfig file (default: in-cluster service account)."
+)
+@click.option("--context", "kube_context", help="kubeconfig context.")
+@friendly_errors
+def controller(
+    namespace: str | None,
+    leader_elect: bool,
+    lease_namespace: str | None,
+    metrics_addr: str,
+    prometheus_url: str | None,
+    workers: int,
+    kubeconfig: str | None,
+    kube_context: str | None,
+) -> None:
+    """The long-running in-cluster controller: reconciles every ModelRollout (stop: SIGTERM)."""
+    from mesh_canary.controller import Controller, parse_addr
+
+    debug = bool(click.get_current_context().find_root().params.get("debug"))
+    setup_logging(logging.DEBUG if debug else logging.INFO, json_lines=True)
+    try:
+        parse_addr(metrics_addr)
+    except ValueError as e:
+        raise BadInput(str(e)) from e
+    api = kube_client(kubeconfig, kube_context)
+    Controller(
+        api,
+        namespace=namespace,
+        prometheus_url=prometheus_url,
+        workers=workers,
+        metrics_addr=metrics_addr,
+        leader_elect=leader_elect,
+        lease_namespace=lease_namespace,
+    ).run()

@@ -113,7 +113,9 @@ class RolloutRunner:
         state = self._require_state()
         now = self.clock.now()
         while self._pending and not state.terminal:
-            state = self._apply(engine.command(self.policy, state, self._pending.pop(0), now))
+            # Dequeued only once carried out: an abort whose write failed is tried again.
+            state = self._apply(engine.command(self.policy, state, self._pending[0], now))
+            self._pending.pop(0)
         if state.terminal:
             return state
         self._watch_for_external_change(state)

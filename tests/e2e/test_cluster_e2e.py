@@ -1,0 +1,222 @@
+"""The whole cluster loop with every part running (TESTING.md, end to end).
+
+- the Kubernetes API stand-in holds two VirtualServices and two ModelRollouts;
+- `mesh-canary controller` runs as a separate process and reconciles both at once;
+- an istiod stand-in (tests/istiod_helper.py) moves a real Envoy per VirtualService;
+- each Envoy fronts two real model servers under load; a real Prometheus scrapes them all,
+  and the controller reads its metrics from it (profile envoy).
+
+Rollout A (healthy candidate) is promoted; the controller is killed (SIGKILL) in the
+middle of it and a new process resumes the same step without writing any weight again.
+Rollout B (candidate answering 30% errors) is rolled back, after which the model servers
+themselves count every new request on stable and none on the candidate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import kubernetes.client
+import pytest
+
+from mesh_canary.core.weights import Weights
+from mesh_canary.localmesh.mesh import HEALTHY, Degradation, LoadSettings, LocalMesh
+from mesh_canary.localmesh.prometheus import PrometheusServer, free_port
+from tests.crd_schema import ISTIO_CRDS, MODELROLLOUT_CRD, load_yaml
+from tests.istiod_helper import IstiodHelper
+from tests.kube_standin import KubeStandIn
+
+pytestmark = pytest.mark.e2e
+
+NS = "models"
+MESH_CANARY = str(pathlib.Path(sys.executable).parent / "mesh-canary")
+
+
+def virtual_service(name: str, stable: str, candidate: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"hosts": [name], "http": [{"name": "primary", "timeout": "5s", "route": [
+            {"destination": {"host": name, "subset": stable}, "weight": 100},
+            {"destination": {"host": name, "subset": candidate}, "weight": 0},
+        ]}]},
+    }
+
+
+def model_rollout(name: str, stable: str, candidate: str, prometheus_url: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "mesh-canary.io/v1alpha1",
+        "kind": "ModelRollout",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "virtualService": {"name": name, "routes": ["primary"]},
+            "stable": {"destination": {"host": name, "subset": stable}, "version": "1.0", "metricsVersion": stable},
+            "candidate": {"destination": {"host": name, "subset": candidate}, "version": "2.0",
+                          "metricsVersion": candidate},
+            "canary": {"steps": [25, 50, 100], "minStepDuration": "6s", "maxStepDuration": "90s"},
+            "analysis": {"interval": "1s", "minRequests": 20, "noDataTimeout": "60s", "checks": [
+                {"metric": "errorRate", "max": 0.05, "maxIncrease": 0.03},
+                {"metric": "latency", "quantile": 0.99, "max": "500ms"},
+            ]},
+            "metrics": {"provider": "prometheus", "profile": "envoy", "address": prometheus_url},
+        },
+    }
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            last = fn()
+            if last:
+                return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+
+
+class ControllerProcess:
+    def __init__(self, kubeconfig: pathlib.Path, log_path: pathlib.Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        with log_path.open("a") as log:
+            self.proc = subprocess.Popen(
+                [MESH_CANARY, "controller", "--kubeconfig", str(kubeconfig), "--namespace", NS,
+                 "--metrics-addr", f"127.0.0.1:{self.port}"],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        wait_for("the controller's /readyz", lambda: self.ready(), 30)
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the controller exited: {self.log_path.read_text()[-3000:]}")
+        return httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return -9
+        return int(self.proc.returncode)
+
+
+def scrape_configs(prefix: str, mesh: LocalMesh) -> list[dict[str, Any]]:
+    return [{**c, "job_name": f"{prefix}-{c['job_name']}"} for c in mesh.prometheus_scrape_configs()]
+
+
+def served(mesh: LocalMesh) -> dict[str, int]:
+    return {v: mesh.requests_served(v) for v in (mesh.stable_version, mesh.candidate_version)}
+
+
+def test_two_rollouts_one_promoted_one_rolled_back_and_a_killed_controller_resumes(tmp_path: pathlib.Path) -> None:
+    crds = [load_yaml(p) for p in [*ISTIO_CRDS, MODELROLLOUT_CRD]]
+    load = LoadSettings(rate=40.0, threads=2)
+    log_path = tmp_path / "controller.log"
+    with contextlib.ExitStack() as stack:
+        kube = stack.enter_context(KubeStandIn(crds, workdir=tmp_path))
+        mesh_a = stack.enter_context(LocalMesh("a-v1", "a-v2", candidate=HEALTHY, load=load))
+        mesh_b = stack.enter_context(LocalMesh("b-v1", "b-v2", candidate=Degradation(error_rate=0.3), load=load))
+        prom = stack.enter_context(PrometheusServer(
+            scrape_configs=[*scrape_configs("a", mesh_a), *scrape_configs("b", mesh_b)], scrape_interval_s=1.0))
+        client = kube.api_client()
+        custom: Any = kubernetes.client.CustomObjectsApi(client)
+        core: Any = kubernetes.client.CoreV1Api(client)
+        for name, mesh in (("scorer-a", mesh_a), ("scorer-b", mesh_b)):
+            custom.create_namespaced_custom_object("networking.istio.io", "v1", NS, "virtualservices",
+                                                   virtual_service(name, mesh.stable_version, mesh.candidate_version))
+        helpers = {
+            name: stack.enter_context(IstiodHelper(
+                client, NS, name, mesh.admin_url,
+                {(name, mesh.stable_version): mesh.stable_version, (name, mesh.candidate_version): mesh.candidate_version},
+            ))
+            for name, mesh in (("scorer-a", mesh_a), ("scorer-b", mesh_b))
+        }
+        # Both Envoys' request counters must be in Prometheus before the rollouts start.
+        wait_for("scraped Envoy stats", lambda: len(prom.query("envoy_cluster_upstream_rq_xx")) >= 2, 30)
+
+        def status(name: str) -> dict[str, Any]:
+            obj = custom.get_namespaced_custom_object("mesh-canary.io", "v1alpha1", NS, "modelrollouts", name)
+            return dict(obj.get("status") or {})
+
+        def vs_weights(name: str) -> list[list[int]]:
+            out: list[list[int]] = []
+            for v in kube.stored("networking.istio.io/v1/virtualservices", NS, name):
+                w = [r.get("weight", 0) for r in v["spec"]["http"][0]["route"]]
+                if not out or out[-1] != w:
+                    out.append(w)
+            return out
+
+        def events(name: str) -> list[str]:
+            items = core.list_namespaced_event(NS).items
+            return [e.reason for e in items if e.involved_object.name == name]
+
+        controller = ControllerProcess(kube.kubeconfig_path, log_path)
+        stack.callback(controller.terminate)
+        for name, mesh in (("scorer-a", mesh_a), ("scorer-b", mesh_b)):
+            custom.create_namespaced_custom_object("mesh-canary.io", "v1alpha1", NS, "modelrollouts", model_rollout(
+                name, mesh.stable_version, mesh.candidate_version, prom.url))
+
+        # B: the degraded candidate is caught and every new request reaches stable.
+        wait_for("B rolled back", lambda: status("scorer-b").get("phase") == "RolledBack", 60)
+        wait_for("Envoy B back on stable", lambda: mesh_b.router.get_weights() == Weights(100, 0), 5)
+        time.sleep(0.5)  # requests already in flight at the switch may still land
+        before = served(mesh_b)
+        time.sleep(3.0)
+        after = served(mesh_b)
+        assert after["b-v2"] == before["b-v2"], "a request reached the rolled-back candidate"
+        assert after["b-v1"] - before["b-v1"] >= 60, "stable keeps serving the load"
+        b = status("scorer-b")
+        assert "errorRate" in b["reason"] and b["weights"]["candidate"] == 0
+        assert vs_weights("scorer-b") == [[100, 0], [75, 25], [100, 0]]
+        assert "RolledBack" in events("scorer-b")
+
+        # A: kill the controller in the middle of step 2, start a new one: same step, no write.
+        wait_for("A at step 2", lambda: status("scorer-a").get("currentStep") == 2, 60)
+        controller.kill()
+        saved = status("scorer-a")["rollout"]
+        writes_before = vs_weights("scorer-a")
+        assert writes_before == [[100, 0], [75, 25], [50, 50]]
+        controller = ControllerProcess(kube.kubeconfig_path, log_path)
+        stack.callback(controller.terminate)
+        wait_for("an analysis by the new process", lambda: status("scorer-a")["rollout"]["ticks"] > saved["ticks"], 20)
+        resumed = status("scorer-a")["rollout"]
+        assert resumed["stepIndex"] == 1
+        assert (resumed["startedAt"], resumed["stepStartedAt"]) == (saved["startedAt"], saved["stepStartedAt"])
+        assert vs_weights("scorer-a") == writes_before, "resuming wrote no weight"
+        assert status("scorer-b")["phase"] == "RolledBack" and vs_weights("scorer-b")[-1] == [100, 0]
+
+        wait_for("A promoted", lambda: status("scorer-a").get("phase") == "Succeeded", 60)
+        wait_for("Envoy A all on the candidate", lambda: mesh_a.router.get_weights() == Weights(0, 100), 5)
+        assert vs_weights("scorer-a") == [[100, 0], [75, 25], [50, 50], [0, 100]]
+        assert events("scorer-a").count("Started") == 1 and "Promoted" in events("scorer-a")
+        time.sleep(0.5)
+        before = served(mesh_a)
+        time.sleep(1.5)
+        after = served(mesh_a)
+        assert after["a-v1"] == before["a-v1"] and after["a-v2"] > before["a-v2"]
+        assert [w for _, w in helpers["scorer-a"].applied] == [
+            Weights(100, 0), Weights(75, 25), Weights(50, 50), Weights(0, 100)]
+        assert helpers["scorer-a"].errors == [] and helpers["scorer-b"].errors == []
+
+        assert controller.terminate() == 0
+        lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+        assert any(r.get("msg") == "controller stopped" for r in lines)
