@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import logging
@@ -15,6 +14,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from mesh_canary.adapters.kube_rollouts import KubeError, RolloutClient, api_client
 from mesh_canary.core.durations import parse_duration
 from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import PolicyError, load_policy_text, validate_text
@@ -50,6 +50,8 @@ def friendly_errors(fn: F) -> F:
             sys.exit(EXIT_BAD_INPUT)
         except BadInput as e:
             fail(str(e), EXIT_BAD_INPUT)
+        except KubeError as e:
+            fail(str(e), EXIT_BAD_INPUT if e.bad_input else EXIT_FAILURE)
         except (SystemExit, KeyboardInterrupt, click.exceptions.Exit, click.ClickException):
             raise
         except Exception as e:
@@ -328,152 +330,6 @@ def kube_options(fn: F) -> F:
     return fn
 
 
-def kube_client(kubeconfig: str | None, context: str | None) -> Any:
-    """An ApiClient from a kubeconfig, or from the pod's service account inside a cluster."""
-    import importlib
-    import os
-
-    import kubernetes.client
-
-    config: Any = importlib.import_module("kubernetes.config")  # untyped
-    default = Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser()
-    try:
-        if kubeconfig or context or default.exists():
-            return config.new_client_from_config(config_file=kubeconfig, context=context)
-        configuration = kubernetes.client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)
-        return kubernetes.client.ApiClient(configuration)
-    except Exception as e:
-        raise click.ClickException(f"cannot load the Kubernetes configuration: {e}") from e
-
-
-def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
-    import importlib
-
-    config: Any = importlib.import_module("kubernetes.config")  # untyped
-
-    try:
-        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
-    except Exception:
-        return "default"
-    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
-    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
-
-
-def _api_error(e: Exception, what: str) -> NoReturn:
-    from kubernetes.client.exceptions import ApiException
-
-    if isinstance(e, ApiException):
-        try:
-            message = json.loads(e.body or "{}").get("message") or e.reason
-        except ValueError:
-            message = e.reason
-        if e.status == 404:
-            fail(f"{what}: not found ({message})")
-        if e.status == 422:
-            fail(f"{what}: the API server rejected it: {message}", EXIT_BAD_INPUT)
-        fail(f"{what}: HTTP {e.status}: {message}")
-    fail(f"{what}: cannot reach the Kubernetes API: {e}")
-
-
-class _Rollouts:
-    """The ModelRollout calls the `rollout` verbs make."""
-
-    def __init__(self, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
-        import kubernetes.client
-
-        from mesh_canary.adapters.kube_status import GROUP, PLURAL, VERSION
-
-        self.api: Any = kubernetes.client.CustomObjectsApi(kube_client(kubeconfig, context))
-        self.namespace = namespace or _context_namespace(kubeconfig, context)
-        self.gvp = (GROUP, VERSION)
-        self.plural = PLURAL
-
-    def ref(self, name: str, namespace: str | None = None) -> str:
-        return f"modelrollout {namespace or self.namespace}/{name}"
-
-    def get(self, name: str, namespace: str | None = None) -> dict[str, Any]:
-        ns = namespace or self.namespace
-        try:
-            return dict(
-                self.api.get_namespaced_custom_object(*self.gvp, ns, self.plural, name, _request_timeout=15)
-            )
-        except Exception as e:
-            _api_error(e, self.ref(name, ns))
-
-    def list(self, all_namespaces: bool = False) -> list[dict[str, Any]]:
-        try:
-            if all_namespaces:
-                result: Any = self.api.list_cluster_custom_object(*self.gvp, self.plural, _request_timeout=15)
-            else:
-                result = self.api.list_namespaced_custom_object(
-                    *self.gvp, self.namespace, self.plural, _request_timeout=15
-                )
-        except Exception as e:
-            _api_error(
-                e, f"listing modelrollouts in {'all namespaces' if all_namespaces else self.namespace}"
-            )
-        return [dict(i) for i in result.get("items", [])]
-
-    def apply(self, doc: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        """Create the resource, or replace its spec, labels and annotations; returns (object, what happened)."""
-        from kubernetes.client.exceptions import ApiException
-
-        name = doc["metadata"]["name"]
-        for _ in range(5):
-            try:
-                created: Any = self.api.create_namespaced_custom_object(
-                    *self.gvp, self.namespace, self.plural, doc, _request_timeout=15
-                )
-                return dict(created), "created"
-            except ApiException as e:
-                if e.status != 409:
-                    _api_error(e, self.ref(name))
-            except Exception as e:
-                _api_error(e, self.ref(name))
-            live = self.get(name)
-            meta = dict(live["metadata"])
-            if live.get("spec") == doc.get("spec") and all(
-                (meta.get(k) or {}).get(a) == v
-                for k in ("labels", "annotations")
-                for a, v in (doc["metadata"].get(k) or {}).items()
-            ):
-                return live, "unchanged"
-            body = copy.deepcopy(doc)
-            new_meta = body["metadata"]
-            # Keep what others own: the controller's finalizer, handled orders, other annotations.
-            for key in ("resourceVersion", "finalizers", "uid"):
-                if key in meta:
-                    new_meta[key] = meta[key]
-            new_meta["annotations"] = {
-                **(meta.get("annotations") or {}),
-                **(new_meta.get("annotations") or {}),
-            }
-            new_meta["labels"] = {**(meta.get("labels") or {}), **(new_meta.get("labels") or {})}
-            try:
-                replaced: Any = self.api.replace_namespaced_custom_object(
-                    *self.gvp, self.namespace, self.plural, name, body, _request_timeout=15
-                )
-                return dict(replaced), "configured"
-            except ApiException as e:
-                if e.status != 409:
-                    _api_error(e, self.ref(name))
-            except Exception as e:
-                _api_error(e, self.ref(name))
-        fail(f"{self.ref(name)}: kept changing while being applied; try again")
-
-    def annotate(self, name: str, key: str, value: str) -> dict[str, Any]:
-        body = {"metadata": {"annotations": {key: value}}}
-        try:
-            return dict(
-                self.api.patch_namespaced_custom_object(
-                    *self.gvp, self.namespace, self.plural, name, body, _request_timeout=15
-                )
-            )
-        except Exception as e:
-            _api_error(e, self.ref(name))
-
-
 def _request_id() -> str:
     import time
     import uuid
@@ -564,7 +420,7 @@ def _emit_view(view: dict[str, Any], fmt: str, stream: bool = False) -> None:
 
 
 def _follow(
-    client: _Rollouts,
+    client: RolloutClient,
     name: str,
     fmt: str,
     timeout_s: float | None,
@@ -650,7 +506,7 @@ def rollout_start(
         raise BadInput(
             f"the policy's metadata.namespace {meta['namespace']!r} does not match --namespace {namespace!r}"
         )
-    client = _Rollouts(kubeconfig, kube_context, namespace or meta.get("namespace"))
+    client = RolloutClient(kubeconfig, kube_context, namespace or meta.get("namespace"))
     meta["namespace"] = client.namespace
     obj, what = client.apply(doc)
     if fmt == "text":
@@ -688,7 +544,7 @@ def rollout_status(
     """Phase, step, weights, every check's latest estimate/bounds/verdict, conditions."""
     import time
 
-    client = _Rollouts(kubeconfig, kube_context, namespace)
+    client = RolloutClient(kubeconfig, kube_context, namespace)
     last: Any = None
     while True:
         view = rollout_view(client.get(name))
@@ -717,7 +573,7 @@ def _command(
 
     from mesh_canary.adapters.kube_status import COMMAND_ANNOTATIONS
 
-    client = _Rollouts(kubeconfig, kube_context, namespace)
+    client = RolloutClient(kubeconfig, kube_context, namespace)
     timeout_s = _duration_arg("--timeout", timeout) or 30.0
     client.annotate(name, COMMAND_ANNOTATIONS[word], value)
     if fmt == "text":
@@ -807,7 +663,7 @@ def rollout_history(
     fmt: str,
 ) -> None:
     """Past rollouts (and the one in progress): versions, outcome, reason, duration."""
-    client = _Rollouts(kubeconfig, kube_context, namespace)
+    client = RolloutClient(kubeconfig, kube_context, namespace)
     objs = [client.get(name)] if name else client.list(all_namespaces)
     rows: list[dict[str, Any]] = []
     for obj in objs:
@@ -897,7 +753,7 @@ def controller(
         parse_addr(metrics_addr)
     except ValueError as e:
         raise BadInput(str(e)) from e
-    api = kube_client(kubeconfig, kube_context)
+    api = api_client(kubeconfig, kube_context)
     Controller(
         api,
         namespace=namespace,

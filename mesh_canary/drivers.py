@@ -108,11 +108,9 @@ def istio_backend(
     policy: Policy, kubeconfig: str | None, context: str | None, prometheus_url: str | None
 ) -> tuple[TrafficRouter, MetricsSource]:
     """A cluster: the VirtualService through the Kubernetes API, metrics from Prometheus."""
-    from kubernetes import config
-
     from mesh_canary.adapters.istio import IstioRouter
+    from mesh_canary.adapters.kube_rollouts import api_client
     from mesh_canary.adapters.prometheus import PrometheusMetricsSource
 
-    api_client = config.new_client_from_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
-    router = IstioRouter(policy, api_client)
+    router = IstioRouter(policy, api_client(kubeconfig, context))
     return router, PrometheusMetricsSource(policy, url=prometheus_url)

@@ -1,0 +1,167 @@
+"""ModelRollout resources through the Kubernetes API: the client layer the `rollout` verbs use.
+
+Only this module and the other kube adapters talk to the API; the CLI turns a KubeError
+into its one sentence and exit code.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, NoReturn
+
+
+class KubeError(Exception):
+    """The API could not be reached, or refused; `bad_input` when it rejected what we sent."""
+
+    def __init__(self, message: str, bad_input: bool = False) -> None:
+        super().__init__(message)
+        self.bad_input = bad_input
+
+
+def api_client(kubeconfig: str | None, context: str | None) -> Any:
+    """An ApiClient from a kubeconfig, or from the pod's service account inside a cluster."""
+    import importlib
+    import os
+
+    import kubernetes.client
+
+    config: Any = importlib.import_module("kubernetes.config")  # untyped
+    default = Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser()
+    try:
+        if kubeconfig or context or default.exists():
+            return config.new_client_from_config(config_file=kubeconfig, context=context)
+        configuration = kubernetes.client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+        return kubernetes.client.ApiClient(configuration)
+    except Exception as e:
+        raise KubeError(f"cannot load the Kubernetes configuration: {e}") from e
+
+
+def context_namespace(kubeconfig: str | None, context: str | None) -> str:
+    import importlib
+
+    config: Any = importlib.import_module("kubernetes.config")  # untyped
+
+    try:
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+    except Exception:
+        return "default"
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
+
+
+def raise_api_error(e: Exception, what: str) -> NoReturn:
+    """Turn a client exception into one sentence naming what failed."""
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(e, ApiException):
+        try:
+            message = json.loads(e.body or "{}").get("message") or e.reason
+        except ValueError:
+            message = e.reason
+        if e.status == 404:
+            raise KubeError(f"{what}: not found ({message})") from e
+        if e.status == 422:
+            raise KubeError(f"{what}: the API server rejected it: {message}", bad_input=True) from e
+        raise KubeError(f"{what}: HTTP {e.status}: {message}") from e
+    raise KubeError(f"{what}: cannot reach the Kubernetes API: {e}") from e
+
+
+class RolloutClient:
+    """The ModelRollout calls the `rollout` verbs make (create/replace, read, list, annotate)."""
+
+    def __init__(self, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+        import kubernetes.client
+
+        from mesh_canary.adapters.kube_status import GROUP, PLURAL, VERSION
+
+        self.api: Any = kubernetes.client.CustomObjectsApi(api_client(kubeconfig, context))
+        self.namespace = namespace or context_namespace(kubeconfig, context)
+        self.gvp = (GROUP, VERSION)
+        self.plural = PLURAL
+
+    def ref(self, name: str, namespace: str | None = None) -> str:
+        return f"modelrollout {namespace or self.namespace}/{name}"
+
+    def get(self, name: str, namespace: str | None = None) -> dict[str, Any]:
+        ns = namespace or self.namespace
+        try:
+            return dict(
+                self.api.get_namespaced_custom_object(*self.gvp, ns, self.plural, name, _request_timeout=15)
+            )
+        except Exception as e:
+            raise_api_error(e, self.ref(name, ns))
+
+    def list(self, all_namespaces: bool = False) -> list[dict[str, Any]]:
+        try:
+            if all_namespaces:
+                result: Any = self.api.list_cluster_custom_object(*self.gvp, self.plural, _request_timeout=15)
+            else:
+                result = self.api.list_namespaced_custom_object(
+                    *self.gvp, self.namespace, self.plural, _request_timeout=15
+                )
+        except Exception as e:
+            raise_api_error(
+                e, f"listing modelrollouts in {'all namespaces' if all_namespaces else self.namespace}"
+            )
+        return [dict(i) for i in result.get("items", [])]
+
+    def apply(self, doc: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Create the resource, or replace its spec, labels and annotations; returns (object, what happened)."""
+        from kubernetes.client.exceptions import ApiException
+
+        name = doc["metadata"]["name"]
+        for _ in range(5):
+            try:
+                created: Any = self.api.create_namespaced_custom_object(
+                    *self.gvp, self.namespace, self.plural, doc, _request_timeout=15
+                )
+                return dict(created), "created"
+            except ApiException as e:
+                if e.status != 409:
+                    raise_api_error(e, self.ref(name))
+            except Exception as e:
+                raise_api_error(e, self.ref(name))
+            live = self.get(name)
+            meta = dict(live["metadata"])
+            if live.get("spec") == doc.get("spec") and all(
+                (meta.get(k) or {}).get(a) == v
+                for k in ("labels", "annotations")
+                for a, v in (doc["metadata"].get(k) or {}).items()
+            ):
+                return live, "unchanged"
+            body = copy.deepcopy(doc)
+            new_meta = body["metadata"]
+            # Keep what others own: the controller's finalizer, handled orders, other annotations.
+            for key in ("resourceVersion", "finalizers", "uid"):
+                if key in meta:
+                    new_meta[key] = meta[key]
+            new_meta["annotations"] = {
+                **(meta.get("annotations") or {}),
+                **(new_meta.get("annotations") or {}),
+            }
+            new_meta["labels"] = {**(meta.get("labels") or {}), **(new_meta.get("labels") or {})}
+            try:
+                replaced: Any = self.api.replace_namespaced_custom_object(
+                    *self.gvp, self.namespace, self.plural, name, body, _request_timeout=15
+                )
+                return dict(replaced), "configured"
+            except ApiException as e:
+                if e.status != 409:
+                    raise_api_error(e, self.ref(name))
+            except Exception as e:
+                raise_api_error(e, self.ref(name))
+        raise KubeError(f"{self.ref(name)}: kept changing while being applied; try again")
+
+    def annotate(self, name: str, key: str, value: str) -> dict[str, Any]:
+        body = {"metadata": {"annotations": {key: value}}}
+        try:
+            return dict(
+                self.api.patch_namespaced_custom_object(
+                    *self.gvp, self.namespace, self.plural, name, body, _request_timeout=15
+                )
+            )
+        except Exception as e:
+            raise_api_error(e, self.ref(name))
