@@ -62,7 +62,9 @@ def status_schema() -> dict[str, Any]:
         "description": "What the controller observed and decided; everything needed to resume after a restart.",
         "x-kubernetes-preserve-unknown-fields": True,
         "properties": {
-            "phase": _str("Pending, Invalid, Progressing, Paused, WaitingForApproval, Succeeded or RolledBack."),
+            "phase": _str(
+                "Pending, Invalid, Progressing, Paused, WaitingForApproval, Succeeded or RolledBack."
+            ),
             "currentStep": _int("The current step, counting from 1 (blue/green: 1 preview, 2 switched)."),
             "stepCount": _int("How many steps the rollout has."),
             "weights": weights,
@@ -95,13 +97,31 @@ def status_schema() -> dict[str, Any]:
 
 def printer_columns() -> list[dict[str, Any]]:
     return [
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Where the rollout is."},
-        {"name": "Step", "type": "integer", "jsonPath": ".status.currentStep",
-         "description": "The current step, counting from 1."},
-        {"name": "Weight", "type": "integer", "jsonPath": ".status.weights.candidate",
-         "description": "Percent of live traffic on the candidate."},
-        {"name": "Candidate", "type": "string", "jsonPath": ".spec.candidate.version", "priority": 1,
-         "description": "The candidate model version."},
+        {
+            "name": "Phase",
+            "type": "string",
+            "jsonPath": ".status.phase",
+            "description": "Where the rollout is.",
+        },
+        {
+            "name": "Step",
+            "type": "integer",
+            "jsonPath": ".status.currentStep",
+            "description": "The current step, counting from 1.",
+        },
+        {
+            "name": "Weight",
+            "type": "integer",
+            "jsonPath": ".status.weights.candidate",
+            "description": "Percent of live traffic on the candidate.",
+        },
+        {
+            "name": "Candidate",
+            "type": "string",
+            "jsonPath": ".spec.candidate.version",
+            "priority": 1,
+            "description": "The candidate model version.",
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 

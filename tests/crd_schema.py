@@ -52,6 +52,7 @@ def validator_for(path: pathlib.Path) -> CrdValidator:
     """A validator for the storage version of the CRD in ``path`` (cached)."""
     return CrdValidator(load_yaml(path))
 
+
 _GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -124,7 +125,12 @@ def to_json_schema(node: Mapping[str, Any], *, in_junctor: bool = False) -> dict
         out.setdefault("minimum", low)
         out.setdefault("maximum", high)
     preserve = node.get("x-kubernetes-preserve-unknown-fields")
-    if not in_junctor and node.get("type") == "object" and "additionalProperties" not in node and not preserve:
+    if (
+        not in_junctor
+        and node.get("type") == "object"
+        and "additionalProperties" not in node
+        and not preserve
+    ):
         out["additionalProperties"] = False
         out.setdefault("properties", {})
     return out
@@ -180,10 +186,36 @@ class CrdValidator:
 
 
 _ALLOWED = {
-    "description", "type", "format", "title", "default", "maximum", "exclusiveMaximum", "minimum",
-    "exclusiveMinimum", "maxLength", "minLength", "pattern", "maxItems", "minItems", "uniqueItems",
-    "multipleOf", "enum", "maxProperties", "minProperties", "required", "items", "allOf", "oneOf",
-    "anyOf", "not", "properties", "additionalProperties", "externalDocs", "example", "nullable",
+    "description",
+    "type",
+    "format",
+    "title",
+    "default",
+    "maximum",
+    "exclusiveMaximum",
+    "minimum",
+    "exclusiveMinimum",
+    "maxLength",
+    "minLength",
+    "pattern",
+    "maxItems",
+    "minItems",
+    "uniqueItems",
+    "multipleOf",
+    "enum",
+    "maxProperties",
+    "minProperties",
+    "required",
+    "items",
+    "allOf",
+    "oneOf",
+    "anyOf",
+    "not",
+    "properties",
+    "additionalProperties",
+    "externalDocs",
+    "example",
+    "nullable",
 }
 _TYPES = {"object", "array", "string", "integer", "number", "boolean"}
 _NOT_IN_JUNCTORS = {"description", "type", "default", "additionalProperties", "nullable"}
@@ -194,16 +226,23 @@ def _int_or_string_branch(node: Mapping[str, Any]) -> bool:
     return dict(node) in ({"type": "integer"}, {"type": "string"})
 
 
-def structural_problems(node: Mapping[str, Any], path: str = "openAPIV3Schema", *, in_junctor: bool = False,
-                        needs_type: bool = True) -> list[str]:
+def structural_problems(
+    node: Mapping[str, Any],
+    path: str = "openAPIV3Schema",
+    *,
+    in_junctor: bool = False,
+    needs_type: bool = True,
+) -> list[str]:
     """What a Kubernetes API server would refuse in this CRD schema node (empty: fine)."""
     problems = []
     for key in node:
         if key not in _ALLOWED and not key.startswith("x-kubernetes-"):
             problems.append(f"{path}: {key!r} is not allowed in a CRD schema")
     if in_junctor and not _int_or_string_branch(node):
-        problems += [f"{path}: {key!r} must not be set inside allOf/anyOf/oneOf/not"
-                     for key in _NOT_IN_JUNCTORS & set(node)]
+        problems += [
+            f"{path}: {key!r} must not be set inside allOf/anyOf/oneOf/not"
+            for key in _NOT_IN_JUNCTORS & set(node)
+        ]
     exempt = node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
     if "type" in node and node["type"] not in _TYPES:
         problems.append(f"{path}: type {node['type']!r} must be one of {sorted(_TYPES)}")
@@ -225,8 +264,9 @@ def structural_problems(node: Mapping[str, Any], path: str = "openAPIV3Schema", 
     elif "items" in node:
         problems.append(f"{path}: items must be one schema")
     if isinstance(node.get("additionalProperties"), Mapping):
-        problems += structural_problems(node["additionalProperties"], f"{path}.additionalProperties",
-                                        in_junctor=in_junctor)
+        problems += structural_problems(
+            node["additionalProperties"], f"{path}.additionalProperties", in_junctor=in_junctor
+        )
     for key in ("allOf", "oneOf", "anyOf"):
         for i, sub in enumerate(node.get(key) or []):
             problems += structural_problems(sub, f"{path}.{key}[{i}]", in_junctor=True)

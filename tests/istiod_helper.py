@@ -116,8 +116,11 @@ class IstiodHelper:
                 while not self._stop.is_set():
                     self._watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
                     for event in self._watch.stream(
-                        self._api.list_namespaced_custom_object, *args, field_selector=selector,
-                        resource_version=rv, timeout_seconds=5,
+                        self._api.list_namespaced_custom_object,
+                        *args,
+                        field_selector=selector,
+                        resource_version=rv,
+                        timeout_seconds=5,
                     ):
                         obj = event["raw_object"]
                         rv = obj["metadata"]["resourceVersion"]

@@ -33,11 +33,17 @@ def kubectl(api: KubeStandIn, *args: str, ok: bool = True) -> subprocess.Complet
     """``kubectl ARGS`` against ``api`` (its own cache dir); fails the test when kubectl is missing."""
     binary = shutil.which("kubectl")
     if binary is None:
-        pytest.fail("kubectl is not installed: see https://kubernetes.io/docs/tasks/tools/ "
-                    "(Debian: the kubernetes apt repository's kubectl package)")
+        pytest.fail(
+            "kubectl is not installed: see https://kubernetes.io/docs/tasks/tools/ "
+            "(Debian: the kubernetes apt repository's kubectl package)"
+        )
     cache = api.kubeconfig_path.parent / "kubectl-cache"
-    result = subprocess.run([binary, f"--kubeconfig={api.kubeconfig_path}", f"--cache-dir={cache}", *args],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [binary, f"--kubeconfig={api.kubeconfig_path}", f"--cache-dir={cache}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if ok:
         assert result.returncode == 0, f"kubectl {' '.join(args)} failed: {result.stderr.strip()}"
     return result

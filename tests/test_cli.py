@@ -40,12 +40,16 @@ def test_validate_json_output_is_machine_readable() -> None:
     assert code == 2
     doc = json.loads(out)
     assert doc["valid"] is False
-    assert {"path": "spec.canary.steps[3]", "message": "120 is above the maximum 100", "line": 19} in doc["problems"]
+    assert {"path": "spec.canary.steps[3]", "message": "120 is above the maximum 100", "line": 19} in doc[
+        "problems"
+    ]
 
 
 def test_run_with_an_invalid_policy_changes_nothing_and_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text((ROOT / "policies/minimal.yaml").read_text().replace("subset: v2", "subset: v2, weight: 3"))
+    bad.write_text(
+        (ROOT / "policies/minimal.yaml").read_text().replace("subset: v2", "subset: v2, weight: 3")
+    )
     state = tmp_path / "state.json"
     code, _, err = invoke("run", "-f", str(bad), "--backend", "local", "--state", str(state))
     assert code == 2

@@ -48,8 +48,9 @@ def test_schema_is_structural_as_an_api_server_requires() -> None:
     schema = render_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     assert structural_problems(schema) == []
     # and the checker does catch what a real server refuses
-    assert structural_problems({"type": "object", "properties": {"a": {"type": "string"}},
-                                "additionalProperties": False})
+    assert structural_problems(
+        {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": False}
+    )
     assert structural_problems({"type": "object", "properties": {"a": {"$ref": "#/x"}}})
 
 
@@ -81,8 +82,9 @@ def _broken(change: str) -> dict[str, Any]:
     return doc
 
 
-@pytest.mark.parametrize("change", ["unknown field", "weight above 100", "wrong type", "bad strategy",
-                                    "no stable", "bad duration"])
+@pytest.mark.parametrize(
+    "change", ["unknown field", "weight above 100", "wrong type", "bad strategy", "no stable", "bad duration"]
+)
 def test_the_crd_and_the_cli_reject_the_same_mistakes(change: str) -> None:
     doc = _broken(change)
     assert CrdValidator(render_crd()).errors(doc), f"the CRD accepts a policy with {change}"
@@ -92,12 +94,22 @@ def test_the_crd_and_the_cli_reject_the_same_mistakes(change: str) -> None:
 def test_status_accepts_what_the_controller_writes_and_keeps_unknown_fields() -> None:
     doc = _policy()
     doc["status"] = {
-        "phase": "Progressing", "currentStep": 2, "weights": {"stable": 75, "candidate": 25, "fallback": 0,
-                                                              "mirrorPercent": 0},
-        "conditions": [{"type": "Progressing", "status": "True", "reason": "StepPassed", "message": "ok",
-                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}],
+        "phase": "Progressing",
+        "currentStep": 2,
+        "weights": {"stable": 75, "candidate": 25, "fallback": 0, "mirrorPercent": 0},
+        "conditions": [
+            {
+                "type": "Progressing",
+                "status": "True",
+                "reason": "StepPassed",
+                "message": "ok",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+                "observedGeneration": 1,
+            }
+        ],
         "checks": [{"name": "errorRate", "verdict": "pass", "estimate": 0.001}],
-        "rollout": {"anything": {"the": "engine saves"}}, "history": [{"outcome": "promoted"}],
+        "rollout": {"anything": {"the": "engine saves"}},
+        "history": [{"outcome": "promoted"}],
         "startedAt": "2026-01-01T00:00:00Z",
         "somethingNew": True,
     }

@@ -37,9 +37,17 @@ def started() -> engine.RolloutState:
 def test_a_running_rollout_shows_phase_step_weights_versions_and_checks() -> None:
     policy = make_policy()
     check = CheckResult(
-        "errorRate", "errorRate", Verdict.INCONCLUSIVE, "not enough requests yet",
-        estimate=0.01, stable_estimate=0.005, lower=-0.002, upper=math.inf, bound="<= stable + 1%",
-        quantity="candidate - stable", samples=42.0,
+        "errorRate",
+        "errorRate",
+        Verdict.INCONCLUSIVE,
+        "not enough requests yet",
+        estimate=0.01,
+        stable_estimate=0.005,
+        lower=-0.002,
+        upper=math.inf,
+        bound="<= stable + 1%",
+        quantity="candidate - stable",
+        samples=42.0,
     )
     state = replace(started(), checks=(check,), last_tick_at=T0 + 30)
     status = render_status(None, state=state, policy=policy, generation=3, now=T0 + 30)
@@ -63,14 +71,22 @@ def test_conditions_say_progressing_then_succeeded_and_keep_transition_times_unt
     running = started()
     s1 = render_status(None, state=running, policy=policy, generation=1, now=T0)
     assert condition(s1, "Progressing") == {
-        "type": "Progressing", "status": "True", "reason": "StepInProgress", "message": s1["message"],
-        "lastTransitionTime": iso(T0), "observedGeneration": 1,
+        "type": "Progressing",
+        "status": "True",
+        "reason": "StepInProgress",
+        "message": s1["message"],
+        "lastTransitionTime": iso(T0),
+        "observedGeneration": 1,
     }
     assert condition(s1, "Succeeded")["status"] == "False"  # type: ignore[index]
     assert condition(s1, "PolicyValid")["status"] == "True"  # type: ignore[index]
     assert condition(s1, "WeightsInSync")["status"] == "True"  # type: ignore[index]
     assert [c["type"] for c in s1["conditions"]] == [
-        "PolicyValid", "Progressing", "Succeeded", "RolledBack", "WeightsInSync",
+        "PolicyValid",
+        "Progressing",
+        "Succeeded",
+        "RolledBack",
+        "WeightsInSync",
     ]
 
     # A later step: same statuses, new message: the transition times stay.
@@ -117,8 +133,14 @@ def test_weights_changed_elsewhere_turn_weights_in_sync_false_and_back() -> None
     policy = make_policy()
     state = started()
     s1 = render_status(None, state=state, policy=policy, generation=1, now=T0)
-    s2 = render_status(s1, state=state, policy=policy, generation=1, now=T0 + 5,
-                       drift="weights were changed outside mesh-canary: live 100/0, expected 90/10")
+    s2 = render_status(
+        s1,
+        state=state,
+        policy=policy,
+        generation=1,
+        now=T0 + 5,
+        drift="weights were changed outside mesh-canary: live 100/0, expected 90/10",
+    )
     c2 = condition(s2, "WeightsInSync")
     assert c2 is not None and c2["status"] == "False" and c2["reason"] == "ChangedOutsideMeshCanary"
     assert c2["lastTransitionTime"] == iso(T0 + 5) and "live 100/0" in c2["message"]
@@ -141,8 +163,16 @@ def test_an_invalid_spec_before_any_rollout_is_phase_invalid_with_every_problem(
 def test_set_condition_moves_the_transition_time_only_on_a_status_flip() -> None:
     c = set_condition([], "Progressing", "True", "A", "m1", "t1", 1)
     c = set_condition(c, "Progressing", "True", "B", "m2", "t2", 2)
-    assert c == [{"type": "Progressing", "status": "True", "reason": "B", "message": "m2",
-                  "lastTransitionTime": "t1", "observedGeneration": 2}]
+    assert c == [
+        {
+            "type": "Progressing",
+            "status": "True",
+            "reason": "B",
+            "message": "m2",
+            "lastTransitionTime": "t1",
+            "observedGeneration": 2,
+        }
+    ]
     c = set_condition(c, "Progressing", "False", "C", "m3", "t3", 2)
     assert c[0]["lastTransitionTime"] == "t3"
 
@@ -156,18 +186,30 @@ def test_history_is_added_once_per_rollout_and_bounded() -> None:
     for i in range(30):
         h = add_history(h, {**entry, "id": f"x{i}"}, limit=20)
     assert len(h) == 20 and h[-1]["id"] == "x29" and h[0]["id"] == "x10"
-    superseded = history_entry(started(), "1.0", "2.0", outcome="superseded", reason="spec changed",
-                               finished_at=T0 + 7)
+    superseded = history_entry(
+        started(), "1.0", "2.0", outcome="superseded", reason="spec changed", finished_at=T0 + 7
+    )
     assert superseded["outcome"] == "superseded" and superseded["durationSeconds"] == 7.0
 
 
 def test_merge_patch_diff_turns_old_into_new_including_removed_fields() -> None:
-    old: dict[str, object] = {"phase": "Progressing", "rollout": {"lastTickAt": 5.0, "stableBaseline": {"a": 1}, "ticks": 1},
-           "checks": [{"name": "x"}], "reason": "r"}
-    new: dict[str, object] = {"phase": "Progressing", "rollout": {"lastTickAt": 9.0, "ticks": 2}, "checks": [{"name": "y"}]}
+    old: dict[str, object] = {
+        "phase": "Progressing",
+        "rollout": {"lastTickAt": 5.0, "stableBaseline": {"a": 1}, "ticks": 1},
+        "checks": [{"name": "x"}],
+        "reason": "r",
+    }
+    new: dict[str, object] = {
+        "phase": "Progressing",
+        "rollout": {"lastTickAt": 9.0, "ticks": 2},
+        "checks": [{"name": "y"}],
+    }
     patch = merge_patch_diff(old, new)
-    assert patch == {"rollout": {"lastTickAt": 9.0, "stableBaseline": None, "ticks": 2},
-                     "checks": [{"name": "y"}], "reason": None}
+    assert patch == {
+        "rollout": {"lastTickAt": 9.0, "stableBaseline": None, "ticks": 2},
+        "checks": [{"name": "y"}],
+        "reason": None,
+    }
     assert merge_patch_diff(new, new) == {}
 
     def apply(target: dict[str, object], p: dict[str, object]) -> dict[str, object]:  # RFC 7386
@@ -186,24 +228,54 @@ def test_merge_patch_diff_turns_old_into_new_including_removed_fields() -> None:
 
 def test_json_safe_drops_nulls_and_non_finite_numbers() -> None:
     assert json_safe({"a": None, "b": math.nan, "c": [1.0, {"d": None}], "e": {"f": math.inf, "g": 2}}) == {
-        "c": [1.0, {}], "e": {"g": 2},
+        "c": [1.0, {}],
+        "e": {"g": 2},
     }
 
 
 def test_check_view_keeps_what_a_person_needs() -> None:
-    view = check_view(CheckResult("latency-p99", "latency", Verdict.FAIL, "p99 610ms > 500ms",
-                                  estimate=610.0, lower=590.0, upper=640.0, bound="<= 500ms", samples=900.0,
-                                  enough_data=True))
-    assert view == {"name": "latency-p99", "metric": "latency", "verdict": "fail", "estimate": 610.0,
-                    "lower": 590.0, "upper": 640.0, "bound": "<= 500ms", "samples": 900.0, "enoughData": True,
-                    "reason": "p99 610ms > 500ms"}
+    view = check_view(
+        CheckResult(
+            "latency-p99",
+            "latency",
+            Verdict.FAIL,
+            "p99 610ms > 500ms",
+            estimate=610.0,
+            lower=590.0,
+            upper=640.0,
+            bound="<= 500ms",
+            samples=900.0,
+            enough_data=True,
+        )
+    )
+    assert view == {
+        "name": "latency-p99",
+        "metric": "latency",
+        "verdict": "fail",
+        "estimate": 610.0,
+        "lower": 590.0,
+        "upper": 640.0,
+        "bound": "<= 500ms",
+        "samples": 900.0,
+        "enoughData": True,
+        "reason": "p99 610ms > 500ms",
+    }
 
 
 def test_an_event_names_the_rollout_its_reason_and_its_severity() -> None:
-    involved = {"apiVersion": "mesh-canary.io/v1alpha1", "kind": "ModelRollout", "name": "fraud-scorer",
-                "namespace": "models", "uid": "u-1"}
-    body = event_body(Announcement("fraud-scorer", "RolledBack", "rolled back: errors", "warning"), involved,
-                      now=T0, instance="pod-1")
+    involved = {
+        "apiVersion": "mesh-canary.io/v1alpha1",
+        "kind": "ModelRollout",
+        "name": "fraud-scorer",
+        "namespace": "models",
+        "uid": "u-1",
+    }
+    body = event_body(
+        Announcement("fraud-scorer", "RolledBack", "rolled back: errors", "warning"),
+        involved,
+        now=T0,
+        instance="pod-1",
+    )
     assert body["involvedObject"] == involved
     assert (body["reason"], body["type"], body["message"]) == ("RolledBack", "Warning", "rolled back: errors")
     assert body["metadata"]["namespace"] == "models" and body["metadata"]["name"].startswith("fraud-scorer.")

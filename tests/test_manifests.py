@@ -24,7 +24,9 @@ SYSTEM_NS = "mesh-canary-system"
 def kustomize(path: Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.fail("kubectl is not installed (it renders kustomize): see https://kubernetes.io/docs/tasks/tools/")
+        pytest.fail(
+            "kubectl is not installed (it renders kustomize): see https://kubernetes.io/docs/tasks/tools/"
+        )
     result = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"kubectl kustomize {path} failed: {result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -41,7 +43,13 @@ def example() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def rule_set(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
-    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    return {
+        (g, r, v)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
 
 
 def test_install_renders_the_expected_objects(installed: dict[tuple[str, str], Any]) -> None:
@@ -59,37 +67,45 @@ def test_install_renders_the_expected_objects(installed: dict[tuple[str, str], A
     for (kind, _), obj in installed.items():
         if kind not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
             assert obj["metadata"]["namespace"] == SYSTEM_NS, kind
-    assert installed["CustomResourceDefinition", "modelrollouts.mesh-canary.io"]["spec"] == render_crd()["spec"]
+    assert (
+        installed["CustomResourceDefinition", "modelrollouts.mesh-canary.io"]["spec"] == render_crd()["spec"]
+    )
 
 
 def test_rbac_is_least_privilege(installed: dict[tuple[str, str], Any]) -> None:
     cluster = installed["ClusterRole", "mesh-canary-controller"]["rules"]
     assert rule_set(cluster) == {
-        ("networking.istio.io", "virtualservices", verb) for verb in ("get", "list", "watch", "patch", "update")
-    } | {
-        ("mesh-canary.io", "modelrollouts", verb) for verb in ("get", "list", "watch", "patch")
-    } | {
+        ("networking.istio.io", "virtualservices", verb)
+        for verb in ("get", "list", "watch", "patch", "update")
+    } | {("mesh-canary.io", "modelrollouts", verb) for verb in ("get", "list", "watch", "patch")} | {
         ("mesh-canary.io", "modelrollouts/status", verb) for verb in ("get", "update", "patch")
-    } | {
-        (group, "events", verb) for group in ("", "events.k8s.io") for verb in ("create", "patch")
-    }
+    } | {(group, "events", verb) for group in ("", "events.k8s.io") for verb in ("create", "patch")}
     role = installed["Role", "mesh-canary-leader-election"]
     assert role["metadata"]["namespace"] == SYSTEM_NS  # leases only in the controller's namespace
-    assert rule_set(role["rules"]) == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
-    for kind, name, role_kind in [("ClusterRoleBinding", "mesh-canary-controller", "ClusterRole"),
-                                  ("RoleBinding", "mesh-canary-leader-election", "Role")]:
+    assert rule_set(role["rules"]) == {
+        ("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")
+    }
+    for kind, name, role_kind in [
+        ("ClusterRoleBinding", "mesh-canary-controller", "ClusterRole"),
+        ("RoleBinding", "mesh-canary-leader-election", "Role"),
+    ]:
         binding = installed[kind, name]
         assert binding["roleRef"]["kind"] == role_kind
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mesh-canary-controller",
-                                        "namespace": SYSTEM_NS}]
-    assert not [k for k in installed if k[0] in ("Role", "ClusterRole") and "*" in yaml.safe_dump(installed[k])]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "mesh-canary-controller", "namespace": SYSTEM_NS}
+        ]
+    assert not [
+        k for k in installed if k[0] in ("Role", "ClusterRole") and "*" in yaml.safe_dump(installed[k])
+    ]
 
 
 def test_controller_deployment(installed: dict[tuple[str, str], Any]) -> None:
     deployment = installed["Deployment", "mesh-canary-controller"]
     pod = deployment["spec"]["template"]["spec"]
-    assert deployment["spec"]["selector"]["matchLabels"].items() <= \
-        deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        deployment["spec"]["selector"]["matchLabels"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
     assert pod["serviceAccountName"] == "mesh-canary-controller"
     assert pod["securityContext"]["runAsNonRoot"] is True
     [container] = pod["containers"]

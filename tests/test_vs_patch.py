@@ -41,8 +41,13 @@ def subset_vs() -> dict[str, Any]:
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
-        "metadata": {"name": "fraud-scorer", "namespace": "models", "resourceVersion": "17",
-                     "labels": {"app": "fraud-scorer"}, "annotations": {"argocd.argoproj.io/tracking-id": "x"}},
+        "metadata": {
+            "name": "fraud-scorer",
+            "namespace": "models",
+            "resourceVersion": "17",
+            "labels": {"app": "fraud-scorer"},
+            "annotations": {"argocd.argoproj.io/tracking-id": "x"},
+        },
         "spec": {
             "hosts": ["fraud-scorer", "fraud.example.com"],
             "gateways": ["mesh", "istio-system/public"],
@@ -56,10 +61,15 @@ def subset_vs() -> dict[str, Any]:
                     "name": "primary",
                     "match": [{"uri": {"prefix": "/predict"}}, {"uri": {"exact": "/score"}}],
                     "route": [
-                        {"destination": {"host": "fraud-scorer", "subset": "v1", "port": {"number": 8080}},
-                         "weight": 100, "headers": {"response": {"set": {"x-version": "v1"}}}},
-                        {"destination": {"host": "fraud-scorer", "subset": "v2", "port": {"number": 8080}},
-                         "weight": 0},
+                        {
+                            "destination": {"host": "fraud-scorer", "subset": "v1", "port": {"number": 8080}},
+                            "weight": 100,
+                            "headers": {"response": {"set": {"x-version": "v1"}}},
+                        },
+                        {
+                            "destination": {"host": "fraud-scorer", "subset": "v2", "port": {"number": 8080}},
+                            "weight": 0,
+                        },
                     ],
                     "retries": {"attempts": 3, "perTryTimeout": "2s", "retryOn": "5xx,reset"},
                     "timeout": "10s",
@@ -85,16 +95,29 @@ def host_vs() -> dict[str, Any]:
         "spec": {
             "hosts": ["fraud-scorer"],
             "http": [
-                {"match": [{"headers": {"x-tenant": {"exact": "a"}}}],
-                 "route": [{"destination": dest("fraud-scorer-v1.models.svc.cluster.local"), "weight": 100},
-                           {"destination": dest("fraud-scorer-v2"), "weight": 0}],
-                 "timeout": "3s"},
-                {"route": [{"destination": dest("fraud-scorer-v1"), "weight": 100},
-                           {"destination": dest("fraud-scorer-v2"), "weight": 0}]},
+                {
+                    "match": [{"headers": {"x-tenant": {"exact": "a"}}}],
+                    "route": [
+                        {"destination": dest("fraud-scorer-v1.models.svc.cluster.local"), "weight": 100},
+                        {"destination": dest("fraud-scorer-v2"), "weight": 0},
+                    ],
+                    "timeout": "3s",
+                },
+                {
+                    "route": [
+                        {"destination": dest("fraud-scorer-v1"), "weight": 100},
+                        {"destination": dest("fraud-scorer-v2"), "weight": 0},
+                    ]
+                },
                 {"name": "only-stable", "route": [{"destination": dest("fraud-scorer-v1")}]},
-                {"name": "three-way", "route": [{"destination": dest("fraud-scorer-v1"), "weight": 50},
-                                               {"destination": dest("fraud-scorer-v2"), "weight": 25},
-                                               {"destination": dest("other"), "weight": 25}]},
+                {
+                    "name": "three-way",
+                    "route": [
+                        {"destination": dest("fraud-scorer-v1"), "weight": 50},
+                        {"destination": dest("fraud-scorer-v2"), "weight": 25},
+                        {"destination": dest("other"), "weight": 25},
+                    ],
+                },
             ],
         },
     }
@@ -143,8 +166,10 @@ def test_host_destinations_auto_detected_by_their_exact_destinations() -> None:
 
 
 def test_short_and_fully_qualified_hosts_are_the_same_service() -> None:
-    fqdn_targets = RouteTargets(stable=Destination("fraud-scorer-v1.models.svc.cluster.local"),
-                                candidate=Destination("fraud-scorer-v2.models.svc.cluster.local"))
+    fqdn_targets = RouteTargets(
+        stable=Destination("fraud-scorer-v1.models.svc.cluster.local"),
+        candidate=Destination("fraud-scorer-v2.models.svc.cluster.local"),
+    )
     assert managed_route_indexes(host_vs(), fqdn_targets) == [0, 1]
     other_namespace = copy.deepcopy(host_vs())
     other_namespace["metadata"]["namespace"] = "elsewhere"  # short names now mean elsewhere's services
@@ -160,16 +185,22 @@ def test_subset_policy_does_not_match_host_only_destinations_and_back() -> None:
     with pytest.raises(VirtualServicePatchError, match="no http route whose destinations"):
         managed_route_indexes(vs, host_only)
     with pytest.raises(VirtualServicePatchError, match="no http route whose destinations"):
-        managed_route_indexes(host_vs(), RouteTargets(stable=Destination("fraud-scorer-v1", "v1"),
-                                                      candidate=Destination("fraud-scorer-v2", "v2")))
+        managed_route_indexes(
+            host_vs(),
+            RouteTargets(
+                stable=Destination("fraud-scorer-v1", "v1"), candidate=Destination("fraud-scorer-v2", "v2")
+            ),
+        )
 
 
 def test_port_in_the_policy_must_match_the_route() -> None:
-    with_port = RouteTargets(stable=Destination("fraud-scorer", "v1", 8080),
-                             candidate=Destination("fraud-scorer", "v2", 8080))
+    with_port = RouteTargets(
+        stable=Destination("fraud-scorer", "v1", 8080), candidate=Destination("fraud-scorer", "v2", 8080)
+    )
     assert managed_route_indexes(subset_vs(), with_port) == [1]
-    wrong_port = RouteTargets(stable=Destination("fraud-scorer", "v1", 9090),
-                              candidate=Destination("fraud-scorer", "v2", 9090))
+    wrong_port = RouteTargets(
+        stable=Destination("fraud-scorer", "v1", 9090), candidate=Destination("fraud-scorer", "v2", 9090)
+    )
     with pytest.raises(VirtualServicePatchError):
         managed_route_indexes(subset_vs(), wrong_port)
 
@@ -212,12 +243,17 @@ def test_unknown_fields_are_carried_over() -> None:
 
 
 def test_fallback_takes_its_share_and_is_added_to_a_named_route_only_when_needed() -> None:
-    targets = RouteTargets(SUBSETS.stable, SUBSETS.candidate, Destination("fraud-scorer-fallback"), ("primary",))
+    targets = RouteTargets(
+        SUBSETS.stable, SUBSETS.candidate, Destination("fraud-scorer-fallback"), ("primary",)
+    )
     vs = subset_vs()
     same = apply_weights(vs, targets, Weights(stable=90, candidate=10, fallback=0))
     assert len(same["spec"]["http"][1]["route"]) == 2  # no fallback entry while it takes nothing
     after = apply_weights(vs, targets, Weights(stable=0, candidate=20, fallback=80))
-    assert after["spec"]["http"][1]["route"][2] == {"destination": {"host": "fraud-scorer-fallback"}, "weight": 80}
+    assert after["spec"]["http"][1]["route"][2] == {
+        "destination": {"host": "fraud-scorer-fallback"},
+        "weight": 80,
+    }
     assert weights_of(after, 1) == [0, 20, 80]
     assert read_weights(after, targets) == Weights(stable=0, candidate=20, fallback=80)
     assert_valid_istio(after)
@@ -254,11 +290,15 @@ def test_someone_elses_mirror_is_left_alone_and_never_replaced() -> None:
 
 def test_mirrors_list_form_manages_only_the_candidate_entry() -> None:
     vs = subset_vs()
-    vs["spec"]["http"][1]["mirrors"] = [{"destination": {"host": "request-logger"}, "percentage": {"value": 1.0}}]
+    vs["spec"]["http"][1]["mirrors"] = [
+        {"destination": {"host": "request-logger"}, "percentage": {"value": 1.0}}
+    ]
     shadow = apply_weights(vs, SUBSETS, Weights(stable=100, candidate=0, mirror_percent=30))
     mirrors = shadow["spec"]["http"][1]["mirrors"]
-    assert mirrors == [{"destination": {"host": "request-logger"}, "percentage": {"value": 1.0}},
-                       {"destination": {"host": "fraud-scorer", "subset": "v2"}, "percentage": {"value": 30.0}}]
+    assert mirrors == [
+        {"destination": {"host": "request-logger"}, "percentage": {"value": 1.0}},
+        {"destination": {"host": "fraud-scorer", "subset": "v2"}, "percentage": {"value": 30.0}},
+    ]
     assert "mirror" not in shadow["spec"]["http"][1]
     assert read_weights(shadow, SUBSETS).mirror_percent == 30
     assert_valid_istio(shadow)
@@ -281,22 +321,39 @@ def test_drift_names_the_route_that_differs() -> None:
     assert drift(vs, SUBSETS, Weights(stable=90, candidate=10)) is None
     message = drift(vs, SUBSETS, Weights(stable=75, candidate=25))
     assert message is not None
-    assert "'primary'" in message and "stable=90 candidate=10" in message and "stable=75 candidate=25" in message
+    assert (
+        "'primary'" in message and "stable=90 candidate=10" in message and "stable=75 candidate=25" in message
+    )
 
 
 @pytest.mark.parametrize(
     ("targets", "vs", "error"),
     [
-        (RouteTargets(SUBSETS.stable, SUBSETS.candidate, route_names=("missing",)), subset_vs(),
-         "no http route named 'missing'"),
-        (RouteTargets(SUBSETS.stable, SUBSETS.candidate, route_names=("legacy",)), subset_vs(),
-         "does not route to the stable destination"),
-        (RouteTargets(HOSTS.stable, HOSTS.candidate, route_names=("three-way",)), host_vs(),
-         "also routes to other"),
-        (RouteTargets(Destination("nope"), Destination("nada")), subset_vs(),
-         "name the routes to manage in spec.virtualService.routes"),
-        (RouteTargets(SUBSETS.stable, SUBSETS.candidate), {"metadata": {"name": "x"}, "spec": {"tcp": []}},
-         "no http route"),
+        (
+            RouteTargets(SUBSETS.stable, SUBSETS.candidate, route_names=("missing",)),
+            subset_vs(),
+            "no http route named 'missing'",
+        ),
+        (
+            RouteTargets(SUBSETS.stable, SUBSETS.candidate, route_names=("legacy",)),
+            subset_vs(),
+            "does not route to the stable destination",
+        ),
+        (
+            RouteTargets(HOSTS.stable, HOSTS.candidate, route_names=("three-way",)),
+            host_vs(),
+            "also routes to other",
+        ),
+        (
+            RouteTargets(Destination("nope"), Destination("nada")),
+            subset_vs(),
+            "name the routes to manage in spec.virtualService.routes",
+        ),
+        (
+            RouteTargets(SUBSETS.stable, SUBSETS.candidate),
+            {"metadata": {"name": "x"}, "spec": {"tcp": []}},
+            "no http route",
+        ),
     ],
 )
 def test_errors_say_what_is_wrong(targets: RouteTargets, vs: dict[str, Any], error: str) -> None:

@@ -87,7 +87,11 @@ class KubeEventNotifier:
     def notify(self, announcement: Announcement) -> None:
         try:
             body = event_body(
-                announcement, self.involved, now=self._clock(), component=self.component, instance=self.instance
+                announcement,
+                self.involved,
+                now=self._clock(),
+                component=self.component,
+                instance=self.instance,
             )
             event: Any = kubernetes.client.CoreV1Event.from_dict(body)
             self._api.create_namespaced_event(

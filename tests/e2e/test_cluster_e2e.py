@@ -47,10 +47,19 @@ def virtual_service(name: str, stable: str, candidate: str) -> dict[str, Any]:
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
         "metadata": {"name": name, "namespace": NS},
-        "spec": {"hosts": [name], "http": [{"name": "primary", "timeout": "5s", "route": [
-            {"destination": {"host": name, "subset": stable}, "weight": 100},
-            {"destination": {"host": name, "subset": candidate}, "weight": 0},
-        ]}]},
+        "spec": {
+            "hosts": [name],
+            "http": [
+                {
+                    "name": "primary",
+                    "timeout": "5s",
+                    "route": [
+                        {"destination": {"host": name, "subset": stable}, "weight": 100},
+                        {"destination": {"host": name, "subset": candidate}, "weight": 0},
+                    ],
+                }
+            ],
+        },
     }
 
 
@@ -61,14 +70,26 @@ def model_rollout(name: str, stable: str, candidate: str, prometheus_url: str) -
         "metadata": {"name": name, "namespace": NS},
         "spec": {
             "virtualService": {"name": name, "routes": ["primary"]},
-            "stable": {"destination": {"host": name, "subset": stable}, "version": "1.0", "metricsVersion": stable},
-            "candidate": {"destination": {"host": name, "subset": candidate}, "version": "2.0",
-                          "metricsVersion": candidate},
+            "stable": {
+                "destination": {"host": name, "subset": stable},
+                "version": "1.0",
+                "metricsVersion": stable,
+            },
+            "candidate": {
+                "destination": {"host": name, "subset": candidate},
+                "version": "2.0",
+                "metricsVersion": candidate,
+            },
             "canary": {"steps": [25, 50, 100], "minStepDuration": "6s", "maxStepDuration": "90s"},
-            "analysis": {"interval": "1s", "minRequests": 20, "noDataTimeout": "60s", "checks": [
-                {"metric": "errorRate", "max": 0.05, "maxIncrease": 0.03},
-                {"metric": "latency", "quantile": 0.99, "max": "500ms"},
-            ]},
+            "analysis": {
+                "interval": "1s",
+                "minRequests": 20,
+                "noDataTimeout": "60s",
+                "checks": [
+                    {"metric": "errorRate", "max": 0.05, "maxIncrease": 0.03},
+                    {"metric": "latency", "quantile": 0.99, "max": "500ms"},
+                ],
+            },
             "metrics": {"provider": "prometheus", "profile": "envoy", "address": prometheus_url},
         },
     }
@@ -92,9 +113,19 @@ class ControllerProcess:
         self.log_path = log_path
         with log_path.open("a") as log:
             self.proc = subprocess.Popen(
-                [MESH_CANARY, "controller", "--kubeconfig", str(kubeconfig), "--namespace", NS,
-                 "--metrics-addr", f"127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                [
+                    MESH_CANARY,
+                    "controller",
+                    "--kubeconfig",
+                    str(kubeconfig),
+                    "--namespace",
+                    NS,
+                    "--metrics-addr",
+                    f"127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         wait_for("the controller's /readyz", lambda: self.ready(), 30)
 
@@ -127,27 +158,48 @@ def served(mesh: LocalMesh) -> dict[str, int]:
     return {v: mesh.requests_served(v) for v in (mesh.stable_version, mesh.candidate_version)}
 
 
-def test_two_rollouts_one_promoted_one_rolled_back_and_a_killed_controller_resumes(tmp_path: pathlib.Path) -> None:
+def test_two_rollouts_one_promoted_one_rolled_back_and_a_killed_controller_resumes(
+    tmp_path: pathlib.Path,
+) -> None:
     crds = [load_yaml(p) for p in [*ISTIO_CRDS, MODELROLLOUT_CRD]]
     load = LoadSettings(rate=40.0, threads=2)
     log_path = tmp_path / "controller.log"
     with contextlib.ExitStack() as stack:
         kube = stack.enter_context(KubeStandIn(crds, workdir=tmp_path))
         mesh_a = stack.enter_context(LocalMesh("a-v1", "a-v2", candidate=HEALTHY, load=load))
-        mesh_b = stack.enter_context(LocalMesh("b-v1", "b-v2", candidate=Degradation(error_rate=0.3), load=load))
-        prom = stack.enter_context(PrometheusServer(
-            scrape_configs=[*scrape_configs("a", mesh_a), *scrape_configs("b", mesh_b)], scrape_interval_s=1.0))
+        mesh_b = stack.enter_context(
+            LocalMesh("b-v1", "b-v2", candidate=Degradation(error_rate=0.3), load=load)
+        )
+        prom = stack.enter_context(
+            PrometheusServer(
+                scrape_configs=[*scrape_configs("a", mesh_a), *scrape_configs("b", mesh_b)],
+                scrape_interval_s=1.0,
+            )
+        )
         client = kube.api_client()
         custom: Any = kubernetes.client.CustomObjectsApi(client)
         core: Any = kubernetes.client.CoreV1Api(client)
         for name, mesh in (("scorer-a", mesh_a), ("scorer-b", mesh_b)):
-            custom.create_namespaced_custom_object("networking.istio.io", "v1", NS, "virtualservices",
-                                                   virtual_service(name, mesh.stable_version, mesh.candidate_version))
+            custom.create_namespaced_custom_object(
+                "networking.istio.io",
+                "v1",
+                NS,
+                "virtualservices",
+                virtual_service(name, mesh.stable_version, mesh.candidate_version),
+            )
         helpers = {
-            name: stack.enter_context(IstiodHelper(
-                client, NS, name, mesh.admin_url,
-                {(name, mesh.stable_version): mesh.stable_version, (name, mesh.candidate_version): mesh.candidate_version},
-            ))
+            name: stack.enter_context(
+                IstiodHelper(
+                    client,
+                    NS,
+                    name,
+                    mesh.admin_url,
+                    {
+                        (name, mesh.stable_version): mesh.stable_version,
+                        (name, mesh.candidate_version): mesh.candidate_version,
+                    },
+                )
+            )
             for name, mesh in (("scorer-a", mesh_a), ("scorer-b", mesh_b))
         }
         # Both Envoys' request counters must be in Prometheus before the rollouts start.
@@ -172,8 +224,13 @@ def test_two_rollouts_one_promoted_one_rolled_back_and_a_killed_controller_resum
         controller = ControllerProcess(kube.kubeconfig_path, log_path)
         stack.callback(controller.terminate)
         for name, mesh in (("scorer-a", mesh_a), ("scorer-b", mesh_b)):
-            custom.create_namespaced_custom_object("mesh-canary.io", "v1alpha1", NS, "modelrollouts", model_rollout(
-                name, mesh.stable_version, mesh.candidate_version, prom.url))
+            custom.create_namespaced_custom_object(
+                "mesh-canary.io",
+                "v1alpha1",
+                NS,
+                "modelrollouts",
+                model_rollout(name, mesh.stable_version, mesh.candidate_version, prom.url),
+            )
 
         # B: the degraded candidate is caught and every new request reaches stable.
         wait_for("B rolled back", lambda: status("scorer-b").get("phase") == "RolledBack", 60)
@@ -197,10 +254,17 @@ def test_two_rollouts_one_promoted_one_rolled_back_and_a_killed_controller_resum
         assert writes_before == [[100, 0], [75, 25], [50, 50]]
         controller = ControllerProcess(kube.kubeconfig_path, log_path)
         stack.callback(controller.terminate)
-        wait_for("an analysis by the new process", lambda: status("scorer-a")["rollout"]["ticks"] > saved["ticks"], 20)
+        wait_for(
+            "an analysis by the new process",
+            lambda: status("scorer-a")["rollout"]["ticks"] > saved["ticks"],
+            20,
+        )
         resumed = status("scorer-a")["rollout"]
         assert resumed["stepIndex"] == 1
-        assert (resumed["startedAt"], resumed["stepStartedAt"]) == (saved["startedAt"], saved["stepStartedAt"])
+        assert (resumed["startedAt"], resumed["stepStartedAt"]) == (
+            saved["startedAt"],
+            saved["stepStartedAt"],
+        )
         assert vs_weights("scorer-a") == writes_before, "resuming wrote no weight"
         assert status("scorer-b")["phase"] == "RolledBack" and vs_weights("scorer-b")[-1] == [100, 0]
 
@@ -214,7 +278,11 @@ def test_two_rollouts_one_promoted_one_rolled_back_and_a_killed_controller_resum
         after = served(mesh_a)
         assert after["a-v1"] == before["a-v1"] and after["a-v2"] > before["a-v2"]
         assert [w for _, w in helpers["scorer-a"].applied] == [
-            Weights(100, 0), Weights(75, 25), Weights(50, 50), Weights(0, 100)]
+            Weights(100, 0),
+            Weights(75, 25),
+            Weights(50, 50),
+            Weights(0, 100),
+        ]
         assert helpers["scorer-a"].errors == [] and helpers["scorer-b"].errors == []
 
         assert controller.terminate() == 0

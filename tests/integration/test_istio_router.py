@@ -54,13 +54,22 @@ def subset_vs() -> dict[str, Any]:
             "hosts": ["fraud-scorer"],
             "gateways": ["mesh"],
             "http": [
-                {"name": "debug", "match": [{"headers": {"x-debug": {"exact": "1"}}}],
-                 "route": [{"destination": {"host": "fraud-scorer", "subset": "v2"}}]},
-                {"name": "primary", "match": [{"uri": {"prefix": "/predict"}}],
-                 "route": [{"destination": {"host": "fraud-scorer", "subset": "v1"}, "weight": 100},
-                           {"destination": {"host": "fraud-scorer", "subset": "v2"}, "weight": 0}],
-                 "retries": {"attempts": 3, "perTryTimeout": "2s"}, "timeout": "10s",
-                 "headers": {"request": {"set": {"x-mesh": "canary"}}}},
+                {
+                    "name": "debug",
+                    "match": [{"headers": {"x-debug": {"exact": "1"}}}],
+                    "route": [{"destination": {"host": "fraud-scorer", "subset": "v2"}}],
+                },
+                {
+                    "name": "primary",
+                    "match": [{"uri": {"prefix": "/predict"}}],
+                    "route": [
+                        {"destination": {"host": "fraud-scorer", "subset": "v1"}, "weight": 100},
+                        {"destination": {"host": "fraud-scorer", "subset": "v2"}, "weight": 0},
+                    ],
+                    "retries": {"attempts": 3, "perTryTimeout": "2s"},
+                    "timeout": "10s",
+                    "headers": {"request": {"set": {"x-mesh": "canary"}}},
+                },
             ],
         },
     }
@@ -74,13 +83,24 @@ def host_vs() -> dict[str, Any]:
         "spec": {
             "hosts": ["fraud-scorer"],
             "http": [
-                {"match": [{"headers": {"x-tenant": {"exact": "a"}}}],
-                 "route": [{"destination": {"host": "fraud-scorer-v1"}, "weight": 100},
-                           {"destination": {"host": "fraud-scorer-v2"}, "weight": 0}], "timeout": "3s"},
-                {"route": [{"destination": {"host": "fraud-scorer-v1"}, "weight": 100},
-                           {"destination": {"host": "fraud-scorer-v2"}, "weight": 0}]},
-                {"route": [{"destination": {"host": "fraud-scorer-legacy"}}], "fault": {
-                    "abort": {"httpStatus": 503, "percentage": {"value": 1.0}}}},
+                {
+                    "match": [{"headers": {"x-tenant": {"exact": "a"}}}],
+                    "route": [
+                        {"destination": {"host": "fraud-scorer-v1"}, "weight": 100},
+                        {"destination": {"host": "fraud-scorer-v2"}, "weight": 0},
+                    ],
+                    "timeout": "3s",
+                },
+                {
+                    "route": [
+                        {"destination": {"host": "fraud-scorer-v1"}, "weight": 100},
+                        {"destination": {"host": "fraud-scorer-v2"}, "weight": 0},
+                    ]
+                },
+                {
+                    "route": [{"destination": {"host": "fraud-scorer-legacy"}}],
+                    "fault": {"abort": {"httpStatus": 503, "percentage": {"value": 1.0}}},
+                },
             ],
         },
     }
@@ -112,9 +132,13 @@ def sans_weights(vs: dict[str, Any], indexes: list[int]) -> str:
 
 
 def requests_to(kube: KubeStandIn, method: str) -> int:
-    return kube.call(lambda h: sum(
-        1 for r in h._requests if r.method.value == method and r.resource is not None and r.resource.plural == PLURAL
-    ))
+    return kube.call(
+        lambda h: sum(
+            1
+            for r in h._requests
+            if r.method.value == method and r.resource is not None and r.resource.plural == PLURAL
+        )
+    )
 
 
 def test_subset_weights_written_and_nothing_else_changes(kube_api: KubeStandIn) -> None:
@@ -148,8 +172,12 @@ def test_host_weights_written_on_every_auto_detected_route(kube_api: KubeStandIn
 def test_every_version_written_is_valid_against_istios_v1_schema(kube_api: KubeStandIn) -> None:
     create(kube_api, subset_vs())
     router = IstioRouter(policy(SUBSET_POLICY), kube_api.api_client())
-    for weights in (Weights(100, 0, mirror_percent=100), Weights(100, 0, mirror_percent=25),
-                    Weights(0, 100), ALL_STABLE):
+    for weights in (
+        Weights(100, 0, mirror_percent=100),
+        Weights(100, 0, mirror_percent=25),
+        Weights(0, 100),
+        ALL_STABLE,
+    ):
         router.set_weights(weights)
         assert router.get_weights() == weights
     versions = kube_api.stored(RES, NS, "fraud-scorer")
@@ -167,8 +195,9 @@ def test_a_conflict_is_retried_from_a_fresh_read(kube_api: KubeStandIn) -> None:
     def concurrent_writer(handler: Any) -> None:
         async def relabel(request: Any) -> None:
             # Between the router's read and its write, someone else changes the object.
-            await handler.write(RES, NS, "fraud-scorer",
-                                lambda obj: obj["metadata"]["labels"].update(team="fraud"))
+            await handler.write(
+                RES, NS, "fraud-scorer", lambda obj: obj["metadata"]["labels"].update(team="fraud")
+            )
 
         handler["put", handler.resource(RES)] >> relabel  # kmock: a one-shot side effect
 
@@ -184,8 +213,14 @@ def test_a_conflict_is_retried_from_a_fresh_read(kube_api: KubeStandIn) -> None:
 
 def test_conflicts_that_never_end_give_up_after_the_bounded_attempts(kube_api: KubeStandIn) -> None:
     create(kube_api, subset_vs())
-    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
-              "message": "the object has been modified"}
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "reason": "Conflict",
+        "code": 409,
+        "message": "the object has been modified",
+    }
     kube_api.call(lambda h: h["put", h.resource(RES)] << 409 << status)
     slept: list[float] = []
     router = IstioRouter(policy(SUBSET_POLICY), kube_api.api_client(), attempts=4, sleep=slept.append)
@@ -223,7 +258,9 @@ def test_weights_changed_by_someone_else_are_detected(kube_api: KubeStandIn) -> 
     kube_api.write(RES, NS, "fraud-scorer", gitops_sync)
     message = router.check_drift()
     assert message is not None
-    assert "'primary'" in message and "stable=100 candidate=0" in message and "stable=75 candidate=25" in message
+    assert (
+        "'primary'" in message and "stable=100 candidate=0" in message and "stable=75 candidate=25" in message
+    )
     assert router.get_weights() == ALL_STABLE
 
     kube_api.write(RES, NS, "fraud-scorer", lambda obj: obj["spec"]["http"][1].update(name="renamed"))

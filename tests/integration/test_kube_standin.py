@@ -29,11 +29,14 @@ G, V, P, NS = "mesh-canary.io", "v1alpha1", "modelrollouts", "models"
 
 def rollout(name: str = "fraud-scorer", **labels: str) -> dict[str, Any]:
     return {
-        "apiVersion": f"{G}/{V}", "kind": "ModelRollout",
+        "apiVersion": f"{G}/{V}",
+        "kind": "ModelRollout",
         "metadata": {"name": name, "namespace": NS, "labels": labels},
-        "spec": {"virtualService": {"name": "fraud-scorer"},
-                 "stable": {"destination": {"host": "fraud-scorer", "subset": "v1"}},
-                 "candidate": {"destination": {"host": "fraud-scorer", "subset": "v2"}}},
+        "spec": {
+            "virtualService": {"name": "fraud-scorer"},
+            "stable": {"destination": {"host": "fraud-scorer", "subset": "v1"}},
+            "candidate": {"destination": {"host": "fraud-scorer", "subset": "v2"}},
+        },
     }
 
 
@@ -52,8 +55,9 @@ def test_server_managed_metadata_and_the_status_subresource(kube_api: KubeStandI
     assert meta["generation"] == 1 and meta["uid"] and meta["creationTimestamp"].endswith("Z")
     assert "status" not in created, "a create cannot set the status"
 
-    with_status = custom.patch_namespaced_custom_object_status(G, V, NS, P, "fraud-scorer",
-                                                               {"status": {"phase": "Progressing"}})
+    with_status = custom.patch_namespaced_custom_object_status(
+        G, V, NS, P, "fraud-scorer", {"status": {"phase": "Progressing"}}
+    )
     assert with_status["status"] == {"phase": "Progressing"}
     assert with_status["metadata"]["generation"] == 1  # status writes do not bump it
     assert int(with_status["metadata"]["resourceVersion"]) > int(meta["resourceVersion"])
@@ -81,8 +85,14 @@ def test_conflicts_and_preconditions(kube_api: KubeStandIn) -> None:
         custom.replace_namespaced_custom_object(G, V, NS, P, "fraud-scorer", first)
     assert status_of(e) == (409, "Conflict")
     with pytest.raises(ApiException) as e:  # a patch carrying a stale resourceVersion is a precondition
-        custom.patch_namespaced_custom_object(G, V, NS, P, "fraud-scorer",
-                                              {"metadata": {"resourceVersion": first["metadata"]["resourceVersion"]}})
+        custom.patch_namespaced_custom_object(
+            G,
+            V,
+            NS,
+            P,
+            "fraud-scorer",
+            {"metadata": {"resourceVersion": first["metadata"]["resourceVersion"]}},
+        )
     assert status_of(e) == (409, "Conflict")
     unconditional = dict(first, metadata={"name": "fraud-scorer", "namespace": NS})
     with pytest.raises(ApiException) as e:  # custom resources need the resourceVersion on PUT
@@ -97,24 +107,38 @@ def test_patch_media_types(kube_api: KubeStandIn) -> None:
     custom = api(kube_api)
     custom.create_namespaced_custom_object(G, V, NS, P, rollout())
     with pytest.raises(ApiException) as e:  # the client sends a list as a merge patch
-        custom.patch_namespaced_custom_object(G, V, NS, P, "fraud-scorer",
-                                              [{"op": "replace", "path": "/spec/strategy", "value": "canary"}])
+        custom.patch_namespaced_custom_object(
+            G, V, NS, P, "fraud-scorer", [{"op": "replace", "path": "/spec/strategy", "value": "canary"}]
+        )
     assert status_of(e) == (400, "BadRequest")
     url = f"{kube_api.url}/apis/{G}/{V}/namespaces/{NS}/{P}/fraud-scorer"
-    ops = [{"op": "test", "path": "/spec/virtualService/name", "value": "fraud-scorer"},
-           {"op": "add", "path": "/spec/virtualService/routes", "value": ["primary"]}]
-    response = httpx.patch(url, content=json.dumps(ops), headers={"Content-Type": "application/json-patch+json"})
+    ops = [
+        {"op": "test", "path": "/spec/virtualService/name", "value": "fraud-scorer"},
+        {"op": "add", "path": "/spec/virtualService/routes", "value": ["primary"]},
+    ]
+    response = httpx.patch(
+        url, content=json.dumps(ops), headers={"Content-Type": "application/json-patch+json"}
+    )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/json")
     assert response.json()["spec"]["virtualService"]["routes"] == ["primary"]
     failing = [{"op": "test", "path": "/spec/virtualService/name", "value": "other"}]
-    response = httpx.patch(url, content=json.dumps(failing), headers={"Content-Type": "application/json-patch+json"})
+    response = httpx.patch(
+        url, content=json.dumps(failing), headers={"Content-Type": "application/json-patch+json"}
+    )
     assert response.status_code == 422
-    response = httpx.patch(url, content="{}", headers={"Content-Type": "application/strategic-merge-patch+json"})
+    response = httpx.patch(
+        url, content="{}", headers={"Content-Type": "application/strategic-merge-patch+json"}
+    )
     assert response.status_code == 415  # as for custom resources on a real server
     invalid = [{"op": "add", "path": "/spec/canary", "value": {"steps": "fast"}}]
-    response = httpx.patch(url, content=json.dumps(invalid), headers={"Content-Type": "application/json-patch+json"})
-    assert response.status_code == 422 and response.json()["details"]["causes"][0]["field"] == "spec.canary.steps"
+    response = httpx.patch(
+        url, content=json.dumps(invalid), headers={"Content-Type": "application/json-patch+json"}
+    )
+    assert (
+        response.status_code == 422
+        and response.json()["details"]["causes"][0]["field"] == "spec.canary.steps"
+    )
 
 
 def test_lists_carry_kind_and_honour_selectors(kube_api: KubeStandIn) -> None:
@@ -125,10 +149,14 @@ def test_lists_carry_kind_and_honour_selectors(kube_api: KubeStandIn) -> None:
     assert (listed["kind"], listed["apiVersion"]) == ("ModelRolloutList", f"{G}/{V}")
     assert int(listed["metadata"]["resourceVersion"]) >= 2
     assert [i["metadata"]["name"] for i in listed["items"]] == ["a", "b"]
-    assert [i["metadata"]["name"] for i in custom.list_cluster_custom_object(G, V, P, label_selector="team=risk")
-            ["items"]] == ["b"]
-    assert [i["metadata"]["name"] for i in custom.list_namespaced_custom_object(
-        G, V, NS, P, field_selector="metadata.name=a")["items"]] == ["a"]
+    assert [
+        i["metadata"]["name"]
+        for i in custom.list_cluster_custom_object(G, V, P, label_selector="team=risk")["items"]
+    ] == ["b"]
+    assert [
+        i["metadata"]["name"]
+        for i in custom.list_namespaced_custom_object(G, V, NS, P, field_selector="metadata.name=a")["items"]
+    ] == ["a"]
     assert custom.list_namespaced_custom_object(G, V, "elsewhere", P)["items"] == []
 
 
@@ -136,19 +164,26 @@ def test_watch_resumes_after_a_resource_version_and_ends_after_its_timeout(kube_
     custom = api(kube_api)
     created = custom.create_namespaced_custom_object(G, V, NS, P, rollout())
     since = created["metadata"]["resourceVersion"]
-    custom.patch_namespaced_custom_object_status(G, V, NS, P, "fraud-scorer", {"status": {"phase": "Progressing"}})
+    custom.patch_namespaced_custom_object_status(
+        G, V, NS, P, "fraud-scorer", {"status": {"phase": "Progressing"}}
+    )
 
     def later() -> None:
         time.sleep(0.3)
-        custom.patch_namespaced_custom_object_status(G, V, NS, P, "fraud-scorer", {"status": {"phase": "Succeeded"}})
+        custom.patch_namespaced_custom_object_status(
+            G, V, NS, P, "fraud-scorer", {"status": {"phase": "Succeeded"}}
+        )
         custom.delete_namespaced_custom_object(G, V, NS, P, "fraud-scorer")
 
     writer = threading.Thread(target=later)
     writer.start()
     started = time.monotonic()
-    events = [(e["type"], (e["object"].get("status") or {}).get("phase"))
-              for e in kubernetes.watch.Watch().stream(custom.list_namespaced_custom_object, G, V, NS, P,
-                                                       resource_version=since, timeout_seconds=1)]
+    events = [
+        (e["type"], (e["object"].get("status") or {}).get("phase"))
+        for e in kubernetes.watch.Watch().stream(
+            custom.list_namespaced_custom_object, G, V, NS, P, resource_version=since, timeout_seconds=1
+        )
+    ]
     took = time.monotonic() - started
     writer.join()
     assert events == [("MODIFIED", "Progressing"), ("MODIFIED", "Succeeded"), ("DELETED", "Succeeded")]
@@ -178,15 +213,21 @@ def test_leases_work_with_the_official_leader_election_lock(kube_api: KubeStandI
         now = str(datetime.datetime.now())  # the record's time format
         later = str(datetime.datetime.now() + datetime.timedelta(seconds=5))
         record = LeaderElectionRecord("pod-a", "15", now, now)
-        lock_a, lock_b = LeaseLock("mesh-canary", "mesh-canary-system", "pod-a"), \
-            LeaseLock("mesh-canary", "mesh-canary-system", "pod-b")
+        lock_a, lock_b = (
+            LeaseLock("mesh-canary", "mesh-canary-system", "pod-a"),
+            LeaseLock("mesh-canary", "mesh-canary-system", "pod-b"),
+        )
         assert lock_a.create("mesh-canary", "mesh-canary-system", record)
         found, seen = lock_b.get("mesh-canary", "mesh-canary-system")
         assert found and seen.holder_identity == "pod-a"
         assert lock_a.get("mesh-canary", "mesh-canary-system")[0]
-        assert lock_a.update("mesh-canary", "mesh-canary-system", LeaderElectionRecord("pod-a", "15", now, later))
+        assert lock_a.update(
+            "mesh-canary", "mesh-canary-system", LeaderElectionRecord("pod-a", "15", now, later)
+        )
         # pod-b read before pod-a's renewal: its takeover is refused (409), as on a real server
-        assert not lock_b.update("mesh-canary", "mesh-canary-system", LeaderElectionRecord("pod-b", "15", now, now))
+        assert not lock_b.update(
+            "mesh-canary", "mesh-canary-system", LeaderElectionRecord("pod-b", "15", now, now)
+        )
         assert lock_b.get("mesh-canary", "mesh-canary-system")[1].holder_identity == "pod-a"
     finally:
         kubernetes.client.Configuration.set_default(default)
@@ -194,18 +235,37 @@ def test_leases_work_with_the_official_leader_election_lock(kube_api: KubeStandI
 
 def test_events_in_both_apis(kube_api: KubeStandIn) -> None:
     client = kube_api.api_client()
-    ref = kubernetes.client.V1ObjectReference(api_version=f"{G}/{V}", kind="ModelRollout", name="fraud-scorer",
-                                              namespace=NS)
-    core = kubernetes.client.CoreV1Api(client).create_namespaced_event(NS, kubernetes.client.CoreV1Event(
-        metadata=kubernetes.client.V1ObjectMeta(generate_name="fraud-scorer."), involved_object=ref,
-        reason="RolledBack", message="errorRate failed", type="Warning", count=1))
+    ref = kubernetes.client.V1ObjectReference(
+        api_version=f"{G}/{V}", kind="ModelRollout", name="fraud-scorer", namespace=NS
+    )
+    core = kubernetes.client.CoreV1Api(client).create_namespaced_event(
+        NS,
+        kubernetes.client.CoreV1Event(
+            metadata=kubernetes.client.V1ObjectMeta(generate_name="fraud-scorer."),
+            involved_object=ref,
+            reason="RolledBack",
+            message="errorRate failed",
+            type="Warning",
+            count=1,
+        ),
+    )
     assert core.metadata.name.startswith("fraud-scorer.") and core.metadata.resource_version
     kubernetes.client.CoreV1Api(client).patch_namespaced_event(core.metadata.name, NS, {"count": 2})
     events = kubernetes.client.EventsV1Api(client)
-    new = events.create_namespaced_event(NS, kubernetes.client.EventsV1Event(
-        metadata=kubernetes.client.V1ObjectMeta(name="fraud-scorer.step"), regarding=ref, reason="StepAdvanced",
-        note="10%", type="Normal", action="SetWeights", event_time=datetime.datetime.now(datetime.UTC),
-        reporting_controller="mesh-canary.io/controller", reporting_instance="pod-a"))
+    new = events.create_namespaced_event(
+        NS,
+        kubernetes.client.EventsV1Event(
+            metadata=kubernetes.client.V1ObjectMeta(name="fraud-scorer.step"),
+            regarding=ref,
+            reason="StepAdvanced",
+            note="10%",
+            type="Normal",
+            action="SetWeights",
+            event_time=datetime.datetime.now(datetime.UTC),
+            reporting_controller="mesh-canary.io/controller",
+            reporting_instance="pod-a",
+        ),
+    )
     assert new.metadata.name == "fraud-scorer.step"
     listed = kubernetes.client.CoreV1Api(client).list_namespaced_event(NS)
     assert [(e.reason, e.count) for e in listed.items] == [("RolledBack", 2)]
@@ -221,8 +281,17 @@ def test_discovery_and_tables(kube_api: KubeStandIn) -> None:
     groups = {g["name"] for g in httpx.get(f"{kube_api.url}/apis").json()["groups"]}
     assert {G, "networking.istio.io", "coordination.k8s.io", "events.k8s.io"} <= groups
     api(kube_api).create_namespaced_custom_object(G, V, NS, P, rollout())
-    table = httpx.get(f"{kube_api.url}/apis/{G}/{V}/namespaces/{NS}/{P}",
-                      headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}).json()
+    table = httpx.get(
+        f"{kube_api.url}/apis/{G}/{V}/namespaces/{NS}/{P}",
+        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+    ).json()
     assert table["kind"] == "Table"
-    assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Phase", "Step", "Weight", "Candidate", "Age"]
+    assert [c["name"] for c in table["columnDefinitions"]] == [
+        "Name",
+        "Phase",
+        "Step",
+        "Weight",
+        "Candidate",
+        "Age",
+    ]
     assert table["rows"][0]["cells"][:4] == ["fraud-scorer", None, None, None]

@@ -50,7 +50,11 @@ def test_kubectl_applies_the_crd_and_the_example_and_prints_the_columns(istio_on
     # what the controller writes, through the status subresource
     custom = kubernetes.client.CustomObjectsApi(api.api_client())
     custom.patch_namespaced_custom_object_status(
-        "mesh-canary.io", "v1alpha1", "models", "modelrollouts", "fraud-scorer",
+        "mesh-canary.io",
+        "v1alpha1",
+        "models",
+        "modelrollouts",
+        "fraud-scorer",
         {"status": {"phase": "Progressing", "currentStep": 1, "weights": {"stable": 90, "candidate": 10}}},
     )
     rows = table(kubectl(api, "get", "mro", "-n", "models").stdout)  # the short name
@@ -62,8 +66,9 @@ def test_kubectl_applies_the_crd_and_the_example_and_prints_the_columns(istio_on
 
     # a re-apply of the unchanged spec keeps the status and the generation
     kubectl(api, "apply", "--validate=false", "-f", str(EXAMPLE / "modelrollout.yaml"))
-    stored = custom.get_namespaced_custom_object("mesh-canary.io", "v1alpha1", "models", "modelrollouts",
-                                                 "fraud-scorer")
+    stored = custom.get_namespaced_custom_object(
+        "mesh-canary.io", "v1alpha1", "models", "modelrollouts", "fraud-scorer"
+    )
     assert stored["status"]["phase"] == "Progressing"
     assert stored["metadata"]["generation"] == 1
 
@@ -71,9 +76,12 @@ def test_kubectl_applies_the_crd_and_the_example_and_prints_the_columns(istio_on
     assert vs[0] == ["NAME", "GATEWAYS", "HOSTS", "AGE"] and vs[1][0] == "fraud-scorer"
 
 
-def test_kubectl_apply_of_an_invalid_rollout_is_refused_with_the_field(kube_api: KubeStandIn,
-                                                                      tmp_path: pathlib.Path) -> None:
-    text = (EXAMPLE / "modelrollout.yaml").read_text().replace("steps: [5, 10, 25, 50, 100]", "steps: [5, 150]")
+def test_kubectl_apply_of_an_invalid_rollout_is_refused_with_the_field(
+    kube_api: KubeStandIn, tmp_path: pathlib.Path
+) -> None:
+    text = (
+        (EXAMPLE / "modelrollout.yaml").read_text().replace("steps: [5, 10, 25, 50, 100]", "steps: [5, 150]")
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
     result = kubectl(kube_api, "apply", "--validate=false", "-f", str(bad), ok=False)

@@ -42,8 +42,9 @@ def cluster(kube_api: KubeStandIn) -> Cluster:
 
 
 def cli(cluster: Cluster, *args: str) -> Result:
-    return CliRunner().invoke(main, [*args, "--kubeconfig", str(cluster.kube.kubeconfig_path)],
-                              catch_exceptions=False)
+    return CliRunner().invoke(
+        main, [*args, "--kubeconfig", str(cluster.kube.kubeconfig_path)], catch_exceptions=False
+    )
 
 
 def policy_file(tmp_path: pathlib.Path, candidate: str = "2.0", **spec: Any) -> str:
@@ -67,11 +68,15 @@ def test_start_wait_follows_a_promotion_and_exits_0(cluster: Cluster, tmp_path: 
     assert cluster.vs_weights() == [0, 100]
 
 
-def test_start_wait_exits_3_on_a_rollback_and_history_shows_both(cluster: Cluster, tmp_path: pathlib.Path) -> None:
+def test_start_wait_exits_3_on_a_rollback_and_history_shows_both(
+    cluster: Cluster, tmp_path: pathlib.Path
+) -> None:
     with running(cluster.controller()):
         ok = cli(cluster, "rollout", "start", "-f", policy_file(tmp_path, "2.0"), "--wait")
         assert ok.exit_code == 0, ok.output
-        assert "modelrollout models/fraud-scorer created" in ok.output and "outcome: promoted 2.0" in ok.output
+        assert (
+            "modelrollout models/fraud-scorer created" in ok.output and "outcome: promoted 2.0" in ok.output
+        )
         cluster.metrics["3.0"] = Metrics()
         cluster.metrics["3.0"].error_rate = 0.4
         bad = cli(cluster, "rollout", "start", "-f", policy_file(tmp_path, "3.0"), "--wait")
@@ -81,14 +86,19 @@ def test_start_wait_exits_3_on_a_rollback_and_history_shows_both(cluster: Cluste
     assert cluster.vs_weights() == [100, 0]
 
     rows = json.loads(cli(cluster, "rollout", "history", "fraud-scorer", "-n", NS, "-o", "json").output)
-    assert [(r["candidateVersion"], r["outcome"]) for r in rows] == [("2.0", "promoted"), ("3.0", "rolledBack")]
+    assert [(r["candidateVersion"], r["outcome"]) for r in rows] == [
+        ("2.0", "promoted"),
+        ("3.0", "rolledBack"),
+    ]
     assert all(r["durationSeconds"] >= 1 for r in rows) and "errorRate" in rows[1]["reason"]
     text = cli(cluster, "rollout", "history", "-n", NS)
     assert text.exit_code == 0
     assert "models/fraud-scorer" in text.output and "rolledBack" in text.output and "promoted" in text.output
 
 
-def test_start_wait_times_out_with_4_when_nothing_reconciles(cluster: Cluster, tmp_path: pathlib.Path) -> None:
+def test_start_wait_times_out_with_4_when_nothing_reconciles(
+    cluster: Cluster, tmp_path: pathlib.Path
+) -> None:
     path = policy_file(tmp_path)
     result = cli(cluster, "rollout", "start", "-f", path, "--wait", "--timeout", "1s")
     assert result.exit_code == 4
@@ -97,18 +107,27 @@ def test_start_wait_times_out_with_4_when_nothing_reconciles(cluster: Cluster, t
     assert again.exit_code == 0 and "modelrollout models/fraud-scorer unchanged" in again.output
 
 
-def test_an_invalid_policy_exits_2_before_touching_the_cluster(cluster: Cluster, tmp_path: pathlib.Path) -> None:
+def test_an_invalid_policy_exits_2_before_touching_the_cluster(
+    cluster: Cluster, tmp_path: pathlib.Path
+) -> None:
     path = policy_file(tmp_path, canary={"steps": [50, 20, 100]})
     result = cli(cluster, "rollout", "start", "-f", path)
     assert result.exit_code == 2
     assert "spec.canary.steps[1]" in result.output
-    assert cluster.custom.list_namespaced_custom_object("mesh-canary.io", "v1alpha1", NS, "modelrollouts")[
-        "items"] == []
+    assert (
+        cluster.custom.list_namespaced_custom_object("mesh-canary.io", "v1alpha1", NS, "modelrollouts")[
+            "items"
+        ]
+        == []
+    )
 
 
-def test_status_shows_phase_step_weights_checks_and_conditions(cluster: Cluster, tmp_path: pathlib.Path) -> None:
-    cluster.add_rollout(model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "30s",
-                                              "maxStepDuration": "60s"}))
+def test_status_shows_phase_step_weights_checks_and_conditions(
+    cluster: Cluster, tmp_path: pathlib.Path
+) -> None:
+    cluster.add_rollout(
+        model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "30s", "maxStepDuration": "60s"})
+    )
     with running(cluster.controller()):
         wait_for("an analysis", lambda: cluster.status().get("checks"))
         doc = json.loads(cli(cluster, "rollout", "status", "fraud-scorer", "-n", NS, "-o", "json").output)
@@ -118,8 +137,15 @@ def test_status_shows_phase_step_weights_checks_and_conditions(cluster: Cluster,
     assert doc["checks"][0]["name"] == "errorRate" and "upper" in doc["checks"][0]
     assert {c["type"] for c in doc["conditions"]} >= {"Progressing", "PolicyValid", "WeightsInSync"}
     assert text.exit_code == 0
-    for needle in ("models/fraud-scorer", "1.0 -> 2.0", "Progressing", "step 1/3", "candidate 20%",
-                   "errorRate", "PolicyValid"):
+    for needle in (
+        "models/fraud-scorer",
+        "1.0 -> 2.0",
+        "Progressing",
+        "step 1/3",
+        "candidate 20%",
+        "errorRate",
+        "PolicyValid",
+    ):
         assert needle in text.output, needle
     missing = cli(cluster, "rollout", "status", "nope", "-n", NS)
     assert missing.exit_code == 1 and "modelrollout models/nope: not found" in missing.output
@@ -147,8 +173,13 @@ def test_pause_resume_approve_and_abort_are_handled_by_the_controller(
         assert resumed.exit_code == 0
         doc = json.loads(resumed.output)
         assert doc["handled"] is True and doc["request"].startswith("false@")
-        wait_for("the gate", lambda: (cluster.status().get("phase"), cluster.status().get("currentStep")) == (
-            "WaitingForApproval", 2))
+        wait_for(
+            "the gate",
+            lambda: (
+                (cluster.status().get("phase"), cluster.status().get("currentStep"))
+                == ("WaitingForApproval", 2)
+            ),
+        )
         approved = cli(cluster, "rollout", "approve", "fraud-scorer", "-n", NS)
         assert approved.exit_code == 0, approved.output
         wait_for("promotion", lambda: cluster.status().get("phase") == "Succeeded")
@@ -157,8 +188,9 @@ def test_pause_resume_approve_and_abort_are_handled_by_the_controller(
 
 
 def test_abort_snaps_to_stable(cluster: Cluster, tmp_path: pathlib.Path) -> None:
-    cluster.add_rollout(model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "30s",
-                                              "maxStepDuration": "60s"}))
+    cluster.add_rollout(
+        model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "30s", "maxStepDuration": "60s"})
+    )
     with running(cluster.controller()):
         wait_for("the start", lambda: cluster.vs_weights() == [80, 20])
         result = cli(cluster, "rollout", "abort", "fraud-scorer", "-n", NS)
@@ -199,9 +231,20 @@ def test_the_controller_command_serves_probes_logs_json_and_stops_on_sigterm(
     log_path = tmp_path / "controller.log"
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
-            [MESH_CANARY, "controller", "--kubeconfig", str(cluster.kube.kubeconfig_path),
-             "--namespace", NS, "--leader-elect", "--metrics-addr", f"127.0.0.1:{port}"],
-            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [
+                MESH_CANARY,
+                "controller",
+                "--kubeconfig",
+                str(cluster.kube.kubeconfig_path),
+                "--namespace",
+                NS,
+                "--leader-elect",
+                "--metrics-addr",
+                f"127.0.0.1:{port}",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:
             base = f"http://127.0.0.1:{port}"
@@ -210,7 +253,8 @@ def test_the_controller_command_serves_probes_logs_json_and_stops_on_sigterm(
             metrics = httpx.get(f"{base}/metrics").text
             assert "mesh_canary_leader 1.0" in metrics and "mesh_canary_reconcile_duration_seconds" in metrics
             lease: Any = kubernetes.client.CoordinationV1Api(cluster.client).read_namespaced_lease(
-                "mesh-canary-controller", NS)
+                "mesh-canary-controller", NS
+            )
             holder = lease.spec.holder_identity
             assert holder
             started = time.monotonic()
@@ -221,7 +265,9 @@ def test_the_controller_command_serves_probes_logs_json_and_stops_on_sigterm(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    lease = kubernetes.client.CoordinationV1Api(cluster.client).read_namespaced_lease("mesh-canary-controller", NS)
+    lease = kubernetes.client.CoordinationV1Api(cluster.client).read_namespaced_lease(
+        "mesh-canary-controller", NS
+    )
     assert lease.spec.holder_identity is None, "the Lease is released on SIGTERM"
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     assert any(r["msg"] == "controller started" and r["identity"] == holder for r in lines)
