@@ -763,3 +763,90 @@ def controller(
         leader_elect=leader_elect,
         lease_namespace=lease_namespace,
     ).run()
+
+
+# --------------------------------------------------------------------------- report
+
+
+@main.command()
+@click.argument("target", metavar="NAME|STATEFILE")
+@click.option(
+    "-o",
+    "--output",
+    "out_path",
+    type=click.Path(dir_okay=False),
+    help="Write the page here (default: NAME-report.html).",
+)
+@click.option(
+    "-f",
+    "--filename",
+    "policy_path",
+    type=click.Path(),
+    help="With a state file: the policy it ran (versions, plan, tolerances).",
+)
+@kube_options
+@friendly_errors
+def report(
+    target: str,
+    out_path: str | None,
+    policy_path: str | None,
+    namespace: str | None,
+    kubeconfig: str | None,
+    kube_context: str | None,
+) -> None:
+    """A self-contained HTML page about one rollout: weights and per-version metrics over time,
+    each decision marked with its reason.
+
+    NAME|STATEFILE is a state file (`mesh-canary run --state FILE`, or a ModelRollout saved
+    with `kubectl get -o yaml`) when such a file exists, else a ModelRollout in the cluster.
+    """
+    import time
+
+    from mesh_canary.report import ReportError, render_report, render_resource_report
+
+    now = time.time()
+    policy = read_policy(policy_path) if policy_path else None
+    path = Path(target)
+    try:
+        if path.is_file():
+            doc = _read_report_input(path)
+            if doc.get("kind") == "ModelRollout" or "status" in doc:
+                page = render_resource_report(doc, source=str(path), generated_at=now)
+                name = str((doc.get("metadata") or {}).get("name") or path.stem)
+            else:
+                page = render_report(doc, policy=policy, source=str(path), generated_at=now)
+                name = str(doc.get("name") or path.stem)
+        elif path.suffix in (".json", ".yaml", ".yml") or "/" in target or path.exists():
+            raise BadInput(f"no state file {target}")
+        else:
+            client = RolloutClient(kubeconfig, kube_context, namespace)
+            obj = client.get(target)
+            page = render_resource_report(obj, source=client.ref(target), generated_at=now)
+            name = target
+    except ReportError as e:
+        raise BadInput(f"{target}: {e}") from e
+    out = Path(out_path or f"{name}-report.html")
+    try:
+        out.write_text(page, encoding="utf-8")
+    except OSError as e:
+        fail(f"cannot write {out}: {e.strerror}")
+    click.echo(str(out))
+
+
+def _read_report_input(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"cannot read {path}: {e}") from e
+    try:
+        doc: Any = json.loads(text)
+    except ValueError:
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise BadInput(f"{path} is neither JSON nor YAML: {e}") from e
+    if not isinstance(doc, dict):
+        raise BadInput(f"{path} does not hold a rollout state (a JSON object) or a ModelRollout")
+    return doc

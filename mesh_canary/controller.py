@@ -76,6 +76,7 @@ from mesh_canary.adapters.kube_status import (
 from mesh_canary.adapters.notifiers import BackgroundNotifier, notifier_for_policy
 from mesh_canary.adapters.protocols import Announcement, Clock, MetricsSource, TrafficRouter
 from mesh_canary.core import engine
+from mesh_canary.core.durations import format_duration
 from mesh_canary.core.engine import Command, Phase, RolloutState
 from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import PolicyError, load_policy, resource_document
@@ -126,8 +127,12 @@ class ControllerMetrics:
             "mesh_canary_rollbacks", "Rollbacks to 100% stable, by reason.", ["reason"], registry=r
         )
         self.ticks = Counter("mesh_canary_ticks", "Analyses run (engine ticks).", registry=r)
-        self.errors = Counter("mesh_canary_reconcile_errors", "Reconciles that failed and were retried.", registry=r)
-        self.leader = Gauge("mesh_canary_leader", "1 while this replica reconciles (holds the Lease).", registry=r)
+        self.errors = Counter(
+            "mesh_canary_reconcile_errors", "Reconciles that failed and were retried.", registry=r
+        )
+        self.leader = Gauge(
+            "mesh_canary_leader", "1 while this replica reconciles (holds the Lease).", registry=r
+        )
         for phase in PHASES:
             self.rollouts.labels(phase).set(0)
 
@@ -193,7 +198,9 @@ class LeaderElector:
                 last_renew = now
                 if not self.leading:
                     self.leading = True
-                    log.info("leader election: %s now holds Lease %s/%s", self.identity, self.namespace, self.name)
+                    log.info(
+                        "leader election: %s now holds Lease %s/%s", self.identity, self.namespace, self.name
+                    )
                     self.on_started()
             elif self.leading and now - last_renew >= self.renew_deadline_s:
                 self.leading = False
@@ -368,7 +375,9 @@ class Controller:
         self.workers = workers
         self.leader_elect = leader_elect
         # Unique per process, like client-go's: a restarted container must not pass for the old one.
-        self.identity = identity or f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        self.identity = (
+            identity or f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        )
         self.watch_timeout_s = watch_timeout_s
         self.error_retry_s = error_retry_s
         self.request_timeout_s = request_timeout_s
@@ -428,7 +437,11 @@ class Controller:
             self._health.start()
         log.info(
             "controller started",
-            extra={"namespace": self.namespace or "*", "leaderElect": self.leader_elect, "identity": self.identity},
+            extra={
+                "namespace": self.namespace or "*",
+                "leaderElect": self.leader_elect,
+                "identity": self.identity,
+            },
         )
         return self
 
@@ -465,7 +478,9 @@ class Controller:
         try:
             while not self._stop_requested.wait(1.0):
                 if not self.alive():
-                    raise ControllerError("a controller thread died; exiting so that the Deployment restarts it")
+                    raise ControllerError(
+                        "a controller thread died; exiting so that the Deployment restarts it"
+                    )
         finally:
             self.stop()
 
@@ -526,7 +541,9 @@ class Controller:
                 if e.status == 410:
                     log.info("watch expired (410 Gone): listing again")
                     continue
-                log.warning("ModelRollout watch failed: HTTP %s %s; retrying in %.1fs", e.status, e.reason, backoff)
+                log.warning(
+                    "ModelRollout watch failed: HTTP %s %s; retrying in %.1fs", e.status, e.reason, backoff
+                )
             except Exception as e:
                 if self._stopping.is_set():
                     return
@@ -581,7 +598,9 @@ class Controller:
         with self._cond:
             h = self.handlers.get(key)
             if h is None:
-                h = RolloutHandler(key=key, obj=obj, phase=str((obj.get("status") or {}).get("phase") or "Pending"))
+                h = RolloutHandler(
+                    key=key, obj=obj, phase=str((obj.get("status") or {}).get("phase") or "Pending")
+                )
                 self.handlers[key] = h
                 kick = True
             else:
@@ -655,15 +674,21 @@ class Controller:
         try:
             next_due = self._reconcile(h)
             h.last_error = ""
+            self._report_reconcile(h, None)
         except Exception as e:
             failed = True
             self.metrics.errors.inc()
-            log.exception("reconcile of %s failed; retrying in %.0fs", h.ref, self.error_retry_s,
-                          extra={"rollout": h.key[1], "namespace": h.key[0]})
-            message = f"reconcile failed (retrying in {self.error_retry_s:.0f}s): {e}"
+            log.exception(
+                "reconcile of %s failed; retrying in %.0fs",
+                h.ref,
+                self.error_retry_s,
+                extra={"rollout": h.key[1], "namespace": h.key[0]},
+            )
+            message = f"reconcile failed (retrying in {format_duration(self.error_retry_s)}): {e}"
             if message != h.last_error:
                 h.last_error = message
                 self._announce(h, "ReconcileError", message, "warning")
+            self._report_reconcile(h, message)
         finally:
             self.metrics.reconcile.observe(time.monotonic() - started)
             with self._cond:
@@ -678,6 +703,22 @@ class Controller:
                         self._schedule_locked(h, next_due)
                 self._cond.notify_all()
             self.refresh_gauges()
+
+    def _report_reconcile(self, h: RolloutHandler, error: str | None) -> None:
+        """The `Ready` condition: False with the error while reconciling fails, True once it works again."""
+        store = h.store
+        if store is None or h.removed or h.deleted:
+            return
+        try:
+            store.report_reconcile(error)
+        except Exception as e:  # the API itself may be what fails: the Event and the log say it
+            log.warning(
+                "could not record the reconcile %s in the status of %s: %s",
+                "error" if error else "recovery",
+                h.ref,
+                e,
+                extra={"rollout": h.key[1], "namespace": h.key[0]},
+            )
 
     def refresh_gauges(self) -> None:
         with self._cond:
@@ -716,7 +757,9 @@ class Controller:
             if h.invalid_reported != store.generation:
                 h.invalid_reported = store.generation
                 self._announce(
-                    h, "InvalidPolicy", "the policy is invalid; nothing was changed: " + "; ".join(store.problems),
+                    h,
+                    "InvalidPolicy",
+                    "the policy is invalid; nothing was changed: " + "; ".join(store.problems),
                     "warning",
                 )
 
@@ -758,8 +801,12 @@ class Controller:
         if h.store is None:
             namespace, name = h.key
             h.store = KubeStatusStore(
-                self.api, namespace, name, drift=lambda: h.runner.external_change if h.runner else None,
-                clock=self.clock.now, request_timeout_s=self.request_timeout_s,
+                self.api,
+                namespace,
+                name,
+                drift=lambda: h.runner.external_change if h.runner else None,
+                clock=self.clock.now,
+                request_timeout_s=self.request_timeout_s,
             )
             h.store.status = dict(obj.get("status") or {})
             h.store.handled_commands = dict(h.store.status.get("handledCommands") or {})
@@ -767,15 +814,25 @@ class Controller:
             meta = _meta(obj)
             h.events = KubeEventNotifier(
                 self.api,
-                {"apiVersion": API_VERSION, "kind": KIND, "name": meta.get("name"),
-                 "namespace": meta.get("namespace"), "uid": meta.get("uid"),
-                 "resourceVersion": meta.get("resourceVersion")},
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": meta.get("name"),
+                    "namespace": meta.get("namespace"),
+                    "uid": meta.get("uid"),
+                    "resourceVersion": meta.get("resourceVersion"),
+                },
                 clock=self.clock.now,
             )
         return h.store
 
     def _switch(
-        self, h: RolloutHandler, obj: Mapping[str, Any], target: Policy, store: KubeStatusStore, spec_valid: bool
+        self,
+        h: RolloutHandler,
+        obj: Mapping[str, Any],
+        target: Policy,
+        store: KubeStatusStore,
+        spec_valid: bool,
     ) -> None:
         """Start (or resume) the rollout of ``target``; a different one in progress goes back to stable first."""
         fingerprint = engine.policy_fingerprint(target)
@@ -799,8 +856,13 @@ class Controller:
             self._drop_runner(h)
             raise
         h.runner, h.fingerprint = runner, fingerprint
-        log.info("running %s: %s at step %d", h.ref, state.phase.value, state.step_index + 1,
-                 extra={"rollout": h.key[1], "namespace": h.key[0], "candidate": target.candidate.version})
+        log.info(
+            "running %s: %s at step %d",
+            h.ref,
+            state.phase.value,
+            state.step_index + 1,
+            extra={"rollout": h.key[1], "namespace": h.key[0], "candidate": target.candidate.version},
+        )
 
     def _supersede(
         self,
@@ -813,10 +875,14 @@ class Controller:
         now = self.clock.now()
         restored = self._restore_stable(h, old_policy)
         old_stable = old_policy.stable.version if old_policy else str(store.status.get("stableVersion") or "")
-        old_candidate = old_policy.candidate.version if old_policy else str(store.status.get("candidateVersion") or "")
+        old_candidate = (
+            old_policy.candidate.version if old_policy else str(store.status.get("candidateVersion") or "")
+        )
         why = f"the spec changed (candidate {target.candidate.version}); the rollout was restarted"
         store.record_history(
-            history_entry(old_state, old_stable, old_candidate, outcome="superseded", reason=why, finished_at=now)
+            history_entry(
+                old_state, old_stable, old_candidate, outcome="superseded", reason=why, finished_at=now
+            )
         )
         if restored:
             self.metrics.rollbacks.labels("superseded").inc()
@@ -831,10 +897,14 @@ class Controller:
     def _restore_stable(self, h: RolloutHandler, policy: Policy | None) -> bool:
         """Write 100% stable with the router of ``policy`` (the rollout being ended)."""
         if policy is None:
-            log.warning("%s: no record of the spec of the rollout in progress; its weights were left as they are",
-                        h.ref)
+            log.warning(
+                "%s: no record of the spec of the rollout in progress; its weights were left as they are",
+                h.ref,
+            )
             return False
-        router = h.runner.router if h.runner is not None and h.runner.policy == policy else self.backend(policy)[0]
+        router = (
+            h.runner.router if h.runner is not None and h.runner.policy == policy else self.backend(policy)[0]
+        )
         # IstioRouter retries an all-stable write hardest (conflicts, server errors, lost connections).
         router.set_weights(ALL_STABLE)
         return True
@@ -848,7 +918,8 @@ class Controller:
         if state is not None and in_progress and self._restore_stable(h, policy):
             self.metrics.rollbacks.labels("deleted").inc()
             self._announce(
-                h, "Deleted",
+                h,
+                "Deleted",
                 f"the ModelRollout was deleted at {state.weights.candidate}%: 100% of traffic back on stable",
                 "warning",
             )
@@ -893,7 +964,9 @@ class Controller:
         if h.events is not None:
             h.events.notify(a)
 
-    def _new_commands(self, h: RolloutHandler, obj: Mapping[str, Any], store: KubeStatusStore) -> list[Command]:
+    def _new_commands(
+        self, h: RolloutHandler, obj: Mapping[str, Any], store: KubeStatusStore
+    ) -> list[Command]:
         """Orders in annotations not handled yet (abort first: safety before anything else)."""
         found: list[Command] = []
         for word, value in _command_values(obj).items():
@@ -909,12 +982,18 @@ class Controller:
             elif flag in ("false", "no", "0"):
                 found.append(Command.RESUME)
             else:
-                self._announce(h, "InvalidCommand", f"annotation {COMMAND_ANNOTATIONS['pause']}={value!r} "
-                               "is neither true nor false; ignored", "warning")
+                self._announce(
+                    h,
+                    "InvalidCommand",
+                    f"annotation {COMMAND_ANNOTATIONS['pause']}={value!r} is neither true nor false; ignored",
+                    "warning",
+                )
         order = [Command.ABORT, Command.PAUSE, Command.RESUME, Command.APPROVE]
         return sorted(found, key=order.index)
 
-    def _ensure_finalizer(self, h: RolloutHandler, present: bool, obj: Mapping[str, Any] | None = None) -> None:
+    def _ensure_finalizer(
+        self, h: RolloutHandler, present: bool, obj: Mapping[str, Any] | None = None
+    ) -> None:
         """Keep FINALIZER on the resource while its rollout is in progress, and only then."""
         current: Any = obj if obj is not None else h.obj
         if (FINALIZER in (_meta(current).get("finalizers") or [])) == present:

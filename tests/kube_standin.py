@@ -34,6 +34,7 @@ Unknown fields are rejected (kubectl's ``fieldValidation=Strict``), not pruned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 import functools
@@ -92,7 +93,15 @@ def _now() -> str:
 def _age(timestamp: str) -> str:
     then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
     s = max(0, int((datetime.datetime.now(datetime.UTC) - then).total_seconds()))
-    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h" if s < 172800 else f"{s // 86400}d"
+    return (
+        f"{s}s"
+        if s < 120
+        else f"{s // 60}m"
+        if s < 7200
+        else f"{s // 3600}h"
+        if s < 172800
+        else f"{s // 86400}d"
+    )
 
 
 def _header(request: kmock.Request, name: str) -> str:
@@ -230,20 +239,31 @@ class KubeApi(KubernetesScaffold):
         self.write_lock = asyncio.Lock()
         self.stopping = False
         self.fallback[self._is_object_request] << self._serve
-        for res, kind, namespaced in [("v1/events", "Event", True), ("events.k8s.io/v1/events", "Event", True),
-                                      ("coordination.k8s.io/v1/leases", "Lease", True),
-                                      ("v1/namespaces", "Namespace", False),
-                                      ("apiextensions.k8s.io/v1/customresourcedefinitions",
-                                       "CustomResourceDefinition", False)]:
+        for res, kind, namespaced in [
+            ("v1/events", "Event", True),
+            ("events.k8s.io/v1/events", "Event", True),
+            ("coordination.k8s.io/v1/leases", "Lease", True),
+            ("v1/namespaces", "Namespace", False),
+            ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False),
+        ]:
             self.register(resource(res), Kind(kind, namespaced))
 
     async def _render_error(self, exc: Exception) -> Any:
         if not isinstance(exc, KubernetesError):
             return await super()._render_error(exc)
-        return aiohttp.web.json_response({
-            "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "code": exc.status,
-            "reason": exc.reason, "message": exc.message, **({"details": exc.details} if exc.details else {}),
-        }, status=exc.status)
+        return aiohttp.web.json_response(
+            {
+                "apiVersion": "v1",
+                "kind": "Status",
+                "metadata": {},
+                "status": "Failure",
+                "code": exc.status,
+                "reason": exc.reason,
+                "message": exc.message,
+                **({"details": exc.details} if exc.details else {}),
+            },
+            status=exc.status,
+        )
 
     async def _serve_version(self, request: kmock.Request) -> Any:
         # kmock lists a subresource like its parent (short names, all verbs): kubectl would then
@@ -254,12 +274,24 @@ class KubeApi(KubernetesScaffold):
                 entry.update(shortNames=[], categories=[], singularName="", verbs=["get", "patch", "update"])
         return listing
 
-    def register(self, res: resource, kind: Kind, short: Sequence[str] = (), singular: str | None = None,
-                 categories: Sequence[str] = ()) -> None:
+    def register(
+        self,
+        res: resource,
+        kind: Kind,
+        short: Sequence[str] = (),
+        singular: str | None = None,
+        categories: Sequence[str] = (),
+    ) -> None:
         self.kinds[res] = kind
         self.resources[res] = kmock.ResourceInfo(
-            kind=kind.kind, namespaced=kind.namespaced, singular=singular or kind.kind.lower(), verbs=VERBS,
-            shortnames=short, categories=categories, subresources=["status"] if kind.status_subresource else [])
+            kind=kind.kind,
+            namespaced=kind.namespaced,
+            singular=singular or kind.kind.lower(),
+            verbs=VERBS,
+            shortnames=short,
+            categories=categories,
+            subresources=["status"] if kind.status_subresource else [],
+        )
 
     def install_crd(self, crd: Mapping[str, Any]) -> None:
         """Serve a CRD's storage version (one version per resource, as kmock keys objects)."""
@@ -267,18 +299,30 @@ class KubeApi(KubernetesScaffold):
         for version in spec["versions"]:
             problems = structural_problems(version["schema"]["openAPIV3Schema"])
             if problems:
-                raise _error(422, "Invalid", f"CustomResourceDefinition {crd['metadata']['name']!r} is invalid: "
-                             + "; ".join(problems[:5]), name=crd["metadata"]["name"])
+                raise _error(
+                    422,
+                    "Invalid",
+                    f"CustomResourceDefinition {crd['metadata']['name']!r} is invalid: "
+                    + "; ".join(problems[:5]),
+                    name=crd["metadata"]["name"],
+                )
         validator = _validator(crd)
         entry = next(v for v in spec["versions"] if v.get("storage"))
         names = spec["names"]
         self.register(
             resource(spec["group"], entry["name"], names["plural"]),
-            Kind(names["kind"], spec.get("scope", "Namespaced") == "Namespaced", builtin=False,
-                 status_subresource="status" in (entry.get("subresources") or {}), validator=validator,
-                 columns=list(entry.get("additionalPrinterColumns") or []),
-                 schema=entry["schema"]["openAPIV3Schema"]),
-            short=names.get("shortNames", ()), singular=names.get("singular"), categories=names.get("categories", ()),
+            Kind(
+                names["kind"],
+                spec.get("scope", "Namespaced") == "Namespaced",
+                builtin=False,
+                status_subresource="status" in (entry.get("subresources") or {}),
+                validator=validator,
+                columns=list(entry.get("additionalPrinterColumns") or []),
+                schema=entry["schema"]["openAPIV3Schema"],
+            ),
+            short=names.get("shortNames", ()),
+            singular=names.get("singular"),
+            categories=names.get("categories", ()),
         )
 
     def _is_object_request(self, request: kmock.Request) -> bool:
@@ -291,12 +335,19 @@ class KubeApi(KubernetesScaffold):
         kind = self.kinds.get(res) if res is not None else None
         if res is None or kind is None:
             raise _error(404, "NotFound", "the server could not find the requested resource")
-        if request.subresource not in (None, "status") or (request.subresource and not kind.status_subresource):
-            raise _error(404, "NotFound", f"the server could not find the requested resource ({request.subresource})")
+        if request.subresource not in (None, "status") or (
+            request.subresource and not kind.status_subresource
+        ):
+            raise _error(
+                404, "NotFound", f"the server could not find the requested resource ({request.subresource})"
+            )
         method = request.method.value
         if method == "GET" and request.params.get("watch") in ("true", "1"):
-            return Response(status=200, headers={"Content-Type": "application/json"},
-                                  payload=self._watch(request, res, kind))
+            return Response(
+                status=200,
+                headers={"Content-Type": "application/json"},
+                payload=self._watch(request, res, kind),
+            )
         if method == "GET":
             return self._respond(self._get(request, res, kind), 200)
         if method == "POST" and request.name is None:
@@ -328,7 +379,9 @@ class KubeApi(KubernetesScaffold):
     def _not_found(self, key: Any) -> KubernetesError:
         res = key[0]
         what = f"{res.plural}.{res.group}" if res.group else res.plural
-        return _error(404, "NotFound", f'{what} "{key[2]}" not found', name=key[2], group=res.group, kind=res.plural)
+        return _error(
+            404, "NotFound", f'{what} "{key[2]}" not found', name=key[2], group=res.group, kind=res.plural
+        )
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -340,21 +393,34 @@ class KubeApi(KubernetesScaffold):
                 raise self._not_found(self._key(request, res, kind))
             return self._table(kind, [obj]) if table else obj
         items = [
-            copy.deepcopy(o.raw) for (r, ns, _), o in self.objects.items()
+            copy.deepcopy(o.raw)
+            for (r, ns, _), o in self.objects.items()
             if r == res and not o.deleted and (request.namespace is None or ns == request.namespace)
         ]
         items = [o for o in items if _selected(o, request.params)]
         if table:
             return self._table(kind, items)
         api_version = f"{res.group}/{res.version}" if res.group else res.version
-        return {"kind": f"{kind.kind}List", "apiVersion": api_version,
-                "metadata": {"resourceVersion": str(self.revision)}, "items": items}
+        return {
+            "kind": f"{kind.kind}List",
+            "apiVersion": api_version,
+            "metadata": {"resourceVersion": str(self.revision)},
+            "items": items,
+        }
 
     def _table(self, kind: Kind, items: list[dict[str, Any]]) -> dict[str, Any]:
         columns = kind.columns or [{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]
         defs = [{"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}]
-        defs += [{"name": c["name"], "type": c["type"], "format": c.get("format", ""),
-                  "description": c.get("description", ""), "priority": c.get("priority", 0)} for c in columns]
+        defs += [
+            {
+                "name": c["name"],
+                "type": c["type"],
+                "format": c.get("format", ""),
+                "description": c.get("description", ""),
+                "priority": c.get("priority", 0),
+            }
+            for c in columns
+        ]
         rows = []
         for obj in items:
             cells: list[Any] = [obj["metadata"]["name"]]
@@ -365,10 +431,23 @@ class KubeApi(KubernetesScaffold):
                 elif isinstance(value, (dict, list)):
                     value = json.dumps(value)
                 cells.append(value)
-            rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                                                    "metadata": obj["metadata"]}})
-        return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": str(self.revision)},
-                "columnDefinitions": defs, "rows": rows}
+            rows.append(
+                {
+                    "cells": cells,
+                    "object": {
+                        "kind": "PartialObjectMetadata",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": obj["metadata"],
+                    },
+                }
+            )
+        return {
+            "kind": "Table",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": str(self.revision)},
+            "columnDefinitions": defs,
+            "rows": rows,
+        }
 
     async def _watch(self, request: kmock.Request, res: resource, kind: Kind) -> AsyncIterator[Any]:
         yield b""  # kmock sends the headers with the first chunk: send them now
@@ -380,8 +459,11 @@ class KubeApi(KubernetesScaffold):
 
         def wanted(obj: Mapping[str, Any]) -> bool:
             meta = obj.get("metadata", {})
-            return ((request.namespace is None or meta.get("namespace") == request.namespace)
-                    and (name is None or meta.get("name") == name) and _selected(obj, request.params))
+            return (
+                (request.namespace is None or meta.get("namespace") == request.namespace)
+                and (name is None or meta.get("name") == name)
+                and _selected(obj, request.params)
+            )
 
         if since == "0":
             cursor = self.revision
@@ -415,13 +497,18 @@ class KubeApi(KubernetesScaffold):
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         if not meta.get("name"):
-            raise _error(422, "Invalid", f"{kind.kind} is invalid: metadata.name: Required value: name is required")
+            raise _error(
+                422, "Invalid", f"{kind.kind} is invalid: metadata.name: Required value: name is required"
+            )
         if meta.get("resourceVersion"):
             raise _error(400, "BadRequest", "resourceVersion should not be set on objects to be created")
         key = self._key(request, res, kind, meta["name"])
         if kind.namespaced and meta.get("namespace", key[1]) != key[1]:
-            raise _error(400, "BadRequest", "the namespace of the provided object does not match the namespace "
-                         "sent on the request")
+            raise _error(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
         if self._current(key, kind) is not None:
             what = f"{res.plural}.{res.group}" if res.group else res.plural
             raise _error(409, "AlreadyExists", f'{what} "{meta["name"]}" already exists', name=meta["name"])
@@ -440,16 +527,26 @@ class KubeApi(KubernetesScaffold):
             if not isinstance(new, dict):
                 raise _error(400, "BadRequest", "the body of a replace must be a JSON object")
             if not (new.get("metadata") or {}).get("resourceVersion") and not kind.builtin:
-                raise _error(422, "Invalid", f'{kind.kind} "{key[2]}" is invalid: metadata.resourceVersion: '
-                             "Invalid value: 0x0: must be specified for an update")
+                raise _error(
+                    422,
+                    "Invalid",
+                    f'{kind.kind} "{key[2]}" is invalid: metadata.resourceVersion: '
+                    "Invalid value: 0x0: must be specified for an update",
+                )
         else:
             new = self._patched(request, kind, old, body)
         meta = new.setdefault("metadata", {})
         if meta.get("resourceVersion") and meta["resourceVersion"] != old["metadata"]["resourceVersion"]:
             what = f"{res.plural}.{res.group}" if res.group else res.plural
-            raise _error(409, "Conflict", f'Operation cannot be fulfilled on {what} "{key[2]}": the object has been '
-                         "modified; please apply your changes to the latest version and try again",
-                         name=key[2], group=res.group, kind=res.plural)
+            raise _error(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {what} "{key[2]}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+                name=key[2],
+                group=res.group,
+                kind=res.plural,
+            )
         if meta.get("name", key[2]) != key[2]:
             raise _error(400, "BadRequest", f"the name of the object ({meta['name']}) does not match the URL")
         if kind.status_subresource:
@@ -468,14 +565,23 @@ class KubeApi(KubernetesScaffold):
             if not isinstance(body, list):
                 raise _error(400, "BadRequest", "a JSON patch must be a list of operations")
             return dict(json_patch(old, body))
-        if ctype == "application/merge-patch+json" or (ctype == "application/strategic-merge-patch+json"
-                                                       and kind.builtin):
+        if ctype == "application/merge-patch+json" or (
+            ctype == "application/strategic-merge-patch+json" and kind.builtin
+        ):
             if not isinstance(body, dict):
-                raise _error(400, "BadRequest", f"a merge patch must be a JSON object, not {type(body).__name__} "
-                             "(send a JSON patch as application/json-patch+json)")
+                raise _error(
+                    400,
+                    "BadRequest",
+                    f"a merge patch must be a JSON object, not {type(body).__name__} "
+                    "(send a JSON patch as application/json-patch+json)",
+                )
             return dict(merge_patch(old, body))
-        raise _error(415, "UnsupportedMediaType", f'the body of the request was in an unknown format ("{ctype}") - '
-                     "accepted media types include: application/json-patch+json, application/merge-patch+json")
+        raise _error(
+            415,
+            "UnsupportedMediaType",
+            f'the body of the request was in an unknown format ("{ctype}") - '
+            "accepted media types include: application/json-patch+json, application/merge-patch+json",
+        )
 
     async def _delete(self, request: kmock.Request, res: resource, kind: Kind) -> dict[str, Any]:
         key = self._key(request, res, kind)
@@ -498,12 +604,16 @@ class KubeApi(KubernetesScaffold):
             self.log.append((self.revision, key[0], {"type": "DELETED", "object": old}))
             if key[0] == resource("apiextensions.k8s.io/v1/customresourcedefinitions"):
                 spec = old["spec"]
-                for r in [r for r in self.kinds if r.group == spec["group"] and r.plural == spec["names"]["plural"]]:
+                for r in [
+                    r for r in self.kinds if r.group == spec["group"] and r.plural == spec["names"]["plural"]
+                ]:
                     del self.kinds[r], self.resources[r]
             self.changed.notify_all()
         return old
 
-    async def _commit(self, key: Any, kind: Kind, new: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
+    async def _commit(
+        self, key: Any, kind: Kind, new: dict[str, Any], old: dict[str, Any] | None
+    ) -> dict[str, Any]:
         res = key[0]
         new["apiVersion"] = f"{res.group}/{res.version}" if res.group else res.version
         new["kind"] = kind.kind
@@ -517,22 +627,37 @@ class KubeApi(KubernetesScaffold):
             causes = kind.validator.errors(new)
             if causes:
                 what = f"{kind.kind}.{res.group}" if res.group else kind.kind
-                message = f'{what} "{key[2]}" is invalid: ' + ", ".join(f"{p}: Invalid value: {m}" for p, m in causes)
-                raise _error(422, "Invalid", message, name=key[2], group=res.group, kind=kind.kind,
-                             causes=[{"reason": "FieldValueInvalid", "message": m, "field": p} for p, m in causes])
+                message = f'{what} "{key[2]}" is invalid: ' + ", ".join(
+                    f"{p}: Invalid value: {m}" for p, m in causes
+                )
+                raise _error(
+                    422,
+                    "Invalid",
+                    message,
+                    name=key[2],
+                    group=res.group,
+                    kind=kind.kind,
+                    causes=[{"reason": "FieldValueInvalid", "message": m, "field": p} for p, m in causes],
+                )
         if res == resource("apiextensions.k8s.io/v1/customresourcedefinitions"):
             self.install_crd(new)
-            new["status"] = {"conditions": [{"type": "Established", "status": "True"},
-                                            {"type": "NamesAccepted", "status": "True"}],
-                             "acceptedNames": new["spec"]["names"],
-                             "storedVersions": [v["name"] for v in new["spec"]["versions"] if v.get("storage")]}
+            new["status"] = {
+                "conditions": [
+                    {"type": "Established", "status": "True"},
+                    {"type": "NamesAccepted", "status": "True"},
+                ],
+                "acceptedNames": new["spec"]["names"],
+                "storedVersions": [v["name"] for v in new["spec"]["versions"] if v.get("storage")],
+            }
         if old is None:
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
         else:
             for k in ("uid", "creationTimestamp"):
                 meta[k] = old["metadata"][k]
             ignored = {"metadata", "status"} if kind.status_subresource else {"metadata"}
-            changed = any(new.get(k) != old.get(k) for k in (set(new) | set(old)) - ignored - {"apiVersion", "kind"})
+            changed = any(
+                new.get(k) != old.get(k) for k in (set(new) | set(old)) - ignored - {"apiVersion", "kind"}
+            )
             meta["generation"] = old["metadata"].get("generation", 1) + (1 if changed else 0)
             if meta.get("deletionTimestamp") and not meta.get("finalizers"):
                 return await self._remove(key, kind, new)
@@ -543,8 +668,13 @@ class KubeApi(KubernetesScaffold):
                 self.objects[key] = copy.deepcopy(new)
             else:
                 self.objects[key].history.append(copy.deepcopy(new))
-            self.log.append((self.revision, res, {"type": "ADDED" if old is None else "MODIFIED",
-                                                  "object": copy.deepcopy(new)}))
+            self.log.append(
+                (
+                    self.revision,
+                    res,
+                    {"type": "ADDED" if old is None else "MODIFIED", "object": copy.deepcopy(new)},
+                )
+            )
             self.changed.notify_all()
         return new
 
@@ -554,8 +684,9 @@ class KubeApi(KubernetesScaffold):
         except ValueError as e:
             raise _error(400, "BadRequest", f"the request body is not JSON: {e}") from e
 
-    async def write(self, res: str | resource, namespace: str | None, name: str,
-                    mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    async def write(
+        self, res: str | resource, namespace: str | None, name: str, mutate: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
         """Another writer (a GitOps sync, a person): read, ``mutate``, store with a new resourceVersion."""
         r = resource(res) if isinstance(res, str) else res
         kind, key = self.kinds[r], (r, namespace, name)
@@ -588,27 +719,48 @@ class KubeStandIn:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._failure: BaseException | None = None
+        self._closing = threading.Event()
         self.handler: KubeApi | None = None
         self.url = ""
         self.kubeconfig_path = self._workdir / "kubeconfig"
 
     def __enter__(self) -> KubeStandIn:
+        self._workdir.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._run, name="kube-standin", daemon=True)
         self._thread.start()
-        if not self._ready.wait(30) or self._failure is not None:
-            raise RuntimeError(f"the Kubernetes API stand-in did not start: {self._failure!r}")
-        self.kubeconfig_path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "standin",
-            "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
-            "users": [{"name": "standin", "user": {}}],
-            "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "standin",
-                                                          "namespace": "default"}}],
-        }))
+        try:
+            if not self._ready.wait(30) or self._failure is not None:
+                raise RuntimeError(f"the Kubernetes API stand-in did not start: {self._failure!r}")
+            self._write_kubeconfig()
+        except BaseException:
+            self.__exit__()  # no server thread outlives a failed start
+            raise
         return self
 
+    def _write_kubeconfig(self) -> None:
+        self.kubeconfig_path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "standin",
+                    "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
+                    "users": [{"name": "standin", "user": {}}],
+                    "contexts": [
+                        {
+                            "name": "standin",
+                            "context": {"cluster": "standin", "user": "standin", "namespace": "default"},
+                        }
+                    ],
+                }
+            )
+        )
+
     def __exit__(self, *exc: object) -> None:
+        self._closing.set()  # a server still starting stops as soon as it is up
         if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+            with contextlib.suppress(RuntimeError):  # the loop already ended (a failed start)
+                self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(30)
         if self._own_workdir:
@@ -630,7 +782,8 @@ class KubeStandIn:
                 handler.install_crd(crd)
             self.url = f"http://127.0.0.1:{server.port}"
             self._ready.set()
-            await self._stop.wait()
+            if not self._closing.is_set():
+                await self._stop.wait()
             await handler.stop_watches()
 
     def call(self, fn: Callable[[KubeApi], T]) -> T:
@@ -648,11 +801,14 @@ class KubeStandIn:
         config.host = self.url
         return kubernetes.client.ApiClient(config)
 
-    def write(self, res: str, namespace: str | None, name: str,
-              mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    def write(
+        self, res: str, namespace: str | None, name: str, mutate: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
         """Change a stored object as another client would (see `KubeApi.write`)."""
         assert self._loop is not None and self.handler is not None
-        future = asyncio.run_coroutine_threadsafe(self.handler.write(res, namespace, name, mutate), self._loop)
+        future = asyncio.run_coroutine_threadsafe(
+            self.handler.write(res, namespace, name, mutate), self._loop
+        )
         return future.result(10)
 
     def install_crd(self, crd: Mapping[str, Any]) -> None:
@@ -660,4 +816,6 @@ class KubeStandIn:
 
     def stored(self, res: str, namespace: str | None, name: str) -> list[dict[str, Any]]:
         """Every stored version of an object, oldest first (deletions left out)."""
-        return self.call(lambda h: [dict(v.raw) for v in h.objects[res, namespace, name].history if v is not None])
+        return self.call(
+            lambda h: [dict(v.raw) for v in h.objects[res, namespace, name].history if v is not None]
+        )

@@ -54,7 +54,12 @@ FINALIZER = "mesh-canary.io/restore-stable"
 HISTORY_LIMIT = 20
 MESSAGE_LIMIT = 1024
 
-CONDITION_TYPES = ("PolicyValid", "Progressing", "Succeeded", "RolledBack", "WeightsInSync")
+CONDITION_TYPES = ("PolicyValid", "Progressing", "Succeeded", "RolledBack", "WeightsInSync", "Ready")
+
+# `Ready` appears once a reconcile of the resource has failed: False (reason
+# RECONCILE_ERROR) while it keeps failing, True again once a reconcile works.
+READY = "Ready"
+RECONCILE_ERROR = "ReconcileError"
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -250,7 +255,11 @@ def status_message(state: RolloutState, policy: Policy | None) -> str:
         return f"paused at {w.candidate}% (checks still run; a failed check still rolls back)"
     if state.phase is Phase.WAITING_FOR_APPROVAL:
         return f"all checks ready at {w.candidate}%: waiting for `mesh-canary rollout approve {state.name}`"
-    where = f"mirroring {w.mirror_percent}% to {candidate}" if w.mirror_percent else f"{w.candidate}% of traffic to {candidate}"
+    where = (
+        f"mirroring {w.mirror_percent}% to {candidate}"
+        if w.mirror_percent
+        else f"{w.candidate}% of traffic to {candidate}"
+    )
     holding = [c.name for c in state.checks if c.verdict is not Verdict.PASS]
     step = f"step {state.step_index + 1}/{len(schedule(policy))}: " if policy else ""
     return f"{step}{where}" + (f"; waiting on {', '.join(holding)}" if holding else "")
@@ -280,7 +289,9 @@ def render_status(
     """
     prev = dict(previous or {})
     stamp = iso(now)
-    conditions: list[dict[str, Any]] = [dict(c) for c in prev.get("conditions") or [] if isinstance(c, Mapping)]
+    conditions: list[dict[str, Any]] = [
+        dict(c) for c in prev.get("conditions") or [] if isinstance(c, Mapping)
+    ]
 
     def cond(type_: str, status: str, reason: str, message: str) -> None:
         nonlocal conditions
@@ -299,7 +310,9 @@ def render_status(
 
     if state is None:
         status["phase"] = "Invalid" if problems else "Pending"
-        status["message"] = conditions[0]["message"] if problems else "waiting for the controller to start the rollout"
+        status["message"] = (
+            conditions[0]["message"] if problems else "waiting for the controller to start the rollout"
+        )
     else:
         sched = schedule(policy) if policy else tuple(s.weight for s in state.steps)
         status.update(
@@ -330,8 +343,12 @@ def render_status(
         if phase is Phase.SUCCEEDED:
             cond("Succeeded", "True", "Promoted", status["message"])
         else:
-            cond("Succeeded", "False", "RolledBack" if phase is Phase.ROLLED_BACK else "InProgress",
-                 "the candidate was not promoted" if phase is Phase.ROLLED_BACK else "not promoted yet")
+            cond(
+                "Succeeded",
+                "False",
+                "RolledBack" if phase is Phase.ROLLED_BACK else "InProgress",
+                "the candidate was not promoted" if phase is Phase.ROLLED_BACK else "not promoted yet",
+            )
         if phase is Phase.ROLLED_BACK:
             category = rollback_category(state.failed_checks)
             cond("RolledBack", "True", _CONDITION_REASON[category], state.reason)
@@ -350,7 +367,9 @@ def render_status(
     status["conditions"] = conditions
     status["history"] = history
     status["handledCommands"] = dict(handled_commands or prev.get("handledCommands") or {})
-    status["appliedSpec"] = copy.deepcopy(dict(applied_spec)) if applied_spec is not None else prev.get("appliedSpec")
+    status["appliedSpec"] = (
+        copy.deepcopy(dict(applied_spec)) if applied_spec is not None else prev.get("appliedSpec")
+    )
     safe: dict[str, Any] = json_safe(status)
     return safe
 
@@ -465,6 +484,47 @@ class KubeStatusStore:
         self._patch(new)
         self._new_history.clear()
 
+    def report_reconcile(self, error: str | None) -> None:
+        """Say in the ``Ready`` condition that reconciling fails (``error``) or works again (None).
+
+        Only the conditions (and, before any rollout started, the message) are patched: a
+        failed reconcile may have left the runner half-made, and what the status says about
+        the rollout must stay what was last saved. A no-op while nothing changes.
+        """
+        ready = condition(self.status, READY)
+        if error is None and (ready is None or ready.get("status") == "True"):
+            return
+        if (
+            error is not None
+            and ready is not None
+            and (ready.get("status"), ready.get("message"))
+            == (
+                "False",
+                error[:MESSAGE_LIMIT],
+            )
+        ):
+            return
+        new = copy.deepcopy(self.status)
+        stamp = iso(self._clock())
+        conditions = [dict(c) for c in new.get("conditions") or [] if isinstance(c, Mapping)]
+        if error is None:
+            new["conditions"] = set_condition(
+                conditions,
+                READY,
+                "True",
+                "Reconciled",
+                "the controller reconciles the resource again",
+                stamp,
+                self.generation,
+            )
+        else:
+            new["conditions"] = set_condition(
+                conditions, READY, "False", RECONCILE_ERROR, error, stamp, self.generation
+            )
+            if not isinstance(new.get("rollout"), Mapping):
+                new["message"] = f"the controller cannot start the rollout: {error}"[:MESSAGE_LIMIT]
+        self._patch(json_safe(new))
+
     def _patch(self, new: dict[str, Any]) -> None:
         patch = merge_patch_diff(self.status, new)
         if not patch:
@@ -473,7 +533,12 @@ class KubeStatusStore:
         for attempt in range(1, self._attempts + 1):
             try:
                 obj: Any = self._api.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": patch},
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    self.name,
+                    {"status": patch},
                     _request_timeout=self._timeout,
                 )
                 self.status = dict(obj.get("status") or new) if isinstance(obj, dict) else new
@@ -494,6 +559,10 @@ class KubeStatusStore:
                     last = e
                 else:
                     raise
-            log.warning("status write of %s failed (attempt %d/%d): %s", self.ref, attempt, self._attempts, last)
+            log.warning(
+                "status write of %s failed (attempt %d/%d): %s", self.ref, attempt, self._attempts, last
+            )
             self._sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
-        raise StatusWriteError(f"could not write the status of {self.ref} after {self._attempts} attempts: {last}")
+        raise StatusWriteError(
+            f"could not write the status of {self.ref} after {self._attempts} attempts: {last}"
+        )

@@ -12,6 +12,7 @@ import copy
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -49,7 +50,9 @@ class Metrics:
             time.sleep(self.delay_s)  # a slow Prometheus
         n = self.requests
         return Observation(
-            since=since, at=now, stable=VersionCounts(requests=n),
+            since=since,
+            at=now,
+            stable=VersionCounts(requests=n),
             candidate=VersionCounts(requests=n, errors=n * self.error_rate),
         )
 
@@ -135,12 +138,19 @@ def virtual_service(name: str) -> dict[str, Any]:
         "spec": {
             "hosts": [name],
             "http": [
-                {"name": "debug", "match": [{"headers": {"x-debug": {"exact": "1"}}}],
-                 "route": [{"destination": {"host": name, "subset": "v2"}}]},
-                {"name": "primary", "route": [
-                    {"destination": {"host": name, "subset": "v1"}, "weight": 100},
-                    {"destination": {"host": name, "subset": "v2"}, "weight": 0},
-                ], "timeout": "10s"},
+                {
+                    "name": "debug",
+                    "match": [{"headers": {"x-debug": {"exact": "1"}}}],
+                    "route": [{"destination": {"host": name, "subset": "v2"}}],
+                },
+                {
+                    "name": "primary",
+                    "route": [
+                        {"destination": {"host": name, "subset": "v1"}, "weight": 100},
+                        {"destination": {"host": name, "subset": "v2"}, "weight": 0},
+                    ],
+                    "timeout": "10s",
+                },
             ],
         },
     }
@@ -156,8 +166,12 @@ def model_rollout(name: str = "fraud-scorer", candidate: str = "2.0", **spec: An
             "stable": {"destination": {"host": name, "subset": "v1"}, "version": "1.0"},
             "candidate": {"destination": {"host": name, "subset": "v2"}, "version": candidate},
             "canary": {"steps": [20, 50, 100], "minStepDuration": "1s", "maxStepDuration": "60s"},
-            "analysis": {"interval": "1s", "minRequests": 10, "noDataTimeout": "60s",
-                         "checks": [{"metric": "errorRate", "max": 0.05}]},
+            "analysis": {
+                "interval": "1s",
+                "minRequests": 10,
+                "noDataTimeout": "60s",
+                "checks": [{"metric": "errorRate", "max": 0.05}],
+            },
         },
     }
     doc["spec"].update(copy.deepcopy(spec))
@@ -205,8 +219,10 @@ def test_a_healthy_candidate_is_promoted_step_by_step(cluster: Cluster) -> None:
     cluster.add_vs()
     cluster.add_rollout(model_rollout())
     with running(cluster.controller(metrics_addr="127.0.0.1:0")) as ctl:
-        wait_for("the finalizer while the rollout runs", lambda: FINALIZER in cluster.rollout()["metadata"].get(
-            "finalizers", []))
+        wait_for(
+            "the finalizer while the rollout runs",
+            lambda: FINALIZER in cluster.rollout()["metadata"].get("finalizers", []),
+        )
         wait_for("promotion", phase_is(cluster, "Succeeded"))
         base = f"http://127.0.0.1:{ctl.metrics_port}"
         metrics = httpx.get(f"{base}/metrics").text
@@ -240,9 +256,14 @@ def test_a_healthy_candidate_is_promoted_step_by_step(cluster: Cluster) -> None:
     assert all(e[1] == "Normal" for e in cluster.events())
 
     assert 'mesh_canary_rollouts{phase="Succeeded"} 1.0' in metrics
-    assert 'mesh_canary_rollout_candidate_weight_percent{namespace="models",rollout="fraud-scorer"} 100.0' in metrics
+    assert (
+        'mesh_canary_rollout_candidate_weight_percent{namespace="models",rollout="fraud-scorer"} 100.0'
+        in metrics
+    )
     assert "mesh_canary_reconcile_duration_seconds_count" in metrics
-    ticks = float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("mesh_canary_ticks_total")))
+    ticks = float(
+        next(line.split()[1] for line in metrics.splitlines() if line.startswith("mesh_canary_ticks_total"))
+    )
     assert ticks == status["rollout"]["ticks"]
 
 
@@ -270,8 +291,9 @@ def test_a_failing_candidate_is_rolled_back_to_all_stable(cluster: Cluster) -> N
 
 def test_a_restarted_controller_resumes_the_same_step_without_rewriting_weights(cluster: Cluster) -> None:
     cluster.add_vs()
-    cluster.add_rollout(model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "4s",
-                                              "maxStepDuration": "60s"}))
+    cluster.add_rollout(
+        model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "4s", "maxStepDuration": "60s"})
+    )
     with running(cluster.controller()):
         wait_for("step 2", lambda: cluster.status().get("currentStep") == 2)
     before = cluster.status()["rollout"]
@@ -279,8 +301,10 @@ def test_a_restarted_controller_resumes_the_same_step_without_rewriting_weights(
     assert writes_before == [("fraud-scorer", Weights(80, 20)), ("fraud-scorer", Weights(50, 50))]
 
     with running(cluster.controller()):
-        wait_for("an analysis by the new controller",
-                 lambda: cluster.status()["rollout"]["ticks"] > before["ticks"])
+        wait_for(
+            "an analysis by the new controller",
+            lambda: cluster.status()["rollout"]["ticks"] > before["ticks"],
+        )
         resumed = cluster.status()["rollout"]
         assert resumed["stepIndex"] == 1 and resumed["startedAt"] == before["startedAt"]
         assert resumed["stepStartedAt"] == before["stepStartedAt"]
@@ -309,8 +333,13 @@ def test_pause_resume_and_abort_annotations_are_each_handled_once(cluster: Clust
     assert len(resumed_events) == 1
 
     # A new controller process sees the same annotations: already handled, not repeated.
-    cluster.custom.patch_namespaced_custom_object(*MR, NS, "modelrollouts", "fraud-scorer", {
-        "spec": {"canary": {"steps": [20, 50, 100], "minStepDuration": "1s", "maxStepDuration": "60s"}}})
+    cluster.custom.patch_namespaced_custom_object(
+        *MR,
+        NS,
+        "modelrollouts",
+        "fraud-scorer",
+        {"spec": {"canary": {"steps": [20, 50, 100], "minStepDuration": "1s", "maxStepDuration": "60s"}}},
+    )
     with running(cluster.controller()):
         wait_for("the end", phase_is(cluster, "Succeeded"))
     reasons = [e[0] for e in cluster.events()]
@@ -320,8 +349,9 @@ def test_pause_resume_and_abort_annotations_are_each_handled_once(cluster: Clust
 
 def test_abort_snaps_to_stable_as_a_manual_rollback(cluster: Cluster) -> None:
     cluster.add_vs()
-    cluster.add_rollout(model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "30s",
-                                              "maxStepDuration": "60s"}))
+    cluster.add_rollout(
+        model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "30s", "maxStepDuration": "60s"})
+    )
     with running(cluster.controller(metrics_addr="127.0.0.1:0")) as ctl:
         wait_for("the start", lambda: cluster.vs_weights() == [80, 20])
         cluster.annotate("mesh-canary.io/abort", "r1")
@@ -349,8 +379,9 @@ def test_an_approval_gate_waits_for_the_approve_annotation(cluster: Cluster) -> 
 
 def test_a_new_candidate_version_restarts_the_rollout_from_stable(cluster: Cluster) -> None:
     cluster.add_vs()
-    cluster.add_rollout(model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "2s",
-                                              "maxStepDuration": "60s"}))
+    cluster.add_rollout(
+        model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "2s", "maxStepDuration": "60s"})
+    )
     with running(cluster.controller()):
         wait_for("step 2", lambda: cluster.status().get("currentStep") == 2)
         cluster.patch_spec({"candidate": {"version": "3.0"}})
@@ -360,22 +391,35 @@ def test_a_new_candidate_version_restarts_the_rollout_from_stable(cluster: Clust
         wait_for("promotion of 3.0", phase_is(cluster, "Succeeded"))
     # Stable first, then the new rollout from its first step.
     names = [w for _, w in cluster.writes]
-    assert names == [Weights(80, 20), Weights(50, 50), ALL_STABLE, Weights(80, 20), Weights(50, 50), Weights(0, 100)]
+    assert names == [
+        Weights(80, 20),
+        Weights(50, 50),
+        ALL_STABLE,
+        Weights(80, 20),
+        Weights(50, 50),
+        Weights(0, 100),
+    ]
     history = cluster.status()["history"]
-    assert [(h["candidateVersion"], h["outcome"]) for h in history] == [("2.0", "superseded"), ("3.0", "promoted")]
+    assert [(h["candidateVersion"], h["outcome"]) for h in history] == [
+        ("2.0", "superseded"),
+        ("3.0", "promoted"),
+    ]
     assert "Restarted" in [e[0] for e in cluster.events()]
 
 
 def test_a_deleted_rollout_leaves_its_traffic_on_stable(cluster: Cluster) -> None:
     cluster.add_vs()
-    cluster.add_rollout(model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "30s",
-                                              "maxStepDuration": "60s"}))
+    cluster.add_rollout(
+        model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "30s", "maxStepDuration": "60s"})
+    )
     with running(cluster.controller()) as ctl:
         wait_for("the start", lambda: cluster.vs_weights() == [80, 20])
         wait_for("the finalizer", lambda: FINALIZER in cluster.rollout()["metadata"].get("finalizers", []))
         cluster.custom.delete_namespaced_custom_object(*MR, NS, "modelrollouts", "fraud-scorer")
-        wait_for("the resource to go", lambda: not cluster.custom.list_namespaced_custom_object(
-            *MR, NS, "modelrollouts")["items"])
+        wait_for(
+            "the resource to go",
+            lambda: not cluster.custom.list_namespaced_custom_object(*MR, NS, "modelrollouts")["items"],
+        )
         wait_for("the controller to forget it", lambda: not ctl.handlers)
     assert cluster.vs_weights() == [100, 0]
     assert cluster.writes[-1] == ("fraud-scorer", ALL_STABLE)
@@ -400,7 +444,9 @@ def test_an_invalid_policy_is_reported_and_touches_nothing(cluster: Cluster) -> 
     assert "spec.canary.steps[1]" in events[0][2]
 
 
-def test_many_rollouts_run_at_once_and_a_slow_metrics_source_stalls_none_of_the_others(cluster: Cluster) -> None:
+def test_many_rollouts_run_at_once_and_a_slow_metrics_source_stalls_none_of_the_others(
+    cluster: Cluster,
+) -> None:
     names = ["alpha", "beta", "gamma"]
     for name in names:
         cluster.add_vs(name)
@@ -408,8 +454,11 @@ def test_many_rollouts_run_at_once_and_a_slow_metrics_source_stalls_none_of_the_
     cluster.metrics["2.0-gamma"] = Metrics(delay_s=6.0)
     started = time.monotonic()
     with running(cluster.controller(workers=2)):
-        wait_for("alpha and beta promoted", lambda: all(
-            cluster.status(n).get("phase") == "Succeeded" for n in ("alpha", "beta")), timeout_s=25)
+        wait_for(
+            "alpha and beta promoted",
+            lambda: all(cluster.status(n).get("phase") == "Succeeded" for n in ("alpha", "beta")),
+            timeout_s=25,
+        )
         fast_done = time.monotonic() - started
         gamma = cluster.status("gamma")
     # With one worker held by gamma's 6-second reads, the others still finished in a few
@@ -421,10 +470,16 @@ def test_many_rollouts_run_at_once_and_a_slow_metrics_source_stalls_none_of_the_
 
 def test_leader_election_one_leads_and_the_other_takes_over_when_it_stops(cluster: Cluster) -> None:
     cluster.add_vs()
-    cluster.add_rollout(model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "2s",
-                                              "maxStepDuration": "60s"}))
-    timings = {"leader_elect": True, "lease_duration_s": 8, "renew_deadline_s": 5.0, "retry_period_s": 0.3,
-               "metrics_addr": "127.0.0.1:0"}
+    cluster.add_rollout(
+        model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "2s", "maxStepDuration": "60s"})
+    )
+    timings = {
+        "leader_elect": True,
+        "lease_duration_s": 8,
+        "renew_deadline_s": 5.0,
+        "retry_period_s": 0.3,
+        "metrics_addr": "127.0.0.1:0",
+    }
     first = cluster.controller(identity="first", **timings).start()
     second: Controller | None = None
     try:
@@ -437,18 +492,22 @@ def test_leader_election_one_leads_and_the_other_takes_over_when_it_stops(cluste
         wait_for("step 2", lambda: cluster.status().get("currentStep") == 2)
         assert not second.leading and ticks_of(second) == 0
         lease: Any = kubernetes.client.CoordinationV1Api(cluster.client).read_namespaced_lease(
-            "mesh-canary-controller", NS)
+            "mesh-canary-controller", NS
+        )
         assert lease.spec.holder_identity == "first"
 
         stopped_at = time.monotonic()
         first.stop()  # releases the Lease
         wait_for("second leads", lambda: second is not None and second.leading, timeout_s=10)
-        assert time.monotonic() - stopped_at < 5.0, "a released Lease is taken at once, not after it expires (8 s)"
+        assert time.monotonic() - stopped_at < 5.0, (
+            "a released Lease is taken at once, not after it expires (8 s)"
+        )
         assert httpx.get(ready).status_code == 200
         wait_for("promotion by the second", phase_is(cluster, "Succeeded"))
         assert ticks_of(second) > 0
         lease = kubernetes.client.CoordinationV1Api(cluster.client).read_namespaced_lease(
-            "mesh-canary-controller", NS)
+            "mesh-canary-controller", NS
+        )
         assert lease.spec.holder_identity == "second"
     finally:
         first.stop()
@@ -459,8 +518,14 @@ def test_leader_election_one_leads_and_the_other_takes_over_when_it_stops(cluste
 
 
 def test_the_informer_lists_again_after_410_gone(cluster: Cluster) -> None:
-    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired", "code": 410,
-              "message": "too old resource version"}
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "reason": "Expired",
+        "code": 410,
+        "message": "too old resource version",
+    }
     res = "mesh-canary.io/v1alpha1/modelrollouts"
     # kmock: the first watch request answers 410 Gone.
     cluster.kube.call(lambda h: h["get", h.resource(res), {"watch": "true"}][:1] << 410 << status)
@@ -469,19 +534,34 @@ def test_the_informer_lists_again_after_410_gone(cluster: Cluster) -> None:
         wait_for("the informer synced", ctl.synced.is_set)
         cluster.add_rollout(model_rollout())
         wait_for("promotion", phase_is(cluster, "Succeeded"))
-    watches = cluster.kube.call(lambda h: sum(
-        1 for r in h._requests if r.params.get("watch") == "true" and r.resource is not None
-        and r.resource.plural == "modelrollouts"))
-    lists = cluster.kube.call(lambda h: sum(
-        1 for r in h._requests if r.method.value == "GET" and r.params.get("watch") != "true"
-        and r.resource is not None and r.resource.plural == "modelrollouts" and r.name is None))
+    watches = cluster.kube.call(
+        lambda h: sum(
+            1
+            for r in h._requests
+            if r.params.get("watch") == "true"
+            and r.resource is not None
+            and r.resource.plural == "modelrollouts"
+        )
+    )
+    lists = cluster.kube.call(
+        lambda h: sum(
+            1
+            for r in h._requests
+            if r.method.value == "GET"
+            and r.params.get("watch") != "true"
+            and r.resource is not None
+            and r.resource.plural == "modelrollouts"
+            and r.name is None
+        )
+    )
     assert watches >= 2 and lists >= 2
 
 
 def test_weights_changed_by_someone_else_show_in_the_condition_and_an_event(cluster: Cluster) -> None:
     cluster.add_vs()
-    cluster.add_rollout(model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "30s",
-                                              "maxStepDuration": "60s"}))
+    cluster.add_rollout(
+        model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "30s", "maxStepDuration": "60s"})
+    )
     with running(cluster.controller()):
         wait_for("the start", lambda: cluster.vs_weights() == [80, 20])
 
@@ -490,8 +570,10 @@ def test_weights_changed_by_someone_else_show_in_the_condition_and_an_event(clus
             vs["spec"]["http"][1]["route"][1]["weight"] = 0
 
         cluster.kube.write("networking.istio.io/v1/virtualservices", NS, "fraud-scorer", gitops_sync)
-        wait_for("WeightsInSync=False",
-                 lambda: (condition(cluster.status(), "WeightsInSync") or {}).get("status") == "False")
+        wait_for(
+            "WeightsInSync=False",
+            lambda: (condition(cluster.status(), "WeightsInSync") or {}).get("status") == "False",
+        )
     in_sync = condition(cluster.status(), "WeightsInSync")
     assert in_sync is not None
     assert "live 100/0" in in_sync["message"] and "expected 80/20" in in_sync["message"]
@@ -513,15 +595,84 @@ def test_sigterm_style_stop_finishes_the_tick_in_flight(cluster: Cluster) -> Non
     assert cluster.status()["rollout"]["ticks"] == ticks_before + 1
 
 
+def ready_is(cluster: Cluster, status: str) -> Callable[[], dict[str, Any] | None]:
+    def check() -> dict[str, Any] | None:
+        ready = condition(cluster.status(), "Ready")
+        return ready if ready is not None and ready["status"] == status else None
+
+    return check
+
+
 def test_a_missing_virtual_service_is_reported_and_retried_until_it_exists(cluster: Cluster) -> None:
     cluster.add_rollout(model_rollout())
     with running(cluster.controller(metrics_addr="127.0.0.1:0")) as ctl:
         wait_for("a ReconcileError Event", lambda: "ReconcileError" in [e[0] for e in cluster.events()])
-        assert cluster.status().get("phase") in (None, "Pending")
+        # The status says it too, for `rollout status` and `kubectl wait`, not only the Event.
+        ready = wait_for("Ready=False", ready_is(cluster, "False"))
+        assert ready["reason"] == "ReconcileError" and ready["observedGeneration"] == 1
+        assert "VirtualService models/fraud-scorer does not exist" in ready["message"]
+        status = cluster.status()
+        assert status.get("phase") in (None, "Pending")
+        assert "cannot start the rollout" in status["message"] and "does not exist" in status["message"]
         errors = ctl.metrics.registry.get_sample_value("mesh_canary_reconcile_errors_total") or 0
         assert errors >= 1
+        failed_since = ready["lastTransitionTime"]
+        time.sleep(1.2)  # more failed retries: the condition holds, its transition time stays
+        still = condition(cluster.status(), "Ready")
+        assert still is not None and (still["status"], still["lastTransitionTime"]) == ("False", failed_since)
         cluster.add_vs()
         wait_for("promotion once the VirtualService exists", phase_is(cluster, "Succeeded"))
+        recovered = wait_for("Ready=True", ready_is(cluster, "True"))
+    assert recovered["reason"] == "Reconciled"
     error_events = [e for e in cluster.events() if e[0] == "ReconcileError"]
     assert error_events[0][1] == "Warning" and "does not exist" in error_events[0][2]
     assert cluster.vs_history()[-1] == [0, 100]
+
+
+def test_a_route_that_cannot_be_found_is_a_ready_false_condition_until_it_is_fixed(cluster: Cluster) -> None:
+    vs = virtual_service("fraud-scorer")
+    vs["spec"]["http"][1]["name"] = "main"  # the policy manages a route named "primary"
+    cluster.custom.create_namespaced_custom_object(*VS, NS, "virtualservices", vs)
+    cluster.add_rollout(model_rollout())
+    with running(cluster.controller()):
+        ready = wait_for("Ready=False", ready_is(cluster, "False"))
+        assert ready["reason"] == "ReconcileError"
+        assert "has no http route named 'primary'" in ready["message"]
+        assert cluster.vs_history() == [[100, 0]]  # nothing was written
+
+        def rename(obj: dict[str, Any]) -> None:
+            obj["spec"]["http"][1]["name"] = "primary"
+
+        cluster.kube.write("networking.istio.io/v1/virtualservices", NS, "fraud-scorer", rename)
+        wait_for("Ready=True", ready_is(cluster, "True"))
+        wait_for("promotion", phase_is(cluster, "Succeeded"))
+    ready = condition(cluster.status(), "Ready")
+    assert ready is not None and ready["status"] == "True" and ready["reason"] == "Reconciled"
+    assert cluster.vs_history() == [[100, 0], [80, 20], [50, 50], [0, 100]]
+
+
+# --------------------------------------------------------------------------- the API stand-in itself
+
+
+def test_the_api_stand_in_makes_its_workdir_and_a_failed_start_leaves_no_server(tmp_path: Path) -> None:
+    workdir = tmp_path / "not" / "there"
+    with KubeStandIn(workdir=workdir) as api:
+        assert api.kubeconfig_path == workdir / "kubeconfig" and api.kubeconfig_path.is_file()
+        assert httpx.get(f"{api.url}/api", timeout=5).status_code == 200
+
+    # Up, then the kubeconfig cannot be written: the error comes out and the server stops.
+    blocked = tmp_path / "blocked"
+    (blocked / "kubeconfig").mkdir(parents=True)
+    standin = KubeStandIn(workdir=blocked)
+    with pytest.raises(IsADirectoryError):
+        standin.__enter__()
+    assert standin._thread is not None and not standin._thread.is_alive()
+    assert standin.url, "the server had started"
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{standin.url}/api", timeout=2)
+
+    # The server fails to start (a broken CRD): one clear error, no thread left.
+    broken = KubeStandIn(crds=[{"metadata": {"name": "broken"}, "spec": {}}], workdir=tmp_path / "broken")
+    with pytest.raises(RuntimeError, match="did not start"):
+        broken.__enter__()
+    assert broken._thread is not None and not broken._thread.is_alive()

@@ -1,0 +1,247 @@
+"""Webhook notifications against a real HTTP server on 127.0.0.1 (stdlib http.server, a thread).
+
+What a receiver gets in each format, the URL read from the environment, and that a webhook
+that hangs or fails never delays or breaks the rollout loop (it is only logged).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from mesh_canary.adapters.notifiers import (
+    BackgroundNotifier,
+    FanOutNotifier,
+    WebhookNotifier,
+    notifier_for_policy,
+)
+from mesh_canary.adapters.protocols import Announcement
+from mesh_canary.core.model import Webhook
+from mesh_canary.core.policy import load_policy
+
+ROLLED_BACK = Announcement(
+    rollout="fraud-scorer",
+    kind="RolledBack",
+    message="rolled back to 100% stable: errorRate: error rate 2.19% exceeds the tolerated 1.5x",
+    severity="warning",
+    details={"phase": "RolledBack", "weights": {"stable": 100, "candidate": 0}},
+)
+PROMOTED = Announcement(rollout="fraud-scorer", kind="Promoted", message="promoted 1.5.0: 100% of traffic")
+
+
+@dataclass
+class Received:
+    path: str
+    content_type: str
+    body: Any
+
+
+@dataclass
+class Receiver:
+    """What the webhook server got, and how it answers: ``/ok`` 200, ``/fail`` 500, ``/hang`` waits."""
+
+    url: str
+    posts: list[Received] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)  # lets /hang answer
+    arrived: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait_for(self, count: int, timeout_s: float = 10.0) -> list[Received]:
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.posts) >= count, timeout_s), (
+                f"the webhook server got {len(self.posts)} posts, expected {count}"
+            )
+            return list(self.posts)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state: dict[str, Receiver] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            rec = state["receiver"]
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"null")
+            with rec.arrived:
+                rec.posts.append(Received(self.path, self.headers.get("Content-Type", ""), body))
+                rec.arrived.notify_all()
+            if self.path == "/hang":
+                rec.release.wait(10)  # bounded: the fixture releases it on teardown anyway
+            code = 500 if self.path == "/fail" else 200
+            self.send_response(code)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state["receiver"] = Receiver(url=f"http://127.0.0.1:{server.server_address[1]}")
+    # A short poll interval: shutdown() returns within it.
+    thread = threading.Thread(
+        target=lambda: server.serve_forever(poll_interval=0.05), name="webhook-receiver", daemon=True
+    )
+    thread.start()
+    try:
+        yield state["receiver"]
+    finally:
+        state["receiver"].release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/hook"  # nothing listens once closed
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def test_slack_format_posts_one_text_line_with_an_icon_by_severity(receiver: Receiver) -> None:
+    hook = WebhookNotifier(f"{receiver.url}/ok", "slack")
+    hook.notify(ROLLED_BACK)
+    hook.notify(PROMOTED)
+    first, second = receiver.wait_for(2)
+    assert first.path == "/ok" and first.content_type == "application/json"
+    assert first.body == {"text": f":rotating_light: *fraud-scorer* RolledBack: {ROLLED_BACK.message}"}
+    assert second.body == {
+        "text": ":white_check_mark: *fraud-scorer* Promoted: promoted 1.5.0: 100% of traffic"
+    }
+
+
+def test_json_format_posts_the_whole_announcement(receiver: Receiver) -> None:
+    hook = WebhookNotifier(f"{receiver.url}/ok", "json")
+    hook.notify(ROLLED_BACK)
+    hook.notify(PROMOTED)
+    first, second = receiver.wait_for(2)
+    assert first.content_type == "application/json"
+    assert first.body == {
+        "rollout": "fraud-scorer",
+        "kind": "RolledBack",
+        "message": ROLLED_BACK.message,
+        "severity": "warning",
+        "details": {"phase": "RolledBack", "weights": {"stable": 100, "candidate": 0}},
+    }
+    # No details: the key is left out rather than sent as null.
+    assert second.body == {
+        "rollout": "fraud-scorer",
+        "kind": "Promoted",
+        "message": "promoted 1.5.0: 100% of traffic",
+        "severity": "info",
+    }
+
+
+# --------------------------------------------------------------------------- urlFrom.env
+
+
+def test_url_from_env_is_read_when_the_notifier_is_made(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MESH_CANARY_TEST_HOOK", f"{receiver.url}/ok")
+    hook = WebhookNotifier.from_policy(Webhook(url_from_env="MESH_CANARY_TEST_HOOK", format="slack"))
+    assert hook is not None and hook.url == f"{receiver.url}/ok" and hook.format == "slack"
+    hook.notify(PROMOTED)
+    assert receiver.wait_for(1)[0].body["text"].endswith("Promoted: promoted 1.5.0: 100% of traffic")
+
+    # Unset: no notifier, and a warning naming the variable (never a crash at start-up).
+    monkeypatch.delenv("MESH_CANARY_TEST_HOOK")
+    with caplog.at_level(logging.WARNING, logger="mesh_canary.notify"):
+        assert WebhookNotifier.from_policy(Webhook(url_from_env="MESH_CANARY_TEST_HOOK")) is None
+    assert "MESH_CANARY_TEST_HOOK is not set" in caplog.text
+
+
+def test_a_policys_webhooks_with_url_from_env_receive_every_announcement(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROLLOUT_HOOK", f"{receiver.url}/ok")
+    policy = load_policy(
+        {
+            "apiVersion": "mesh-canary.io/v1alpha1",
+            "kind": "ModelRollout",
+            "metadata": {"name": "fraud-scorer"},
+            "spec": {
+                "virtualService": {"name": "fraud-scorer"},
+                "stable": {"destination": {"host": "fraud-scorer", "subset": "v1"}},
+                "candidate": {"destination": {"host": "fraud-scorer", "subset": "v2"}},
+                "notifications": [
+                    {"webhook": {"urlFrom": {"env": "ROLLOUT_HOOK"}, "format": "slack"}},
+                    {"webhook": {"url": f"{receiver.url}/ok", "format": "json"}},
+                ],
+            },
+        }
+    )
+    notifier = notifier_for_policy(policy.notifications)
+    try:
+        notifier.notify(ROLLED_BACK)
+    finally:
+        notifier.close(timeout_s=10)
+    posts = receiver.wait_for(2)
+    assert sorted(("text" in p.body, "kind" in p.body) for p in posts) == [(False, True), (True, False)]
+
+
+# --------------------------------------------------------------------------- never in the way
+
+
+def test_a_hanging_webhook_does_not_delay_notify(receiver: Receiver) -> None:
+    notifier = BackgroundNotifier(WebhookNotifier(f"{receiver.url}/hang", "json", timeout_s=10))
+    try:
+        started = time.monotonic()
+        for kind in ("StepAdvanced", "RolledBack", "Promoted"):
+            notifier.notify(Announcement("fraud-scorer", kind, f"{kind} happened"))
+        took = time.monotonic() - started
+        receiver.wait_for(1)  # the first post is in, and the server holds it
+        assert took < 0.1, f"notify blocked for {took:.3f}s behind a hanging webhook"
+        assert len(receiver.posts) == 1
+        receiver.release.set()
+    finally:
+        notifier.close(timeout_s=10)
+    # Once the receiver answers, everything queued is delivered, in order.
+    assert [p.body["kind"] for p in receiver.wait_for(3)] == ["StepAdvanced", "RolledBack", "Promoted"]
+
+
+def test_a_webhook_that_hangs_past_its_timeout_is_logged_and_given_up(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    hook = WebhookNotifier(f"{receiver.url}/hang", "json", timeout_s=0.3)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="mesh_canary.notify"):
+        hook.notify(PROMOTED)  # does not raise
+    assert time.monotonic() - started < 3.0
+    assert "webhook" in caplog.text and "failed" in caplog.text and "timed out" in caplog.text.lower()
+
+
+def test_a_failing_webhook_is_logged_not_raised_and_the_others_still_get_theirs(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing = WebhookNotifier(f"{receiver.url}/fail", "json")
+    unreachable = WebhookNotifier(closed_port_url(), "json", timeout_s=2)
+    working = WebhookNotifier(f"{receiver.url}/ok", "slack")
+    with caplog.at_level(logging.WARNING, logger="mesh_canary.notify"):
+        failing.notify(ROLLED_BACK)  # HTTP 500: no exception
+        unreachable.notify(ROLLED_BACK)  # connection refused: no exception
+        notifier = BackgroundNotifier(FanOutNotifier([failing, unreachable, working]))
+        try:
+            notifier.notify(PROMOTED)
+        finally:
+            notifier.close(timeout_s=10)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("500" in w for w in warnings) == 2, warnings
+    assert sum("webhook" in w and "failed" in w for w in warnings) == 4, warnings
+    # The working hook still got the announcement after the two broken ones.
+    posts = receiver.wait_for(3)
+    assert [p.path for p in posts] == ["/fail", "/fail", "/ok"]
+    assert posts[-1].body["text"].endswith("Promoted: promoted 1.5.0: 100% of traffic")
