@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import heapq
 import importlib
 import itertools
@@ -59,6 +60,7 @@ from prometheus_client import (
 
 from mesh_canary.adapters.clock import SystemClock
 from mesh_canary.adapters.kube_events import KubeEventNotifier
+from mesh_canary.adapters.kube_rollouts import read_secret_key
 from mesh_canary.adapters.kube_status import (
     API_VERSION,
     COMMAND_ANNOTATIONS,
@@ -844,7 +846,11 @@ class Controller:
             self._supersede(h, old_state, old_policy, target, store)
         self._drop_runner(h)
         router, metrics = self.backend(target)
-        h.notifier = notifier_for_policy(target.notifications, extra=[h.events] if h.events else [])
+        h.notifier = notifier_for_policy(
+            target.notifications,
+            extra=[h.events] if h.events else [],
+            read_secret=functools.partial(read_secret_key, self.api, target.namespace),
+        )
         store.policy = target
         if spec_valid:
             store.applied_spec = copy.deepcopy(dict(obj.get("spec") or {}))

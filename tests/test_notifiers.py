@@ -245,3 +245,31 @@ def test_a_failing_webhook_is_logged_not_raised_and_the_others_still_get_theirs(
     posts = receiver.wait_for(3)
     assert [p.path for p in posts] == ["/fail", "/fail", "/ok"]
     assert posts[-1].body["text"].endswith("Promoted: promoted 1.5.0: 100% of traffic")
+
+
+def test_a_webhook_url_from_a_secret_is_read_through_the_reader(caplog: pytest.LogCaptureFixture) -> None:
+    from mesh_canary.adapters.notifiers import WebhookNotifier
+    from mesh_canary.core.model import Webhook
+
+    hook = Webhook(url_from_secret={"name": "slack", "key": "url"}, format="slack")
+    asked: list[tuple[str, str]] = []
+
+    def reader(name: str, key: str) -> str | None:
+        asked.append((name, key))
+        return "https://hooks.example.com/services/T0/B0/SECRETTOKEN\n"
+
+    n = WebhookNotifier.from_policy(hook, reader)
+    assert n is not None and n.url == "https://hooks.example.com/services/T0/B0/SECRETTOKEN"
+    assert asked == [("slack", "url")]
+    with caplog.at_level("WARNING"):
+        assert WebhookNotifier.from_policy(hook) is None  # the CLI cannot read Secrets
+    assert "Secret slack key url" in caplog.text
+
+
+def test_failure_logs_never_carry_the_webhook_token(caplog: pytest.LogCaptureFixture) -> None:
+    from mesh_canary.adapters.notifiers import WebhookNotifier
+
+    n = WebhookNotifier(closed_port_url().replace("/hook", "/services/SECRETTOKEN"), timeout_s=1.0)
+    with caplog.at_level("WARNING"):
+        n.notify(ROLLED_BACK)
+    assert "failed" in caplog.text and "SECRETTOKEN" not in caplog.text

@@ -165,3 +165,26 @@ class RolloutClient:
             )
         except Exception as e:
             raise_api_error(e, self.ref(name))
+
+
+def read_secret_key(client: Any, namespace: str, name: str, key: str) -> str | None:
+    """One key of a Secret, decoded; None when the Secret or the key is missing.
+
+    The controller needs `get` on that Secret only: grant it with a namespaced Role naming
+    the Secret (resourceNames), not cluster-wide (see docs/controller.md).
+    """
+    import base64
+
+    import kubernetes.client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        secret: Any = kubernetes.client.CoreV1Api(client).read_namespaced_secret(
+            name, namespace, _request_timeout=10
+        )
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise_api_error(e, f"secret {namespace}/{name}")
+    value = (secret.data or {}).get(key)
+    return None if value is None else base64.b64decode(value).decode().strip()

@@ -7,7 +7,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -17,6 +17,15 @@ from mesh_canary.adapters.protocols import Announcement, Notifier
 from mesh_canary.core.model import Webhook
 
 log = logging.getLogger("mesh_canary.notify")
+
+# Reads one key of a Secret: (name, key) -> value, or None when it is not there.
+SecretReader = Callable[[str, str], str | None]
+
+
+def redact(url: str) -> str:
+    """Webhook URLs carry their credentials (Slack's do): log only scheme and host."""
+    parsed = httpx.URL(url)
+    return f"{parsed.scheme}://{parsed.host}/..."
 
 
 class LogNotifier:
@@ -42,12 +51,28 @@ class WebhookNotifier:
         self._client = httpx.Client(timeout=timeout_s, transport=transport)
 
     @classmethod
-    def from_policy(cls, hook: Webhook) -> WebhookNotifier | None:
-        url = hook.url or (os.environ.get(hook.url_from_env) if hook.url_from_env else None)
+    def from_policy(cls, hook: Webhook, read_secret: SecretReader | None = None) -> WebhookNotifier | None:
+        """The hook's URL from the policy, an environment variable or a Secret; None (logged) when unset."""
+        url, where = hook.url, "url"
+        if not url and hook.url_from_env:
+            url, where = os.environ.get(hook.url_from_env), f"environment variable {hook.url_from_env}"
+        elif not url and hook.url_from_secret:
+            ref = hook.url_from_secret
+            where = f"Secret {ref['name']} key {ref['key']}"
+            if read_secret is None:
+                log.warning(
+                    "webhook URL is in %s, which only the in-cluster controller can read; skipped", where
+                )
+                return None
+            try:
+                url = read_secret(ref["name"], ref["key"])
+            except Exception as e:
+                log.warning("cannot read the webhook URL from %s: %s; skipped", where, e)
+                return None
         if not url:
-            log.warning("webhook has no URL (environment variable %s is not set); skipped", hook.url_from_env)
+            log.warning("%s is not set; webhook skipped", where if where != "url" else "the webhook URL")
             return None
-        return cls(url, hook.format)
+        return cls(url.strip(), hook.format)
 
     def payload(self, a: Announcement) -> dict[str, Any]:
         if self.format == "slack":
@@ -59,7 +84,16 @@ class WebhookNotifier:
         try:
             self._client.post(self.url, json=self.payload(announcement)).raise_for_status()
         except httpx.HTTPError as e:
-            log.warning("webhook %s failed: %s", self.url, e)
+            log.warning("webhook %s failed: %s", redact(self.url), _describe(e))
+
+
+def _describe(e: httpx.HTTPError) -> str:
+    """What went wrong, without the URL (it may hold a token)."""
+    if isinstance(e, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(e, httpx.HTTPStatusError):
+        return f"answered HTTP {e.response.status_code}"
+    return f"{type(e).__name__}: {e}"
 
 
 class FanOutNotifier:
@@ -105,10 +139,12 @@ class BackgroundNotifier:
         self._thread.join(timeout_s)
 
 
-def notifier_for_policy(webhooks: Sequence[Webhook], extra: Sequence[Notifier] = ()) -> BackgroundNotifier:
+def notifier_for_policy(
+    webhooks: Sequence[Webhook], extra: Sequence[Notifier] = (), read_secret: SecretReader | None = None
+) -> BackgroundNotifier:
     targets: list[Notifier] = [LogNotifier(), *extra]
     for hook in webhooks:
-        n = WebhookNotifier.from_policy(hook)
+        n = WebhookNotifier.from_policy(hook, read_secret)
         if n is not None:
             targets.append(n)
     return BackgroundNotifier(FanOutNotifier(targets))
