@@ -52,6 +52,12 @@ def friendly_errors(fn: F) -> F:
             fail(str(e), EXIT_BAD_INPUT)
         except KubeError as e:
             fail(str(e), EXIT_BAD_INPUT if e.bad_input else EXIT_FAILURE)
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, as Unix tools do.
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_FAILURE)
         except (SystemExit, KeyboardInterrupt, click.exceptions.Exit, click.ClickException):
             raise
         except Exception as e:
@@ -230,45 +236,70 @@ def simulate(policy_path: str, scenario_path: str, seed: int, runs: int, fmt: st
                 f"{scenario_path}: {path}: {message}" if path else f"{scenario_path}: {message}", err=True
             )
         sys.exit(EXIT_BAD_INPUT)
-    results = []
-    for i in range(runs):
-        r = simulate_rollout(policy, scenario, seed=seed + i)
-        results.append(r)
-        if fmt == "json":
-            click.echo(json.dumps(r) if runs > 1 else json.dumps(r, indent=2))
-        elif fmt == "yaml":
-            from mesh_canary.output import dump
+    from rich.console import Console
+    from rich.progress import Progress
 
-            click.echo(dump(r, "yaml") + ("---" if i < runs - 1 else ""))
+    results = []
+    # Thousands of runs take a while: show progress on a terminal (never in the JSON stream).
+    progress = Progress(console=Console(stderr=True), transient=True, disable=runs < 50)
+    task = progress.add_task("simulating", total=runs)
+    with progress:
+        for i in range(runs):
+            results.append(simulate_rollout(policy, scenario, seed=seed + i))
+            progress.advance(task)
+            _emit_simulation(results[-1], fmt, last=i == runs - 1, many=runs > 1)
     if fmt == "text":
         _print_simulation_text(results)
     if runs == 1:
         sys.exit({"promoted": 0, "rolled_back": 3}.get(results[0]["outcome"], 4))
 
 
+def _emit_simulation(r: dict[str, Any], fmt: str, last: bool, many: bool) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(r) if many else json.dumps(r, indent=2))
+    elif fmt == "yaml":
+        from mesh_canary.output import dump
+
+        click.echo(dump(r, "yaml") + ("" if last else "---"))
+
+
 def _print_simulation_text(results: list[dict[str, Any]]) -> None:
+    """A row per run for a few runs; for many, what a person wants: how often, how fast, how much harm."""
+    from collections import Counter
+    from statistics import median
+
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="simulated rollouts")
-    for col in ("seed", "outcome", "decided", "candidate requests", "errors", "wrong", "reason"):
+    console = Console()
+    if len(results) <= 20:
+        t = Table(title="simulated rollouts")
+        for col in ("seed", "outcome", "decided", "candidate requests", "errors", "wrong", "reason"):
+            t.add_column(col)
+        for r in results:
+            t.add_row(
+                str(r["seed"]), r["outcome"], f"{r['decidedAtS']:.0f}s", str(r["candidateRequests"]),
+                str(r["candidateErrors"]), str(r["candidateWrong"]), r["reason"][:80],
+            )  # fmt: skip
+        console.print(t)
+    counts = Counter(r["outcome"] for r in results)
+    t = Table(title=f"{len(results)} runs" if len(results) > 1 else None)
+    for col in (
+        "outcome",
+        "runs",
+        "share",
+        "median decided",
+        "median candidate requests",
+        "median candidate errors",
+    ):
         t.add_column(col)
-    for r in results:
+    for outcome, n in sorted(counts.items()):
+        rs = [r for r in results if r["outcome"] == outcome]
         t.add_row(
-            str(r["seed"]),
-            r["outcome"],
-            f"{r['decidedAtS']:.0f}s",
-            str(r["candidateRequests"]),
-            str(r["candidateErrors"]),
-            str(r["candidateWrong"]),
-            r["reason"][:80],
-        )
-    Console().print(t)
-    if len(results) > 1:
-        from collections import Counter
-
-        counts = Counter(r["outcome"] for r in results)
-        click.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+            outcome, str(n), f"{n / len(results):.1%}", f"{median(r['decidedAtS'] for r in rs):.0f}s",
+            f"{median(r['candidateRequests'] for r in rs):.0f}", f"{median(r['candidateErrors'] for r in rs):.0f}",
+        )  # fmt: skip
+    console.print(t)
 
 
 @main.command()
