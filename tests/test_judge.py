@@ -107,8 +107,10 @@ def test_equal_error_rates_early_are_inconclusive_without_leaning() -> None:
 
 
 def test_a_worse_but_unproven_estimate_leans_towards_failure() -> None:
+    # 15 errors in 1000 (3x stable's rate): the ratio is beyond 1.5x with posterior
+    # probability ~0.96, not yet proven at 99.7%.
     r = judge_one(
-        ERROR_RATE, VersionCounts(requests=19_000, errors=95), VersionCounts(requests=1_000, errors=12), ctx()
+        ERROR_RATE, VersionCounts(requests=19_000, errors=95), VersionCounts(requests=1_000, errors=15), ctx()
     )
     assert r.verdict is Verdict.INCONCLUSIVE
     assert r.leaning_fail and r.enough_data
@@ -131,11 +133,11 @@ def test_a_worse_estimate_on_weak_evidence_does_not_hold_the_step() -> None:
 
 
 def test_below_minimum_samples_relative_bounds_wait() -> None:
-    # 3 errors in 50 requests (6%) against stable's 0.5%: telling, but below minRequests.
+    # 8 errors in 50 requests (16%) against stable's 0.5%: telling, but below minRequests.
     r = judge_one(
         Check("errorRate", "errorRate", max_increase=0.005),
         VersionCounts(requests=5_000, errors=25),
-        VersionCounts(requests=50, errors=3),
+        VersionCounts(requests=50, errors=8),
         ctx(min_requests=100),
     )
     assert r.verdict is Verdict.INCONCLUSIVE
@@ -613,8 +615,9 @@ AA_CHECKS = [
 def test_aa_false_fail_rate_stays_within_alpha_when_judged_every_tick(
     base_rate: float, share: float, seed: int
 ) -> None:
-    alpha, runs = 0.05, 300
-    rate, _ = simulate(base_rate, base_rate, share, alpha, AA_CHECKS, np.random.default_rng(seed), runs=runs)
+    alpha, runs = 0.05, 200
+    rng = np.random.default_rng(seed)
+    rate, _ = simulate(base_rate, base_rate, share, alpha, AA_CHECKS, rng, runs=runs, ticks=150)
     assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
 
 
@@ -646,3 +649,173 @@ def test_a_latency_tail_regression_fails_in_most_runs(seed: int) -> None:
         0.005, 0.005, 0.25, 0.01, slow, np.random.default_rng(seed), runs=100, slow_candidate=True
     )
     assert rate >= 0.9
+
+
+# --- evidence carried across canary steps ----------------------------------------------------
+
+
+def step_ctx(
+    index: int, earlier: tuple[tuple[float, Observation], ...], alpha: float = 0.0025
+) -> JudgeContext:
+    """The context the engine builds in step ``index`` of a 5-step canary (4 judged windows)."""
+    shares = (0.05, 0.10, 0.25, 0.50)
+    return JudgeContext(
+        candidate_share=shares[index],
+        alpha=alpha,
+        min_requests=100,
+        step_index=index,
+        step_count=5,
+        earlier_windows=earlier,
+    )
+
+
+RATIO = Check("errorRate", "errorRate", max_increase_ratio=0.25)
+
+
+def test_evidence_from_earlier_steps_adds_up_to_a_proof() -> None:
+    # 2.4x stable's error rate. No step's window alone proves it beyond 1.25x; all four do.
+    stable_n, cand_n = (11_400, 10_800, 9_000, 6_000), (600, 1_200, 3_000, 6_000)
+    windows = [
+        Observation(60 * i, 60 * i + 60, VersionCounts(s, s * 0.005), VersionCounts(c, round(c * 0.012)))
+        for i, (s, c) in enumerate(zip(stable_n, cand_n, strict=True))
+    ]
+    shares = (0.05, 0.10, 0.25, 0.50)
+    for i, w in enumerate(windows):  # an incomplete history: the window alone
+        assert JUDGE.evaluate([RATIO], w, step_ctx(i, ()) if i else JudgeContext(0.05, 0.0025, 100))[
+            0
+        ].verdict is (Verdict.INCONCLUSIVE)
+    earlier = tuple(zip(shares[:3], windows[:3], strict=True))
+    together = JUDGE.evaluate([RATIO], windows[3], step_ctx(3, earlier))[0]
+    assert together.verdict is Verdict.FAIL
+    assert together.samples == 10_800  # the candidate's requests over the whole rollout
+    assert together.lower is not None and together.lower >= 1.25
+
+
+def test_a_complete_history_spends_the_whole_rollouts_budget() -> None:
+    # Step 1 of 5 with no earlier windows is a complete history: one sequence for all four
+    # judged windows, at 4x the per-window alpha; the same window judged as a lone window
+    # (a blue/green-style context) is wider.
+    window = Observation(0, 60, VersionCounts(19_000, 95), VersionCounts(1_000, 9))
+    whole = JUDGE.evaluate([RATIO], window, step_ctx(0, ()))[0]
+    lone = JUDGE.evaluate([RATIO], window, JudgeContext(0.05, 0.0025, 100))[0]
+    assert "99% CS" in whole.reason and "99.8% CS" in lone.reason
+    assert whole.lower is not None and lone.lower is not None and whole.lower >= lone.lower
+    assert whole.upper is not None and lone.upper is not None and whole.upper <= lone.upper
+
+
+def test_shared_changes_over_time_are_no_false_fail() -> None:
+    # Both versions fail 0.5% in step 1 and 3% in step 2 (a shared dependency degraded).
+    # Added up, the candidate (mostly step-2 traffic) looks 2x worse than stable (mostly
+    # step-1 traffic); per step they are equal, which is what the two-arm test compares.
+    step1 = Observation(0, 600, VersionCounts(190_000, 950), VersionCounts(10_000, 50))
+    step2 = Observation(600, 1200, VersionCounts(10_000, 300), VersionCounts(10_000, 300))
+    r = JUDGE.evaluate([RATIO], step2, step_ctx(1, ((0.05, step1),)))[0]
+    cumulative_ratio = (350 / 20_000) / (1_250 / 200_000)
+    assert cumulative_ratio > 2.5
+    assert r.verdict is not Verdict.FAIL and not r.leaning_fail
+    assert r.upper is not None and r.upper < 1.5
+
+
+def test_blue_green_and_mirrored_windows_are_judged_alone() -> None:
+    earlier = ((0.05, Observation(0, 60, VersionCounts(19_000, 95), VersionCounts(1_000, 50))),)
+    window = Observation(60, 120, VersionCounts(18_000, 90), VersionCounts(2_000, 10))
+    carried = JUDGE.evaluate([RATIO], window, step_ctx(1, earlier))[0]
+    mirrored = JUDGE.evaluate([RATIO], window, replace(step_ctx(1, earlier), mirrored=True))[0]
+    assert carried.samples == 3_000 and mirrored.samples == 2_000
+    assert AnytimeJudge(accumulate=False).evaluate([RATIO], window, step_ctx(1, earlier))[0].samples == 2_000
+
+
+def test_the_promoting_step_holds_on_weaker_evidence_and_a_long_hold_relaxes() -> None:
+    # 1.6x stable's rate on ~90 candidate errors: beyond 1.25x with posterior ~0.8, not proven.
+    windows = [
+        Observation(0, 60, VersionCounts(9_500, 48), VersionCounts(5_000, 40)),
+    ]
+    early = JUDGE.evaluate([RATIO], windows[0], step_ctx(0, ()))[0]
+    final = JUDGE.evaluate([RATIO], windows[0], step_ctx(3, ()))[0]
+    assert early.verdict is final.verdict is Verdict.INCONCLUSIVE
+    assert not early.leaning_fail and final.leaning_fail
+    long_hold = Observation(0, 900, windows[0].stable, windows[0].candidate)
+    assert not JUDGE.evaluate([RATIO], long_hold, step_ctx(3, ()))[0].leaning_fail
+
+
+def test_drift_evidence_adds_up_even_when_a_class_first_appears_later() -> None:
+    check = Check("predictionDrift", "predictionDrift", max_psi=0.2)
+    first = Observation(
+        0,
+        60,
+        VersionCounts(predictions={"a": 9_000, "b": 2_500}),
+        VersionCounts(predictions={"a": 300, "b": 300}),
+    )
+    second = Observation(
+        60,
+        120,
+        VersionCounts(predictions={"a": 7_000, "b": 2_000, "c": 1_000}),
+        VersionCounts(predictions={"a": 600, "b": 600, "c": 300}),
+    )
+    alone = JUDGE.evaluate([check], second, step_ctx(0, ()))[0]
+    assert alone.verdict is Verdict.INCONCLUSIVE and alone.leaning_fail
+    carried = JUDGE.evaluate([check], second, step_ctx(1, ((0.05, first),)))[0]
+    assert carried.verdict is Verdict.FAIL and carried.samples == 2_100
+    assert carried.lower is not None and carried.lower > 0.2
+
+
+# --- the benchmark's other rules (mesh_canary.baselines) --------------------------------------
+
+
+def run_ticks(judge: Judge, windows: list[Observation], check: Check) -> list[Verdict]:
+    """Judge a one-step sequence of cumulative windows, as the engine would."""
+    return [judge.evaluate([check], w, JudgeContext(0.05, 0.0025, 100))[0].verdict for w in windows]
+
+
+def cumulative_windows(per_tick: list[tuple[VersionCounts, VersionCounts]]) -> list[Observation]:
+    out, s_req, s_err, c_req, c_err = [], 0.0, 0.0, 0.0, 0.0
+    for i, (s, c) in enumerate(per_tick):
+        s_req, s_err, c_req, c_err = (
+            s_req + s.requests,
+            s_err + s.errors,
+            c_req + c.requests,
+            c_err + c.errors,
+        )
+        out.append(Observation(0, 60.0 * (i + 1), VersionCounts(s_req, s_err), VersionCounts(c_req, c_err)))
+    return out
+
+
+def test_flagger_style_holds_each_failed_interval_and_rolls_back_at_its_threshold() -> None:
+    from mesh_canary.baselines import FlaggerJudge
+
+    check = Check("errorRate", "errorRate", max=0.05)
+    bad = cumulative_windows([(VersionCounts(1_000, 5), VersionCounts(100, 2))] * 6)  # 98% success
+    verdicts = run_ticks(FlaggerJudge(), bad, check)
+    assert verdicts == [Verdict.INCONCLUSIVE] * 4 + [Verdict.FAIL] * 2
+    good = cumulative_windows([(VersionCounts(1_000, 5), VersionCounts(100, 0))] * 6)
+    assert run_ticks(FlaggerJudge(), good, check) == [Verdict.PASS] * 6
+
+
+def test_kayenta_style_classifies_a_clear_shift_high_and_equal_intervals_pass() -> None:
+    from mesh_canary.baselines import KayentaJudge, hodges_lehmann_interval
+
+    lo, hi, est = hodges_lehmann_interval([3.0, 4.0, 5.0, 6.0], [0.0, 1.0, 2.0, 3.0], 0.8)
+    assert est == 3.0 and lo <= 3.0 <= hi
+    check = Check("errorRate", "errorRate", max_increase_ratio=0.25)
+    rng = np.random.default_rng(3)
+    ticks = [
+        (
+            VersionCounts(1_000, float(rng.binomial(1_000, 0.005))),
+            VersionCounts(1_000, float(rng.binomial(1_000, 0.03))),
+        )
+        for _ in range(8)
+    ]
+    assert run_ticks(KayentaJudge(), cumulative_windows(ticks), check)[-1] is Verdict.FAIL
+    same = [(VersionCounts(1_000, 5), VersionCounts(1_000, 5))] * 8
+    assert set(run_ticks(KayentaJudge(), cumulative_windows(same), check)) == {Verdict.PASS}
+
+
+def test_oracle_sprt_rejects_the_regression_it_knows_and_accepts_the_null() -> None:
+    from mesh_canary.baselines import OracleSPRT
+
+    check = Check("errorRate", "errorRate", max_increase_ratio=0.25)
+    bad = cumulative_windows([(VersionCounts(1_000, 5), VersionCounts(1_000, 10))] * 4)
+    verdicts = run_ticks(OracleSPRT("errors", (0.005, 0.995), (0.01, 0.99)), bad, check)
+    assert verdicts[-1] is Verdict.FAIL
+    good = cumulative_windows([(VersionCounts(1_000, 5), VersionCounts(1_000, 5))] * 4)
+    assert run_ticks(OracleSPRT("errors", (0.005, 0.995), (0.01, 0.99)), good, check)[-1] is Verdict.PASS

@@ -366,3 +366,82 @@ def test_multinomial_test_stays_quiet_on_simulated_identical_streams() -> None:
         ):
             crossed += 1
     assert crossed / runs <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
+
+
+# --- two arms over strata: the grid mixture ------------------------------------------------
+
+
+def test_ratio_profile_e_value_is_the_mixture_it_claims() -> None:
+    # Brute force at the null: sum over grid alternatives above r0 of w_d L(R_j) / L(r0).
+    c, s, rho = np.array([4.0, 9.0, 30.0]), np.array([60.0, 50.0, 45.0]), np.array([0.05, 0.1, 0.25])
+    p = stats.ratio_profile(c, s, rho, r0=1.5)
+    q = math.exp(-stats.RATIO_GRID_STEP / stats.RATIO_PRIOR_SCALE)
+
+    def log_lik(log_r: float) -> float:
+        theta = rho * math.exp(log_r) / (rho * math.exp(log_r) + 1 - rho)
+        return float(np.sum(c * np.log(theta) + s * np.log1p(-theta)))
+
+    grid = p.log_r[p.null_index :]
+    terms = [(1 - q) * q**d * math.exp(log_lik(u) - log_lik(math.log(1.5))) for d, u in enumerate(grid)]
+    assert p.log_e_worse == pytest.approx(math.log(sum(terms)), rel=1e-9)
+    assert p.estimate == pytest.approx(math.exp(p.log_r[int(np.argmax(p.log_lik))]))
+
+
+def test_ratio_profile_sequence_is_open_and_decides_at_its_ends() -> None:
+    p = stats.ratio_profile([60.0], [475.0], [0.05], r0=1.25)  # 60/5000 vs 475/95000: R = 2.4
+    lo, hi = p.cs(0.01)
+    assert 1.25 < lo < 2.4 < hi
+    assert p.log_e_worse >= math.log(100)  # "R <= 1.25" rejected, as lo > 1.25 says
+    assert stats.ratio_profile([0.0], [0.0], [0.05]).cs(0.01) == (0.0, math.inf)
+
+
+def test_stratified_ratio_test_stays_within_alpha_at_the_edge_while_shares_change() -> None:
+    """The candidate exactly 1.5x stable, tested against 'at most 1.5x' at every tick of a
+    four-step canary (shares 5, 10, 25, 50%): the product over steps is still a test
+    supermartingale, so the false-rejection rate stays below alpha."""
+    rng = np.random.default_rng(11)
+    alpha, runs, ticks = 0.1, 400, 10
+    shares = (0.05, 0.10, 0.25, 0.50)
+    rejected = 0
+    for _ in range(runs):
+        done_c: list[float] = []
+        done_s: list[float] = []
+        hit = False
+        for k, rho in enumerate(shares):
+            c = s = 0.0
+            for _ in range(ticks):
+                n = rng.poisson(3_000)
+                n_c = rng.binomial(n, rho)
+                c += rng.binomial(n_c, 0.015)
+                s += rng.binomial(n - n_c, 0.01)
+                p = stats.ratio_profile([*done_c, c], [*done_s, s], shares[: k + 1], r0=1.5)
+                if p.log_e_worse >= math.log(1 / alpha):
+                    hit = True
+                    break
+            if hit:
+                break
+            done_c.append(c)
+            done_s.append(s)
+        rejected += hit
+    rate = rejected / runs
+    assert 0.0 < rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
+
+
+def test_posterior_leaning_reads_little_into_a_handful_of_events() -> None:
+    one_each = stats.ratio_profile([1.0], [1.0], [0.05], r0=1.25)  # "19x stable" on two errors
+    assert one_each.estimate > 10 and one_each.prob_above(1.0) < 0.85
+    many = stats.ratio_profile([100.0], [950.0], [0.05], r0=1.25)  # 2x stable on 100 errors
+    assert many.prob_above(1.0) > 0.99
+    assert many.prob_above_ratio(1.25, 1.0) == pytest.approx(many.prob_above(1.0), abs=0.02)
+
+
+def test_stratified_drift_test_is_quiet_for_one_distribution_and_loud_for_two() -> None:
+    rng = np.random.default_rng(5)
+    same = np.array([0.7, 0.2, 0.1])
+    shares = (0.05, 0.25, 0.5)
+    cand = np.array([rng.multinomial(int(4_000 * r), same) for r in shares])
+    stab = np.array([rng.multinomial(int(4_000 * (1 - r)), same) for r in shares])
+    assert stats.stratified_drift_log_e(cand, stab) < math.log(20)
+    moved = np.array([rng.multinomial(int(4_000 * r), [0.45, 0.3, 0.25]) for r in shares])
+    assert stats.stratified_drift_log_e(moved, stab) > math.log(1e6)
+    assert stats.stratified_drift_log_e([[0, 0]], [[0, 0]]) == 0.0

@@ -9,6 +9,9 @@ every analysis tick without inflating the error rate (docs/statistics.md has the
   :func:`rate_cs_array` is the same thing vectorised with numpy.
 - :func:`ratio_cs`: the ratio of two arms' rates from the conditional share of events
   (Lindon & Malek 2022); :func:`difference_cs` the difference from the two arms' sequences.
+- :func:`ratio_profile`: the same two-arm test over several strata (canary steps) with a
+  different traffic share in each and one common ratio, as a grid mixture, so evidence
+  accumulates over a whole rollout; :func:`stratified_drift_log_e` its multinomial form.
 - :func:`quantile_bracket`: a quantile bracketed between histogram bucket bounds.
 - :func:`psi`, :func:`psi_bounds`, :func:`multinomial_log_bayes_factor`: distribution drift.
 - :func:`likelihood_interval`: the one exception, a fixed-sample (one-look) interval, used
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from scipy.signal import lfilter
 from scipy.special import betaln, ndtri
 
 FloatArray = npt.NDArray[np.float64]
@@ -59,6 +63,13 @@ GENERAL_PRIOR = BetaPrior(1.0, 1.0)
 SHARE_PRIOR = BetaPrior(1.0, 1.0)
 # A bin with no observations would make PSI infinite; shares are floored at this value.
 PSI_FLOOR = 1e-4
+# The stratified two-arm test mixes over a grid of log rate ratios spaced RATIO_GRID_STEP
+# apart, RATIO_GRID_SPAN either side of the null, with a geometric prior on the distance
+# from the null: mean distance RATIO_PRIOR_SCALE in log R (a ratio 1.65x beyond the null).
+# The benchmark (docs/benchmarks.md) chose the scale; it changes speed, never validity.
+RATIO_GRID_STEP = 0.04
+RATIO_GRID_SPAN = 7.0
+RATIO_PRIOR_SCALE = 0.5
 
 
 # ---------------------------------------------------------------------------------------
@@ -338,6 +349,226 @@ def difference_cs(
     lo_c, hi_c = rate_cs(successes_candidate, trials_candidate, alpha / 2.0, prior)
     lo_s, hi_s = rate_cs(successes_stable, trials_stable, alpha / 2.0, prior)
     return lo_c - hi_s, hi_c - lo_s
+
+
+# ---------------------------------------------------------------------------------------
+# Two arms over several strata (canary steps): one common ratio, a grid mixture
+
+
+@dataclass(frozen=True)
+class RatioProfile:
+    """The two-arm evidence about a common rate ratio ``R = p_c / p_s`` over strata.
+
+    Stratum k (a canary step) sends a share ``rho_k`` of the traffic to the candidate; an
+    event there is the candidate's with probability ``theta_k(R) = rho_k R / (rho_k R + 1 -
+    rho_k)``. ``log_lik`` is the log-likelihood of where the events came from on the grid
+    ``log_r`` (``null_index`` is the null ratio ``r0``). ``log_e_above[i]`` is the log of a
+    mixture over grid ratios ``R_j >= R_i`` of the likelihood ratio against ``R_i``: under
+    any truth with ``R <= R_i`` in every stratum each event's ratio has expectation at most
+    1, so this is a test supermartingale for "``R <= R_i``" however the shares change, and
+    it stays one across strata (Lindon & Malek 2022; Ville's inequality). ``log_e_below`` is
+    the mirror image for "``R >= R_i``".
+    """
+
+    log_r: FloatArray
+    log_lik: FloatArray
+    log_e_above: FloatArray
+    log_e_below: FloatArray
+    null_index: int
+    events: float
+
+    @property
+    def r0(self) -> float:
+        return math.exp(float(self.log_r[self.null_index]))
+
+    @property
+    def estimate(self) -> float:
+        """The maximum-likelihood common ratio on the grid (NaN without events)."""
+        if self.events <= 0:
+            return math.nan
+        return self._end(int(np.argmax(self.log_lik)))
+
+    def _end(self, i: int) -> float:
+        if i <= 0:
+            return 0.0
+        if i >= len(self.log_r) - 1:
+            return INF
+        return math.exp(float(self.log_r[i]))
+
+    @property
+    def log_e_worse(self) -> float:
+        """Log e-value against "the candidate's ratio is at most ``r0``"."""
+        return float(self.log_e_above[self.null_index])
+
+    @property
+    def log_e_better(self) -> float:
+        """Log e-value against "the candidate's ratio is at least ``r0``"."""
+        return float(self.log_e_below[self.null_index])
+
+    @property
+    def log_lr(self) -> float:
+        """``log L(R_hat) - log L(r0)``: the one-look likelihood-ratio statistic (>= 0)."""
+        return float(np.max(self.log_lik) - self.log_lik[self.null_index])
+
+    def cs(self, alpha: float) -> tuple[float, float]:
+        """The time-uniform ``1 - alpha`` sequence as an open interval ``(lower, upper)``:
+        the largest grid ratio rejected below the estimate and the smallest rejected above
+        it. So the null ``r0`` is rejected ("``R <= r0``" broken) exactly when
+        ``lower >= r0``, and "``R >= r0``" exactly when ``upper <= r0``."""
+        _check_alpha(alpha)
+        threshold = math.log(1.0 / alpha)
+        return self._open(self.log_e_above < threshold, self.log_e_below < threshold)
+
+    def one_look(self, alpha: float) -> tuple[float, float]:
+        """The fixed-sample likelihood-ratio interval ``{R : log L(R_hat) - log L(R) <= z^2/2}``,
+        open as in :meth:`cs` (NOT anytime-valid: for leaning only)."""
+        _check_alpha(alpha)
+        z = float(ndtri(1.0 - alpha / 2.0))
+        inside = self.log_lik >= np.max(self.log_lik) - 0.5 * z * z
+        return self._open(inside, inside)
+
+    def prob_above(self, prior_sd: float) -> float:
+        """Posterior probability that ``R > r0`` under a normal prior on ``log R`` centred on
+        1 (no difference) with standard deviation ``prior_sd``, on the grid. With few events
+        it stays near the prior's ``P(R > r0)``: it does not read much into two errors."""
+        if prior_sd <= 0:
+            raise ValueError(f"a prior standard deviation must be positive, got {prior_sd}")
+        log_post = self.log_lik - 0.5 * (self.log_r / prior_sd) ** 2
+        w = np.exp(log_post - np.max(log_post))
+        i = self.null_index
+        return float((w[i + 1 :].sum() + 0.5 * w[i]) / w.sum())
+
+    def prob_above_ratio(self, ratio: float, prior_sd: float) -> float:
+        """:meth:`prob_above` for any ratio (not only the grid's null)."""
+        if not ratio < INF:
+            return 0.0
+        if ratio <= 0.0:
+            return 1.0
+        log_post = self.log_lik - 0.5 * (self.log_r / prior_sd) ** 2
+        w = np.exp(log_post - np.max(log_post))
+        return float(w[self.log_r > math.log(ratio)].sum() / w.sum())
+
+    def _open(self, kept_low: npt.NDArray[np.bool_], kept_high: npt.NDArray[np.bool_]) -> tuple[float, float]:
+        if self.events <= 0:
+            return 0.0, INF
+        low, high = np.flatnonzero(kept_low), np.flatnonzero(kept_high)
+        last = len(self.log_r) - 1
+        first = int(low[0]) if low.size else last
+        top = int(high[-1]) if high.size else 0
+        lo = 0.0 if first <= 0 else math.exp(float(self.log_r[first - 1]))
+        hi = INF if top >= last else math.exp(float(self.log_r[top + 1]))
+        return lo, max(hi, lo)
+
+
+def _stratified_log_lik(
+    events_c: FloatArray, events_s: FloatArray, shares: FloatArray, log_r: FloatArray
+) -> FloatArray:
+    """``sum_k c_k log theta_k(R) + s_k log(1 - theta_k(R))`` on the grid, for a batch:
+    events of shape (..., K), shares (K,) or broadcastable, grid (G,) -> (..., G)."""
+    a = np.log1p(-shares) - np.log(shares)  # log((1 - rho) / rho)
+    d = log_r[None, :] - a[..., :, None]  # (..., K, G): log R - a_k
+    # log theta = -log(1 + e^{-d}), log(1 - theta) = -log(1 + e^{d})
+    out: FloatArray = -(
+        events_c[..., :, None] * np.logaddexp(0.0, -d) + events_s[..., :, None] * np.logaddexp(0.0, d)
+    ).sum(axis=-2)
+    return out
+
+
+def _geometric_mixtures(log_lik: FloatArray, step: float, scale: float) -> tuple[FloatArray, FloatArray]:
+    """For every grid point i, the log of ``sum_{j>=i} w_{j-i} L_j / L_i`` and of
+    ``sum_{j<=i} w_{i-j} L_j / L_i`` with ``w_d = (1 - q) q^d``, ``q = exp(-step / scale)``
+    (weights summing to at most 1: a valid mixture). One linear recursion each way."""
+    q = math.exp(-step / scale)
+    top = np.max(log_lik, axis=-1, keepdims=True)
+    x = np.exp(log_lik - top)
+    above = lfilter([1.0], [1.0, -q], x[..., ::-1], axis=-1)[..., ::-1]
+    below = lfilter([1.0], [1.0, -q], x, axis=-1)
+    with np.errstate(divide="ignore"):
+        base = math.log1p(-q) + top - log_lik
+        log_above: FloatArray = base + np.log(np.maximum(above, 0.0))
+        log_below: FloatArray = base + np.log(np.maximum(below, 0.0))
+    return log_above, log_below
+
+
+def _ratio_grid(r0: float, step: float, span: float) -> tuple[FloatArray, int]:
+    if not 0.0 < r0 < INF:
+        raise ValueError(f"a null ratio must be positive and finite, got {r0}")
+    half = math.ceil(span / step)
+    grid: FloatArray = math.log(r0) + step * np.arange(-half, half + 1, dtype=np.float64)
+    return grid, half
+
+
+def _strata(
+    events_c: npt.ArrayLike, events_s: npt.ArrayLike, shares: npt.ArrayLike
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    c, s = _clean_array(events_c), _clean_array(events_s)
+    rho = np.asarray(shares, dtype=np.float64)
+    if c.shape != s.shape or c.shape[-1:] != rho.shape[-1:]:
+        raise ValueError("every stratum needs the candidate's events, stable's events and a share")
+    return c, s, rho
+
+
+def ratio_profile(
+    events_c: npt.ArrayLike,
+    events_s: npt.ArrayLike,
+    shares: npt.ArrayLike,
+    r0: float = 1.0,
+    scale: float = RATIO_PRIOR_SCALE,
+    step: float = RATIO_GRID_STEP,
+    span: float = RATIO_GRID_SPAN,
+) -> RatioProfile:
+    """The two-arm evidence about a common rate ratio over strata (see :class:`RatioProfile`).
+
+    ``events_c[k]``, ``events_s[k]``: each arm's events (errors, slow requests, ...) in
+    stratum k; ``shares[k]``: the candidate's share of that stratum's trials. Strata whose
+    share is not strictly between 0 and 1, or without events, carry no information about R.
+    """
+    c, s, rho = _strata(events_c, events_s, shares)
+    used = (rho > 0.0) & (rho < 1.0) & ((c + s) > 0.0)
+    c, s, rho = c[used], s[used], rho[used]
+    log_r, i0 = _ratio_grid(r0, step, span)
+    if c.size == 0:
+        zeros = np.zeros_like(log_r)
+        low = np.full_like(log_r, -INF)
+        return RatioProfile(log_r, zeros, low, low, i0, 0.0)
+    log_lik = _stratified_log_lik(c, s, rho, log_r)
+    log_above, log_below = _geometric_mixtures(log_lik, step, scale)
+    return RatioProfile(log_r, log_lik, log_above, log_below, i0, float(c.sum() + s.sum()))
+
+
+def stratified_drift_log_e(
+    candidate: npt.ArrayLike,
+    stable: npt.ArrayLike,
+    scale: float = RATIO_PRIOR_SCALE,
+    step: float = RATIO_GRID_STEP,
+    span: float = RATIO_GRID_SPAN,
+) -> float:
+    """Log e-value against "both arms draw from the same distribution", over strata.
+
+    ``candidate[k, b]``, ``stable[k, b]``: observations in bin b during stratum k. Under the
+    null an observation in any bin is the candidate's with the stratum's probability
+    ``rho_k`` (its share of the stratum's observations); per bin, the ratio of the two arms'
+    shares of that bin is 1. Each bin gets a two-sided grid mixture over that ratio (half
+    the weight either side, as in :func:`ratio_profile`), and given the bins the factors
+    multiply (Lindon & Malek 2022, generalised to shares that change between strata).
+    """
+    c = np.atleast_2d(_clean_array(candidate))
+    s = np.atleast_2d(_clean_array(stable))
+    if c.shape != s.shape:
+        raise ValueError("the two arms must have the same strata and bins")
+    n_c, n_s = c.sum(axis=1), s.sum(axis=1)
+    used = (n_c > 0) & (n_s > 0)
+    if not used.any():
+        return 0.0
+    c, s = c[used], s[used]
+    rho = n_c[used] / (n_c[used] + n_s[used])
+    bins = (c + s).sum(axis=0) > 0
+    c, s = c[:, bins].T, s[:, bins].T  # (B, K)
+    log_r, i0 = _ratio_grid(1.0, step, span)
+    log_lik = _stratified_log_lik(c, s, rho, log_r)  # (B, G)
+    log_above, log_below = _geometric_mixtures(log_lik, step, scale)
+    per_bin = np.logaddexp(log_above[:, i0], log_below[:, i0]) - math.log(2.0)
+    return float(per_bin.sum())
 
 
 # ---------------------------------------------------------------------------------------
