@@ -93,7 +93,7 @@ def test_a_ten_line_policy_loads_with_every_default() -> None:
     assert (a.interval_s, a.confidence, a.min_requests, a.no_data_timeout_s) == (30.0, 0.99, 100, 300.0)
     error_rate, latency = a.checks
     assert (error_rate.metric, error_rate.name) == ("errorRate", "errorRate")
-    assert (error_rate.max_increase, error_rate.max) == (0.005, 0.05)
+    assert (error_rate.max_increase_ratio, error_rate.max, error_rate.max_increase) == (0.25, 0.05, None)
     assert (latency.metric, latency.name, latency.quantile) == ("latency", "latency-p99", 0.99)
     assert latency.max_increase_ratio == 0.2
     m = p.metrics

@@ -60,7 +60,7 @@ _SCHEMA: dict[str, Any] = json.loads(
 )
 
 DEFAULT_CHECKS: tuple[dict[str, Any], ...] = (
-    {"metric": "errorRate", "maxIncrease": 0.005, "max": 0.05},
+    {"metric": "errorRate", "maxIncreaseRatio": 0.25, "max": 0.05},
     {"metric": "latency", "quantile": 0.99, "maxIncreaseRatio": 0.2},
 )
 """The checks a policy gets when it leaves out `spec.analysis.checks`."""

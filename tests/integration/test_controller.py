@@ -241,7 +241,9 @@ def test_a_healthy_candidate_is_promoted_step_by_step(cluster: Cluster) -> None:
     assert status["observedGeneration"] == cluster.rollout()["metadata"]["generation"]
     [check] = status["checks"]
     assert check["name"] == "errorRate" and check["verdict"] == "pass"
-    assert check["estimate"] == 0.0 and check["upper"] < 0.05 and check["samples"] == 2000.0
+    assert (
+        check["estimate"] == 0.0 and check["upper"] < 0.05 and check["samples"] == 4000.0
+    )  # both steps: evidence accumulates
     assert condition(status, "Succeeded")["status"] == "True"  # type: ignore[index]
     assert condition(status, "Progressing")["status"] == "False"  # type: ignore[index]
     assert condition(status, "PolicyValid")["status"] == "True"  # type: ignore[index]
