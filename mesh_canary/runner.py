@@ -118,10 +118,13 @@ class RolloutRunner:
             self._pending.pop(0)
         if state.terminal:
             return state
-        self._watch_for_external_change(state)
         observation = self._read(state, now)
         decision = engine.tick(self.policy, state, observation, now, self.judge)
         state = self._apply(decision)
+        if not decision.weight_writes and not state.terminal:
+            # After the decision, not before: reading the live weights (an API call) must
+            # never delay a rollback.
+            self._watch_for_external_change(state)
         if self.on_update is not None:
             self.on_update(state, observation)
         return state

@@ -222,3 +222,22 @@ def test_background_notifier_never_delays_the_caller() -> None:
     release.set()
     bg.close()
     assert delivered == ["RolledBack", "Other"]
+
+
+def test_no_api_read_comes_before_a_rollback_write() -> None:
+    """Checking for outside weight changes is a read of the router: it comes after the
+    decision, so a slow API can never delay the write of 100% stable."""
+    j = Journal()
+    runner, router, _, _ = make_runner(j, errors_at=30.0)
+    runner.start_or_resume()
+    reads: list[int] = []
+    original = router.get_weights
+
+    def counted() -> Weights:
+        reads.append(len(j.entries))
+        return original()
+
+    router.get_weights = counted  # type: ignore[method-assign]
+    tick_after(runner)
+    rollback_at = j.entries.index(("weights", ALL_STABLE))
+    assert all(at > rollback_at for at in reads)
