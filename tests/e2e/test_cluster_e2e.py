@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -35,6 +34,7 @@ from mesh_canary.localmesh.prometheus import PrometheusServer, free_port
 from tests.crd_schema import ISTIO_CRDS, MODELROLLOUT_CRD, load_yaml
 from tests.istiod_helper import IstiodHelper
 from tests.kube_standin import KubeStandIn
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -93,18 +93,6 @@ def model_rollout(name: str, stable: str, candidate: str, prometheus_url: str) -
             "metrics": {"provider": "prometheus", "profile": "envoy", "address": prometheus_url},
         },
     }
-
-
-def wait_for(what: str, fn: Callable[[], Any], timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = fn()
-            if last:
-                return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
 class ControllerProcess:

@@ -21,9 +21,10 @@ import yaml
 from mesh_canary.localmesh.mesh import Degradation, LoadSettings, LocalMesh
 from mesh_canary.localmesh.prometheus import PrometheusServer
 from tests.crd_schema import ISTIO_CRDS, MODELROLLOUT_CRD, load_yaml
-from tests.e2e.test_cluster_e2e import MESH_CANARY, NS, model_rollout, virtual_service, wait_for
+from tests.e2e.test_cluster_e2e import MESH_CANARY, NS, model_rollout, virtual_service
 from tests.istiod_helper import IstiodHelper
 from tests.kube_standin import KubeStandIn
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

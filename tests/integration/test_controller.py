@@ -27,6 +27,7 @@ from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.weights import ALL_STABLE, Weights
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
 from tests.kube_standin import KubeStandIn
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -176,18 +177,6 @@ def model_rollout(name: str = "fraud-scorer", candidate: str = "2.0", **spec: An
     }
     doc["spec"].update(copy.deepcopy(spec))
     return doc
-
-
-def wait_for(what: str, fn: Callable[[], Any], timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = fn()
-            if last:
-                return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture
