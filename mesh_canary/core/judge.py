@@ -1002,14 +1002,7 @@ class AnytimeJudge:
         cs = f"{_level(alpha)} CS {lo:.3f}..{hi:.3f}"
         bf = f"Bayes factor for a difference {_bayes(log_bf)}"
         head = f"{what} PSI {point:.3f} ({cs}; {bf})"
-        if verdict is Verdict.FAIL:
-            reason = f"{head} exceeds maxPSI {max_psi:g}"
-        elif verdict is Verdict.PASS:
-            reason = f"{head} is within maxPSI {max_psi:g}"
-        elif leaning:
-            reason = f"{head} is above maxPSI {max_psi:g} but not proven yet"
-        else:
-            reason = f"{head} is not yet proven within maxPSI {max_psi:g}"
+        reason = _verdict_sentence(head, verdict, leaning, broken="exceeds", limit=f"maxPSI {max_psi:g}")
         if not enough:
             reason += f"; waiting for {need} observations per version (have {n_c:.0f} and {n_s:.0f})"
         return CheckResult(
@@ -1129,14 +1122,7 @@ class AnytimeJudge:
             f"against its weight {_pct(w)}"
         )
         tol = f"the tolerated deviation {_pct(d)}"
-        if verdict is Verdict.FAIL:
-            reason = f"{head} deviates by more than {tol}"
-        elif verdict is Verdict.PASS:
-            reason = f"{head} is within {tol}"
-        elif leaning:
-            reason = f"{head} deviates by more than {tol} but not proven yet"
-        else:
-            reason = f"{head} is not yet proven within {tol}"
+        reason = _verdict_sentence(head, verdict, leaning, broken="deviates by more than", limit=tol)
         if not enough:
             reason += f"; waiting for {need} candidate requests (have {n_c:.0f})"
         return CheckResult(
@@ -1239,3 +1225,14 @@ def _bayes(log_bf: float) -> str:
     if log_bf > 700:
         return "> 1e300"
     return f"{math.exp(log_bf):.3g}"
+
+
+def _verdict_sentence(head: str, verdict: Verdict, leaning: bool, *, broken: str, limit: str) -> str:
+    """`head` (what was measured) followed by what the evidence says about `limit`."""
+    if verdict is Verdict.FAIL:
+        return f"{head} {broken} {limit}"
+    if verdict is Verdict.PASS:
+        return f"{head} is within {limit}"
+    if leaning:
+        return f"{head} {broken} {limit} but not proven yet"
+    return f"{head} is not yet proven within {limit}"
