@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -325,21 +324,6 @@ def demo(rps: float, metrics_mode: str, fmt: str) -> None:
 
         click.echo(dump(report, fmt))
     sys.exit(0 if report["ok"] else EXIT_FAILURE)
-
-
-def install_interrupt_handler(on_interrupt: Callable[[], None]) -> None:
-    """First Ctrl-C / SIGTERM: roll back to stable (safety first); second: exit now."""
-    state = {"count": 0}
-
-    def handler(signum: int, frame: object) -> None:
-        state["count"] += 1
-        if state["count"] > 1:
-            raise KeyboardInterrupt
-        click.echo("interrupted: rolling back to 100% stable (press Ctrl-C again to quit at once)", err=True)
-        on_interrupt()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
 
 
 # --------------------------------------------------------------------------- the cluster

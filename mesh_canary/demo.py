@@ -14,14 +14,11 @@ from typing import Any
 
 from rich.console import Console
 
-from mesh_canary.adapters.clock import SystemClock
 from mesh_canary.adapters.file_store import MemoryStateStore
-from mesh_canary.adapters.notifiers import BackgroundNotifier, LogNotifier
 from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import load_policy_text
-from mesh_canary.drivers import local_backend, prometheus_available
-from mesh_canary.output import LiveProgress, render_state
-from mesh_canary.runner import RolloutRunner
+from mesh_canary.drivers import drive, local_backend, prometheus_available
+from mesh_canary.output import render_state
 
 AFTER_ROLLBACK_S = 3.0  # how long to watch traffic after a rollback
 
@@ -37,19 +34,7 @@ def run_one(
     label = "degraded" if degraded else "healthy"
     started = time.monotonic()
     with local_backend(policy, degraded, rps, metrics_mode, seed=1) as (router, metrics, mesh):
-        notifier = BackgroundNotifier(LogNotifier())
-        with LiveProgress(policy, console, enabled=live) as progress:
-            runner = RolloutRunner(
-                policy,
-                router,
-                metrics,
-                MemoryStateStore(),
-                notifier,
-                SystemClock(),
-                on_update=progress.update,
-            )
-            result = runner.run(timeout_s=150)
-        notifier.close()
+        result = drive(policy, router, metrics, MemoryStateStore(), timeout_s=150, live=live, console=console)
         run: dict[str, Any] = {
             "candidate": label,
             "outcome": result.outcome,

@@ -5,8 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Iterator
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+
+from rich.console import Console
 
 from mesh_canary.adapters.clock import SystemClock
 from mesh_canary.adapters.file_store import FileStateStore, MemoryStateStore
@@ -83,25 +88,52 @@ def drive(
     store: StateStore,
     timeout_s: float | None,
     live: bool,
+    console: Console | None = None,
 ) -> RunResult:
     """Run the rollout with a live display; the first Ctrl-C rolls back to stable."""
-    from mesh_canary.cli import install_interrupt_handler
     from mesh_canary.output import LiveProgress
 
     clock = SystemClock()
     notifier = notifier_for_policy(policy.notifications)
-    with LiveProgress(policy, enabled=live) as progress:
+    with LiveProgress(policy, console, enabled=live) as progress:
         runner = RolloutRunner(policy, router, metrics, store, notifier, clock, on_update=progress.update)
 
         def abort() -> None:
             runner.request("abort")
             clock.wake()
 
-        install_interrupt_handler(abort)
         try:
-            return runner.run(timeout_s)
+            with interrupts_roll_back(abort):
+                return runner.run(timeout_s)
         finally:
             notifier.close()
+
+
+@contextlib.contextmanager
+def interrupts_roll_back(on_interrupt: Callable[[], None]) -> Iterator[None]:
+    """While inside: the first Ctrl-C / SIGTERM rolls back to stable (safety first), a
+    second one quits at once. The previous handlers come back on leaving."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers
+        return
+    count = 0
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal count
+        count += 1
+        if count > 1:
+            raise KeyboardInterrupt
+        print(
+            "interrupted: rolling back to 100% stable (press Ctrl-C again to quit at once)", file=sys.stderr
+        )
+        on_interrupt()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def istio_backend(
