@@ -7,7 +7,9 @@ into its one sentence and exit code.
 from __future__ import annotations
 
 import copy
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -110,20 +112,16 @@ class RolloutClient:
 
     def apply(self, doc: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """Create the resource, or replace its spec, labels and annotations; returns (object, what happened)."""
-        from kubernetes.client.exceptions import ApiException
-
         name = doc["metadata"]["name"]
         for _ in range(5):
-            try:
-                created: Any = self.api.create_namespaced_custom_object(
+            created = self._unless_conflict(
+                name,
+                lambda: self.api.create_namespaced_custom_object(
                     *self.gvp, self.namespace, self.plural, doc, _request_timeout=15
-                )
+                ),
+            )
+            if created is not None:
                 return dict(created), "created"
-            except ApiException as e:
-                if e.status != 409:
-                    raise_api_error(e, self.ref(name))
-            except Exception as e:
-                raise_api_error(e, self.ref(name))
             live = self.get(name)
             meta = dict(live["metadata"])
             if live.get("spec") == doc.get("spec") and all(
@@ -143,17 +141,34 @@ class RolloutClient:
                 **(new_meta.get("annotations") or {}),
             }
             new_meta["labels"] = {**(meta.get("labels") or {}), **(new_meta.get("labels") or {})}
-            try:
-                replaced: Any = self.api.replace_namespaced_custom_object(
-                    *self.gvp, self.namespace, self.plural, name, body, _request_timeout=15
-                )
+            replaced = self._unless_conflict(
+                name,
+                functools.partial(
+                    self.api.replace_namespaced_custom_object,
+                    *self.gvp,
+                    self.namespace,
+                    self.plural,
+                    name,
+                    body,
+                    _request_timeout=15,
+                ),
+            )
+            if replaced is not None:
                 return dict(replaced), "configured"
-            except ApiException as e:
-                if e.status != 409:
-                    raise_api_error(e, self.ref(name))
-            except Exception as e:
-                raise_api_error(e, self.ref(name))
         raise KubeError(f"{self.ref(name)}: kept changing while being applied; try again")
+
+    def _unless_conflict(self, name: str, call: Callable[[], Any]) -> Any | None:
+        """The call's answer, or None on 409 Conflict (someone wrote first: read again)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return call()
+        except ApiException as e:
+            if e.status != 409:
+                raise_api_error(e, self.ref(name))
+        except Exception as e:
+            raise_api_error(e, self.ref(name))
+        return None
 
     def annotate(self, name: str, key: str, value: str) -> dict[str, Any]:
         body = {"metadata": {"annotations": {key: value}}}
