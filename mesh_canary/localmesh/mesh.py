@@ -16,8 +16,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ import mesh_canary
 from mesh_canary.adapters.local_metrics import LocalMetricsSource
 from mesh_canary.adapters.local_router import LocalRouter
 from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.localmesh import children
 from mesh_canary.localmesh.envoy import Envoy
 from mesh_canary.localmesh.loadgen import LoadGenerator
 from mesh_canary.localmesh.model_server import HEALTHY, Degradation
@@ -69,18 +68,18 @@ class ModelServerProcess:
         self.version = version
         self.degradation = degradation
         self.log_path = log_dir / f"model-{version}-{time.monotonic_ns()}.log"
+        # Every value is glued to its option (``--version=VALUE``): a label such as
+        # ``--seed`` (from a policy's metricsVersion) must stay a value, never become an option.
         command = [
-            sys.executable, "-m", "mesh_canary.localmesh.model_server", "--version", version,
-            "--seed", str(seed), "--port", str(port), f"--latency-ms={latency_ms}", *degradation.args(),
+            sys.executable, "-m", "mesh_canary.localmesh.model_server", f"--version={version}",
+            f"--seed={seed}", f"--port={port}", f"--latency-ms={latency_ms}", *degradation.args(),
         ]  # fmt: skip
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")])),
         }
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
-            )
+            self.process = children.spawn(command, log_file=log, env=env, workdir=log_dir)
         self.url = ""
 
     @property
@@ -103,13 +102,7 @@ class ModelServerProcess:
         raise TimeoutError(f"model server {self.version} did not start listening in time")
 
     def stop(self, grace_s: float = 5.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        children.stop(self.process, grace_s)
 
 
 class LocalMesh:
@@ -157,6 +150,8 @@ class LocalMesh:
         self.loadgen: LoadGenerator | None = None
         self._workdir: Path | None = None
         self.startup_s: float | None = None
+        # What Envoy held when the mesh was stopped: where traffic was left, read back live.
+        self.weights_at_stop: Weights | None = None
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -226,6 +221,11 @@ class LocalMesh:
         if self.loadgen is not None:
             self.loadgen.stop()
         if self.envoy is not None:
+            if self.envoy.url:
+                try:
+                    self.weights_at_stop = self.router.get_weights()
+                except Exception:  # a dead Envoy has no weights to report; stop the rest anyway
+                    self.weights_at_stop = None
             self.envoy.stop()
         for server in self.servers.values():
             server.stop()
