@@ -50,11 +50,11 @@ def default_report_name(name: str) -> str:
     """The default file name of a rollout's page: ``NAME-report.html``, one plain file name.
 
     The name comes from a file or the cluster and may hold anything (``../../evil``,
-    ``a/b``, a NUL): every character but letters, digits, ``.``, ``_`` and ``-`` becomes
-    ``_``, and leading dots and dashes go, so the page lands in the directory it was
-    asked for and is never a hidden file or read as an option.
+    ``a/b``, a NUL): every run of characters other than letters, digits, ``.``, ``_`` and
+    ``-`` becomes one ``_``, and leading dots, dashes and underscores go, so the page lands
+    in the directory it was asked for and is never a hidden file or read as an option.
     """
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".-")[:200]
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip("._-")[:200]
     return f"{safe or 'rollout'}-report.html"
 
 
