@@ -172,19 +172,22 @@ def run(
 
     policy = read_policy(policy_path)
     timeout_s = _duration_arg("--timeout", timeout)
-    result = drivers.run_policy(
-        policy,
-        backend=backend,
-        prometheus_url=prometheus_url,
-        metrics_mode=metrics_mode,
-        kubeconfig=kubeconfig,
-        kube_context=kube_context,
-        state_path=state_path,
-        timeout_s=timeout_s,
-        candidate_degraded=candidate_mode == "degraded",
-        rps=rps,
-        live=fmt == "text",
-    )
+    try:
+        result = drivers.run_policy(
+            policy,
+            backend=backend,
+            prometheus_url=prometheus_url,
+            metrics_mode=metrics_mode,
+            kubeconfig=kubeconfig,
+            kube_context=kube_context,
+            state_path=state_path,
+            timeout_s=timeout_s,
+            candidate_degraded=candidate_mode == "degraded",
+            rps=rps,
+            live=fmt == "text",
+        )
+    except drivers.LocalInputError as e:
+        raise BadInput(str(e)) from e
     _print_result(policy, result, fmt)
     sys.exit(result.exit_code)
 

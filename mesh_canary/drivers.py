@@ -91,6 +91,10 @@ def run_policy(
     return drive(policy, router, metrics, store, timeout_s, live)
 
 
+class LocalInputError(ValueError):
+    """The policy cannot run on the local mesh (bad input: exit 2, nothing started)."""
+
+
 def _run_local(
     policy: Policy,
     store: StateStore,
@@ -103,6 +107,12 @@ def _run_local(
     """`run --backend local`. The mesh lives only as long as this process: a saved rollout
     that already finished is reported without starting one; an unfinished one resumes on a
     fresh mesh with its weights restored and its step's window restarted."""
+    from mesh_canary.localmesh.mesh import check_labels
+
+    try:
+        check_labels(policy.stable.metrics_version, policy.candidate.metrics_version)
+    except ValueError as e:
+        raise LocalInputError(f"--backend local cannot use this policy: {e}") from None
     saved = saved_rollout(policy, store)
     if saved is not None and saved.terminal:
         say(finished_sentence(saved))

@@ -36,7 +36,7 @@ from mesh_canary.localmesh.envoy import Envoy
 from mesh_canary.localmesh.loadgen import LoadGenerator
 from mesh_canary.localmesh.model_server import HEALTHY, Degradation
 
-__all__ = ["HEALTHY", "Degradation", "LoadSettings", "LocalMesh", "ModelServerProcess"]
+__all__ = ["HEALTHY", "Degradation", "LoadSettings", "LocalMesh", "ModelServerProcess", "check_labels"]
 
 LISTENING = "listening on "
 PACKAGE_ROOT = str(Path(mesh_canary.__file__).resolve().parent.parent)
@@ -105,6 +105,17 @@ class ModelServerProcess:
         children.stop(self.process, grace_s)
 
 
+def check_labels(stable: str, candidate: str, fallback: str | None = None) -> None:
+    """Raise ValueError (one sentence) unless the labels can name the mesh's versions."""
+    versions = [stable, candidate] + ([fallback] if fallback else [])
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"version labels must differ: {versions}")
+    for v in versions:
+        if not v or "." in v or not v.replace("-", "").replace("_", "").isalnum():
+            # Envoy's stat names are dot-separated: a dot would split the cluster name.
+            raise ValueError(f"version label {v!r} must be letters, digits, '-' or '_' (no dots)")
+
+
 class LocalMesh:
     """Stable + candidate (+ fallback) model servers behind Envoy; a context manager."""
 
@@ -125,13 +136,7 @@ class LocalMesh:
     ) -> None:
         """``seed`` trains stable (and fallback); the candidate is trained on ``candidate_seed``
         (default ``seed + 1``): a different model of the same quality, unless degraded."""
-        versions = [stable_version, candidate_version] + ([fallback_version] if fallback_version else [])
-        if len(set(versions)) != len(versions):
-            raise ValueError(f"version labels must differ: {versions}")
-        for v in versions:
-            if not v or "." in v or not v.replace("-", "").replace("_", "").isalnum():
-                # Envoy's stat names are dot-separated: a dot would split the cluster name.
-                raise ValueError(f"version label {v!r} must be letters, digits, '-' or '_' (no dots)")
+        check_labels(stable_version, candidate_version, fallback_version)
         self.stable_version = stable_version
         self.candidate_version = candidate_version
         self.fallback_version = fallback_version

@@ -373,3 +373,28 @@ def test_a_version_label_like_an_option_stays_a_value_of_the_model_server(regist
         mesh.router.set_weights(Weights.candidate_at(100))
         response = httpx.post(f"{mesh.envoy_url}/predict", json={"id": "r", "features": [0.0] * 4}, timeout=5)
         assert response.status_code == 200 and response.json()["version"] == "--seed"
+
+
+@pytest.mark.fault(item=13)
+def test_run_local_with_an_option_like_label_promotes_and_a_dotted_label_is_bad_input(
+    tmp_path: Path, registry: Path
+) -> None:
+    """The whole `run --backend local` with ``metricsVersion: "--seed"``: the label is only
+    a label, and the healthy candidate is promoted. A label the local mesh cannot use (a
+    dot would split Envoy's stat names) is bad input: exit 2, one sentence, nothing started."""
+    text = policy_text(name="option-like", min_step="2s").replace(
+        'version: "v2"}', 'version: "v2", metricsVersion: "--seed"}'
+    )
+    assert 'metricsVersion: "--seed"' in text
+    code, out, err = finish(start_run(tmp_path, "--metrics", "direct", policy=text))
+    assert code == 0, err[-3000:]
+    assert json.loads(out)["outcome"] == "promoted"
+
+    dotted = policy_text(name="dotted", stable="1.4.2")
+    code, out, err = finish(start_run(tmp_path, "--metrics", "direct", policy=dotted), timeout_s=60)
+    assert code == 2, err
+    assert err.strip() == (
+        "error: --backend local cannot use this policy: version label '1.4.2' must be letters, "
+        "digits, '-' or '_' (no dots)"
+    )
+    assert not list(registry.glob("*.json")) and out == ""
