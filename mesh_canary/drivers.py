@@ -184,9 +184,12 @@ def resume_on_new_mesh(
         f"resuming on a new local mesh: restoring {restored.stable}/{restored.candidate}{pending} and "
         f"restarting step {step}'s window (the old mesh, its traffic and its counters are gone)"
     )
+    from mesh_canary.adapters.local_metrics import LocalMetricsSource
+
     now = SystemClock().now()
-    # A snapshot at the window's start, so the first judged window is exactly [now, tick].
-    metrics.read(now, now)
+    if isinstance(metrics, LocalMetricsSource):
+        # A snapshot at the window's start, so the first judged window is exactly [now, tick].
+        metrics.read(now, now)
     # Evidence of completed steps (earlier windows) stays: it was measured, and still holds.
     store.save(replace(state, step_started_at=now, last_data_at=now, last_tick_at=None).to_dict())
 
