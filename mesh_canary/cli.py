@@ -172,19 +172,22 @@ def run(
 
     policy = read_policy(policy_path)
     timeout_s = _duration_arg("--timeout", timeout)
-    result = drivers.run_policy(
-        policy,
-        backend=backend,
-        prometheus_url=prometheus_url,
-        metrics_mode=metrics_mode,
-        kubeconfig=kubeconfig,
-        kube_context=kube_context,
-        state_path=state_path,
-        timeout_s=timeout_s,
-        candidate_degraded=candidate_mode == "degraded",
-        rps=rps,
-        live=fmt == "text",
-    )
+    try:
+        result = drivers.run_policy(
+            policy,
+            backend=backend,
+            prometheus_url=prometheus_url,
+            metrics_mode=metrics_mode,
+            kubeconfig=kubeconfig,
+            kube_context=kube_context,
+            state_path=state_path,
+            timeout_s=timeout_s,
+            candidate_degraded=candidate_mode == "degraded",
+            rps=rps,
+            live=fmt == "text",
+        )
+    except drivers.LocalInputError as e:
+        raise BadInput(str(e)) from e
     _print_result(policy, result, fmt)
     sys.exit(result.exit_code)
 
@@ -817,7 +820,7 @@ def report(
     """
     import time
 
-    from mesh_canary.report import ReportError, render_report, render_resource_report
+    from mesh_canary.report import ReportError, default_report_name, render_report, render_resource_report
 
     now = time.time()
     policy = read_policy(policy_path) if policy_path else None
@@ -840,7 +843,8 @@ def report(
             name = target
     except ReportError as e:
         raise BadInput(f"{target}: {e}") from e
-    out = Path(out_path or f"{name}-report.html")
+    # An explicit -o is honoured as given; the default is a plain name in this directory.
+    out = Path(out_path) if out_path else Path(default_report_name(name))
     try:
         out.write_text(page, encoding="utf-8")
     except OSError as e:

@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 from rich.console import Console
 
@@ -17,8 +18,11 @@ from mesh_canary.adapters.clock import SystemClock
 from mesh_canary.adapters.file_store import FileStateStore, MemoryStateStore
 from mesh_canary.adapters.notifiers import notifier_for_policy
 from mesh_canary.adapters.protocols import MetricsSource, StateStore, TrafficRouter
+from mesh_canary.core import engine
+from mesh_canary.core.engine import RolloutState
 from mesh_canary.core.model import Policy
-from mesh_canary.runner import RolloutRunner, RunResult
+from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.runner import RolloutRunner, RunResult, outcome_of
 
 log = logging.getLogger("mesh_canary.drivers")
 
@@ -33,9 +37,15 @@ def prometheus_available() -> bool:
 
 @contextlib.contextmanager
 def local_backend(
-    policy: Policy, candidate_degraded: bool, rps: float, metrics_mode: str = "direct", seed: int = 1
-) -> Iterator[tuple[TrafficRouter, MetricsSource, object]]:
-    """The embedded local mesh for this policy: model servers behind a real Envoy, with load."""
+    policy: Policy,
+    candidate_degraded: bool,
+    rps: float,
+    metrics_mode: str = "direct",
+    seed: int = 1,
+    initial: Weights = ALL_STABLE,
+) -> Iterator[tuple[TrafficRouter, MetricsSource, Any]]:
+    """The embedded local mesh for this policy: model servers behind a real Envoy, with load.
+    ``initial``: the weights Envoy starts with (a resumed rollout's, so no moment at 100/0)."""
     from mesh_canary.localmesh.mesh import HEALTHY, Degradation, LoadSettings, LocalMesh
 
     candidate = Degradation(**DEGRADED) if candidate_degraded else HEALTHY  # type: ignore[arg-type]
@@ -44,6 +54,7 @@ def local_backend(
         policy.candidate.metrics_version,
         candidate=candidate,
         seed=seed,
+        initial=initial,
         load=LoadSettings(rate=rps),
     ) as mesh:
         mesh.start_load()
@@ -75,10 +86,112 @@ def run_policy(
     """`mesh-canary run`: one rollout in this process, start to finish."""
     store: StateStore = FileStateStore(state_path) if state_path else MemoryStateStore()
     if backend == "local":
-        with local_backend(policy, candidate_degraded, rps, metrics_mode) as (router, metrics, _mesh):
-            return drive(policy, router, metrics, store, timeout_s, live)
+        return _run_local(policy, store, metrics_mode, timeout_s, candidate_degraded, rps, live)
     router, metrics = istio_backend(policy, kubeconfig, kube_context, prometheus_url)
     return drive(policy, router, metrics, store, timeout_s, live)
+
+
+class LocalInputError(ValueError):
+    """The policy cannot run on the local mesh (bad input: exit 2, nothing started)."""
+
+
+def _run_local(
+    policy: Policy,
+    store: StateStore,
+    metrics_mode: str,
+    timeout_s: float | None,
+    candidate_degraded: bool,
+    rps: float,
+    live: bool,
+) -> RunResult:
+    """`run --backend local`. The mesh lives only as long as this process: a saved rollout
+    that already finished is reported without starting one; an unfinished one resumes on a
+    fresh mesh with its weights restored and its step's window restarted."""
+    from mesh_canary.localmesh.mesh import check_labels
+
+    try:
+        check_labels(policy.stable.metrics_version, policy.candidate.metrics_version)
+    except ValueError as e:
+        raise LocalInputError(f"--backend local cannot use this policy: {e}") from None
+    saved = saved_rollout(policy, store)
+    if saved is not None and saved.terminal:
+        say(finished_sentence(saved))
+        return RunResult(outcome_of(saved) or saved.phase.value.lower(), saved)
+    restore = resume_weights(saved, store) if saved is not None else ALL_STABLE
+    with local_backend(policy, candidate_degraded, rps, metrics_mode, initial=restore) as (
+        router,
+        metrics,
+        mesh,
+    ):
+        if saved is not None:
+            resume_on_new_mesh(saved, restore, metrics, store)
+        result = drive(policy, router, metrics, store, timeout_s, live)
+    if mesh.weights_at_stop is not None:
+        w = mesh.weights_at_stop
+        say(f"local mesh stopped; Envoy held {w.stable}/{w.candidate} (stable/candidate) to the end")
+    return result
+
+
+def say(message: str) -> None:
+    """One line for the person at the terminal (stderr: stdout may be -o json)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def saved_rollout(policy: Policy, store: StateStore) -> RolloutState | None:
+    """The saved rollout that a runner would resume for this policy, else None (nothing
+    saved, or saved for another policy: the runner then starts over)."""
+    saved = store.load()
+    if saved is None:
+        return None
+    state = RolloutState.from_dict(saved)
+    return state if state.policy_fingerprint == engine.policy_fingerprint(policy) else None
+
+
+def finished_sentence(state: RolloutState) -> str:
+    outcome = outcome_of(state) or state.phase.value.lower()
+    what = {"promoted": "promoted", "rolled_back": "rolled back"}.get(outcome, outcome.replace("_", " "))
+    when = f" at {_utc(state.finished_at)}" if state.finished_at is not None else ""
+    why = f" ({state.reason})" if state.reason else ""
+    return (
+        f"rollout {state.name} already finished: {what}{when}{why}. Nothing was started or changed; "
+        "remove the state file to start a new rollout."
+    )
+
+
+def _utc(t: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def resume_weights(state: RolloutState, store: StateStore) -> Weights:
+    """What the new mesh must hold: the saved weights, or 100% stable if a rollback was
+    still pending when the old process died (its intent is never undone)."""
+    raw = store.load() or {}
+    return ALL_STABLE if raw.get("rollbackPending") else state.weights
+
+
+def resume_on_new_mesh(
+    state: RolloutState, restored: Weights, metrics: MetricsSource, store: StateStore
+) -> None:
+    """The old mesh, its traffic and its counters died with the old process: say so, and
+    restart the current step's metrics window on the new mesh (its counters start at zero,
+    so the old window's start would judge the new mesh on a window that is mostly empty,
+    and a healthy model could look like "no data")."""
+    step = state.step_index + 1
+    pending = " (a rollback was pending)" if restored != state.weights else ""
+    say(
+        f"resuming on a new local mesh: restoring {restored.stable}/{restored.candidate}{pending} and "
+        f"restarting step {step}'s window (the old mesh, its traffic and its counters are gone)"
+    )
+    from mesh_canary.adapters.local_metrics import LocalMetricsSource
+
+    now = SystemClock().now()
+    if isinstance(metrics, LocalMetricsSource):
+        # A snapshot at the window's start, so the first judged window is exactly [now, tick].
+        metrics.read(now, now)
+    # Evidence of completed steps (earlier windows) stays: it was measured, and still holds.
+    store.save(replace(state, step_started_at=now, last_data_at=now, last_tick_at=None).to_dict())
 
 
 def drive(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import html
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,13 @@ from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Histogram, Observation, VersionCounts
 from mesh_canary.core.policy import PolicyError, load_policy, resource_document
 
-__all__ = ["ReportError", "policy_of_resource", "render_report", "render_resource_report"]
+__all__ = [
+    "ReportError",
+    "default_report_name",
+    "policy_of_resource",
+    "render_report",
+    "render_resource_report",
+]
 
 
 _NONE = "\N{EN DASH}"  # shown for a missing value
@@ -37,6 +44,18 @@ class ReportError(ValueError):
 
 
 # --------------------------------------------------------------------------- entry points
+
+
+def default_report_name(name: str) -> str:
+    """The default file name of a rollout's page: ``NAME-report.html``, one plain file name.
+
+    The name comes from a file or the cluster and may hold anything (``../../evil``,
+    ``a/b``, a NUL): every run of characters other than letters, digits, ``.``, ``_`` and
+    ``-`` becomes one ``_``, and leading dots, dashes and underscores go, so the page lands
+    in the directory it was asked for and is never a hidden file or read as an option.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip("._-")[:200]
+    return f"{safe or 'rollout'}-report.html"
 
 
 def render_report(

@@ -495,3 +495,22 @@ def test_a_blue_green_rollout_shows_its_preview_window(tmp_path: Path) -> None:
     baseline = state["stableBaseline"]
     assert preview[5] == str(int(baseline["stable"]["requests"]))
     assert switched[1] == "100%" and switched[4] == "pass"
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("fraud-scorer", "fraud-scorer-report.html"),
+        ("../../evil", "evil-report.html"),
+        ("models/fraud", "models_fraud-report.html"),
+        ("/etc/passwd", "etc_passwd-report.html"),
+        ("--help", "help-report.html"),
+        ("..", "rollout-report.html"),
+        ("", "rollout-report.html"),
+        ("a\x00b", "a_b-report.html"),
+    ],
+)
+def test_the_default_page_name_is_one_plain_file_name(name: str, expected: str) -> None:
+    from mesh_canary.report import default_report_name
+
+    assert default_report_name(name) == expected

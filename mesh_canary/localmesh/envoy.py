@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from typing import Any
 import httpx
 
 from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.localmesh import children
 
 WEIGHT_KEY_PREFIX = "mesh_canary.weight"
 MIRROR_KEY = "mesh_canary.mirror_percent"
@@ -228,12 +228,12 @@ class Envoy:
         address_file = self._workdir / "admin-address"
         log = (self._workdir / "envoy.log").open("wb")
         try:
-            self._process = subprocess.Popen(
+            self._process = children.spawn(
                 [
                     binary, "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
                     "--admin-address-path", str(address_file), "-l", self._log_level,
                 ],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                log_file=log, workdir=self._workdir,
             )  # fmt: skip
         finally:
             log.close()
@@ -279,13 +279,8 @@ class Envoy:
     def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``grace_s``; remove the temp files. Idempotent."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            children.stop(process, grace_s)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None

@@ -16,8 +16,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,11 +31,12 @@ import mesh_canary
 from mesh_canary.adapters.local_metrics import LocalMetricsSource
 from mesh_canary.adapters.local_router import LocalRouter
 from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.localmesh import children
 from mesh_canary.localmesh.envoy import Envoy
 from mesh_canary.localmesh.loadgen import LoadGenerator
 from mesh_canary.localmesh.model_server import HEALTHY, Degradation
 
-__all__ = ["HEALTHY", "Degradation", "LoadSettings", "LocalMesh", "ModelServerProcess"]
+__all__ = ["HEALTHY", "Degradation", "LoadSettings", "LocalMesh", "ModelServerProcess", "check_labels"]
 
 LISTENING = "listening on "
 PACKAGE_ROOT = str(Path(mesh_canary.__file__).resolve().parent.parent)
@@ -69,18 +68,18 @@ class ModelServerProcess:
         self.version = version
         self.degradation = degradation
         self.log_path = log_dir / f"model-{version}-{time.monotonic_ns()}.log"
+        # Every value is glued to its option (``--version=VALUE``): a label such as
+        # ``--seed`` (from a policy's metricsVersion) must stay a value, never become an option.
         command = [
-            sys.executable, "-m", "mesh_canary.localmesh.model_server", "--version", version,
-            "--seed", str(seed), "--port", str(port), f"--latency-ms={latency_ms}", *degradation.args(),
+            sys.executable, "-m", "mesh_canary.localmesh.model_server", f"--version={version}",
+            f"--seed={seed}", f"--port={port}", f"--latency-ms={latency_ms}", *degradation.args(),
         ]  # fmt: skip
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")])),
         }
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
-            )
+            self.process = children.spawn(command, log_file=log, env=env, workdir=log_dir)
         self.url = ""
 
     @property
@@ -103,13 +102,18 @@ class ModelServerProcess:
         raise TimeoutError(f"model server {self.version} did not start listening in time")
 
     def stop(self, grace_s: float = 5.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        children.stop(self.process, grace_s)
+
+
+def check_labels(stable: str, candidate: str, fallback: str | None = None) -> None:
+    """Raise ValueError (one sentence) unless the labels can name the mesh's versions."""
+    versions = [stable, candidate] + ([fallback] if fallback else [])
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"version labels must differ: {versions}")
+    for v in versions:
+        if not v or "." in v or not v.replace("-", "").replace("_", "").isalnum():
+            # Envoy's stat names are dot-separated: a dot would split the cluster name.
+            raise ValueError(f"version label {v!r} must be letters, digits, '-' or '_' (no dots)")
 
 
 class LocalMesh:
@@ -132,13 +136,7 @@ class LocalMesh:
     ) -> None:
         """``seed`` trains stable (and fallback); the candidate is trained on ``candidate_seed``
         (default ``seed + 1``): a different model of the same quality, unless degraded."""
-        versions = [stable_version, candidate_version] + ([fallback_version] if fallback_version else [])
-        if len(set(versions)) != len(versions):
-            raise ValueError(f"version labels must differ: {versions}")
-        for v in versions:
-            if not v or "." in v or not v.replace("-", "").replace("_", "").isalnum():
-                # Envoy's stat names are dot-separated: a dot would split the cluster name.
-                raise ValueError(f"version label {v!r} must be letters, digits, '-' or '_' (no dots)")
+        check_labels(stable_version, candidate_version, fallback_version)
         self.stable_version = stable_version
         self.candidate_version = candidate_version
         self.fallback_version = fallback_version
@@ -157,6 +155,8 @@ class LocalMesh:
         self.loadgen: LoadGenerator | None = None
         self._workdir: Path | None = None
         self.startup_s: float | None = None
+        # What Envoy held when the mesh was stopped: where traffic was left, read back live.
+        self.weights_at_stop: Weights | None = None
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -226,6 +226,11 @@ class LocalMesh:
         if self.loadgen is not None:
             self.loadgen.stop()
         if self.envoy is not None:
+            if self.envoy.url:
+                try:
+                    self.weights_at_stop = self.router.get_weights()
+                except Exception:  # a dead Envoy has no weights to report; stop the rest anyway
+                    self.weights_at_stop = None
             self.envoy.stop()
         for server in self.servers.values():
             server.stop()

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -33,6 +32,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from mesh_canary.localmesh import children
 
 if TYPE_CHECKING:
     from mesh_canary.localmesh.mesh import LocalMesh
@@ -136,9 +137,7 @@ class PrometheusServer:
             f"--web.listen-address=127.0.0.1:{self.port}",
         ]
         with log:
-            self._process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
+            self._process = children.spawn(args, log_file=log, workdir=self._workdir)
         try:
             self._wait_ready(ready_timeout_s)
         except BaseException:
@@ -192,13 +191,8 @@ class PrometheusServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        if process is not None:
+            children.stop(process, grace_s=10.0)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
