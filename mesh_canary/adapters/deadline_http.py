@@ -173,7 +173,7 @@ def _env_proxy(url: httpx.URL) -> str | None:
     proxy = proxies.get(url.scheme)
     if not proxy or not proxy.startswith(("http://", "https://")):
         return None
-    if urllib.request.proxy_bypass_environment(url.host, proxies):
+    if urllib.request.proxy_bypass(url.host):  # NO_PROXY
         return None
     return proxy
 

@@ -156,9 +156,7 @@ class LocalMetricsSource:
     def close(self) -> None:
         self._client.close()
 
-    def _families(
-        self, url: str, params: dict[str, str] | None, what: str, deadline: float
-    ) -> list[Sample]:
+    def _families(self, url: str, params: dict[str, str] | None, what: str, deadline: float) -> list[Sample]:
         shown = redact_url(url)
         try:
             answer = self._client.get(url, params, deadline)

@@ -187,11 +187,15 @@ class PrometheusMetricsSource:
         except DeadlineExceeded:
             raise _Unanswered(slow, unreachable=True) from None
         except Unreachable as err:
-            raise _Unanswered(f"Prometheus at {self.shown_url} is unreachable: {err}", unreachable=True) from None
+            raise _Unanswered(
+                f"Prometheus at {self.shown_url} is unreachable: {err}", unreachable=True
+            ) from None
         except TooLarge as err:
             raise _Unanswered(f"Prometheus's answer was too large: {err} ({self.shown_url})") from None
         except Exception:  # not HTTP at all (httpcore.ProtocolError and the like)
-            raise _Unanswered(f"Prometheus did not answer in HTTP ({self.shown_url})", unreachable=True) from None
+            raise _Unanswered(
+                f"Prometheus did not answer in HTTP ({self.shown_url})", unreachable=True
+            ) from None
         return self._data(answer)
 
     def _data(self, answer: Answer) -> tuple[str, Any]:
@@ -219,4 +223,3 @@ def _status(code: int) -> str:
         return f"HTTP {code} {http.HTTPStatus(code).phrase}"
     except ValueError:
         return f"HTTP {code}"
-

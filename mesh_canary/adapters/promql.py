@@ -655,7 +655,9 @@ def _interpret_custom(reading: Reading, query: Query, result_type: str, result: 
     for version, value in values.items():
         role = f"the {reading.role(version)} ({version})"
         if value is None:
-            reading.problems.append(f"custom check {name!r} answered something that is not a number for {role}")
+            reading.problems.append(
+                f"custom check {name!r} answered something that is not a number for {role}"
+            )
         elif (why := _untrusted(value, count=False)) is not None:
             hint = " (a division by zero?)" if math.isnan(value) else ""
             reading.problems.append(f"custom check {name!r} is {value:g} for {role}: {why}{hint}")

@@ -216,7 +216,9 @@ def weights(custom: Any) -> list[int]:
     return [int(r["weight"]) for r in vs["spec"]["http"][0]["route"]]
 
 
-def run_cli(kube: KubeStandIn, policy: pathlib.Path, *args: str, debug: bool = False) -> subprocess.Popen[str]:
+def run_cli(
+    kube: KubeStandIn, policy: pathlib.Path, *args: str, debug: bool = False
+) -> subprocess.Popen[str]:
     """``mesh-canary run --backend istio`` against the stand-in, as a subprocess."""
     return subprocess.Popen(
         [MESH_CANARY, *(["--debug"] if debug else []), "run", "-f", str(policy), "--backend", "istio",
@@ -382,7 +384,7 @@ def test_run_refuses_a_question_mark_in_the_address_with_exit_2_and_changes_noth
         policy = tmp_path / "policy.yaml"
         policy.write_text(yaml.safe_dump(rollout_policy("http://127.0.0.1:9090/?tenant=a")))
         proc = run_cli(kube, policy)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
         assert proc.returncode == 2, err
         assert err.strip().splitlines() == [
             "spec.metrics.address: 'http://127.0.0.1:9090/?tenant=a' has a query string ('?...'): the API "
@@ -404,7 +406,9 @@ def test_prometheus_credentials_never_appear_in_any_output(tmp_path: pathlib.Pat
         http_server(leaky) as (prom, prom_seen),
         http_server(answer(200, b"{}")) as (hook, hook_seen),
     ):
-        host = prom.removeprefix("http://") if prometheus.startswith("answers") else f"127.0.0.1:{free_port()}"
+        host = (
+            prom.removeprefix("http://") if prometheus.startswith("answers") else f"127.0.0.1:{free_port()}"
+        )
         address = f"http://mc-user:{SECRET}@{host}"
         policy = tmp_path / "policy.yaml"
         policy.write_text(yaml.safe_dump(rollout_policy(address, hook=f"{hook}/notify?token={HOOK_SECRET}")))
@@ -415,7 +419,9 @@ def test_prometheus_credentials_never_appear_in_any_output(tmp_path: pathlib.Pat
         assert weights(custom) == [100, 0]
         doc = json.loads(out)
         assert doc["outcome"] == "rolled_back" and "***@" in doc["reason"], doc["reason"]
-        wait_for("the RolledBack notification", lambda: any(b"RolledBack" in r["body"] for r in hook_seen.requests))
+        wait_for(
+            "the RolledBack notification", lambda: any(b"RolledBack" in r["body"] for r in hook_seen.requests)
+        )
         payloads = [r["body"].decode() for r in hook_seen.requests]
         if prometheus.startswith("answers"):
             # The credentials still work: sent as HTTP Basic auth, only never shown.

@@ -223,7 +223,9 @@ def test_a_bad_custom_query_gets_prometheus_parse_error(prometheus: PrometheusSe
     )
     obs, src = read(prometheus.url, checks=[DEFAULT_CHECKS[0], bad])
     assert obs.problem is not None
-    assert obs.problem.startswith("Prometheus answered HTTP 400 Bad Request (bad_data: it rejected the query)")
+    assert obs.problem.startswith(
+        "Prometheus answered HTTP 400 Bad Request (bad_data: it rejected the query)"
+    )
     assert "(query for broken)" in obs.problem
     assert obs.stable.requests == 220  # the good query's answer is kept
     assert src.last_read_queries == 3
