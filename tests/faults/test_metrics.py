@@ -24,13 +24,19 @@ import kubernetes.client
 import pytest
 import yaml
 
+from mesh_canary.adapters.clock import VirtualClock
+from mesh_canary.adapters.file_store import MemoryStateStore
 from mesh_canary.adapters.local_metrics import LocalMetricsSource
 from mesh_canary.adapters.prometheus import MetricsAddressError, PrometheusMetricsSource
 from mesh_canary.core import engine
 from mesh_canary.core.engine import Phase
+from mesh_canary.adapters.protocols import Announcement
 from mesh_canary.core.model import Check
+from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import Verdict
+from mesh_canary.core.weights import Weights
 from mesh_canary.localmesh.prometheus import free_port
+from mesh_canary.runner import RolloutRunner
 from tests.crd_schema import ISTIO_CRDS, MODELROLLOUT_CRD, load_yaml
 from tests.e2e.test_cluster_e2e import MESH_CANARY, NS, virtual_service
 from tests.integration.prom_fixtures import DEFAULT_CHECKS, backfilled_prometheus, make_policy, openmetrics
@@ -432,3 +438,54 @@ def test_prometheus_credentials_never_appear_in_any_output(tmp_path: pathlib.Pat
             assert SECRET not in text, f"the Prometheus token leaked into {where}: {text[-1500:]}"
             assert HOOK_SECRET not in text, f"the webhook token leaked into {where}"
             assert "bad gateway" not in text, f"the server's answer was copied into {where}"
+
+
+# --- item 11, the runner: whatever a metrics source says passes through redaction -------------
+
+
+class _Router:
+    def __init__(self) -> None:
+        self.weights = Weights(100, 0)
+
+    def set_weights(self, weights: Weights) -> None:
+        self.weights = weights
+
+    def get_weights(self) -> Weights:
+        return self.weights
+
+
+class _Notes:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def notify(self, announcement: Announcement) -> None:
+        self.messages.append(json.dumps(announcement.__dict__, default=str))
+
+
+class _LeakySource:
+    """A third-party source that breaks the rules: raises, or names its URL with credentials."""
+
+    def __init__(self, raises: bool) -> None:
+        self.raises = raises
+
+    def read(self, since: float, now: float) -> Observation:
+        url = f"http://mc-user:{SECRET}@prometheus:9090"
+        if self.raises:
+            raise RuntimeError(f"cannot reach {url}: got <html>{SECRET}</html>")
+        return Observation(since=since, at=now, problem=f"Prometheus at {url} is unreachable")
+
+
+@pytest.mark.fault(item=11)
+@pytest.mark.parametrize("raises", [True, False], ids=["raises", "reports"])
+def test_the_runner_never_lets_a_sources_secret_into_state_or_notifications(raises: bool) -> None:
+    policy = make_policy(DEFAULT_CHECKS)
+    clock = VirtualClock()
+    store = MemoryStateStore()
+    notes = _Notes()
+    runner = RolloutRunner(policy, _Router(), _LeakySource(raises), store, notes, clock)
+    runner.start_or_resume()
+    clock.sleep(policy.analysis.no_data_timeout_s + 1)
+    state = runner.tick_once()
+    assert state.phase is Phase.ROLLED_BACK and "no data" in state.reason
+    shown = json.dumps(state.to_dict()) + json.dumps(store.load()) + "".join(notes.messages)
+    assert SECRET not in shown
