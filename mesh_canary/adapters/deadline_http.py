@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import math
+import os
 import socket
 import ssl
 import threading
@@ -75,6 +76,11 @@ class DeadlineClient:
         self.headers = dict(headers or {})
         self._local = threading.local()
         self._backend = _DeadlineBackend(self._remaining)
+        if isinstance(verify, str):  # a CA bundle file or directory
+            is_dir = os.path.isdir(verify)
+            verify = ssl.create_default_context(
+                cafile=None if is_dir else verify, capath=verify if is_dir else None
+            )
         self._ssl = httpx.create_ssl_context(verify=verify)
         self._pools: dict[str | None, httpcore.ConnectionPool] = {}
         self._lock = threading.Lock()

@@ -25,12 +25,13 @@ import pytest
 import yaml
 
 from mesh_canary.adapters.clock import VirtualClock
+from mesh_canary.adapters.deadline_http import DeadlineClient
 from mesh_canary.adapters.file_store import MemoryStateStore
 from mesh_canary.adapters.local_metrics import LocalMetricsSource
 from mesh_canary.adapters.prometheus import MetricsAddressError, PrometheusMetricsSource
+from mesh_canary.adapters.protocols import Announcement
 from mesh_canary.core import engine
 from mesh_canary.core.engine import Phase
-from mesh_canary.adapters.protocols import Announcement
 from mesh_canary.core.model import Check
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import Verdict
@@ -489,3 +490,57 @@ def test_the_runner_never_lets_a_sources_secret_into_state_or_notifications(rais
     assert state.phase is Phase.ROLLED_BACK and "no data" in state.reason
     shown = json.dumps(state.to_dict()) + json.dumps(store.load()) + "".join(notes.messages)
     assert SECRET not in shown
+
+
+@pytest.fixture
+def tls_files(tmp_path: pathlib.Path) -> tuple[str, str]:
+    """A self-signed certificate for ``localhost`` (cert, key), made with the openssl CLI."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+@pytest.mark.fault(item=1)
+def test_the_deadline_holds_over_https_and_names_that_resolve(tls_files: tuple[str, str]) -> None:
+    import ssl
+
+    cert, key = tls_files
+    seen = Seen()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with contextlib.suppress(OSError):
+                trickle_body(self, seen)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        url = f"https://localhost:{server.server_address[1]}"
+        policy = make_policy(DEFAULT_CHECKS)
+        trusted = PrometheusMetricsSource(policy, url=url, timeout_s=2, client=DeadlineClient(verify=cert))
+        obs, took = in_thread(lambda: trusted.read(SINCE, NOW), limit_s=40)
+        assert obs.problem == f"Prometheus did not answer within 2s ({url}) (query for istio_requests_total)"
+        assert took < 30
+        untrusted = PrometheusMetricsSource(policy, url=url, timeout_s=2)
+        obs, _ = in_thread(lambda: untrusted.read(SINCE, NOW), limit_s=40)
+        assert obs.problem == (
+            f"Prometheus at {url} is unreachable: its TLS certificate is not trusted "
+            "(query for istio_requests_total)"
+        )
+    finally:
+        seen.stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
