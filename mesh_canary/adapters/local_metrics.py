@@ -81,7 +81,7 @@ class LocalMetricsSource:
         *,
         origin: float | None = None,
         version_label: str = "version",
-        timeout_s: float = 2.0,
+        timeout_s: float = 5.0,
         history_s: float = 6 * 3600.0,
     ) -> None:
         """``model_metrics_urls`` maps a version label to its server's full metrics URL."""

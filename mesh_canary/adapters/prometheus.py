@@ -9,7 +9,7 @@ series or a NaN each become a distinct sentence in ``Observation.problem``, whic
 engine treats as no data (never as a pass).
 
 Deadlines: one read, all its queries together, ends within
-``min(metrics.timeout, analysis.interval)`` of its start, however the server answers (a
+``min(metrics.timeout, max(analysis.interval, 5s))`` of its start, however the server answers (a
 server that trickles its answer a byte a second included): ``deadline_http`` gives every
 socket step only the time left. No retries: the engine asks again next tick.
 
@@ -56,6 +56,7 @@ _ERROR_TYPES = {
     "not_found": "it does not know that API path",
     "not_acceptable": "it does not accept the request",
 }
+MIN_READ_BUDGET_S = 5.0
 _RESULT_TYPES = frozenset({"vector", "matrix", "scalar", "string"})
 
 
@@ -112,7 +113,7 @@ class PrometheusMetricsSource:
     """Per-version counts over ``[since, now]`` from Prometheus, for the policy's checks.
 
     ``url`` and ``timeout_s`` default to ``policy.metrics.address``/``timeout``; one read
-    (all its queries) is bounded by ``min(timeout_s, policy.analysis.interval)``.
+    (all its queries) is bounded by ``min(timeout_s, max(policy.analysis.interval, 5s))``.
     ``client`` is the DeadlineClient to send with (TLS settings, extra headers such as a
     bearer token), a new one by default. Raises MetricsAddressError for an unusable address
     and PromQLError when the policy cannot be turned into safe queries.
@@ -132,10 +133,10 @@ class PrometheusMetricsSource:
         )
         self.shown_url = redact_url(self.url)
         self.timeout_s = float(policy.metrics.timeout_s if timeout_s is None else timeout_s)
-        interval = policy.analysis.interval_s
-        # A read never outlasts its tick: the next one starts on time and the engine's
-        # deadlines are checked at least once per interval.
-        self.read_budget_s = min(self.timeout_s, interval) if interval > 0 else self.timeout_s
+        # One read never holds its tick much past the interval, so the engine's deadlines are
+        # checked on time; the floor keeps a one-second interval from making a loaded
+        # Prometheus look absent.
+        self.read_budget_s = min(self.timeout_s, max(policy.analysis.interval_s, MIN_READ_BUDGET_S))
         self.queries_per_read = len(promql.plan_queries(policy, "60s"))  # also validates the policy
         self.last_read_queries = 0  # HTTP queries the last read actually sent
         self._client = client if client is not None else DeadlineClient()
