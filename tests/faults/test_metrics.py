@@ -264,6 +264,44 @@ def test_a_trickling_prometheus_cannot_hold_the_candidate_at_50(tmp_path: pathli
     print(f"\nitem 1: 100% stable {safe_after:.1f}s after the 50% step (noDataTimeout 9s)")
 
 
+@pytest.mark.fault(item=1)
+def test_a_tick_with_a_trickling_prometheus_returns_within_the_read_budget(tmp_path: pathlib.Path) -> None:
+    """What a controller worker calls: ``tick_once`` with the real adapters (the Istio router on
+    the API stand-in, the Prometheus source) returns within one read budget, so a slow
+    Prometheus holds a worker for seconds at a time, never for good, and the engine's
+    deadlines fire on time."""
+    from mesh_canary.adapters.clock import SystemClock
+    from mesh_canary.adapters.istio import IstioRouter
+    from mesh_canary.adapters.notifiers import LogNotifier
+    from mesh_canary.core.policy import load_policy_text
+
+    with cluster(tmp_path) as (kube, custom), http_server(trickle_body) as (prom, _seen):
+        policy = load_policy_text(yaml.safe_dump(rollout_policy(prom)), "policy.yaml")
+        source = PrometheusMetricsSource(policy)
+        runner = RolloutRunner(
+            policy,
+            IstioRouter(policy, kube.api_client()),
+            source,
+            MemoryStateStore(),
+            LogNotifier(),
+            SystemClock(),
+        )
+        runner.start_or_resume()
+        assert weights(custom) == [50, 50]
+        ticks: list[float] = []
+        started = time.monotonic()
+        while runner.state is not None and not runner.state.terminal and time.monotonic() - started < 120:
+            _state, took = in_thread(runner.tick_once, limit_s=60)
+            ticks.append(took)
+        assert runner.state is not None and runner.state.phase is Phase.ROLLED_BACK
+        assert weights(custom) == [100, 0]
+    assert source.read_budget_s == 2.0
+    assert max(ticks) < 30, f"a tick took {max(ticks):.1f}s: bounded by the 2s read budget"
+    print(
+        f"\nitem 1 (tick): {len(ticks)} ticks, longest {max(ticks):.2f}s, rolled back after {sum(ticks):.1f}s"
+    )
+
+
 # --- item 8: fail-open in custom checks ----------------------------------------------------------
 
 
