@@ -15,6 +15,7 @@ import pathlib
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -342,6 +343,51 @@ def test_a_custom_query_with_only_stables_series_is_no_data_never_a_pass(
     later = policy.analysis.no_data_timeout_s + 1
     rolled = engine.tick(policy, held.state, obs, later, engine_judge())
     assert rolled.state.phase is Phase.ROLLED_BACK and rolled.weight_writes[0].weights.candidate == 0
+
+
+@pytest.mark.fault(item=8)
+def test_run_rolls_back_instead_of_promoting_on_stables_series_alone(tmp_path: pathlib.Path) -> None:
+    """`mesh-canary run` with a custom check whose query returns only stable's series (the
+    candidate emits no such metric): before, the candidate was credited with stable's value
+    and promoted; now it is no data for the check, and the rollout rolls back at noDataTimeout."""
+
+    def stable_only(h: BaseHTTPRequestHandler, seen: Seen) -> None:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(h.path).query)["query"][0]
+        if "model_score_total" in query:  # the custom check: stable's series only
+            result = [{"metric": {"version": "v1"}, "value": [time.time(), "5"]}]
+        else:  # requests and errors: both versions healthy, plenty of traffic
+            result = [
+                {
+                    "metric": {"envoy_cluster_name": v, "envoy_response_code_class": "2"},
+                    "value": [time.time(), "500"],
+                }
+                for v in ("v1", "v2")
+            ]
+        body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}})
+        answer(200, body.encode())(h, seen)
+
+    check = {
+        "metric": "custom",
+        "name": "score",
+        "query": 'sum by (version) (increase(model_score_total{version=~"v1|v2"}[{{ window }}]))',
+        "max": 1000,
+    }
+    with cluster(tmp_path) as (kube, custom), http_server(stable_only) as (prom, _seen):
+        doc = rollout_policy(prom)
+        doc["spec"]["analysis"]["checks"].append(check)
+        doc["spec"]["canary"]["minStepDuration"] = "3s"
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(yaml.safe_dump(doc))
+        started = time.monotonic()
+        proc = run_cli(kube, policy, "-o", "json")
+        out, err = proc.communicate(timeout=120)
+        took = time.monotonic() - started
+        assert proc.returncode == 3, f"exit {proc.returncode}: {out[-1500:]} {err[-1500:]}"
+        assert weights(custom) == [100, 0]
+    result = json.loads(out)
+    assert result["outcome"] == "rolled_back"
+    assert "custom check 'score' has no series for the candidate (v2)" in result["reason"]
+    print(f"\nitem 8: rolled back {took:.1f}s after start (noDataTimeout 9s); never promoted")
 
 
 def engine_judge() -> Any:
