@@ -189,11 +189,26 @@ class RolloutRunner:
         raise RouterWriteError(f"{what} failed after {attempts} attempts: {last}") from last
 
     def _read(self, state: RolloutState, now: float) -> Observation:
+        # Sources bound their own reads in total (Prometheus: min(metrics.timeout, interval);
+        # local: its timeout), so this returns in bounded time and the engine's deadlines
+        # (noDataTimeout, maxStepDuration) are checked at every tick even while a server stalls.
+        # (Imports here: this method's body is all the metrics side changes in this module.)
+        from dataclasses import replace
+
+        from mesh_canary.redact import redact
+
         try:
-            return self.metrics.read(state.window_start, now)
+            observation = self.metrics.read(state.window_start, now)
         except Exception as e:  # a source must not raise, but if one does it is no data
-            log.warning("metrics read failed: %s", e)
-            return Observation(since=state.window_start, at=now, problem=f"metrics read failed: {e}")
+            # Only the kind of error: its text may hold what a server sent, or a credential.
+            log.warning("metrics read failed: %s", type(e).__name__)
+            return Observation(
+                since=state.window_start, at=now, problem=f"metrics read failed: {type(e).__name__}"
+            )
+        if observation.problem:
+            # The problem reaches the state file, the status, Events and notifications.
+            observation = replace(observation, problem=redact(observation.problem))
+        return observation
 
     def _watch_for_external_change(self, state: RolloutState) -> None:
         """Someone else (Argo CD, Flux, a person) changed the weights: say so, don't fight."""

@@ -545,6 +545,81 @@ def test_interpret_custom_answers() -> None:
     assert not math.isnan(sum(r.version_counts()[0].custom.values()))
 
 
+def test_interpret_custom_never_credits_one_version_with_anothers_value() -> None:
+    # Without {{ version }}: a lone series labelled with stable's version is stable's only.
+    r = reading()
+    interpret(r, q("custom", check="c"), "vector", vector(({"version": "v1"}, "7")))
+    stable, candidate = r.version_counts()
+    assert (stable.custom, candidate.custom) == ({"c": 7.0}, {})
+    assert r.problems == [
+        "custom check 'c' has no series for the candidate (v2); a query without {{ version }} must "
+        "return one series per version"
+    ]
+    # A lone labelled series that names no version says nothing about either.
+    r = reading()
+    interpret(r, q("custom", check="c"), "vector", vector(({"job": "scorer"}, "7")))
+    assert [c.custom for c in r.version_counts()] == [{}, {}] and len(r.problems) == 2
+    # Two series for one version are not silently overwritten: aggregate them.
+    r = reading()
+    interpret(
+        r,
+        q("custom", check="c"),
+        "vector",
+        vector(
+            ({"version": "v1", "pod": "a"}, "1"),
+            ({"version": "v1", "pod": "b"}, "9"),
+            ({"version": "v2"}, "1"),
+        ),
+    )
+    assert [c.custom for c in r.version_counts()] == [{}, {}]
+    assert r.problems == [
+        "custom check 'c' returned several series for the stable (v1); aggregate them to one per version, "
+        "e.g. sum by (destination_version) (...)"
+    ]
+    # With {{ version }}: the candidate's query answering with stable's series is not the candidate's.
+    r = reading()
+    interpret(r, q("custom", check="c", version="v2"), "vector", vector(({"version": "v1"}, "7")))
+    assert r.version_counts()[1].custom == {}
+    assert r.problems == [
+        "custom check 'c' returned the stable's series (v1) for the candidate (v2); "
+        "put {{ version }} in its version matcher"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (
+            "1e308",
+            'm is 1e+308 for the candidate (destination_version="v2"): implausibly large (above 1e+15)',
+        ),
+        ("-3", 'm is -3 for the candidate (destination_version="v2"): a count cannot be negative'),
+        ("-Inf", 'm is -Inf for the candidate (destination_version="v2"): not a number'),
+        ("twelve", 'm has a value that is not a number for the candidate (destination_version="v2")'),
+        (True, 'm has a value that is not a number for the candidate (destination_version="v2")'),
+    ],
+)
+def test_interpret_refuses_counts_the_judge_must_not_trust(value: object, problem: str) -> None:
+    r = reading()
+    items = [
+        {"metric": {"destination_version": "v1"}, "value": [1.0, "10"]},
+        {"metric": {"destination_version": "v2"}, "value": [1.0, value]},
+    ]
+    interpret(r, q("traffic", metric="m"), "vector", items)
+    assert r.problems == [problem]
+    assert r.version_counts()[1].requests == 0
+
+
+def test_interpret_custom_refuses_absurd_values_but_allows_negative_ones() -> None:
+    r = reading()
+    interpret(r, q("custom", check="c", version="v1"), "scalar", [1.0, "-0.5"])
+    interpret(r, q("custom", check="c", version="v2"), "scalar", [1.0, "-1e300"])
+    assert r.version_counts()[0].custom == {"c": -0.5}
+    assert r.problems == [
+        "custom check 'c' is -1e+300 for the candidate (v2): implausibly large (above 1e+15)"
+    ]
+
+
 @pytest.mark.parametrize(
     ("path", "count"),
     [("minimal.yaml", 2), ("fraud-scorer-canary.yaml", 7), ("blue-green.yaml", 3), ("local-demo.yaml", 4)],

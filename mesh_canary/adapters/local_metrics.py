@@ -22,8 +22,12 @@ oldest snapshot is used (the window is then shorter than asked, which only ever 
 data), except that when ``origin`` (a time at which every counter was zero, e.g. when the
 mesh started) is at or after ``since``, the whole cumulative count is the window.
 
+One scrape (all three requests together) ends within ``timeout_s`` whatever the servers do
+(``deadline_http`` gives each socket step only the time left), so a stuck model server cannot
+hold a tick, and a rollback decision, for longer than that.
+
 Never raises: a failed or unparsable scrape gives an Observation with ``problem`` set and
-no counts. A counter that went down (a process restarted) is reported as a problem for that
+no counts (nothing a server sent is copied into it). A counter that went down (a process restarted) is reported as a problem for that
 read and the history starts again from that snapshot.
 """
 
@@ -31,14 +35,16 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from mesh_canary.adapters.deadline_http import DeadlineClient, DeadlineExceeded, TooLarge, Unreachable
 from mesh_canary.core.observations import Histogram, Observation, VersionCounts
+from mesh_canary.redact import redact_url
 
 CLUSTER_LABEL = "envoy_cluster_name"
 # Counter samples are matched by their name with "_total" (Envoy exposes these without it;
@@ -49,6 +55,8 @@ LATENCY_BUCKET = "envoy_cluster_upstream_rq_time_bucket"
 PREDICTIONS = "model_predictions_total"
 FEEDBACK = "model_feedback_total"
 FEATURE_BUCKET = "model_feature_value_bucket"
+
+_COUNTS = frozenset({REQUESTS, RESPONSE_CLASSES, LATENCY_BUCKET, PREDICTIONS, FEEDBACK, FEATURE_BUCKET})
 
 Snapshot = dict[str, VersionCounts]  # version label -> cumulative counts
 
@@ -73,7 +81,7 @@ class LocalMetricsSource:
         *,
         origin: float | None = None,
         version_label: str = "version",
-        timeout_s: float = 2.0,
+        timeout_s: float = 5.0,
         history_s: float = 6 * 3600.0,
     ) -> None:
         """``model_metrics_urls`` maps a version label to its server's full metrics URL."""
@@ -86,6 +94,7 @@ class LocalMetricsSource:
         self.timeout_s = timeout_s
         self.history_s = history_s
         self._history: list[_Entry] = []
+        self._client = DeadlineClient(max_body_bytes=16 * 2**20)
         labels = "|".join(re.escape(v) for v in self._labels)
         # Native stat names (before tag extraction): keeps the scrape small.
         self._envoy_filter = rf"^cluster\.({labels})\.upstream_rq_(completed|time|[1-5]xx)$"
@@ -130,17 +139,36 @@ class LocalMetricsSource:
             self._history.pop(0)
 
     def scrape(self) -> Snapshot:
-        """Cumulative counts per version, now; raise ScrapeError on any failure."""
-        with httpx.Client(timeout=self.timeout_s) as client:
-            envoy = _families(
-                client, f"{self.envoy_admin_url}/stats/prometheus", {"filter": self._envoy_filter}, "Envoy"
-            )
-            models = {
-                label: _families(client, url, None, f"the {label} model server")
-                for label, url in self.model_metrics_urls.items()
-                if label in self._labels
-            }
+        """Cumulative counts per version, now; raise ScrapeError on any failure.
+
+        The whole scrape (Envoy and every model server) ends within ``timeout_s``."""
+        deadline = time.monotonic() + self.timeout_s
+        envoy = self._families(
+            f"{self.envoy_admin_url}/stats/prometheus", {"filter": self._envoy_filter}, "Envoy", deadline
+        )
+        models = {
+            label: self._families(url, None, f"the {label} model server", deadline)
+            for label, url in self.model_metrics_urls.items()
+            if label in self._labels
+        }
         return {label: self._counts(label, envoy, models.get(label, [])) for label in self._labels}
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _families(self, url: str, params: dict[str, str] | None, what: str, deadline: float) -> list[Sample]:
+        shown = redact_url(url)
+        try:
+            answer = self._client.get(url, params, deadline)
+        except DeadlineExceeded:
+            raise ScrapeError(f"{what} at {shown} did not answer within {self.timeout_s:g}s") from None
+        except (Unreachable, TooLarge) as exc:
+            raise ScrapeError(f"cannot scrape {what} at {shown}: {exc}") from None
+        except Exception:  # not HTTP at all
+            raise ScrapeError(f"cannot scrape {what} at {shown}: it did not answer in HTTP") from None
+        if answer.status != 200:
+            raise ScrapeError(f"{what} at {shown} answered HTTP {answer.status}")
+        return _parse(answer.body.decode("utf-8", errors="replace"), what, shown)
 
     def _counts(self, label: str, envoy: list[Sample], model: list[Sample]) -> VersionCounts:
         mine = [s for s in envoy if s.labels.get(CLUSTER_LABEL) == label]
@@ -176,25 +204,22 @@ class LocalMetricsSource:
         )
 
 
-def _families(client: httpx.Client, url: str, params: dict[str, str] | None, what: str) -> list[Sample]:
-    try:
-        response = client.get(url, params=params)
-    except httpx.HTTPError as exc:
-        raise ScrapeError(f"cannot scrape {what} at {url}: {exc}") from None
-    if response.status_code != 200:
-        raise ScrapeError(f"{what} at {url} answered {response.status_code}")
+def _parse(text: str, what: str, shown: str) -> list[Sample]:
     try:
         samples = [
             s._replace(name=f"{s.name}_total")
             if family.type == "counter" and not s.name.endswith("_total")
             else s
-            for family in text_string_to_metric_families(response.text)
+            for family in text_string_to_metric_families(text)
             for s in family.samples
         ]
-    except ValueError as exc:
-        raise ScrapeError(f"{what} at {url} sent metrics that do not parse: {exc}") from None
-    if any(math.isnan(s.value) for s in samples):
-        raise ScrapeError(f"{what} at {url} reported NaN")
+    except (ValueError, TypeError, IndexError, KeyError):
+        # The parser's message quotes the offending line: not copied (it is the server's text).
+        raise ScrapeError(f"{what} at {shown} sent metrics that do not parse") from None
+    if any(not math.isfinite(s.value) for s in samples):
+        raise ScrapeError(f"{what} at {shown} reported NaN or an infinite value")
+    if any(s.value < 0 for s in samples if s.name in _COUNTS):
+        raise ScrapeError(f"{what} at {shown} reported a negative count")
     return samples
 
 

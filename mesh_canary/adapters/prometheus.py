@@ -8,29 +8,94 @@ It never raises from ``read``: Prometheus down, slow, an error answer, a version
 series or a NaN each become a distinct sentence in ``Observation.problem``, which the
 engine treats as no data (never as a pass).
 
-Transport: ``prometheus_api_client.PrometheusConnect`` (a project dependency) over a
-``requests.Session``. Two settings make it fit a control loop: retries are off (its default
-retries 5xx with backoff, which would hold a rollback decision hostage to a sick server;
-the engine asks again next tick anyway) and every request carries the timeout. The client
-turns an error answer into an exception holding only the status, so a response hook keeps
-the last response to report Prometheus's own ``errorType``/``error``.
+Deadlines: one read, all its queries together, ends within
+``min(metrics.timeout, max(analysis.interval, 5s))`` of its start, however the server answers (a
+server that trickles its answer a byte a second included): ``deadline_http`` gives every
+socket step only the time left. No retries: the engine asks again next tick.
+
+Disclosure: nothing the server sent is copied into a problem (which reaches the status,
+Events, notifications and the state file): only the HTTP status, Prometheus's own short
+``errorType`` (a fixed enum) and fixed sentences. URLs are shown through ``redact_url``.
 """
 
 from __future__ import annotations
 
-import threading
-from typing import Any, cast
-
-import requests
-from prometheus_api_client.exceptions import PrometheusApiClientException
-from prometheus_api_client.prometheus_connect import PrometheusConnect
-from urllib3.util.retry import Retry
+import http
+import json
+import logging
+import time
+import urllib.parse
+from typing import Any
 
 from mesh_canary.adapters import promql
+from mesh_canary.adapters.deadline_http import (
+    Answer,
+    DeadlineClient,
+    DeadlineExceeded,
+    TooLarge,
+    Unreachable,
+)
 from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Observation
+from mesh_canary.core.policy import PolicyError, Problem
+from mesh_canary.redact import redact_url
 
-__all__ = ["PrometheusMetricsSource"]
+__all__ = ["MetricsAddressError", "PrometheusMetricsSource", "check_address"]
+
+log = logging.getLogger("mesh_canary.prometheus")
+
+# Prometheus's API errorType values (a fixed enum, so safe to show); each with a fixed
+# sentence. Any other errorType is not shown.
+_ERROR_TYPES = {
+    "bad_data": "it rejected the query",
+    "execution": "the query failed while running",
+    "timeout": "the query timed out inside Prometheus",
+    "canceled": "the query was canceled",
+    "internal": "it had an internal error",
+    "unavailable": "it is not ready",
+    "not_found": "it does not know that API path",
+    "not_acceptable": "it does not accept the request",
+}
+MIN_READ_BUDGET_S = 5.0
+_RESULT_TYPES = frozenset({"vector", "matrix", "scalar", "string"})
+
+
+class MetricsAddressError(PolicyError, ValueError):
+    """The metrics address cannot be used (one sentence says why); bad input, nothing sent."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__([Problem(path, message)])
+
+
+def check_address(url: str, path: str = "spec.metrics.address") -> str:
+    """``url`` without a trailing ``/`` if it is a usable Prometheus address, else MetricsAddressError.
+
+    Only http/https, a host, an optional port and path prefix, optional credentials; no
+    query string or fragment (a ``?`` would swallow the API path appended after it).
+    """
+    shown = redact_url(str(url))
+    if not isinstance(url, str) or not url:
+        raise MetricsAddressError("the Prometheus address is empty", path)
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise MetricsAddressError(f"{shown!r} contains spaces or control characters", path)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise MetricsAddressError(f"{shown!r} must start with http:// or https://", path)
+    if not parts.hostname:
+        raise MetricsAddressError(f"{shown!r} names no host", path)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a port that is not 0-65535
+    except ValueError:
+        raise MetricsAddressError(f"{shown!r} has an invalid port", path) from None
+    if "?" in url:
+        raise MetricsAddressError(
+            f"{shown!r} has a query string ('?...'): the API path would be appended after it; "
+            "give the address without '?'",
+            path,
+        )
+    if "#" in url:
+        raise MetricsAddressError(f"{shown!r} has a fragment ('#...'); give the address without it", path)
+    return url.rstrip("/")
 
 
 class _Unanswered(Exception):
@@ -47,10 +112,11 @@ class _Unanswered(Exception):
 class PrometheusMetricsSource:
     """Per-version counts over ``[since, now]`` from Prometheus, for the policy's checks.
 
-    ``url`` and ``timeout_s`` default to ``policy.metrics.address``/``timeout``;
-    ``transport`` is the ``requests.Session`` to send with (auth, TLS, proxies), a new one
-    by default. Raises PromQLError at construction when the policy cannot be turned into
-    safe queries.
+    ``url`` and ``timeout_s`` default to ``policy.metrics.address``/``timeout``; one read
+    (all its queries) is bounded by ``min(timeout_s, max(policy.analysis.interval, 5s))``.
+    ``client`` is the DeadlineClient to send with (TLS settings, extra headers such as a
+    bearer token), a new one by default. Raises MetricsAddressError for an unusable address
+    and PromQLError when the policy cannot be turned into safe queries.
     """
 
     def __init__(
@@ -58,29 +124,34 @@ class PrometheusMetricsSource:
         policy: Policy,
         url: str | None = None,
         timeout_s: float | None = None,
-        transport: requests.Session | None = None,
+        client: DeadlineClient | None = None,
     ) -> None:
         self.policy = policy
-        self.url = (url or policy.metrics.address).rstrip("/")
+        self.url = check_address(
+            policy.metrics.address if url is None else url,
+            "spec.metrics.address" if url is None else "the Prometheus address",
+        )
+        self.shown_url = redact_url(self.url)
         self.timeout_s = float(policy.metrics.timeout_s if timeout_s is None else timeout_s)
+        # One read never holds its tick much past the interval, so the engine's deadlines are
+        # checked on time; the floor keeps a one-second interval from making a loaded
+        # Prometheus look absent.
+        self.read_budget_s = min(self.timeout_s, max(policy.analysis.interval_s, MIN_READ_BUDGET_S))
         self.queries_per_read = len(promql.plan_queries(policy, "60s"))  # also validates the policy
         self.last_read_queries = 0  # HTTP queries the last read actually sent
-        self._last_response = threading.local()
-        session = transport if transport is not None else requests.Session()
-        session.hooks.setdefault("response", []).append(self._remember)
-        self._client = PrometheusConnect(
-            url=self.url,
-            session=session,
-            retry=Retry(total=0, read=False, redirect=False, raise_on_status=False),
-            timeout=cast(int, self.timeout_s),  # annotated int; requests takes float seconds
-        )
+        self._client = client if client is not None else DeadlineClient()
+        self._endpoint = self.url + "/api/v1/query"
 
     def queries(self, since: float, now: float) -> list[str]:
         """The PromQL one read over ``[since, now]`` sends (for logs, docs and debugging)."""
         return [q.promql for q in promql.plan_queries(self.policy, promql.format_window(since, now))]
 
+    def close(self) -> None:
+        self._client.close()
+
     def read(self, since: float, now: float) -> Observation:
         self.last_read_queries = 0
+        deadline = time.monotonic() + self.read_budget_s
         try:
             window = promql.format_window(since, now)
             plan = promql.plan_queries(self.policy, window)
@@ -91,67 +162,65 @@ class PrometheusMetricsSource:
         )
         for query in plan:
             try:
-                result_type, result = self._query(query.promql, now)
+                result_type, result = self._query(query.promql, now, deadline)
                 promql.interpret(reading, query, result_type, result)
             except _Unanswered as err:
                 reading.problems.append(f"{err} (query for {query.metric})")
                 if err.unreachable:
                     break  # down or slow: asking again this tick only adds waiting
             except Exception as err:  # the contract is "never raise": report it as no data
-                reading.problems.append(
-                    f"unexpected error reading {query.metric}: {type(err).__name__}: {err}"
-                )
+                log.debug("reading %s failed", query.metric, exc_info=True)
+                reading.problems.append(f"unexpected error reading {query.metric}: {type(err).__name__}")
         stable, candidate = reading.version_counts()
         problem = "; ".join(reading.problems) if reading.problems else None
         return Observation(since=since, at=now, stable=stable, candidate=candidate, problem=problem)
 
     # --- one HTTP query ---------------------------------------------------------------------
 
-    def _remember(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        self._last_response.value = response
-
-    def _query(self, text: str, at: float) -> tuple[str, Any]:
+    def _query(self, text: str, at: float, deadline: float) -> tuple[str, Any]:
         """(resultType, result) of an instant query at ``at``; _Unanswered with the reason."""
-        self._last_response.value = None
+        slow = f"Prometheus did not answer within {self.read_budget_s:g}s ({self.shown_url})"
+        if time.monotonic() >= deadline:
+            raise _Unanswered(slow, unreachable=True)
         self.last_read_queries += 1
         try:
-            self._client.custom_query(text, params={"time": f"{at:.3f}"})
-            response: requests.Response = self._last_response.value
-            data = response.json()["data"]
-            return str(data["resultType"]), data["result"]
-        except requests.exceptions.Timeout:
-            message = f"Prometheus did not answer within {self.timeout_s:g}s ({self.url})"
-            raise _Unanswered(message, unreachable=True) from None
-        except requests.exceptions.ConnectionError as err:
-            message = f"Prometheus at {self.url} is unreachable: {_root_cause(err)}"
-            raise _Unanswered(message, unreachable=True) from None
-        except PrometheusApiClientException:
-            raise _Unanswered(self._error_answer()) from None
-        except (requests.exceptions.RequestException, ValueError, KeyError, TypeError, AttributeError):
-            raise _Unanswered(f"Prometheus sent an answer that is not its JSON API ({self.url})") from None
+            answer = self._client.get(self._endpoint, {"query": text, "time": f"{at:.3f}"}, deadline)
+        except DeadlineExceeded:
+            raise _Unanswered(slow, unreachable=True) from None
+        except Unreachable as err:
+            raise _Unanswered(
+                f"Prometheus at {self.shown_url} is unreachable: {err}", unreachable=True
+            ) from None
+        except TooLarge as err:
+            raise _Unanswered(f"Prometheus's answer was too large: {err} ({self.shown_url})") from None
+        except Exception:  # not HTTP at all (httpcore.ProtocolError and the like)
+            raise _Unanswered(
+                f"Prometheus did not answer in HTTP ({self.shown_url})", unreachable=True
+            ) from None
+        return self._data(answer)
 
-    def _error_answer(self) -> str:
-        response: requests.Response | None = getattr(self._last_response, "value", None)
-        if response is None:
-            return "Prometheus answered with an error"
+    def _data(self, answer: Answer) -> tuple[str, Any]:
         try:
-            body = response.json()
-            detail = f"{body.get('errorType', 'error')}: {body['error']}"
-        except (ValueError, KeyError, TypeError, AttributeError):
-            detail = response.text[:200].strip() or response.reason
-        return f"Prometheus answered HTTP {response.status_code}: {detail}"
+            body = json.loads(answer.body)
+        except (ValueError, RecursionError):
+            body = None
+        if not isinstance(body, dict) or body.get("status") not in ("success", "error"):
+            if answer.status != 200:
+                raise _Unanswered(f"Prometheus answered {_status(answer.status)} ({self.shown_url})")
+            raise _Unanswered(f"Prometheus sent an answer that is not its JSON API ({self.shown_url})")
+        if answer.status != 200 or body.get("status") != "success":
+            error_type = body.get("errorType")
+            detail = f" ({error_type}: {_ERROR_TYPES[error_type]})" if error_type in _ERROR_TYPES else ""
+            raise _Unanswered(f"Prometheus answered {_status(answer.status)}{detail}")
+        data = body.get("data")
+        if not isinstance(data, dict) or data.get("resultType") not in _RESULT_TYPES or "result" not in data:
+            raise _Unanswered(f"Prometheus sent an answer that is not its JSON API ({self.shown_url})")
+        return str(data["resultType"]), data["result"]
 
 
-def _root_cause(err: BaseException) -> str:
-    """The innermost reason of a requests error, e.g. 'connection refused'."""
-    seen = err
-    while True:
-        nxt = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
-        nxt = nxt or getattr(seen, "reason", None) or seen.__cause__ or seen.__context__
-        if not isinstance(nxt, BaseException) or nxt is seen:
-            break
-        seen = nxt
-    if isinstance(seen, ConnectionRefusedError) or "Connection refused" in str(seen):
-        return "connection refused"
-    text = str(seen)
-    return text.split(": ", 1)[-1][:160] if text else type(seen).__name__
+def _status(code: int) -> str:
+    """``HTTP 503 Service Unavailable``: the code and the standard phrase, never the server's own."""
+    try:
+        return f"HTTP {code} {http.HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"HTTP {code}"

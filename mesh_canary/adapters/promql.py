@@ -57,6 +57,11 @@ MODEL_FEEDBACK = "model_feedback_total"
 MODEL_SCORE = "model_prediction_score_bucket"
 MODEL_FEATURE = "model_feature_value_bucket"
 
+# The largest number a count (one window's increase) or a custom value may have. Far above
+# anything real (1e15 requests in a 5-minute window is 3e12 per second) and below 2**53,
+# above which floats no longer hold whole counts exactly.
+LARGEST = 1e15
+
 Family = Literal["traffic", "latency", "confusion", "predictions", "features", "custom"]
 
 # What each check kind reads. errorRate needs requests and errors, latency the histogram
@@ -437,10 +442,42 @@ def _histogram(buckets: Mapping[float, float]) -> Histogram:
 
 
 def _value(raw: Any) -> float | None:
+    """The number in a ``[t, "v"]`` sample, or None when it holds none (NaN/Inf are numbers here)."""
     try:
-        return float(raw[1])
-    except (TypeError, ValueError, IndexError, KeyError):
+        text = raw[1]
+    except (TypeError, IndexError, KeyError):
         return None
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _untrusted(value: float, count: bool) -> str | None:
+    """Why ``value`` must not reach the judge, or None when it may.
+
+    Counts are never negative; no number is NaN, infinite or absurdly large (one window's
+    count above LARGEST, or a custom value whose magnitude is above it, is a broken exporter
+    or an attack, and arithmetic on it loses meaning).
+    """
+    if not math.isfinite(value):
+        return "not a number"
+    if count and value < 0:
+        return "a count cannot be negative"
+    if abs(value) > LARGEST:
+        return f"implausibly large (above {LARGEST:g})"
+    return None
+
+
+def _prom_number(value: float) -> str:
+    """``value`` as Prometheus writes it (NaN, +Inf): our formatting, never the server's text."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return f"{value:g}"
 
 
 def _series(result: Any) -> list[tuple[dict[str, str], Any]] | None:
@@ -478,12 +515,14 @@ def interpret(reading: Reading, query: Query, result_type: str, result: Any) -> 
             continue
         seen.add(version)
         value = _value(raw)
-        if value is None or not math.isfinite(value):
+        why = None if value is None else _untrusted(value, count=True)
+        if value is None or why is not None:
             if version not in not_numbers:
-                shown = raw[1] if isinstance(raw, list) and len(raw) > 1 else raw
+                where = f"for the {reading.role(version)} ({query.label}={quote(version)})"
                 reading.problems.append(
-                    f"{query.metric} is {shown} for the {reading.role(version)} "
-                    f"({query.label}={quote(version)}): not a number"
+                    f"{query.metric} has a value that is not a number {where}"
+                    if value is None
+                    else f"{query.metric} is {_prom_number(value)} {where}: {why}"
                 )
             not_numbers.add(version)
             continue
@@ -538,65 +577,96 @@ def _add(c: _Counts, query: Query, labels: Mapping[str, str], value: float) -> N
 
 def _le(labels: Mapping[str, str]) -> float | None:
     try:
-        return float(labels["le"])
-    except (KeyError, ValueError):
+        bound = float(labels["le"])
+    except (KeyError, ValueError, TypeError):
         return None
+    return None if math.isnan(bound) else bound
 
 
 def _interpret_custom(reading: Reading, query: Query, result_type: str, result: Any) -> None:
+    """One custom check's value per version; a version without its own value is no data.
+
+    With ``{{ version }}`` each rendered query answers for its version only. Without it the
+    answer must carry each version's value in a series labelled with that version; a single
+    number with no labels at all (a scalar, or ``sum(...)``) is a service-wide value judged
+    for both. A series that names only one version never counts for the other: crediting
+    the candidate with stable's value would pass a candidate nobody measured.
+    """
     name = query.check or query.metric
     both = (reading.stable_version, reading.candidate_version)
-    versions = (query.version,) if query.version is not None else both
     where = f" for the {reading.role(query.version)} ({query.version})" if query.version is not None else ""
-    values: dict[str, float] = {}
+    values: dict[str, float | None] = {}
     series = _series(result) if result_type == "vector" else None
     if result_type == "scalar":
-        value = _value(result)
-        if value is None:
-            reading.problems.append(f"custom check {name!r}{where} answered {result!r}, not a number")
-            return
-        values = dict.fromkeys(versions, value)
+        values = dict.fromkeys((query.version,) if query.version is not None else both, _value(result))
     elif series is not None:
         if not series:
             reading.problems.append(
                 f"custom check {name!r} returned no data{where} in the last {reading.window}"
             )
             return
-        if query.version is not None or len(series) == 1:
+        if query.version is not None:
             if len(series) > 1:
                 reading.problems.append(
                     f"custom check {name!r} returned {len(series)} series{where}; aggregate it to one, e.g. sum(...)"
                 )
                 return
-            value = _value(series[0][1])
-            values = dict.fromkeys(versions, math.nan if value is None else value)
-        else:
-            # No {{ version }} and several series: each must carry a version label.
-            for labels, raw in series:
-                label = (
-                    query.label
-                    if labels.get(query.label) in both
-                    else next((k for k, v in sorted(labels.items()) if v in both), None)
+            labels, raw = series[0]
+            named = _versions_named(labels, both, query.label)
+            if named and query.version not in named:
+                other = named[0]
+                reading.problems.append(
+                    f"custom check {name!r} returned the {reading.role(other)}'s series ({other}){where}; "
+                    "put {{ version }} in its version matcher"
                 )
-                if label is not None:
-                    value = _value(raw)
-                    values[labels[label]] = math.nan if value is None else value
+                return
+            values = {query.version: _value(raw)}
+        elif len(series) == 1 and not series[0][0]:
+            values = dict.fromkeys(both, _value(series[0][1]))  # one unlabelled, service-wide number
+        else:
+            # No {{ version }}: each version's value comes from the series labelled with it.
+            duplicated: set[str] = set()
+            for labels, raw in series:
+                named = _versions_named(labels, both, query.label)
+                if len(named) != 1:
+                    continue  # another version's series, or one that says nothing about whose it is
+                version = named[0]
+                if version in values:
+                    duplicated.add(version)
+                values[version] = _value(raw)
             for version in both:
-                if version not in values:
+                if version in duplicated:
+                    reading.problems.append(
+                        f"custom check {name!r} returned several series for the {reading.role(version)} "
+                        f"({version}); aggregate them to one per version, e.g. sum by ({query.label}) (...)"
+                    )
+                elif version not in values:
                     reading.problems.append(
                         f"custom check {name!r} has no series for the {reading.role(version)} ({version}); "
                         "a query without {{ version }} must return one series per version"
                     )
+            if duplicated:
+                return
     else:
         reading.problems.append(
             f"custom check {name!r} answered a {result_type}; it must be one number per version"
         )
         return
     for version, value in values.items():
-        if not math.isfinite(value):
+        role = f"the {reading.role(version)} ({version})"
+        if value is None:
             reading.problems.append(
-                f"custom check {name!r} is {value} for the {reading.role(version)} ({version}): "
-                "not a number (a division by zero?)"
+                f"custom check {name!r} answered something that is not a number for {role}"
             )
+        elif (why := _untrusted(value, count=False)) is not None:
+            hint = " (a division by zero?)" if math.isnan(value) else ""
+            reading.problems.append(f"custom check {name!r} is {value:g} for {role}: {why}{hint}")
         else:
             reading.counts[version].custom[name] = value
+
+
+def _versions_named(labels: Mapping[str, Any], versions: tuple[str, str], label: str) -> list[str]:
+    """The versions a series' labels name: by ``label`` if it holds one, else by any label."""
+    if labels.get(label) in versions:
+        return [labels[label]]
+    return sorted({v for v in labels.values() if isinstance(v, str) and v in versions})
