@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import heapq
 import importlib
@@ -78,7 +79,7 @@ from mesh_canary.adapters.kube_status import (
     saved_state,
 )
 from mesh_canary.adapters.notifiers import BackgroundNotifier, notifier_for_policy
-from mesh_canary.adapters.protocols import Announcement, Clock, MetricsSource, TrafficRouter
+from mesh_canary.adapters.protocols import Announcement, Clock, MetricsSource, Notifier, TrafficRouter
 from mesh_canary.core import engine
 from mesh_canary.core.durations import format_duration
 from mesh_canary.core.engine import Command, Phase, RolloutState
@@ -86,7 +87,7 @@ from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import PolicyError, Problem, load_policy, resource_document
 from mesh_canary.core.verdicts import Judge
 from mesh_canary.core.weights import ALL_STABLE
-from mesh_canary.redact import redact, redact_url, register_secret
+from mesh_canary.redact import redact, redact_url, redact_value, register_secret
 from mesh_canary.runner import RolloutRunner
 
 log = logging.getLogger("mesh_canary.controller")
@@ -365,12 +366,36 @@ def describe_error(e: BaseException) -> str:
     if isinstance(e, ApiException):
         # str(ApiException) carries the response headers and body.
         return f"the Kubernetes API answered HTTP {e.status} ({e.reason})"
-    cause = e.__cause__ or e.__context__
     text = str(e)
-    if isinstance(cause, ApiException) and cause.body and str(cause.body) in text:
-        text = text.replace(str(cause.body), "(response body not shown)")
+    seen: set[int] = set()
+    cause = e.__cause__ or e.__context__
+    while cause is not None and id(cause) not in seen:
+        # Our own errors may quote an API error's body (a proxy's HTML page, a webhook's text).
+        seen.add(id(cause))
+        body = cause.body if isinstance(cause, ApiException) else None
+        if body:
+            shown = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
+            if shown.strip():
+                text = text.replace(shown.strip(), "(response body not shown)")
+        cause = cause.__cause__ or cause.__context__
     line = redact(text.strip().splitlines()[0] if text.strip() else type(e).__name__)
     return line if len(line) <= 300 else line[:297] + "..."
+
+
+class _RedactingNotifier:
+    """Every announcement of a rollout (Events, webhooks, the log) without a secret in it."""
+
+    def __init__(self, inner: Notifier) -> None:
+        self.inner = inner
+
+    def notify(self, announcement: Announcement) -> None:
+        self.inner.notify(
+            dataclasses.replace(
+                announcement,
+                message=redact(announcement.message),
+                details=redact_value(announcement.details),
+            )
+        )
 
 
 # --------------------------------------------------------------------------- one rollout
@@ -1104,7 +1129,9 @@ class Controller:
         store.policy = target
         if spec_valid:
             store.applied_spec = copy.deepcopy(dict(obj.get("spec") or {}))
-        runner = RolloutRunner(target, router, metrics, store, h.notifier, self.clock, judge=self.judge)
+        runner = RolloutRunner(
+            target, router, metrics, store, _RedactingNotifier(h.notifier), self.clock, judge=self.judge
+        )
         try:
             state = runner.start_or_resume()
         except BaseException:
