@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -728,7 +729,13 @@ def rollout_history(
 
 
 @main.command()
-@click.option("--namespace", help="Watch one namespace (default: every namespace).")
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    metavar="NS",
+    help="Watch this namespace (repeat or comma-separate for several; default: every namespace).",
+)
 @click.option(
     "--leader-elect", is_flag=True, help="Reconcile only while holding the Lease (for replicas > 1)."
 )
@@ -789,7 +796,7 @@ def rollout_history(
 @click.option("--context", "kube_context", help="kubeconfig context.")
 @friendly_errors
 def controller(
-    namespace: str | None,
+    namespaces: tuple[str, ...],
     leader_elect: bool,
     lease_namespace: str | None,
     metrics_addr: str,
@@ -817,6 +824,9 @@ def controller(
         slow_s, stuck_s = parse_duration(slow_after), parse_duration(stuck_after)
     except ValueError as e:
         raise BadInput(str(e)) from e
+    for ns in (n.strip() for group in namespaces for n in group.split(",")):
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", ns):
+            raise BadInput(f"--namespace {ns!r} is not a Kubernetes namespace name")
     if not 0 < slow_s < stuck_s:
         raise BadInput(f"--slow-after ({slow_after}) must be above 0 and below --stuck-after ({stuck_after})")
     if max_workers is not None and max_workers < workers:
@@ -824,7 +834,7 @@ def controller(
     api = api_client(kubeconfig, kube_context)
     Controller(
         api,
-        namespace=namespace,
+        namespace=namespaces or None,
         prometheus_url=prometheus_url,
         allowed_metrics_addresses=allowed_metrics,
         allow_cross_namespace=allow_cross_namespace,

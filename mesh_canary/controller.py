@@ -480,7 +480,7 @@ class Controller:
         self,
         api_client: kubernetes.client.ApiClient,
         *,
-        namespace: str | None = None,
+        namespace: str | Sequence[str] | None = None,
         backend: BackendFactory | None = None,
         prometheus_url: str | None = None,
         judge: Judge | None = None,
@@ -505,7 +505,12 @@ class Controller:
         request_timeout_s: float = 10.0,
     ) -> None:
         self.api = api_client
-        self.namespace = namespace
+        # One namespace, several (a namespaced install: a Role in each), or None: all of them.
+        names = [namespace] if isinstance(namespace, str) else list(namespace or [])
+        self.namespaces: list[str] = list(
+            dict.fromkeys(n.strip() for ns in names for n in ns.split(",") if n.strip())
+        )
+        self.namespace = self.namespaces[0] if self.namespaces else None
         self.backend = backend or self._istio_backend
         self.prometheus_url = prometheus_url
         self.judge = judge
@@ -534,6 +539,7 @@ class Controller:
         self.metrics = ControllerMetrics()
         self.handlers: dict[Key, RolloutHandler] = {}
         self.synced = threading.Event()
+        self._synced_namespaces: set[str | None] = set()
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, int, Key]] = []
@@ -543,14 +549,14 @@ class Controller:
         self._leading = not leader_elect
         self._inflight: dict[int, _InFlight] = {}  # by id(handler): reconciles running now (_cond)
         self._threads: list[threading.Thread] = []
-        self._watch: Any = None  # the kubernetes.watch.Watch streaming now
+        self._watches: dict[str | None, Any] = {}  # the kubernetes.watch.Watch streaming now, per namespace
         self._health = _HealthServer(self, metrics_addr, bind_address) if metrics_addr else None
         self._elector: LeaderElector | None = None
         if leader_elect:
             self._elector = LeaderElector(
                 api_client,
                 lease_name,
-                lease_namespace or namespace or os.environ.get("POD_NAMESPACE") or "default",
+                lease_namespace or os.environ.get("POD_NAMESPACE") or self.namespace or "default",
                 self.identity,
                 self._started_leading,
                 self._stopped_leading,
@@ -572,9 +578,10 @@ class Controller:
 
     def start(self) -> Controller:
         targets: list[tuple[str, Callable[[], None]]] = [
-            ("informer", self._informer_loop),
-            ("scheduler", self._scheduler_loop),
+            (f"informer {ns or '*'}", functools.partial(self._informer_loop, ns))
+            for ns in ([*self.namespaces] if self.namespaces else [None])
         ]
+        targets.append(("scheduler", self._scheduler_loop))
         if self._elector is not None:
             elector = self._elector
             targets.append(("leader-election", lambda: elector.run(self._stopping)))
@@ -587,7 +594,7 @@ class Controller:
         log.info(
             "controller started",
             extra={
-                "namespace": self.namespace or "*",
+                "namespace": ",".join(self.namespaces) or "*",
                 "leaderElect": self.leader_elect,
                 "identity": self.identity,
             },
@@ -602,8 +609,8 @@ class Controller:
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
-        if self._watch is not None:
-            self._watch.stop()
+        for w in list(self._watches.values()):
+            w.stop()
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while self._inflight and time.monotonic() < deadline:
@@ -700,19 +707,19 @@ class Controller:
 
     # -- informer ----------------------------------------------------------------------
 
-    def _list_fn(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        if self.namespace:
-            return self._custom.list_namespaced_custom_object, (GROUP, VERSION, self.namespace, PLURAL)
+    def _list_fn(self, namespace: str | None) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        if namespace:
+            return self._custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL)
         return self._custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL)
 
-    def _informer_loop(self) -> None:
+    def _informer_loop(self, namespace: str | None = None) -> None:
         backoff = 0.5
         while not self._stopping.is_set():
             try:
-                rv = self._relist()
+                rv = self._relist(namespace)
                 backoff = 0.5
                 while not self._stopping.is_set():
-                    rv = self._watch_from(rv)
+                    rv = self._watch_from(rv, namespace)
             except ApiException as e:
                 if e.status == 410:
                     log.info("watch expired (410 Gone): listing again")
@@ -727,8 +734,8 @@ class Controller:
             self._stopping.wait(backoff)
             backoff = min(backoff * 2, 30.0)
 
-    def _relist(self) -> str:
-        fn, args = self._list_fn()
+    def _relist(self, namespace: str | None = None) -> str:
+        fn, args = self._list_fn(namespace)
         result: Any = fn(*args, _request_timeout=self.request_timeout_s)
         items = [i for i in result.get("items", []) if isinstance(i, dict)]
         seen: set[Key] = set()
@@ -737,16 +744,23 @@ class Controller:
             obj.setdefault("kind", KIND)
             seen.add(self._upsert(obj))
         with self._cond:
-            gone = [h for k, h in self.handlers.items() if k not in seen and not h.deleted]
+            gone = [
+                h
+                for k, h in self.handlers.items()
+                if k not in seen and not h.deleted and (namespace is None or k[0] == namespace)
+            ]
         for h in gone:
             self._deleted(h.obj)
-        self.synced.set()
+        with self._cond:
+            self._synced_namespaces.add(namespace)
+            if len(self._synced_namespaces) >= max(len(self.namespaces), 1):
+                self.synced.set()
         return str((result.get("metadata") or {}).get("resourceVersion") or "")
 
-    def _watch_from(self, rv: str) -> str:
-        fn, args = self._list_fn()
+    def _watch_from(self, rv: str, namespace: str | None = None) -> str:
+        fn, args = self._list_fn(namespace)
         w: Any = _watch_module().Watch()
-        self._watch = w
+        self._watches[namespace] = w
         kwargs: dict[str, Any] = {
             "timeout_seconds": self.watch_timeout_s,
             "allow_watch_bookmarks": True,
