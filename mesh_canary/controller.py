@@ -326,7 +326,8 @@ class MetricsAddress:
                 f"metrics address {redact_url(url)!r} is not an http(s) URL with a host and no query string"
             )
         parts = urlsplit(url.strip())
-        register_secret(parts.password)  # never in a log, status, Event or payload
+        # Never in a log, status, Event or payload (a token alone sits where the user would).
+        register_secret(parts.password if parts.password is not None else parts.username)
         return cls(url.strip().rstrip("/"), key)
 
     def __str__(self) -> str:

@@ -28,10 +28,12 @@ from typing import Any
 import httpx
 import kubernetes.client
 import pytest
+from click.testing import CliRunner
 
 from mesh_canary.adapters.istio import IstioRouter
 from mesh_canary.adapters.kube_status import condition
-from mesh_canary.controller import Controller
+from mesh_canary.cli import main as cli_main
+from mesh_canary.controller import Controller, MetricsAddress, address_key, parse_addr
 from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.localmesh.prometheus import free_port
@@ -616,3 +618,51 @@ def test_probes_bind_loopback_unless_told_otherwise(cluster: Cluster, tmp_path: 
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.mark.fault(item=12)
+def test_the_bind_address_is_loopback_unless_given() -> None:
+    assert parse_addr(":8080") == ("127.0.0.1", 8080)
+    assert parse_addr(":8080", "0.0.0.0") == ("0.0.0.0", 8080)
+    assert parse_addr("10.0.0.7:9000", "0.0.0.0") == ("10.0.0.7", 9000)
+    assert parse_addr("[::1]:8080") == ("::1", 8080)
+    for bad in ("8080", ":http", ":70000"):
+        with pytest.raises(ValueError, match="--metrics-addr"):
+            parse_addr(bad)
+
+
+@pytest.mark.fault(item=10)
+def test_metrics_addresses_match_on_scheme_host_port_and_path_only() -> None:
+    assert address_key("HTTP://Prom.example:80/") == address_key("http://prom.example") is not None
+    assert address_key("http://reader:pw@prom:9090/base/") == address_key("http://prom:9090/base")
+    assert address_key("https://prom") != address_key("http://prom")
+    assert address_key("http://prom:9090/other") != address_key("http://prom:9090")
+    for bad in (
+        "http://prom:9090/?x=",
+        "http://prom:9090/#f",
+        "ftp://prom",
+        "prom:9090",
+        "http://:9090",
+        "http://p:x",
+    ):
+        assert address_key(bad) is None, bad
+    configured = MetricsAddress.parse(f"https://reader:{TOKEN}-m@prom.example:9443")
+    assert TOKEN not in str(configured) and configured.url.endswith("@prom.example:9443")
+
+
+@pytest.mark.fault(item=10)
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--allow-metrics-address", "http://prom:9090/api/v1/query?x="], "not an http(s) URL"),
+        (["--prometheus", "file:///etc/passwd"], "not an http(s) URL"),
+        (["--namespace", "models,Other_Team"], "not a Kubernetes namespace"),
+        (["--slow-after", "10m"], "--slow-after"),
+        (["--workers", "8", "--max-workers", "2"], "--max-workers"),
+        (["--metrics-addr", "8080"], "--metrics-addr"),
+    ],
+)
+def test_bad_controller_options_are_exit_2_with_one_sentence(args: list[str], says: str) -> None:
+    result = CliRunner().invoke(cli_main, ["controller", *args])
+    assert result.exit_code == 2, result.output
+    assert says in result.output and "Traceback" not in result.output
