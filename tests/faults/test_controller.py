@@ -344,7 +344,6 @@ def test_a_wedged_reconcile_fails_livez_and_does_not_hold_the_only_worker(cluste
 
     for name in ("wedged", "healthy"):
         cluster.add_vs(name)
-    cluster.add_rollout(model_rollout("wedged"))
     ctl = Controller(
         cluster.client,
         namespace=NS,
@@ -359,9 +358,10 @@ def test_a_wedged_reconcile_fails_livez_and_does_not_hold_the_only_worker(cluste
     try:
         ctl.start()
         livez = f"http://127.0.0.1:{ctl.metrics_port}/livez"
+        wait_for("/livez 200 while nothing is stuck", lambda: httpx.get(livez, timeout=5).status_code == 200)
+        cluster.add_rollout(model_rollout("wedged"))
         wait_for("the wedged read", lambda: wedged.reads >= 1)
         wedged_at = time.monotonic()
-        assert httpx.get(livez, timeout=5).status_code == 200
         # The only worker is inside the wedged read: the other rollout still runs to the end.
         cluster.add_rollout(model_rollout("healthy"))
         wait_for("the healthy rollout promoted", phase_is(cluster, "healthy", "Succeeded"), 60)
@@ -394,7 +394,11 @@ def test_a_rollout_naming_another_namespaces_virtual_service_changes_nothing_the
         model_rollout("hijack", virtualService={"name": "payments", "namespace": "other-team"})
     )
     with running(Controller(cluster.client, namespace=NS, watch_timeout_s=5, error_retry_s=0.5)):
+        started = time.monotonic()
         valid = wait_for("PolicyValid=False", policy_valid_false(cluster, "hijack"))
+        print(
+            f"\nitem 9: refused (PolicyValid=False) {time.monotonic() - started:.1f}s after start; nothing written"
+        )
         wait_for("the InvalidPolicy Event", lambda: "InvalidPolicy" in cluster.event_reasons("hijack"))
         time.sleep(2.0)  # a couple of intervals: still nothing may happen
     assert "spec.virtualService.namespace" in valid["message"] and "other-team" in valid["message"]
@@ -445,12 +449,14 @@ def test_a_metrics_address_the_controller_was_not_given_is_rejected_and_never_co
         # A `?` that would swallow the API path of the allowed Prometheus itself.
         cluster.add_rollout(model_rollout("swallow", metrics={"address": f"{allowed_url}/x?y="}))
         with running(Controller(cluster.client, namespace=NS, prometheus_url=allowed_url, watch_timeout_s=5)):
+            started = time.monotonic()
             for name in ("ssrf", "swallow"):
                 valid = wait_for(f"PolicyValid=False on {name}", policy_valid_false(cluster, name))
                 assert "spec.metrics.address" in valid["message"] and "not a Prometheus" in valid["message"]
                 wait_for(
                     "the InvalidPolicy Event", lambda n=name: "InvalidPolicy" in cluster.event_reasons(n)
                 )
+            print(f"\nitem 10: both refused {time.monotonic() - started:.1f}s after start; never contacted")
             time.sleep(2.0)  # a couple of intervals: still nobody may be contacted
     assert probe.hits == 0 and allowed.hits == 0
     assert cluster.vs_history("ssrf") == [[100, 0]] and cluster.vs_history("swallow") == [[100, 0]]
@@ -559,7 +565,9 @@ def test_a_token_in_a_webhook_secret_and_a_metrics_url_appears_nowhere(
                 ),
                 30,
             )
+            ready_at = time.monotonic()
             wait_for("the rollback", phase_is(cluster, "fraud-scorer", "RolledBack"), 60)
+            print(f"\nitem 11: rolled back {time.monotonic() - ready_at:.1f}s after the controller was ready")
             wait_for(
                 "the RolledBack webhook",
                 lambda: any(b"RolledBack" in body for _, _, _, body in hook.requests),
