@@ -644,7 +644,8 @@ class Controller:
                         "a controller thread died; exiting so that the Deployment restarts it"
                     )
         finally:
-            self.stop()
+            # Inside the pod's 30 s grace period, even with a wedged reconcile in flight.
+            self.stop(timeout_s=20.0)
 
     def __enter__(self) -> Controller:
         return self.start()
