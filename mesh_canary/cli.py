@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -731,21 +732,66 @@ def rollout_history(
 
 
 @main.command()
-@click.option("--namespace", help="Watch one namespace (default: every namespace).")
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    metavar="NS",
+    help="Watch this namespace (repeat or comma-separate for several; default: every namespace).",
+)
 @click.option(
     "--leader-elect", is_flag=True, help="Reconcile only while holding the Lease (for replicas > 1)."
 )
 @click.option("--lease-namespace", help="Namespace of the Lease (default: $POD_NAMESPACE, else --namespace).")
 @click.option(
-    "--metrics-addr", default=":8080", show_default=True, help="Serve /livez, /readyz, /metrics here."
+    "--metrics-addr",
+    default=":8080",
+    show_default=True,
+    help="Serve /livez, /readyz, /metrics here (HOST:PORT, or :PORT on --bind-address).",
+)
+@click.option(
+    "--bind-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface for a --metrics-addr without a host (0.0.0.0: every interface, as a pod's probes need).",
 )
 @click.option(
     "--prometheus",
     "prometheus_url",
-    help="Prometheus URL for every rollout (overrides spec.metrics.address).",
+    help="Prometheus URL for rollouts whose spec names none (default http://prometheus.istio-system:9090); "
+    "the only one allowed unless --allow-metrics-address adds more.",
+)
+@click.option(
+    "--allow-metrics-address",
+    "allowed_metrics",
+    multiple=True,
+    metavar="URL",
+    help="A Prometheus that spec.metrics.address may name (repeat; default: only --prometheus).",
+)
+@click.option(
+    "--allow-cross-namespace",
+    is_flag=True,
+    help="Let a ModelRollout move a VirtualService in another namespace (off: only its own).",
 )
 @click.option(
     "--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Rollouts analysed at once."
+)
+@click.option(
+    "--max-workers",
+    type=click.IntRange(min=1),
+    help="Threads in all, counting slow reconciles that no longer hold a worker (default 4 x --workers).",
+)
+@click.option(
+    "--slow-after",
+    default="5s",
+    show_default=True,
+    help="A reconcile running this long stops holding a worker, so others are not starved.",
+)
+@click.option(
+    "--stuck-after",
+    default="5m",
+    show_default=True,
+    help="A reconcile running this long is wedged: /livez fails, so Kubernetes restarts the controller.",
 )
 @click.option(
     "--kubeconfig", type=click.Path(), help="kubeconfig file (default: in-cluster service account)."
@@ -753,31 +799,54 @@ def rollout_history(
 @click.option("--context", "kube_context", help="kubeconfig context.")
 @friendly_errors
 def controller(
-    namespace: str | None,
+    namespaces: tuple[str, ...],
     leader_elect: bool,
     lease_namespace: str | None,
     metrics_addr: str,
+    bind_address: str,
     prometheus_url: str | None,
+    allowed_metrics: tuple[str, ...],
+    allow_cross_namespace: bool,
     workers: int,
+    max_workers: int | None,
+    slow_after: str,
+    stuck_after: str,
     kubeconfig: str | None,
     kube_context: str | None,
 ) -> None:
     """The long-running in-cluster controller: reconciles every ModelRollout (stop: SIGTERM)."""
-    from mesh_canary.controller import Controller, parse_addr
+    from mesh_canary.controller import Controller, MetricsAddress, parse_addr
 
     debug = bool(click.get_current_context().find_root().params.get("debug"))
     setup_logging(logging.DEBUG if debug else logging.INFO, json_lines=True)
     try:
-        parse_addr(metrics_addr)
+        parse_addr(metrics_addr, bind_address)
+        for url in (prometheus_url, *allowed_metrics):
+            if url is not None:
+                MetricsAddress.parse(url)  # also registers its password as a secret
+        slow_s, stuck_s = parse_duration(slow_after), parse_duration(stuck_after)
     except ValueError as e:
         raise BadInput(str(e)) from e
+    for ns in (n.strip() for group in namespaces for n in group.split(",")):
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", ns):
+            raise BadInput(f"--namespace {ns!r} is not a Kubernetes namespace name")
+    if not 0 < slow_s < stuck_s:
+        raise BadInput(f"--slow-after ({slow_after}) must be above 0 and below --stuck-after ({stuck_after})")
+    if max_workers is not None and max_workers < workers:
+        raise BadInput(f"--max-workers ({max_workers}) must be at least --workers ({workers})")
     api = api_client(kubeconfig, kube_context)
     Controller(
         api,
-        namespace=namespace,
+        namespace=namespaces or None,
         prometheus_url=prometheus_url,
+        allowed_metrics_addresses=allowed_metrics,
+        allow_cross_namespace=allow_cross_namespace,
         workers=workers,
+        max_workers=max_workers,
+        slow_after_s=slow_s,
+        stuck_after_s=stuck_s,
         metrics_addr=metrics_addr,
+        bind_address=bind_address,
         leader_elect=leader_elect,
         lease_namespace=lease_namespace,
     ).run()

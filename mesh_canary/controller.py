@@ -6,9 +6,10 @@ its own ``analysis.interval``, many at once:
 - an informer thread lists the resources, then watches from the list's
   resourceVersion (re-listing on 410 Gone, reconnecting with backoff on errors) and keeps
   one `RolloutHandler` per resource;
-- a scheduler thread keeps a heap of next-due times and hands due rollouts to a small
-  worker pool, never two ticks of one rollout at once, so one slow Prometheus holds one
-  worker and no other rollout;
+- a scheduler thread keeps a heap of next-due times and hands due rollouts to
+  ``workers`` worker threads, never two ticks of one rollout at once; a reconcile that has
+  run ``slow_after_s`` stops holding its worker (up to ``max_workers`` threads), so slow
+  rollouts cannot starve the others, and one running ``stuck_after_s`` fails ``/livez``;
 - each handler drives a `RolloutRunner` (the same driver as `mesh-canary run`) with the
   Istio router, the Prometheus metrics source, the status store and a notifier fanning
   out to Kubernetes Events, the log and the policy's webhooks; the state is saved in the
@@ -22,13 +23,16 @@ its own ``analysis.interval``, many at once:
 People's orders arrive as annotations on the resource (see `kube_status.COMMAND_ANNOTATIONS`).
 A changed spec restarts the rollout (traffic goes back to stable first); a deleted
 ModelRollout leaves its traffic on stable (a finalizer holds the deletion until it does);
-an invalid spec touches nothing and says why in the ``PolicyValid`` condition.
+an invalid spec touches nothing and says why in the ``PolicyValid`` condition. So does a
+spec naming a VirtualService in another namespace or a Prometheus the controller was not
+configured with (`_admit`): a spec never chooses where the controller writes or connects.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import heapq
 import importlib
@@ -40,12 +44,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
@@ -76,14 +79,15 @@ from mesh_canary.adapters.kube_status import (
     saved_state,
 )
 from mesh_canary.adapters.notifiers import BackgroundNotifier, notifier_for_policy
-from mesh_canary.adapters.protocols import Announcement, Clock, MetricsSource, TrafficRouter
+from mesh_canary.adapters.protocols import Announcement, Clock, MetricsSource, Notifier, TrafficRouter
 from mesh_canary.core import engine
 from mesh_canary.core.durations import format_duration
 from mesh_canary.core.engine import Command, Phase, RolloutState
 from mesh_canary.core.model import Policy
-from mesh_canary.core.policy import PolicyError, load_policy, resource_document
+from mesh_canary.core.policy import PolicyError, Problem, load_policy, resource_document
 from mesh_canary.core.verdicts import Judge
 from mesh_canary.core.weights import ALL_STABLE
+from mesh_canary.redact import redact, redact_url, redact_value, register_secret
 from mesh_canary.runner import RolloutRunner
 
 log = logging.getLogger("mesh_canary.controller")
@@ -93,6 +97,13 @@ BackendFactory = Callable[[Policy], tuple[TrafficRouter, MetricsSource]]
 
 PHASES = ("Pending", "Invalid", *(p.value for p in Phase))
 DEFAULT_LEASE_NAME = "mesh-canary-controller"
+# The policy's default spec.metrics.address: the one Prometheus allowed when nothing is configured.
+DEFAULT_METRICS_ADDRESS = "http://prometheus.istio-system:9090"
+# A reconcile is slow after this long (it stops holding a worker), stuck after this long
+# (/livez fails): far past every outside call's own total deadline (metrics.timeout, the
+# API request timeout, the runner's write deadline).
+DEFAULT_SLOW_AFTER_S = 5.0
+DEFAULT_STUCK_AFTER_S = 300.0
 
 
 class ControllerError(RuntimeError):
@@ -135,8 +146,16 @@ class ControllerMetrics:
         self.leader = Gauge(
             "mesh_canary_leader", "1 while this replica reconciles (holds the Lease).", registry=r
         )
+        self.in_flight = Gauge(
+            "mesh_canary_reconciles_in_flight",
+            "Reconciles running now: normal, slow (no longer holding a worker) or stuck (/livez fails).",
+            ["state"],
+            registry=r,
+        )
         for phase in PHASES:
             self.rollouts.labels(phase).set(0)
+        for state in ("normal", "slow", "stuck"):
+            self.in_flight.labels(state).set(0)
 
 
 # --------------------------------------------------------------------------- leader election
@@ -231,24 +250,31 @@ class LeaderElector:
 # --------------------------------------------------------------------------- probes and metrics endpoint
 
 
-def parse_addr(addr: str) -> tuple[str, int]:
-    """``:8080`` -> ("0.0.0.0", 8080); ``127.0.0.1:0`` -> ("127.0.0.1", 0)."""
+DEFAULT_BIND_ADDRESS = "127.0.0.1"
+
+
+def parse_addr(addr: str, bind_address: str = DEFAULT_BIND_ADDRESS) -> tuple[str, int]:
+    """``:8080`` -> (bind_address, 8080); ``127.0.0.1:0`` -> ("127.0.0.1", 0).
+
+    Loopback by default: the probes and metrics are not for the whole network unless the
+    operator says so (the Deployment passes ``--bind-address 0.0.0.0`` for the kubelet).
+    """
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"--metrics-addr {addr!r} is not HOST:PORT or :PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return host.strip("[]") or bind_address, int(port)
 
 
 class _HealthServer:
-    def __init__(self, controller: Controller, addr: str) -> None:
-        host, port = parse_addr(addr)
+    def __init__(self, controller: Controller, addr: str, bind_address: str = DEFAULT_BIND_ADDRESS) -> None:
+        host, port = parse_addr(addr, bind_address)
         ctl = controller
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = urlsplit(self.path).path
                 if path == "/livez":
-                    ok, text = ctl.alive(), "ok" if ctl.alive() else "a controller thread died"
+                    ok, text = ctl.liveness()
                     self._send(200 if ok else 503, text.encode(), "text/plain")
                 elif path == "/readyz":
                     ok, why = ctl.readiness()
@@ -282,7 +308,104 @@ class _HealthServer:
         self.server.server_close()
 
 
+# --------------------------------------------------------------------------- metrics addresses
+
+
+@dataclass(frozen=True)
+class MetricsAddress:
+    """One Prometheus the controller may query, from its own configuration (never from a spec)."""
+
+    url: str  # as configured, credentials included: what is queried
+    key: tuple[str, str, int, str]  # (scheme, host, port, path): what a spec's address is matched on
+
+    @classmethod
+    def parse(cls, url: str) -> MetricsAddress:
+        key = address_key(url)
+        if key is None:
+            raise ValueError(
+                f"metrics address {redact_url(url)!r} is not an http(s) URL with a host and no query string"
+            )
+        parts = urlsplit(url.strip())
+        # Never in a log, status, Event or payload (a token alone sits where the user would).
+        register_secret(parts.password if parts.password is not None else parts.username)
+        return cls(url.strip().rstrip("/"), key)
+
+    def __str__(self) -> str:
+        return redact_url(self.url)
+
+
+def address_key(url: str) -> tuple[str, str, int, str] | None:
+    """What identifies a Prometheus: scheme, host, port, path; None for anything else (a query string...)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        return None
+    if "?" in url or "#" in url:
+        return None
+    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80), parts.path.rstrip("/")
+
+
+def register_url_secrets(url: str) -> None:
+    """A webhook URL read from a Secret: the whole URL, its password, path and query values are secret."""
+    register_secret(url)
+    try:
+        parts = urlsplit(url)
+        register_secret(parts.password)
+        register_secret(parts.path.rstrip("/"))
+        for _, value in parse_qsl(parts.query):
+            register_secret(value)
+    except ValueError:
+        pass
+
+
+def describe_error(e: BaseException) -> str:
+    """One line for a status, an Event or a notification: never an HTTP response body."""
+    if isinstance(e, ApiException):
+        # str(ApiException) carries the response headers and body.
+        return f"the Kubernetes API answered HTTP {e.status} ({e.reason})"
+    text = str(e)
+    seen: set[int] = set()
+    cause = e.__cause__ or e.__context__
+    while cause is not None and id(cause) not in seen:
+        # Our own errors may quote an API error's body (a proxy's HTML page, a webhook's text).
+        seen.add(id(cause))
+        body = cause.body if isinstance(cause, ApiException) else None
+        if body:
+            shown = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
+            if shown.strip():
+                text = text.replace(shown.strip(), "(response body not shown)")
+        cause = cause.__cause__ or cause.__context__
+    line = redact(text.strip().splitlines()[0] if text.strip() else type(e).__name__)
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+class _RedactingNotifier:
+    """Every announcement of a rollout (Events, webhooks, the log) without a secret in it."""
+
+    def __init__(self, inner: Notifier) -> None:
+        self.inner = inner
+
+    def notify(self, announcement: Announcement) -> None:
+        self.inner.notify(
+            dataclasses.replace(
+                announcement,
+                message=redact(announcement.message),
+                details=redact_value(announcement.details),
+            )
+        )
+
+
 # --------------------------------------------------------------------------- one rollout
+
+
+@dataclass
+class _InFlight:
+    handler: RolloutHandler
+    started: float  # time.monotonic()
 
 
 @dataclass
@@ -324,6 +447,14 @@ def _command_values(obj: Mapping[str, Any]) -> dict[str, str]:
     return {word: str(ann[key]) for word, key in COMMAND_ANNOTATIONS.items() if key in ann}
 
 
+def _read_secret_url(client: Any, namespace: str, name: str, key: str) -> str | None:
+    """A webhook URL from a Secret, registered as secret before anything can print it."""
+    value = read_secret_key(client, namespace, name, key)
+    if value:
+        register_url_secrets(value)
+    return value
+
+
 def _policy_from_spec(obj: Mapping[str, Any] | None, spec: Any) -> Policy | None:
     if obj is None or not isinstance(spec, Mapping):
         return None
@@ -350,13 +481,19 @@ class Controller:
         self,
         api_client: kubernetes.client.ApiClient,
         *,
-        namespace: str | None = None,
+        namespace: str | Sequence[str] | None = None,
         backend: BackendFactory | None = None,
         prometheus_url: str | None = None,
         judge: Judge | None = None,
         clock: Clock | None = None,
         workers: int = 4,
+        max_workers: int | None = None,
+        slow_after_s: float = DEFAULT_SLOW_AFTER_S,
+        stuck_after_s: float = DEFAULT_STUCK_AFTER_S,
         metrics_addr: str | None = None,
+        bind_address: str = DEFAULT_BIND_ADDRESS,
+        allowed_metrics_addresses: Sequence[str] | None = None,
+        allow_cross_namespace: bool = False,
         leader_elect: bool = False,
         lease_name: str = DEFAULT_LEASE_NAME,
         lease_namespace: str | None = None,
@@ -369,12 +506,29 @@ class Controller:
         request_timeout_s: float = 10.0,
     ) -> None:
         self.api = api_client
-        self.namespace = namespace
+        # One namespace, several (a namespaced install: a Role in each), or None: all of them.
+        names = [namespace] if isinstance(namespace, str) else list(namespace or [])
+        self.namespaces: list[str] = list(
+            dict.fromkeys(n.strip() for ns in names for n in ns.split(",") if n.strip())
+        )
+        self.namespace = self.namespaces[0] if self.namespaces else None
         self.backend = backend or self._istio_backend
         self.prometheus_url = prometheus_url
         self.judge = judge
         self.clock: Clock = clock or SystemClock()
+        if workers < 1 or not 0 < slow_after_s < stuck_after_s:
+            raise ValueError("the controller needs workers >= 1 and 0 < slow-after < stuck-after")
         self.workers = workers
+        # Slow reconciles stop counting against `workers`, up to this many threads in all.
+        self.max_workers = max(max_workers if max_workers is not None else 4 * workers, workers)
+        self.slow_after_s = slow_after_s
+        self.stuck_after_s = stuck_after_s
+        self.allow_cross_namespace = allow_cross_namespace
+        # What spec.metrics.address may name: the controller's own configuration, never the spec's.
+        # --prometheus (else the policy's default address) first: it is also what a spec
+        # that names no address gets, unless only --allow-metrics-address entries were given.
+        configured = [*([prometheus_url] if prometheus_url else []), *(allowed_metrics_addresses or [])]
+        self.allowed_metrics = [MetricsAddress.parse(a) for a in configured or [DEFAULT_METRICS_ADDRESS]]
         self.leader_elect = leader_elect
         # Unique per process, like client-go's: a restarted container must not pass for the old one.
         self.identity = (
@@ -386,6 +540,7 @@ class Controller:
         self.metrics = ControllerMetrics()
         self.handlers: dict[Key, RolloutHandler] = {}
         self.synced = threading.Event()
+        self._synced_namespaces: set[str | None] = set()
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, int, Key]] = []
@@ -393,16 +548,16 @@ class Controller:
         self._stopping = threading.Event()
         self._stop_requested = threading.Event()
         self._leading = not leader_elect
-        self._pool: ThreadPoolExecutor | None = None
+        self._inflight: dict[int, _InFlight] = {}  # by id(handler): reconciles running now (_cond)
         self._threads: list[threading.Thread] = []
-        self._watch: Any = None  # the kubernetes.watch.Watch streaming now
-        self._health = _HealthServer(self, metrics_addr) if metrics_addr else None
+        self._watches: dict[str | None, Any] = {}  # the kubernetes.watch.Watch streaming now, per namespace
+        self._health = _HealthServer(self, metrics_addr, bind_address) if metrics_addr else None
         self._elector: LeaderElector | None = None
         if leader_elect:
             self._elector = LeaderElector(
                 api_client,
                 lease_name,
-                lease_namespace or namespace or os.environ.get("POD_NAMESPACE") or "default",
+                lease_namespace or os.environ.get("POD_NAMESPACE") or self.namespace or "default",
                 self.identity,
                 self._started_leading,
                 self._stopped_leading,
@@ -423,11 +578,11 @@ class Controller:
         return self._leading
 
     def start(self) -> Controller:
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rollout")
         targets: list[tuple[str, Callable[[], None]]] = [
-            ("informer", self._informer_loop),
-            ("scheduler", self._scheduler_loop),
+            (f"informer {ns or '*'}", functools.partial(self._informer_loop, ns))
+            for ns in ([*self.namespaces] if self.namespaces else [None])
         ]
+        targets.append(("scheduler", self._scheduler_loop))
         if self._elector is not None:
             elector = self._elector
             targets.append(("leader-election", lambda: elector.run(self._stopping)))
@@ -440,7 +595,7 @@ class Controller:
         log.info(
             "controller started",
             extra={
-                "namespace": self.namespace or "*",
+                "namespace": ",".join(self.namespaces) or "*",
                 "leaderElect": self.leader_elect,
                 "identity": self.identity,
             },
@@ -455,11 +610,16 @@ class Controller:
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
-        if self._watch is not None:
-            self._watch.stop()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        for w in list(self._watches.values()):
+            w.stop()
         deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._inflight and time.monotonic() < deadline:
+                self._cond.wait(min(deadline - time.monotonic(), 0.5))
+            left = sorted(f.handler.ref for f in self._inflight.values())
+        if left:
+            # Daemon threads: a reconcile stuck on an outside call cannot keep the process alive.
+            log.warning("controller stopping with reconciles still in flight: %s", ", ".join(left))
         for t in self._threads:
             t.join(max(deadline - time.monotonic(), 0.1))
         for h in list(self.handlers.values()):
@@ -484,7 +644,8 @@ class Controller:
                         "a controller thread died; exiting so that the Deployment restarts it"
                     )
         finally:
-            self.stop()
+            # Inside the pod's 30 s grace period, even with a wedged reconcile in flight.
+            self.stop(timeout_s=20.0)
 
     def __enter__(self) -> Controller:
         return self.start()
@@ -494,6 +655,26 @@ class Controller:
 
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads) or self._stopping.is_set()
+
+    def stuck(self) -> list[tuple[str, float]]:
+        """Reconciles running longer than ``stuck_after_s`` (far past every outside call's deadline)."""
+        now = time.monotonic()
+        with self._cond:
+            running = [(f.handler.ref, now - f.started) for f in self._inflight.values()]
+        return sorted((ref, age) for ref, age in running if age >= self.stuck_after_s)
+
+    def liveness(self) -> tuple[bool, str]:
+        """`/livez`: a dead thread or a wedged reconcile fails it, so that Kubernetes restarts us."""
+        if not self.alive():
+            return False, "a controller thread died"
+        stuck = self.stuck()
+        if stuck:
+            ref, age = stuck[0]
+            return False, (
+                f"{len(stuck)} reconcile(s) stuck, e.g. {ref} for {age:.0f}s "
+                f"(limit {format_duration(self.stuck_after_s)})"
+            )
+        return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:
         if not self.synced.is_set():
@@ -516,8 +697,10 @@ class Controller:
         with self._cond:
             self._leading = False
             self.metrics.leader.set(0)
-            # In-flight ticks finish; no new one starts (the scheduler checks `_leading`).
-            while any(h.running for h in self.handlers.values()):
+            # In-flight ticks finish; no new one starts (the scheduler checks `_leading`). Not
+            # forever: a wedged one is what /livez reports, and it must not hold this thread.
+            deadline = time.monotonic() + self.stuck_after_s
+            while any(h.running for h in self.handlers.values()) and time.monotonic() < deadline:
                 self._cond.wait(0.2)
             handlers = list(self.handlers.values())
         for h in handlers:
@@ -526,19 +709,19 @@ class Controller:
 
     # -- informer ----------------------------------------------------------------------
 
-    def _list_fn(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        if self.namespace:
-            return self._custom.list_namespaced_custom_object, (GROUP, VERSION, self.namespace, PLURAL)
+    def _list_fn(self, namespace: str | None) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        if namespace:
+            return self._custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL)
         return self._custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL)
 
-    def _informer_loop(self) -> None:
+    def _informer_loop(self, namespace: str | None = None) -> None:
         backoff = 0.5
         while not self._stopping.is_set():
             try:
-                rv = self._relist()
+                rv = self._relist(namespace)
                 backoff = 0.5
                 while not self._stopping.is_set():
-                    rv = self._watch_from(rv)
+                    rv = self._watch_from(rv, namespace)
             except ApiException as e:
                 if e.status == 410:
                     log.info("watch expired (410 Gone): listing again")
@@ -553,8 +736,8 @@ class Controller:
             self._stopping.wait(backoff)
             backoff = min(backoff * 2, 30.0)
 
-    def _relist(self) -> str:
-        fn, args = self._list_fn()
+    def _relist(self, namespace: str | None = None) -> str:
+        fn, args = self._list_fn(namespace)
         result: Any = fn(*args, _request_timeout=self.request_timeout_s)
         items = [i for i in result.get("items", []) if isinstance(i, dict)]
         seen: set[Key] = set()
@@ -563,16 +746,23 @@ class Controller:
             obj.setdefault("kind", KIND)
             seen.add(self._upsert(obj))
         with self._cond:
-            gone = [h for k, h in self.handlers.items() if k not in seen and not h.deleted]
+            gone = [
+                h
+                for k, h in self.handlers.items()
+                if k not in seen and not h.deleted and (namespace is None or k[0] == namespace)
+            ]
         for h in gone:
             self._deleted(h.obj)
-        self.synced.set()
+        with self._cond:
+            self._synced_namespaces.add(namespace)
+            if len(self._synced_namespaces) >= max(len(self.namespaces), 1):
+                self.synced.set()
         return str((result.get("metadata") or {}).get("resourceVersion") or "")
 
-    def _watch_from(self, rv: str) -> str:
-        fn, args = self._list_fn()
+    def _watch_from(self, rv: str, namespace: str | None = None) -> str:
+        fn, args = self._list_fn(namespace)
         w: Any = _watch_module().Watch()
-        self._watch = w
+        self._watches[namespace] = w
         kwargs: dict[str, Any] = {
             "timeout_seconds": self.watch_timeout_s,
             "allow_watch_bookmarks": True,
@@ -647,6 +837,22 @@ class Controller:
         else:
             self._schedule_locked(h, self.clock.now())
 
+    def _free_worker_locked(self, mono: float) -> float | None:
+        """0 if a due rollout may start now; else seconds until a busy worker turns slow (None: never).
+
+        ``workers`` reconciles run at once; one that has run ``slow_after_s`` (a stuck outside
+        call) stops counting, so slow rollouts cannot hold every worker: a due rollout waits
+        behind another rollout's slow reconcile at most ``slow_after_s``. ``max_workers``
+        caps the threads in all (then /livez reports the stuck ones).
+        """
+        if len(self._inflight) >= self.max_workers:
+            return None
+        ages = [mono - f.started for f in self._inflight.values()]
+        busy = [age for age in ages if age < self.slow_after_s]
+        if len(busy) < self.workers:
+            return 0.0
+        return self.slow_after_s - max(busy)
+
     def _scheduler_loop(self) -> None:
         with self._cond:
             while not self._stopping.is_set():
@@ -654,20 +860,30 @@ class Controller:
                     self._cond.wait(0.5)
                     continue
                 now = self.clock.now()
+                wait = 1.0
                 while self._heap and self._heap[0][0] <= now:
+                    free_in = self._free_worker_locked(time.monotonic())
+                    if free_in != 0.0:
+                        # Due but no worker: wake when one turns slow, or when one finishes.
+                        wait = min(wait, free_in) if free_in is not None else wait
+                        break
                     _, _, token, key = heapq.heappop(self._heap)
                     h = self.handlers.get(key)
                     if h is None or h.removed or token != h.token:
                         continue
-                    h.running, h.due = True, None
-                    assert self._pool is not None
-                    try:
-                        self._pool.submit(self._work, h)
-                    except RuntimeError:  # the pool is shutting down
-                        h.running = False
-                        return
-                wait = min(self._heap[0][0] - now, 1.0) if self._heap else 1.0
-                self._cond.wait(max(wait, 0.0))
+                    self._dispatch_locked(h)
+                else:
+                    if self._heap:
+                        wait = min(self._heap[0][0] - now, 1.0)
+                self._cond.wait(max(wait, 0.01))
+
+    def _dispatch_locked(self, h: RolloutHandler) -> None:
+        h.running, h.due = True, None
+        # A daemon thread per reconcile, counted in `_inflight`: one stuck on an outside call
+        # can neither hold a pool slot forever nor keep a stopping process alive.
+        thread = threading.Thread(target=self._work, args=(h,), name=f"rollout {h.ref}", daemon=True)
+        self._inflight[id(h)] = _InFlight(h, time.monotonic())
+        thread.start()
 
     def _work(self, h: RolloutHandler) -> None:
         started = time.monotonic()
@@ -686,7 +902,9 @@ class Controller:
                 self.error_retry_s,
                 extra={"rollout": h.key[1], "namespace": h.key[0]},
             )
-            message = f"reconcile failed (retrying in {format_duration(self.error_retry_s)}): {e}"
+            message = (
+                f"reconcile failed (retrying in {format_duration(self.error_retry_s)}): {describe_error(e)}"
+            )
             if message != h.last_error:
                 h.last_error = message
                 self._announce(h, "ReconcileError", message, "warning")
@@ -695,6 +913,7 @@ class Controller:
             self.metrics.reconcile.observe(time.monotonic() - started)
             with self._cond:
                 h.running = False
+                self._inflight.pop(id(h), None)
                 if not h.removed and self._leading and not self._stopping.is_set():
                     if h.rerun:
                         h.rerun = False
@@ -730,6 +949,14 @@ class Controller:
             counts[h.phase] = counts.get(h.phase, 0) + 1
         for phase, n in counts.items():
             self.metrics.rollouts.labels(phase).set(n)
+        now = time.monotonic()
+        with self._cond:
+            ages = [now - f.started for f in self._inflight.values()]
+        stuck = sum(age >= self.stuck_after_s for age in ages)
+        slow = sum(self.slow_after_s <= age < self.stuck_after_s for age in ages)
+        self.metrics.in_flight.labels("normal").set(len(ages) - slow - stuck)
+        self.metrics.in_flight.labels("slow").set(slow)
+        self.metrics.in_flight.labels("stuck").set(stuck)
 
     # -- reconcile one rollout -----------------------------------------------------------
 
@@ -753,9 +980,11 @@ class Controller:
         policy: Policy | None = None
         try:
             policy = load_policy(resource_document(obj))
+            self._admit(obj, policy)
             store.problems = []
         except PolicyError as e:
-            store.problems = [str(p) for p in e.problems]
+            policy = None
+            store.problems = [redact(str(p)) for p in e.problems]
             if h.invalid_reported != store.generation:
                 h.invalid_reported = store.generation
                 self._announce(
@@ -770,6 +999,8 @@ class Controller:
         target = policy
         if target is None:
             target = h.runner.policy if h.runner else _policy_from_spec(obj, store.status.get("appliedSpec"))
+            if target is not None and not self._routes_allowed(h, target):
+                target = None  # saved by an older, laxer controller: not ours to run on
             state = h.runner.state if h.runner else saved_state(store.status)
             if target is None or state is None or state.terminal:
                 h.phase = str(state.phase.value if state else "Invalid")
@@ -794,6 +1025,66 @@ class Controller:
         self._update(h, state)
         self._ensure_finalizer(h, present=not state.terminal)
         return None if state.terminal else state.next_tick_at(target)
+
+    def _admit(self, obj: Mapping[str, Any], policy: Policy) -> None:
+        """What this controller refuses to do for a spec that is otherwise valid (PolicyError).
+
+        A ModelRollout may only move the routes of its own namespace (unless the controller
+        was started with --allow-cross-namespace), and may only name a Prometheus the
+        controller itself was configured with: a spec must not be able to make the
+        controller write another team's VirtualService or send requests anywhere.
+        """
+        problems: list[Problem] = []
+        own = str(_meta(obj).get("namespace") or "")
+        vs_ns = policy.virtual_service.namespace
+        if vs_ns != own and not self.allow_cross_namespace:
+            problems.append(
+                Problem(
+                    "spec.virtualService.namespace",
+                    f"the VirtualService must be in this ModelRollout's namespace {own!r}, not {vs_ns!r}: "
+                    "this controller changes routes only in the rollout's own namespace "
+                    "(an operator can allow it with --allow-cross-namespace); nothing was changed",
+                )
+            )
+        spec = obj.get("spec")
+        metrics = spec.get("metrics") if isinstance(spec, Mapping) else None
+        named = metrics.get("address") if isinstance(metrics, Mapping) else None
+        if isinstance(named, str) and self._allowed_metrics(named) is None:
+            allowed = ", ".join(str(a) for a in self.allowed_metrics)
+            problems.append(
+                Problem(
+                    "spec.metrics.address",
+                    f"{redact_url(named)!r} is not a Prometheus this controller may query "
+                    f"(allowed: {allowed}; an operator adds one with --allow-metrics-address); "
+                    "it was not contacted and nothing was changed",
+                )
+            )
+        elif isinstance(named, str) and urlsplit(named.strip()).password is not None:
+            register_secret(urlsplit(named.strip()).password)
+            problems.append(
+                Problem(
+                    "spec.metrics.address",
+                    "must not carry credentials (everyone who can read the ModelRollout sees them): "
+                    "give them to the controller's --prometheus or --allow-metrics-address instead",
+                )
+            )
+        if problems:
+            raise PolicyError(problems)
+
+    def _routes_allowed(self, h: RolloutHandler, policy: Policy) -> bool:
+        return self.allow_cross_namespace or policy.virtual_service.namespace == h.key[0]
+
+    def _allowed_metrics(self, url: str) -> MetricsAddress | None:
+        key = address_key(url)
+        return next((a for a in self.allowed_metrics if a.key == key), None) if key else None
+
+    def metrics_url(self, policy: Policy) -> str:
+        """The Prometheus to query for ``policy``: the configured entry its address names, else the default."""
+        named = self._allowed_metrics(policy.metrics.address)
+        if named is not None:
+            return named.url
+        # The spec named no address (admission rejects any other): the controller's own.
+        return self.allowed_metrics[0].url
 
     def _update(self, h: RolloutHandler, state: RolloutState) -> None:
         h.phase = state.phase.value
@@ -849,12 +1140,14 @@ class Controller:
         h.notifier = notifier_for_policy(
             target.notifications,
             extra=[h.events] if h.events else [],
-            read_secret=functools.partial(read_secret_key, self.api, target.namespace),
+            read_secret=functools.partial(_read_secret_url, self.api, target.namespace),
         )
         store.policy = target
         if spec_valid:
             store.applied_spec = copy.deepcopy(dict(obj.get("spec") or {}))
-        runner = RolloutRunner(target, router, metrics, store, h.notifier, self.clock, judge=self.judge)
+        runner = RolloutRunner(
+            target, router, metrics, store, _RedactingNotifier(h.notifier), self.clock, judge=self.judge
+        )
         try:
             state = runner.start_or_resume()
         except BaseException:
@@ -906,6 +1199,15 @@ class Controller:
             log.warning(
                 "%s: no record of the spec of the rollout in progress; its weights were left as they are",
                 h.ref,
+            )
+            return False
+        if not self._routes_allowed(h, policy):
+            log.warning(
+                "%s: the rollout in progress names VirtualService %s/%s outside its namespace; "
+                "not touched (--allow-cross-namespace is off)",
+                h.ref,
+                policy.virtual_service.namespace,
+                policy.virtual_service.name,
             )
             return False
         router = (
@@ -961,6 +1263,7 @@ class Controller:
         h.fingerprint = ""
 
     def _announce(self, h: RolloutHandler, kind: str, message: str, severity: str = "info") -> None:
+        message = redact(message)
         a = Announcement(rollout=h.key[1], kind=kind, message=message, severity=severity)
         if h.notifier is not None:
             h.notifier.notify(a)
@@ -1035,7 +1338,7 @@ class Controller:
         from mesh_canary.adapters.istio import IstioRouter
         from mesh_canary.adapters.prometheus import PrometheusMetricsSource
 
-        return IstioRouter(policy, self.api), PrometheusMetricsSource(policy, url=self.prometheus_url)
+        return IstioRouter(policy, self.api), PrometheusMetricsSource(policy, url=self.metrics_url(policy))
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ the object endpoints itself, as kmock fallbacks:
   ``kubectl apply -f crd.yaml`` works;
 - ``Accept: application/json;as=Table`` answers a Table with the CRD's printer columns
   (what ``kubectl get`` prints);
-- Leases (coordination.k8s.io/v1), Events (core v1 and events.k8s.io/v1), Namespaces.
+- Leases (coordination.k8s.io/v1), Events (core v1 and events.k8s.io/v1), Namespaces, Secrets.
 
 Not emulated: authentication, admission webhooks, server-side apply, ``deletecollection``,
 garbage collection, CEL rules other than those Istio's CRDs use (see crd_schema.py).
@@ -244,6 +244,7 @@ class KubeApi(KubernetesScaffold):
             ("events.k8s.io/v1/events", "Event", True),
             ("coordination.k8s.io/v1/leases", "Lease", True),
             ("v1/namespaces", "Namespace", False),
+            ("v1/secrets", "Secret", True),  # a webhook URL from a Secret (urlFrom.secretKeyRef)
             ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False),
         ]:
             self.register(resource(res), Kind(kind, namespaced))

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from mesh_canary.adapters.vs_patch import RouteTargets, managed_route_indexes, read_weights
+from mesh_canary.cli import controller as controller_command
 from mesh_canary.core.policy import load_policy, validate_document
 from mesh_canary.core.weights import ALL_STABLE
 from mesh_canary.crd import render_crd
@@ -110,7 +111,16 @@ def test_controller_deployment(installed: dict[tuple[str, str], Any]) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     [container] = pod["containers"]
     assert container["image"] == "ghcr.io/mesh-canary/mesh-canary:0.1.0"
-    assert container["args"] == ["controller", "--leader-elect", "--metrics-addr", ":8080"]
+    # The probes and Prometheus reach the pod from outside: the loopback default is overridden, explicitly.
+    assert container["args"] == [
+        "controller",
+        "--leader-elect",
+        "--metrics-addr",
+        ":8080",
+        "--bind-address",
+        "0.0.0.0",
+    ]
+    controller_options(container["args"])  # options the CLI knows, values it accepts
     assert [p["containerPort"] for p in container["ports"]] == [8080]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
@@ -124,6 +134,64 @@ def test_controller_deployment(installed: dict[tuple[str, str], Any]) -> None:
     assert security["allowPrivilegeEscalation"] is False
     assert security["runAsNonRoot"] is True
     assert security["capabilities"]["drop"] == ["ALL"]
+
+
+def controller_options(args: list[str]) -> dict[str, Any]:
+    """What `mesh-canary ARGS` would run the controller with (click parses them; nothing starts)."""
+    assert args[0] == "controller"
+    ctx = controller_command.make_context("controller", list(args[1:]))
+    return dict(ctx.params)
+
+
+@pytest.fixture(scope="module")
+def namespaced() -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in kustomize(MANIFESTS / "namespaced")}
+
+
+def test_namespaced_install_grants_rights_only_in_the_watched_namespaces(
+    installed: dict[tuple[str, str], Any], namespaced: dict[tuple[str, str], Any]
+) -> None:
+    assert set(namespaced) == {
+        ("Namespace", SYSTEM_NS),
+        ("CustomResourceDefinition", "modelrollouts.mesh-canary.io"),
+        ("ServiceAccount", "mesh-canary-controller"),
+        ("Role", "mesh-canary-controller"),
+        ("RoleBinding", "mesh-canary-controller"),
+        ("Role", "mesh-canary-leader-election"),
+        ("RoleBinding", "mesh-canary-leader-election"),
+        ("Deployment", "mesh-canary-controller"),
+        ("Service", "mesh-canary-controller-metrics"),
+    }
+    assert not [k for k in namespaced if k[0].startswith("Cluster")]  # nothing cluster-wide
+    role = namespaced["Role", "mesh-canary-controller"]
+    binding = namespaced["RoleBinding", "mesh-canary-controller"]
+    # The same rights as the cluster-wide install, in the watched namespace only.
+    assert rule_set(role["rules"]) == rule_set(installed["ClusterRole", "mesh-canary-controller"]["rules"])
+    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"] == "models"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "mesh-canary-controller", "namespace": SYSTEM_NS}
+    ]
+    # The controller watches exactly the namespaces that have the Role.
+    [container] = namespaced["Deployment", "mesh-canary-controller"]["spec"]["template"]["spec"]["containers"]
+    options = controller_options(container["args"])
+    watched = {n for group in options["namespaces"] for n in group.split(",")}
+    roles = {d["metadata"]["namespace"] for (kind, _), d in namespaced.items() if kind == "Role"} - {
+        SYSTEM_NS
+    }
+    assert watched == roles == {"models"}
+    # The Lease stays in the controller's own namespace ($POD_NAMESPACE), where its Role is.
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert namespaced["Role", "mesh-canary-leader-election"]["metadata"]["namespace"] == SYSTEM_NS
+    assert options["leader_elect"] and options["bind_address"] == "0.0.0.0"
+    # The example rollout lives in the watched namespace.
+    rollouts = [d for d in kustomize(EXAMPLE) if d["kind"] == "ModelRollout"]
+    assert rollouts and all(d["metadata"]["namespace"] in watched for d in rollouts)
 
 
 def test_example_istio_objects_are_valid_against_istios_crds(example: dict[tuple[str, str], Any]) -> None:

@@ -30,6 +30,7 @@ from kubernetes.client.exceptions import ApiException
 from mesh_canary.core.engine import Phase, RolloutState, schedule
 from mesh_canary.core.model import Policy
 from mesh_canary.core.verdicts import CheckResult, Verdict
+from mesh_canary.redact import redact_value
 
 log = logging.getLogger("mesh_canary.kube_status")
 
@@ -526,6 +527,9 @@ class KubeStatusStore:
         self._patch(json_safe(new))
 
     def _patch(self, new: dict[str, Any]) -> None:
+        # No secret in a status (a URL's credentials in a reason); appliedSpec is the spec as
+        # given, kept byte for byte because the rollout's fingerprint is computed from it.
+        new = {k: v if k == "appliedSpec" else redact_value(v) for k, v in new.items()}
         patch = merge_patch_diff(self.status, new)
         if not patch:
             return

@@ -96,7 +96,7 @@ def model_rollout(name: str, stable: str, candidate: str, prometheus_url: str) -
 
 
 class ControllerProcess:
-    def __init__(self, kubeconfig: pathlib.Path, log_path: pathlib.Path) -> None:
+    def __init__(self, kubeconfig: pathlib.Path, log_path: pathlib.Path, prometheus_url: str) -> None:
         self.port = free_port()
         self.log_path = log_path
         with log_path.open("a") as log:
@@ -110,6 +110,9 @@ class ControllerProcess:
                     NS,
                     "--metrics-addr",
                     f"127.0.0.1:{self.port}",
+                    # The one Prometheus the rollouts' spec.metrics.address may name.
+                    "--prometheus",
+                    prometheus_url,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -209,7 +212,7 @@ def test_two_rollouts_one_promoted_one_rolled_back_and_a_killed_controller_resum
             items = core.list_namespaced_event(NS).items
             return [e.reason for e in items if e.involved_object.name == name]
 
-        controller = ControllerProcess(kube.kubeconfig_path, log_path)
+        controller = ControllerProcess(kube.kubeconfig_path, log_path, prom.url)
         stack.callback(controller.terminate)
         for name, mesh in (("scorer-a", mesh_a), ("scorer-b", mesh_b)):
             custom.create_namespaced_custom_object(
@@ -240,20 +243,25 @@ def test_two_rollouts_one_promoted_one_rolled_back_and_a_killed_controller_resum
         saved = status("scorer-a")["rollout"]
         writes_before = vs_weights("scorer-a")
         assert writes_before == [[100, 0], [75, 25], [50, 50]]
-        controller = ControllerProcess(kube.kubeconfig_path, log_path)
+        controller = ControllerProcess(kube.kubeconfig_path, log_path, prom.url)
         stack.callback(controller.terminate)
         wait_for(
             "an analysis by the new process",
             lambda: status("scorer-a")["rollout"]["ticks"] > saved["ticks"],
             20,
         )
+        # What matters: the same rollout resumed (same start, never back to step 1) and no
+        # weight was written backwards. Not the exact step: on a loaded machine the new
+        # process's first analysis may legitimately advance it (issue 8, "Done when").
         resumed = status("scorer-a")["rollout"]
-        assert resumed["stepIndex"] == 1
-        assert (resumed["startedAt"], resumed["stepStartedAt"]) == (
-            saved["startedAt"],
-            saved["stepStartedAt"],
-        )
-        assert vs_weights("scorer-a") == writes_before, "resuming wrote no weight"
+        assert resumed["startedAt"] == saved["startedAt"]
+        assert resumed["stepIndex"] >= saved["stepIndex"]
+        if resumed["stepIndex"] == saved["stepIndex"]:
+            assert resumed["stepStartedAt"] == saved["stepStartedAt"]
+        after = vs_weights("scorer-a")
+        assert after[: len(writes_before)] == writes_before, "resuming rewrote an earlier weight"
+        later = [w[1] for w in after[len(writes_before) - 1 :]]
+        assert later == sorted(set(later)), f"a weight went backwards after the restart: {after}"
         assert status("scorer-b")["phase"] == "RolledBack" and vs_weights("scorer-b")[-1] == [100, 0]
 
         wait_for("A promoted", lambda: status("scorer-a").get("phase") == "Succeeded", 60)
