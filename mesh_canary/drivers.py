@@ -18,7 +18,7 @@ from mesh_canary.adapters.file_store import FileStateStore, MemoryStateStore
 from mesh_canary.adapters.notifiers import notifier_for_policy
 from mesh_canary.adapters.protocols import MetricsSource, StateStore, TrafficRouter
 from mesh_canary.core.model import Policy
-from mesh_canary.runner import RolloutRunner, RunResult
+from mesh_canary.runner import RolloutRunner, RunResult, outcome_of
 
 log = logging.getLogger("mesh_canary.drivers")
 
@@ -106,6 +106,13 @@ def drive(
         try:
             with interrupts_roll_back(abort, on_quit=runner.request_quit):
                 return runner.run(timeout_s)
+        except KeyboardInterrupt:
+            # A second Ctrl-C that waited for a write: report what that write finished.
+            state = runner.state
+            outcome = outcome_of(state) if state is not None else None
+            if state is None or outcome is None:
+                raise
+            return RunResult(outcome, state)
         finally:
             notifier.close()
 

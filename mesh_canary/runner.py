@@ -32,7 +32,7 @@ from mesh_canary.adapters.protocols import (
     StateStore,
     TrafficRouter,
 )
-from mesh_canary.adapters.routing import RollbackRecord, RouteOwned, WeightsMoved, guarded
+from mesh_canary.adapters.routing import RollbackRecord, RouteNotFound, RouteOwned, WeightsMoved, guarded
 from mesh_canary.core import engine
 from mesh_canary.core.engine import Command, Decision, Phase, RolloutState
 from mesh_canary.core.model import Policy
@@ -85,7 +85,7 @@ UpdateHook = Callable[[RolloutState, Observation | None], None]
 def _retryable(e: Exception) -> bool:
     """Worth another attempt? Not when another run owns the route, nor for a configuration
     error (a VirtualService without the routes the policy names): retrying changes nothing."""
-    return not isinstance(e, (RouteOwned, WeightsMoved, ValueError))
+    return not isinstance(e, (RouteOwned, WeightsMoved, RouteNotFound, ValueError))
 
 
 class RolloutRunner:
@@ -100,10 +100,10 @@ class RolloutRunner:
         judge: Judge | None = None,
         on_update: UpdateHook | None = None,
         *,
-        write_deadline_s: float = 10.0,
+        write_deadline_s: float = 5.0,
         rollback_turn_s: float = 10.0,
         backoff_s: float = 0.1,
-        max_backoff_s: float = 5.0,
+        max_backoff_s: float = 2.0,
     ) -> None:
         self.policy = policy
         self.router = router
@@ -169,12 +169,15 @@ class RolloutRunner:
         self._pending.append(Command(cmd))
 
     def request_quit(self) -> bool:
-        """The second Ctrl-C: True when the runner is writing and will quit right after."""
+        """The second Ctrl-C: True when the runner will quit by itself right after the write
+        in progress, or after the rollback the first Ctrl-C asked for (bounded by the
+        rollback's turn deadline): quitting before it would leave traffic on the candidate
+        and a state that a rerun would carry forward."""
         self.quit_requested = True
         wake = getattr(self.clock, "wake", None)
         if callable(wake):
             wake()
-        return self.in_write
+        return self.in_write or Command.ABORT in self._pending
 
     def tick_once(self) -> RolloutState:
         state = self._require_state()
@@ -217,7 +220,8 @@ class RolloutRunner:
                 self.clock.sleep(max(deadline - self.clock.now(), 0.0))
                 return RunResult("paused" if state.paused else "timed_out", state)
             self.clock.sleep(max(wake_at - self.clock.now(), 0.0))
-            self._quit_if_asked()
+            if not self._pending:
+                self._quit_if_asked()
             state = self.tick_once()
         outcome = outcome_of(state)
         assert outcome is not None
@@ -301,6 +305,10 @@ class RolloutRunner:
             except Exception as e:
                 error = redact(str(e))
                 log.warning("weight write %s failed (attempt %d): %s", write.weights, attempt, error)
+                if before is None and not _retryable(e):
+                    # The first write, refused for the configuration (no such route): nothing
+                    # was written and nothing is saved; the rollout does not start.
+                    raise RouterWriteError(f"could not start the rollout: {error}") from e
                 if not _retryable(e) or self.clock.now() + delay > deadline or self.quit_requested:
                     return engine.forward_write_failed(
                         before or decision.state, self.clock.now(), write.weights, error

@@ -18,7 +18,7 @@ from mesh_canary.adapters.protocols import Announcement
 from mesh_canary.core.engine import Command, Phase
 from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.weights import ALL_STABLE, Weights
-from mesh_canary.runner import RolloutRunner
+from mesh_canary.runner import RolloutRunner, RouterWriteError
 from tests.test_engine import ScriptedJudge, make_policy
 
 
@@ -360,3 +360,31 @@ def test_no_api_read_comes_before_a_rollback_write() -> None:
     tick_after(runner)
     rollback_at = j.entries.index(("weights", ALL_STABLE))
     assert all(at > rollback_at for at in reads)
+
+
+def test_a_second_ctrl_c_before_the_rollback_started_waits_for_it() -> None:
+    """Quitting between the two would leave traffic on the candidate and a state a rerun
+    carries forward: the rollback asked for first is written and saved, then it quits."""
+    j = Journal()
+    runner, router, _, _ = make_runner(j)
+    runner.start_or_resume()
+    runner.request("abort")
+    assert runner.request_quit() is True
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    assert router.weights == ALL_STABLE
+    assert ("save", "RolledBack") in j.entries
+
+
+def test_a_first_write_refused_for_the_configuration_starts_nothing() -> None:
+    """No such route: nothing was written, nothing is saved, the error says why (exit 1)."""
+    j = Journal()
+    runner, router, _, _ = make_runner(j)
+
+    def refuse(weights: Weights) -> None:
+        raise ValueError("VirtualService models/fraud-scorer has no http route named 'primary'")
+
+    router.set_weights = refuse  # type: ignore[method-assign]
+    with pytest.raises(RouterWriteError, match="could not start the rollout: .*no http route named"):
+        runner.start_or_resume()
+    assert not any(e[0] == "save" for e in j.entries)

@@ -28,6 +28,7 @@ from mesh_canary.adapters import vs_patch
 from mesh_canary.adapters.routing import (
     RollbackRecord,
     RouteConflict,
+    RouteNotFound,
     RouteOwned,
     RouterError,
     WeightsMoved,
@@ -48,6 +49,7 @@ __all__ = [
     "ANNOTATION_OWNER",
     "ANNOTATION_ROLLBACK",
     "IstioConflict",
+    "IstioNotFound",
     "IstioRouter",
     "IstioRouterError",
     "VirtualServicePatchError",
@@ -62,6 +64,10 @@ class IstioConflict(IstioRouterError, RouteConflict):
     """HTTP 409: the VirtualService changed between our read and our write."""
 
 
+class IstioNotFound(IstioRouterError, RouteNotFound):
+    """HTTP 404: there is no such VirtualService."""
+
+
 class IstioRouter:
     """Reads and writes stable/candidate (and fallback) weights and the mirror of one VirtualService."""
 
@@ -72,6 +78,7 @@ class IstioRouter:
         *,
         request_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
+        **_retry_options: float,  # attempts/backoff_s/...: retries moved to the runner; ignored
     ) -> None:
         self.name = policy.virtual_service.name
         self.namespace = policy.virtual_service.namespace
@@ -96,7 +103,7 @@ class IstioRouter:
             )
         except ApiException as e:
             if e.status == 404:
-                raise IstioRouterError(f"{self.ref} does not exist.") from e
+                raise IstioNotFound(f"{self.ref} does not exist.") from e
             raise IstioRouterError(
                 f"could not read {self.ref}: HTTP {e.status} {e.reason}: {_message(e)}"
             ) from e

@@ -25,6 +25,10 @@ class RouteConflict(RouterError):
     """The route changed between our read and our write (HTTP 409): read again and retry."""
 
 
+class RouteNotFound(RouterError):
+    """The route (the VirtualService) does not exist: a configuration error, not retried."""
+
+
 class WeightsMoved(RouterError):
     """Compare-and-swap failed: the live weights are not the ones mesh-canary last wrote."""
 
