@@ -291,7 +291,7 @@ def test_a_move_towards_stable_during_a_tick_fails_the_compare_and_swap() -> Non
 def test_resume_trusts_live_weights_that_moved_towards_stable(tmp_path: object) -> None:
     """Item 4: the state file says 50% but the route says 100/0: never re-advance."""
     path = tmp_path / "state.json"  # type: ignore[operator]
-    first, router1, _, _ = make_runner(Journal(), store=FileStateStore(path))
+    first, _, _, _ = make_runner(Journal(), store=FileStateStore(path))
     first.start_or_resume()
     for _ in range(3):
         tick_after(first)
@@ -385,6 +385,6 @@ def test_a_first_write_refused_for_the_configuration_starts_nothing() -> None:
         raise ValueError("VirtualService models/fraud-scorer has no http route named 'primary'")
 
     router.set_weights = refuse  # type: ignore[method-assign]
-    with pytest.raises(RouterWriteError, match="could not start the rollout: .*no http route named"):
+    with pytest.raises(RouterWriteError, match=r"could not start the rollout: .*no http route named"):
         runner.start_or_resume()
     assert not any(e[0] == "save" for e in j.entries)

@@ -25,13 +25,13 @@ import kubernetes.client
 import pytest
 import yaml
 
-ANNOTATION_OWNER = "mesh-canary.io/owner"  # (a literal: this module also runs against older code)
 from tests.crd_schema import ISTIO_CRDS, MODELROLLOUT_CRD, load_yaml
 from tests.e2e.test_cluster_e2e import MESH_CANARY, NS, model_rollout, virtual_service
 from tests.kube_standin import KubeStandIn
 from tests.waiting import wait_for
 
 RES = "networking.istio.io/v1/virtualservices"
+ANNOTATION_OWNER = "mesh-canary.io/owner"  # a literal: this module also runs against older code
 VS = "scorer"
 
 
