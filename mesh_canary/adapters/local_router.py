@@ -14,6 +14,7 @@ same Envoy is refused, and a run that dies (even SIGKILL) releases it with its p
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import os
@@ -29,6 +30,20 @@ from mesh_canary.core.weights import Weights
 from mesh_canary.localmesh.envoy import MIRROR_KEY, runtime_values, weight_key
 
 ROLLBACK_KEY = "mesh_canary.rollback"
+_PREFIX = "mc1."  # Envoy parses runtime values as YAML: the record travels base64-encoded
+
+
+def _encode(text: str) -> str:
+    return _PREFIX + base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def _decode(value: str) -> str:
+    if not value.startswith(_PREFIX):
+        return ""
+    try:
+        return base64.urlsafe_b64decode(value[len(_PREFIX) :].encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        return ""
 
 
 class LocalRouterError(RouterError):
@@ -80,7 +95,7 @@ class LocalRouter:
             runtime_values(self.stable_cluster, self.candidate_cluster, weights, self.fallback_cluster)
         )
         if rollback is not None:
-            values[ROLLBACK_KEY] = rollback.to_json()
+            values[ROLLBACK_KEY] = _encode(rollback.to_json())
         response = self._call("POST", "/runtime_modify", params={k: str(v) for k, v in values.items()})
         if response.status_code != 200:
             raise LocalRouterError(
@@ -116,33 +131,45 @@ class LocalRouter:
 
     def recorded_rollback(self) -> RollbackRecord | None:
         final = self._entries().get(ROLLBACK_KEY, {}).get("final_value")
-        return RollbackRecord.from_json(str(final)) if final else None
+        return RollbackRecord.from_json(_decode(str(final))) if final else None
 
     def claim(self, owner: str, rollout: str, previous: str = "") -> None:
         """Hold the route's lock file for this process (a second run is refused)."""
         if self._lock is not None:
             return
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        f = self.lock_path.open("a+")
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        for _ in range(5):
+            f = self.lock_path.open("a+")
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                raise RouteOwned(
+                    f"{self.ref} is already being rolled out by {holder}; refusing a second rollout on "
+                    f"it, nothing was written (lock file {self.lock_path})"
+                ) from None
+            try:
+                same = os.stat(self.lock_path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # released (and removed) between our open and our lock: again
+                f.close()
+                continue
             f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise RouteOwned(
-                f"{self.ref} is already being rolled out by {holder}; refusing a second rollout on it, "
-                f"nothing was written (lock file {self.lock_path})"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{rollout} (run {owner}, pid {os.getpid()})\n")
-        f.flush()
-        self._lock = f
+            f.truncate()
+            f.write(f"{rollout} (run {owner}, pid {os.getpid()})\n")
+            f.flush()
+            self._lock = f
+            return
+        raise LocalRouterError(f"could not take the lock file {self.lock_path}")
 
     def release(self, owner: str) -> None:
         if self._lock is None:
             return
+        with contextlib.suppress(OSError):
+            self.lock_path.unlink()  # while still held: a waiting opener sees it is gone
         with contextlib.suppress(OSError):
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
         self._lock.close()
