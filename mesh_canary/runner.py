@@ -410,9 +410,7 @@ class RolloutRunner:
                 if not _retryable(e):
                     raise
                 if self.clock.now() + delay > deadline:
-                    raise RouterWriteError(
-                        f"could not take ownership of {self.route.ref}: {redact(str(e))}"
-                    ) from e
+                    raise RouterWriteError(redact(str(e))) from e
                 self.clock.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
 

@@ -421,3 +421,81 @@ def test_a_failing_rollback_write_is_announced_at_once_and_retried_until_it_goes
         f"\nitem 7: RollbackFailing announced {announced:.2f}s after the failing check; "
         f"100% stable {written:.2f}s after the API server recovered"
     )
+
+
+@pytest.mark.fault(item=7)
+def test_in_the_controller_a_pending_rollback_is_in_the_status_and_holds_no_worker(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The controller with ONE worker: rollout A's rollback write keeps failing (503); its
+    status says RollingBack / RollbackPending=True and a RollbackFailing Event is posted at
+    once, while rollout B on another VirtualService is still promoted meanwhile. Once the API
+    server takes A's write, A ends RolledBack."""
+    from mesh_canary.adapters.istio import IstioRouter
+    from mesh_canary.adapters.kube_status import condition
+    from mesh_canary.controller import Controller, running
+    from mesh_canary.core.model import Policy
+    from tests.integration.test_controller import Cluster, Metrics
+    from tests.integration.test_controller import model_rollout as mr
+
+    crds = [load_yaml(p) for p in [*ISTIO_CRDS, MODELROLLOUT_CRD]]
+    with KubeStandIn(crds, workdir=tmp_path / "kube") as kube:
+        cluster = Cluster(kube)
+        metrics = {"a": Metrics(), "b": Metrics()}
+        metrics["a"].error_rate = 0.3
+
+        def backend(policy: Policy) -> tuple[IstioRouter, Metrics]:
+            return IstioRouter(policy, cluster.client), metrics[policy.name]
+
+        failing = threading.Event()
+        failing.set()
+
+        def install(h: Any) -> None:
+            def rollback_of_a(req: Any) -> bool:
+                data = req.data if isinstance(req.data, dict) else {}
+                routes = (data.get("spec") or {}).get("http") or [{}, {}]
+                weights = [r.get("weight") for r in routes[-1].get("route") or []]
+                meta = data.get("metadata") or {}
+                record = "mesh-canary.io/rollback" in (
+                    meta.get("annotations") or {}
+                )  # the rollback's own write
+                return failing.is_set() and meta.get("name") == "a" and record and weights[-1:] == [0]
+
+            (
+                h["put", h.resource(RES), rollback_of_a]
+                << 503
+                << {"kind": "Status", "code": 503, "message": "busy"}
+            )
+
+        kube.call(install)
+        for name in ("a", "b"):
+            cluster.add_vs(name)
+        ctl = Controller(cluster.client, backend=backend, namespace=NS, workers=1, error_retry_s=0.5)
+        with running(ctl):
+            cluster.add_rollout(mr("a"))
+            cluster.add_rollout(mr("b"))
+            wait_for("A at 20%", lambda: [80, 20] in cluster.vs_history("a"), 30)
+            started = time.monotonic()
+            wait_for(
+                "a RollbackFailing Event",
+                lambda: "RollbackFailing" in [e[0] for e in cluster.events("a")],
+                30,
+            )
+            announced = time.monotonic() - started
+            status = wait_for(
+                "A pending", lambda: (s := cluster.status("a")).get("phase") == "RollingBack" and s, 30
+            )
+            assert (condition(status, "RollbackPending") or {}).get("status") == "True"
+            assert cluster.vs_weights("a") == [80, 20]
+            wait_for("B promoted meanwhile", lambda: cluster.status("b").get("phase") == "Succeeded", 90)
+            assert cluster.status("a").get("phase") == "RollingBack", "A is still retrying"
+            recovered = time.monotonic()
+            failing.clear()
+            wait_for("A rolled back", lambda: cluster.status("a").get("phase") == "RolledBack", 30)
+            written = time.monotonic() - recovered
+            assert cluster.vs_weights("a") == [100, 0]
+            assert (condition(cluster.status("a"), "RollbackPending") or {}).get("status") == "False"
+    print(
+        f"\nitem 7 (controller): RollbackFailing Event {announced:.2f}s after A's failed check; "
+        f"rolled back {written:.2f}s after the API server recovered; B promoted meanwhile"
+    )
