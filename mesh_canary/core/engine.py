@@ -56,7 +56,7 @@ class Command(StrEnum):
 class SetWeights:
     weights: Weights
     reason: str
-    rollback: bool = False  # the driver retries a rollback write hardest
+    rollback: bool = False  # checks nothing first; retried until it goes through
 
 
 @dataclass(frozen=True)
