@@ -267,8 +267,10 @@ class RolloutRunner:
 
     def _commit(self, state: RolloutState, announcements: list[Announcement]) -> RolloutState:
         finished = state.terminal and not (self.state is not None and self.state.terminal)
-        self.store.save(state.to_dict())
+        # Memory first: if the save fails, the next turn still knows what was written (and
+        # the controller's status write after the turn carries it).
         self.state = state
+        self.store.save(state.to_dict())
         for a in announcements:
             self.notifier.notify(a)
         if finished:
@@ -297,7 +299,7 @@ class RolloutRunner:
                 assert before is not None and expected is not None
                 now = self.clock.now()
                 if engine.towards_stable(e.live, expected):
-                    return engine.moved_outside(before, now, e.live, self.route.ref)
+                    return self._moved_towards_stable(before, now, e.live)
                 self._announce_external(e.live, expected)
                 return Decision(_held(before, decision.state))
             except RouteOwned as e:
@@ -360,7 +362,7 @@ class RolloutRunner:
             self.external_change = None
             return state
         if engine.towards_stable(live, state.weights):
-            return self._apply(engine.moved_outside(state, self.clock.now(), live, self.route.ref))
+            return self._apply(self._moved_towards_stable(state, self.clock.now(), live))
         self._announce_external(live, state.weights)
         return state
 
@@ -374,15 +376,18 @@ class RolloutRunner:
             return state
         if _same_split(live, state.weights) or not engine.towards_stable(live, state.weights):
             return state
-        now = self.clock.now()
+        return self._apply(self._moved_towards_stable(state, self.clock.now(), live))
+
+    def _moved_towards_stable(self, state: RolloutState, now: float, live: Weights) -> Decision:
+        """Our own rollback, newer than ``state`` (its record is on the route), or a person's move."""
         try:
             record = self.route.recorded_rollback()
         except Exception:
             record = None
-        if record is not None and record.run_id == state.run_id and live.candidate == 0:
+        if record is not None and record.run_id and record.run_id == state.run_id and live.candidate == 0:
             log.info("the route holds this rollout's own rollback, newer than the saved state")
-            return self._apply(engine.recorded_rollback(state, now, record.reason, record.failed_checks))
-        return self._apply(engine.moved_outside(state, now, live, self.route.ref))
+            return engine.recorded_rollback(state, now, record.reason, record.failed_checks)
+        return engine.moved_outside(state, now, live, self.route.ref)
 
     def _announce_external(self, live: Weights, expected: Weights) -> None:
         message = (

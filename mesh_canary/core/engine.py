@@ -8,8 +8,9 @@ decision, so what `simulate` shows is what production does.
 
 Carrying out a Decision: execute `actions` in order (a rollback's weight write is always
 the first action, so nothing can delay it), then save `state`. A driver that crashes
-between the two resumes from the older state; it never re-writes weights on resume, so a
-rollback that went through is never undone.
+between the two resumes from the older state; it never re-writes weights on resume, and it
+compares the live weights with that state first (a rollback carries its own record on the
+route), so a rollback that went through is never undone.
 """
 
 from __future__ import annotations
