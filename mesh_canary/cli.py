@@ -335,7 +335,7 @@ def demo(rps: float, metrics_mode: str, fmt: str) -> None:
 # `controller` does the work. People's orders are annotations on the resource (see
 # docs/controller.md): the controller handles each new value once.
 
-ROLLOUT_TERMINAL = ("Succeeded", "RolledBack")
+ROLLOUT_TERMINAL = ("Succeeded", "RolledBack", "Aborted")
 
 
 def kube_options(fn: F) -> F:
@@ -479,6 +479,8 @@ def _follow(
                 return obj, "promoted"
             if view["phase"] == "RolledBack":
                 return obj, "rolled_back"
+            if view["phase"] == "Aborted":
+                return obj, "aborted"
             if view["phase"] in ("WaitingForApproval", "Paused"):
                 return obj, "waiting"
         if deadline is not None and time.monotonic() >= deadline:
@@ -486,7 +488,14 @@ def _follow(
         time.sleep(poll_s)
 
 
-_FOLLOW_EXIT = {"promoted": 0, "rolled_back": 3, "waiting": 4, "timed_out": 4, "invalid": EXIT_BAD_INPUT}
+_FOLLOW_EXIT = {
+    "promoted": 0,
+    "rolled_back": 3,
+    "aborted": 4,
+    "waiting": 4,
+    "timed_out": 4,
+    "invalid": EXIT_BAD_INPUT,
+}
 
 
 @main.group()
@@ -541,6 +550,7 @@ def rollout_start(
         messages = {
             "promoted": f"promoted {view.get('candidateVersion')}",
             "rolled_back": f"rolled back: {view.get('reason')}",
+            "aborted": f"aborted: {view.get('reason')}",
             "waiting": f"{view['phase']}: waiting for a person "
             f"(`mesh-canary rollout {'approve' if view['phase'] == 'WaitingForApproval' else 'resume'} {meta['name']}`)",
             "timed_out": f"still {view['phase']} after {timeout}",

@@ -1019,7 +1019,7 @@ class Controller:
         if not before.terminal and (commands or self.clock.now() >= before.next_tick_at(target)):
             state = runner.tick_once()
             self.metrics.ticks.inc(max(state.ticks - before.ticks, 0))
-            if state.phase is Phase.ROLLED_BACK and not before.terminal:
+            if state.phase is Phase.ROLLED_BACK and before.phase is not Phase.ROLLED_BACK:
                 self.metrics.rollbacks.labels(rollback_category(state.failed_checks)).inc()
         store.write(state)  # a no-op unless something shown changed (generation, commands, drift)
         self._update(h, state)
@@ -1172,7 +1172,7 @@ class Controller:
         store: KubeStatusStore,
     ) -> None:
         now = self.clock.now()
-        restored = self._restore_stable(h, old_policy)
+        restored = self._restore_stable(h, old_policy, old_state.run_id)
         old_stable = old_policy.stable.version if old_policy else str(store.status.get("stableVersion") or "")
         old_candidate = (
             old_policy.candidate.version if old_policy else str(store.status.get("candidateVersion") or "")
@@ -1193,7 +1193,7 @@ class Controller:
             "warning",
         )
 
-    def _restore_stable(self, h: RolloutHandler, policy: Policy | None) -> bool:
+    def _restore_stable(self, h: RolloutHandler, policy: Policy | None, run_id: str = "") -> bool:
         """Write 100% stable with the router of ``policy`` (the rollout being ended)."""
         if policy is None:
             log.warning(
@@ -1213,8 +1213,11 @@ class Controller:
         router = (
             h.runner.router if h.runner is not None and h.runner.policy == policy else self.backend(policy)[0]
         )
-        # IstioRouter retries an all-stable write hardest (conflicts, server errors, lost connections).
+        # One attempt (routers do not retry): a failure fails this reconcile, which is retried.
         router.set_weights(ALL_STABLE)
+        release = getattr(router, "release", None)
+        if run_id and callable(release):
+            release(run_id)  # the route is free for the next rollout (ownership, runner.py)
         return True
 
     def _finish_deleted(self, h: RolloutHandler, obj: Mapping[str, Any] | None) -> None:
@@ -1223,7 +1226,7 @@ class Controller:
         state = h.runner.state if h.runner else saved_state(status)
         policy = h.runner.policy if h.runner else _policy_from_spec(obj, status.get("appliedSpec"))
         in_progress = state is not None and not state.terminal and not h.finalized
-        if state is not None and in_progress and self._restore_stable(h, policy):
+        if state is not None and in_progress and self._restore_stable(h, policy, state.run_id):
             self.metrics.rollbacks.labels("deleted").inc()
             self._announce(
                 h,

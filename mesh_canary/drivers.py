@@ -203,7 +203,8 @@ def drive(
     live: bool,
     console: Console | None = None,
 ) -> RunResult:
-    """Run the rollout with a live display; the first Ctrl-C rolls back to stable."""
+    """Run the rollout with a live display; the first Ctrl-C rolls back to stable, a second
+    one quits (right after a write in progress and its save, never in the middle)."""
     from mesh_canary.output import LiveProgress
 
     clock = SystemClock()
@@ -216,16 +217,27 @@ def drive(
             clock.wake()
 
         try:
-            with interrupts_roll_back(abort):
+            with interrupts_roll_back(abort, on_quit=runner.request_quit):
                 return runner.run(timeout_s)
+        except KeyboardInterrupt:
+            # A second Ctrl-C that waited for a write: report what that write finished.
+            state = runner.state
+            outcome = outcome_of(state) if state is not None else None
+            if state is None or outcome is None:
+                raise
+            return RunResult(outcome, state)
         finally:
             notifier.close()
 
 
 @contextlib.contextmanager
-def interrupts_roll_back(on_interrupt: Callable[[], None]) -> Iterator[None]:
+def interrupts_roll_back(
+    on_interrupt: Callable[[], None], on_quit: Callable[[], bool] | None = None
+) -> Iterator[None]:
     """While inside: the first Ctrl-C / SIGTERM rolls back to stable (safety first), a
-    second one quits at once. The previous handlers come back on leaving."""
+    second one quits at once, unless ``on_quit()`` says a write is in progress: then the
+    runner quits right after it (a rollback written but not saved would be undone by a
+    rerun). The previous handlers come back on leaving."""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set signal handlers
         return
@@ -235,6 +247,9 @@ def interrupts_roll_back(on_interrupt: Callable[[], None]) -> Iterator[None]:
         nonlocal count
         count += 1
         if count > 1:
+            if on_quit is not None and on_quit():
+                print("quitting after the write in progress", file=sys.stderr)
+                return
             raise KeyboardInterrupt
         print(
             "interrupted: rolling back to 100% stable (press Ctrl-C again to quit at once)", file=sys.stderr

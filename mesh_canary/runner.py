@@ -1,13 +1,28 @@
 """The thin driver that runs one rollout: read metrics, call the engine, carry out its
 actions, save the state. Used by `mesh-canary run`, the demo, and (one per rollout) the
 controller; `simulate` drives the engine the same way in virtual time.
+
+This is the one layer that owns retries and deadlines: routers make one bounded attempt
+per call; the runner retries with backoff under a total deadline per turn, so
+`tick_once()` always returns in bounded time (the controller calls it from a worker pool).
+
+- Before the first write the runner takes ownership of the route (refusing a second owner).
+- Every forward write is a compare-and-swap on the weights the rollout last wrote: if they
+  moved towards stable (a person, GitOps), the rollout stops as `Aborted` and writes
+  nothing; moved elsewhere, it holds and says so, never fights.
+- A forward write the runner gives up on is followed by a rollback to 100% stable.
+- A rollback write never waits for a check; it carries its own record (atomically); if it
+  fails it is announced at once (`RollbackFailing`), the state says `rollbackPending`, and
+  every later turn retries it with backoff until it goes through.
+- A resume trusts the live weights over a stale state when they moved towards stable.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mesh_canary.adapters.protocols import (
     Announcement,
@@ -17,12 +32,14 @@ from mesh_canary.adapters.protocols import (
     StateStore,
     TrafficRouter,
 )
+from mesh_canary.adapters.routing import RollbackRecord, RouteNotFound, RouteOwned, WeightsMoved, guarded
 from mesh_canary.core import engine
 from mesh_canary.core.engine import Command, Decision, Phase, RolloutState
 from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import Judge
-from mesh_canary.core.weights import Weights
+from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.redact import redact
 
 log = logging.getLogger("mesh_canary.runner")
 
@@ -37,12 +54,12 @@ def default_judge() -> Judge:
 
 
 class RouterWriteError(RuntimeError):
-    pass
+    """The route could not be reached or claimed before anything was written."""
 
 
 @dataclass(frozen=True)
 class RunResult:
-    outcome: str  # promoted | rolled_back | timed_out | paused
+    outcome: str  # promoted | rolled_back | aborted | timed_out | paused
     state: RolloutState
 
     @property
@@ -51,14 +68,24 @@ class RunResult:
 
 
 def outcome_of(state: RolloutState) -> str | None:
+    if not state.terminal:
+        return None
     if state.phase is Phase.SUCCEEDED:
         return "promoted"
     if state.phase is Phase.ROLLED_BACK:
         return "rolled_back"
+    if state.phase is Phase.ABORTED:
+        return "aborted"
     return None
 
 
 UpdateHook = Callable[[RolloutState, Observation | None], None]
+
+
+def _retryable(e: Exception) -> bool:
+    """Worth another attempt? Not when another run owns the route, nor for a configuration
+    error (a VirtualService without the routes the policy names): retrying changes nothing."""
+    return not isinstance(e, (RouteOwned, WeightsMoved, RouteNotFound, ValueError))
 
 
 class RolloutRunner:
@@ -72,20 +99,36 @@ class RolloutRunner:
         clock: Clock,
         judge: Judge | None = None,
         on_update: UpdateHook | None = None,
-        rollback_attempts: int = 30,
+        *,
+        write_deadline_s: float = 5.0,
+        rollback_turn_s: float = 10.0,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 2.0,
     ) -> None:
         self.policy = policy
         self.router = router
+        self.route = guarded(router)
         self.metrics = metrics
         self.store = store
         self.notifier = notifier
         self.clock = clock
         self.judge: Judge = judge or default_judge()
         self.on_update = on_update
-        self.rollback_attempts = rollback_attempts
+        # Total time a turn may spend on one forward write (all attempts), and on the
+        # rollback write before it saves the rollback as pending and returns.
+        self.write_deadline_s = write_deadline_s
+        self.rollback_turn_s = rollback_turn_s
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
         self.state: RolloutState | None = None
         self.external_change: str | None = None
         self._pending: list[Command] = []
+        self._rollback_delay = backoff_s
+        self._owned = ""  # the run id whose ownership of the route we hold
+        # A second Ctrl-C never cuts a write (or the save after it) in half: it asks to quit,
+        # and the runner quits right after.
+        self.in_write = False
+        self.quit_requested = False
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -93,38 +136,71 @@ class RolloutRunner:
         """Resume the saved rollout of this policy, or start a new one.
 
         Resuming never re-writes weights: a rollback that went through before a crash
-        must not be undone by replaying an older step.
+        must not be undone by replaying an older step; and when the live weights moved
+        towards stable since the state was saved, the live weights win.
         """
         saved = self.store.load()
+        previous = ""
         if saved is not None:
             state = RolloutState.from_dict(saved)
+            previous = state.run_id
             if state.policy_fingerprint == engine.policy_fingerprint(self.policy):
                 log.info("resuming %s at step %d (%s)", state.name, state.step_index + 1, state.phase.value)
                 self.state = state
-                return state
+                self._owned = state.run_id
+                if state.terminal:
+                    self._release()  # in case the last run ended before it could
+                    return state
+                if state.rollback_pending:
+                    return state  # decided: only the write of 100% stable is left, no check first
+                run_id = state.run_id or _new_run_id()
+                self._claim(run_id, previous)
+                if run_id != state.run_id:
+                    state = self._commit(replace(state, run_id=run_id), [])
+                return self._trust_live_weights(state)
             log.info("policy changed since the saved rollout; starting over")
-        return self._apply(engine.start(self.policy, self.clock.now()))
+        run_id = _new_run_id()
+        self._claim(run_id, previous)  # before the first write
+        decision = engine.start(self.policy, self.clock.now())
+        return self._apply(replace(decision, state=replace(decision.state, run_id=run_id)))
 
     def request(self, cmd: Command | str) -> None:
         """Queue a person's order (abort, pause, resume, approve) for the next turn."""
         self._pending.append(Command(cmd))
 
+    def request_quit(self) -> bool:
+        """The second Ctrl-C: True when the runner will quit by itself right after the write
+        in progress, or after the rollback the first Ctrl-C asked for (bounded by the
+        rollback's turn deadline): quitting before it would leave traffic on the candidate
+        and a state that a rerun would carry forward."""
+        self.quit_requested = True
+        wake = getattr(self.clock, "wake", None)
+        if callable(wake):
+            wake()
+        return self.in_write or Command.ABORT in self._pending
+
     def tick_once(self) -> RolloutState:
         state = self._require_state()
         now = self.clock.now()
+        if state.rollback_pending:
+            # Decided already: no metrics read may delay the retry of 100% stable.
+            self._pending.clear()
+            return self._apply(
+                engine.tick(self.policy, state, Observation(since=now, at=now), now, self.judge)
+            )
         while self._pending and not state.terminal:
             # Dequeued only once carried out: an abort whose write failed is tried again.
             state = self._apply(engine.command(self.policy, state, self._pending[0], now))
             self._pending.pop(0)
-        if state.terminal:
+        if state.terminal or state.rollback_pending:
             return state
         observation = self._read(state, now)
         decision = engine.tick(self.policy, state, observation, now, self.judge)
         state = self._apply(decision)
-        if not decision.weight_writes and not state.terminal:
+        if not decision.weight_writes and not state.terminal and not state.rollback_pending:
             # After the decision, not before: reading the live weights (an API call) must
             # never delay a rollback.
-            self._watch_for_external_change(state)
+            state = self._watch_for_external_change(state)
         if self.on_update is not None:
             self.on_update(state, observation)
         return state
@@ -139,10 +215,13 @@ class RolloutRunner:
                 state = self.tick_once()
                 continue
             wake_at = state.next_tick_at(self.policy)
-            if deadline is not None and wake_at > deadline:
+            # A pending rollback is never given up for a timeout: traffic is not safe yet.
+            if deadline is not None and wake_at > deadline and not state.rollback_pending:
                 self.clock.sleep(max(deadline - self.clock.now(), 0.0))
                 return RunResult("paused" if state.paused else "timed_out", state)
             self.clock.sleep(max(wake_at - self.clock.now(), 0.0))
+            if not self._pending:
+                self._quit_if_asked()
             state = self.tick_once()
         outcome = outcome_of(state)
         assert outcome is not None
@@ -151,42 +230,118 @@ class RolloutRunner:
     # -- carrying out a decision -----------------------------------------------------
 
     def _apply(self, decision: Decision) -> RolloutState:
+        # The writes and the save after them are one unit for a second Ctrl-C: it takes
+        # effect right after (bounded by the write deadlines), never in between.
+        outer = self.in_write
+        self.in_write = True
+        try:
+            state = self._carry_out(decision)
+        finally:
+            self.in_write = outer
+        if not outer:
+            self._quit_if_asked()
+        return state
+
+    def _carry_out(self, decision: Decision) -> RolloutState:
         # Weight writes first, in order (a rollback's is always first of all); then the
         # state is saved; announcements last and in the background.
+        state = decision.state
+        announcements = [_announcement(self.policy, a, state) for a in decision.announcements]
         for write in decision.weight_writes:
-            self._write_weights(write)
-        self.store.save(decision.state.to_dict())
-        self.state = decision.state
-        for a in decision.announcements:
-            self.notifier.notify(
-                Announcement(
-                    rollout=self.policy.name,
-                    kind=a.kind,
-                    message=a.message,
-                    severity=a.severity,
-                    details={
-                        "phase": decision.state.phase.value,
-                        "weights": decision.state.weights.to_dict(),
-                    },
-                )
-            )
-        return decision.state
+            if write.rollback:
+                error = self._write_rollback(write, state)
+                if error is not None:
+                    retry_at = self.clock.now() + self._rollback_delay
+                    failed = engine.rollback_write_failed(state, error, retry_at, first=False)
+                    # What the decision announced (RolledBack) waits for the write.
+                    return self._commit(failed.state, [])
+                if state.rollback_pending:
+                    done = engine.rollback_written(state)
+                    state = done.state
+                    announcements = [_announcement(self.policy, a, state) for a in done.announcements]
+            else:
+                instead = self._write_weights(write, decision)
+                if instead is not None:
+                    return self._apply(instead)
+        return self._commit(state, announcements)
 
-    def _write_weights(self, write: engine.SetWeights) -> None:
-        attempts = self.rollback_attempts if write.rollback else 3
-        delay = 0.1
-        last: Exception | None = None
-        for attempt in range(1, attempts + 1):
+    def _commit(self, state: RolloutState, announcements: list[Announcement]) -> RolloutState:
+        finished = state.terminal and not (self.state is not None and self.state.terminal)
+        # Memory first: if the save fails, the next turn still knows what was written (and
+        # the controller's status write after the turn carries it).
+        self.state = state
+        self.store.save(state.to_dict())
+        for a in announcements:
+            self.notifier.notify(a)
+        if finished:
+            self._release()
+        return state
+
+    def _write_weights(self, write: engine.SetWeights, decision: Decision) -> Decision | None:
+        """A forward write, compare-and-swap, retried with backoff within ``write_deadline_s``.
+
+        None when it went through; otherwise the decision that replaces ``decision``: the
+        rollout stops (moved towards stable, or another owner), holds (moved elsewhere), or
+        rolls back (the write could not be made).
+        """
+        before = self.state
+        expected = before.weights if before is not None else None
+        run_id = decision.state.run_id
+        deadline = self.clock.now() + self.write_deadline_s
+        delay = self.backoff_s
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                self.router.set_weights(write.weights)
-                return
-            except Exception as e:  # every failure is retried the same way
-                last = e
-                log.warning("weight write %s failed (attempt %d/%d): %s", write.weights, attempt, attempts, e)
+                self.route.write(write.weights, owner=run_id, expected=expected)
+                return None
+            except WeightsMoved as e:
+                assert before is not None and expected is not None
+                now = self.clock.now()
+                if engine.towards_stable(e.live, expected):
+                    return self._moved_towards_stable(before, now, e.live)
+                self._announce_external(e.live, expected)
+                return Decision(_held(before, decision.state))
+            except RouteOwned as e:
+                return engine.taken_over(before or decision.state, self.clock.now(), str(e))
+            except Exception as e:
+                error = redact(str(e))
+                log.warning("weight write %s failed (attempt %d): %s", write.weights, attempt, error)
+                if before is None and not _retryable(e):
+                    # The first write, refused for the configuration (no such route): nothing
+                    # was written and nothing is saved; the rollout does not start.
+                    raise RouterWriteError(f"could not start the rollout: {error}") from e
+                if not _retryable(e) or self.clock.now() + delay > deadline or self.quit_requested:
+                    return engine.forward_write_failed(
+                        before or decision.state, self.clock.now(), write.weights, error
+                    )
+            self.clock.sleep(delay)
+            delay = min(delay * 2, self.max_backoff_s)
+
+    def _write_rollback(self, write: engine.SetWeights, state: RolloutState) -> str | None:
+        """Write 100% stable with its record; retried with backoff for at most
+        ``rollback_turn_s``. None when it went through, else the last error."""
+        record = RollbackRecord(state.run_id, state.reason, state.failed_checks, self.clock.now())
+        deadline = self.clock.now() + self.rollback_turn_s
+        announced = state.rollback_pending  # announced when it first failed
+        while True:
+            try:
+                self.route.write(write.weights, owner=state.run_id, rollback=record)
+                self._rollback_delay = self.backoff_s
+                return None
+            except Exception as e:
+                error = redact(str(e))
+                log.warning("ROLLBACK write of 100%% stable failed: %s", error)
+                if not announced:  # at once, not after the retries
+                    announced = True
+                    first = engine.rollback_write_failed(state, error, self.clock.now(), first=True)
+                    for a in first.announcements:
+                        self.notifier.notify(_announcement(self.policy, a, first.state))
+                delay = self._rollback_delay
+                self._rollback_delay = min(self._rollback_delay * 2, self.max_backoff_s)
+                if self.quit_requested or self.clock.now() + delay > deadline:
+                    return error
                 self.clock.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        what = "ROLLBACK to 100% stable" if write.rollback else f"weight change to {write.weights.candidate}%"
-        raise RouterWriteError(f"{what} failed after {attempts} attempts: {last}") from last
 
     def _read(self, state: RolloutState, now: float) -> Observation:
         # Sources bound their own reads in total (Prometheus: min(metrics.timeout, interval);
@@ -210,19 +365,49 @@ class RolloutRunner:
             observation = replace(observation, problem=redact(observation.problem))
         return observation
 
-    def _watch_for_external_change(self, state: RolloutState) -> None:
-        """Someone else (Argo CD, Flux, a person) changed the weights: say so, don't fight."""
+    def _watch_for_external_change(self, state: RolloutState) -> RolloutState:
+        """Someone else (Argo CD, Flux, a person) changed the weights: towards stable, the
+        rollout stops and writes nothing; elsewhere, say so and don't fight."""
         try:
-            live = self.router.get_weights()
+            live = self.route.get_weights()
         except Exception as e:
-            log.warning("could not read the live weights: %s", e)
-            return
+            log.warning("could not read the live weights: %s", redact(str(e)))
+            return state
         if _same_split(live, state.weights):
             self.external_change = None
-            return
+            return state
+        if engine.towards_stable(live, state.weights):
+            return self._apply(self._moved_towards_stable(state, self.clock.now(), live))
+        self._announce_external(live, state.weights)
+        return state
+
+    def _trust_live_weights(self, state: RolloutState) -> RolloutState:
+        """On resume: a state file can be older than the route (a crash, or a second Ctrl-C,
+        between a write and the save). Towards stable, the live weights win."""
+        try:
+            live = self.route.get_weights()
+        except Exception as e:  # every forward write still compares first
+            log.warning("could not read the live weights to check the saved state: %s", redact(str(e)))
+            return state
+        if _same_split(live, state.weights) or not engine.towards_stable(live, state.weights):
+            return state
+        return self._apply(self._moved_towards_stable(state, self.clock.now(), live))
+
+    def _moved_towards_stable(self, state: RolloutState, now: float, live: Weights) -> Decision:
+        """Our own rollback, newer than ``state`` (its record is on the route), or a person's move."""
+        try:
+            record = self.route.recorded_rollback()
+        except Exception:
+            record = None
+        if record is not None and record.run_id and record.run_id == state.run_id and live.candidate == 0:
+            log.info("the route holds this rollout's own rollback, newer than the saved state")
+            return engine.recorded_rollback(state, now, record.reason, record.failed_checks)
+        return engine.moved_outside(state, now, live, self.route.ref)
+
+    def _announce_external(self, live: Weights, expected: Weights) -> None:
         message = (
             f"weights were changed outside mesh-canary: live {live.stable}/{live.candidate}, "
-            f"expected {state.weights.stable}/{state.weights.candidate}"
+            f"expected {expected.stable}/{expected.candidate}; holding (not fighting it)"
         )
         if message != self.external_change:
             self.external_change = message
@@ -230,10 +415,77 @@ class RolloutRunner:
                 Announcement(self.policy.name, "ExternalChange", message, severity="warning")
             )
 
+    # -- ownership ---------------------------------------------------------------------
+
+    def _claim(self, run_id: str, previous: str) -> None:
+        rollout = f"{self.policy.namespace}/{self.policy.name}"
+        deadline = self.clock.now() + self.write_deadline_s
+        delay = self.backoff_s
+        while True:
+            try:
+                self.route.claim(run_id, rollout, previous)
+                self._owned = run_id
+                return
+            except Exception as e:
+                if not _retryable(e):
+                    raise
+                if self.clock.now() + delay > deadline:
+                    raise RouterWriteError(redact(str(e))) from e
+                self.clock.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+
+    def _release(self) -> None:
+        if not self._owned:
+            return
+        deadline = self.clock.now() + self.write_deadline_s
+        delay = self.backoff_s
+        while True:
+            try:
+                self.route.release(self._owned)
+                self._owned = ""
+                return
+            except Exception as e:
+                if not _retryable(e) or self.clock.now() + delay > deadline:
+                    log.warning("could not release %s: %s", self.route.ref, redact(str(e)))
+                    return
+                self.clock.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _quit_if_asked(self) -> None:
+        if self.quit_requested:
+            raise KeyboardInterrupt
+
     def _require_state(self) -> RolloutState:
         if self.state is None:
             return self.start_or_resume()
         return self.state
+
+
+def _new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _announcement(policy: Policy, a: engine.Announce, state: RolloutState) -> Announcement:
+    return Announcement(
+        rollout=policy.name,
+        kind=a.kind,
+        message=a.message,
+        severity=a.severity,
+        details={"phase": state.phase.value, "weights": state.weights.to_dict()},
+    )
+
+
+def _held(before: RolloutState, judged: RolloutState) -> RolloutState:
+    """Keep the step (no write happened) but remember the turn's analysis."""
+    return replace(
+        before,
+        last_tick_at=judged.last_tick_at,
+        ticks=judged.ticks,
+        checks=judged.checks,
+        last_data_at=judged.last_data_at,
+    )
 
 
 def _same_split(a: Weights, b: Weights) -> bool:
@@ -243,3 +495,6 @@ def _same_split(a: Weights, b: Weights) -> bool:
         b.fallback,
         b.mirror_percent,
     )
+
+
+__all__ = ["ALL_STABLE", "RolloutRunner", "RouterWriteError", "RunResult", "outcome_of"]

@@ -334,3 +334,54 @@ def test_an_early_approval_does_not_skip_the_gate() -> None:
     assert d.actions == () and not d.state.approved
     s, _ = run_ticks(p, d.state, ScriptedJudge(), until=1000)
     assert s.phase is Phase.WAITING_FOR_APPROVAL
+
+
+# ---- the runner's findings: pending rollback, outside moves, recorded rollbacks ---------
+
+
+def test_a_pending_rollback_is_not_finished_and_every_turn_asks_for_the_write_again() -> None:
+    p = make_policy()
+    state = engine.start(p, 0.0).state
+    rolled = engine.tick(p, state, obs(0, 30, errors=5), 30.0, ScriptedJudge()).state
+    failed = engine.rollback_write_failed(rolled, "HTTP 503", retry_at=31.0, first=True)
+    assert failed.state.rollback_pending and not failed.state.terminal
+    assert [a.kind for a in failed.announcements] == ["RollbackFailing"]
+    assert failed.announcements[0].severity == "warning"
+    assert failed.state.next_tick_at(p) == 31.0
+    for d in (
+        engine.tick(p, failed.state, obs(0, 31), 31.0, ScriptedJudge()),
+        engine.command(p, failed.state, Command.ABORT, 31.0),
+    ):
+        assert d.actions == (SetWeights(ALL_STABLE, rolled.reason, rollback=True),)
+    again = engine.rollback_write_failed(failed.state, "HTTP 503", retry_at=33.0, first=False)
+    assert again.announcements == []
+    done = engine.rollback_written(again.state)
+    assert done.state.terminal and done.state.phase is Phase.ROLLED_BACK
+    assert [a.kind for a in done.announcements] == ["RolledBack"]
+    assert RolloutState.from_dict(json.loads(json.dumps(failed.state.to_dict()))) == failed.state
+
+
+def test_an_outside_move_towards_stable_ends_aborted_without_a_write() -> None:
+    p = make_policy()
+    state = engine.start(p, 0.0).state
+    d = engine.moved_outside(state, 40.0, ALL_STABLE, "VirtualService models/x")
+    assert d.state.phase is Phase.ABORTED and d.state.terminal and d.state.weights == ALL_STABLE
+    assert d.weight_writes == []
+    assert d.state.reason.startswith("VirtualService models/x moved to 100/0 outside mesh-canary")
+    assert [a.kind for a in d.announcements] == ["Aborted"]
+    assert engine.tick(p, d.state, obs(0, 60), 60.0, ScriptedJudge()).actions == ()
+
+
+def test_towards_stable_compares_the_candidates_share_then_the_mirror() -> None:
+    assert engine.towards_stable(Weights(100, 0), Weights(50, 50))
+    assert not engine.towards_stable(Weights(40, 60), Weights(50, 50))
+    assert engine.towards_stable(Weights(100, 0), Weights(100, 0, mirror_percent=100))
+    assert not engine.towards_stable(Weights(50, 50), Weights(50, 50))
+
+
+def test_a_recorded_rollback_is_adopted_as_rolled_back() -> None:
+    p = make_policy()
+    state = engine.start(p, 0.0).state
+    d = engine.recorded_rollback(state, 50.0, "aborted by a person (manual rollback)", ("manual",))
+    assert d.state.phase is Phase.ROLLED_BACK and d.state.failed_checks == ("manual",)
+    assert d.weight_writes == [] and d.state.weights == ALL_STABLE

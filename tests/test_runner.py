@@ -129,21 +129,66 @@ def test_rollback_writes_stable_before_saving_or_notifying() -> None:
     assert not any(e[0] == "notify" and e[1] == "RolledBack" for e in j.entries[:i])
 
 
-def test_rollback_write_is_retried_hardest() -> None:
+def test_a_failing_rollback_write_is_announced_at_once_kept_pending_and_retried() -> None:
+    """Item 7: announced before any retry, the turn returns bounded with the rollback
+    pending (not finished), and later turns retry until it goes through."""
+    j = Journal()
+    runner, router, _, notifier = make_runner(j, errors_at=30.0)
+    runner.start_or_resume()
+    router.fail_times = 1000  # the API server is down for a long while
+    t0 = runner.clock.now() + 30
+    state = tick_after(runner)
+    assert runner.clock.now() - t0 <= runner.rollback_turn_s + runner.max_backoff_s  # bounded turn
+    assert state.phase is Phase.ROLLED_BACK and state.rollback_pending and not state.terminal
+    assert notifier.kinds[-1] == "RollbackFailing" and "RolledBack" not in notifier.kinds
+    assert j.entries[-1] == ("save", "RolledBack")  # saved as pending: a restart retries it
+    assert runner.store.load()["rollbackPending"] is True  # type: ignore[attr-defined,index]
+    first_failure = j.entries.index(("notify", "RollbackFailing"))
+    assert not any(e[0] in ("save", "weights") for e in j.entries[first_failure - 1 : first_failure])
+    # Turns keep retrying with backoff; an abort or a metrics read never gets in the way.
+    runner.request("abort")
+    state = tick_after(runner, 0)
+    assert state.rollback_pending and notifier.kinds.count("RollbackFailing") == 1
+    router.fail_times = 0  # the server recovers
+    result = runner.run()
+    assert result.outcome == "rolled_back" and result.exit_code == 3
+    assert router.weights == ALL_STABLE and notifier.kinds[-1] == "RolledBack"
+    assert not result.state.rollback_pending
+
+
+def test_a_pending_rollback_survives_a_timeout() -> None:
     j = Journal()
     runner, router, _, _ = make_runner(j, errors_at=30.0)
     runner.start_or_resume()
-    router.fail_times = 10  # more than a step write's 3 tries
-    state = tick_after(runner)
-    assert state.phase is Phase.ROLLED_BACK and router.weights == ALL_STABLE
+    router.fail_times = 20
+    result = runner.run(timeout_s=35)
+    assert result.outcome == "rolled_back" and router.weights == ALL_STABLE
 
 
-def test_a_step_write_that_keeps_failing_raises_and_saves_nothing_new() -> None:
+def test_a_step_write_the_runner_gives_up_on_rolls_back_and_says_why() -> None:
+    """Item 6: not 'exit 1 at 80/20': restore 100% stable first, then announce."""
     j = Journal()
-    runner, _router, _, _ = make_runner(j, fail_times=5)
-    with pytest.raises(RouterWriteError, match="weight change to 10%"):
-        runner.start_or_resume()
-    assert not any(e[0] == "save" for e in j.entries)
+    runner, router, _, notifier = make_runner(j)
+    runner.start_or_resume()
+    router.fail_times = 1000
+    tick_after(runner)
+    state = tick_after(runner, 60)  # ready to advance to 50%: that write fails
+    assert state.phase is Phase.ROLLED_BACK and state.rollback_pending  # still down
+    assert "could not write 50% to the candidate" in state.reason
+    assert state.failed_checks == ("writeFailed",)
+    router.fail_times = 0
+    result = runner.run()
+    assert result.outcome == "rolled_back" and router.weights == ALL_STABLE
+    assert notifier.kinds[-1] == "RolledBack"
+
+
+def test_a_first_write_that_fails_rolls_back_too() -> None:
+    j = Journal()
+    runner, router, _, _ = make_runner(j, fail_times=300)
+    state = runner.start_or_resume()
+    assert state.phase is Phase.ROLLED_BACK and "could not write 10%" in state.reason
+    router.fail_times = 0
+    assert runner.run().outcome == "rolled_back"
 
 
 def test_resume_from_saved_state_continues_without_rewriting_weights(tmp_path: object) -> None:
@@ -194,15 +239,89 @@ def test_timeout_leaves_the_rollout_unfinished_with_exit_4() -> None:
     assert result.outcome == "timed_out" and result.exit_code == 4
 
 
-def test_external_weight_change_is_announced_not_fought() -> None:
+def test_external_weight_change_away_from_stable_is_announced_not_fought() -> None:
     j = Journal()
     runner, router, _, notifier = make_runner(j)
     runner.start_or_resume()
-    router.weights = Weights(100, 0)  # Argo CD synced the VirtualService back
+    router.weights = Weights(70, 30)  # someone else's edit, not towards stable
     tick_after(runner)
-    assert "ExternalChange" in notifier.kinds
-    assert runner.external_change is not None and "live 100/0" in runner.external_change
+    tick_after(runner)  # ready to advance: the compare-and-swap holds instead
+    assert notifier.kinds.count("ExternalChange") == 1
+    assert runner.external_change is not None and "live 70/30" in runner.external_change
     assert [e for e in j.entries if e[0] == "weights"] == [("weights", Weights(90, 10))]
+    assert runner.state is not None and runner.state.step_index == 0 and not runner.state.terminal
+
+
+def test_a_move_towards_stable_between_ticks_stops_the_rollout_without_writing() -> None:
+    """Item 3: a person's manual rollback is never overwritten: the rollout ends Aborted."""
+    j = Journal()
+    runner, router, _, notifier = make_runner(j)
+    runner.start_or_resume()
+    router.weights = ALL_STABLE  # a person, by hand
+    result = runner.run()
+    assert result.outcome == "aborted" and result.exit_code == 4
+    assert result.state.phase is Phase.ABORTED and result.state.weights == ALL_STABLE
+    assert (
+        "moved to 100/0 outside mesh-canary" in result.state.reason
+        and "nothing written" in result.state.reason
+    )
+    assert notifier.kinds[-1] == "Aborted"
+    assert [e for e in j.entries if e[0] == "weights"] == [("weights", Weights(90, 10))]
+
+
+def test_a_move_towards_stable_during_a_tick_fails_the_compare_and_swap() -> None:
+    """The race of item 3: the person's edit lands after the check, before the write."""
+    j = Journal()
+    runner, router, metrics, notifier = make_runner(j)
+    runner.start_or_resume()
+    tick_after(runner)
+    original = metrics.read
+
+    def read_then_person_moves(since: float, now: float) -> Observation:
+        router.weights = Weights(100, 0)
+        return original(since, now)
+
+    metrics.read = read_then_person_moves  # type: ignore[method-assign]
+    state = tick_after(runner)  # judged ready to advance to 50%
+    assert state.phase is Phase.ABORTED and router.weights == ALL_STABLE
+    assert [e[1] for e in j.entries if e[0] == "weights"] == [Weights(90, 10)]
+    assert "ExternalChange" not in notifier.kinds and notifier.kinds[-1] == "Aborted"
+
+
+def test_resume_trusts_live_weights_that_moved_towards_stable(tmp_path: object) -> None:
+    """Item 4: the state file says 50% but the route says 100/0: never re-advance."""
+    path = tmp_path / "state.json"  # type: ignore[operator]
+    first, _, _, _ = make_runner(Journal(), store=FileStateStore(path))
+    first.start_or_resume()
+    for _ in range(3):
+        tick_after(first)
+    assert first.state is not None and first.state.weights == Weights(50, 50)
+    j2 = Journal()
+    second, router2, _, notifier = make_runner(j2, store=FileStateStore(path))
+    router2.weights = ALL_STABLE
+    state = second.start_or_resume()
+    assert state.phase is Phase.ABORTED and state.terminal
+    assert second.run().outcome == "aborted"
+    assert not any(e[0] == "weights" for e in j2.entries)
+    assert notifier.kinds == ["Aborted"]
+
+
+def test_a_second_ctrl_c_during_a_write_quits_right_after_its_save() -> None:
+    j = Journal()
+    runner, router, _, _ = make_runner(j)
+    runner.start_or_resume()
+    original = router.set_weights
+
+    def interrupted_write(weights: Weights) -> None:
+        assert runner.request_quit() is True  # the signal arrives mid-write: deferred
+        original(weights)
+
+    router.set_weights = interrupted_write  # type: ignore[method-assign]
+    runner.request("abort")
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    assert router.weights == ALL_STABLE
+    assert j.entries[-2:] == [("save", "RolledBack"), ("notify", "RolledBack")]
 
 
 def test_background_notifier_never_delays_the_caller() -> None:
@@ -241,3 +360,31 @@ def test_no_api_read_comes_before_a_rollback_write() -> None:
     tick_after(runner)
     rollback_at = j.entries.index(("weights", ALL_STABLE))
     assert all(at > rollback_at for at in reads)
+
+
+def test_a_second_ctrl_c_before_the_rollback_started_waits_for_it() -> None:
+    """Quitting between the two would leave traffic on the candidate and a state a rerun
+    carries forward: the rollback asked for first is written and saved, then it quits."""
+    j = Journal()
+    runner, router, _, _ = make_runner(j)
+    runner.start_or_resume()
+    runner.request("abort")
+    assert runner.request_quit() is True
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    assert router.weights == ALL_STABLE
+    assert ("save", "RolledBack") in j.entries
+
+
+def test_a_first_write_refused_for_the_configuration_starts_nothing() -> None:
+    """No such route: nothing was written, nothing is saved, the error says why (exit 1)."""
+    j = Journal()
+    runner, router, _, _ = make_runner(j)
+
+    def refuse(weights: Weights) -> None:
+        raise ValueError("VirtualService models/fraud-scorer has no http route named 'primary'")
+
+    router.set_weights = refuse  # type: ignore[method-assign]
+    with pytest.raises(RouterWriteError, match=r"could not start the rollout: .*no http route named"):
+        runner.start_or_resume()
+    assert not any(e[0] == "save" for e in j.entries)

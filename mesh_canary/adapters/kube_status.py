@@ -55,7 +55,19 @@ FINALIZER = "mesh-canary.io/restore-stable"
 HISTORY_LIMIT = 20
 MESSAGE_LIMIT = 1024
 
-CONDITION_TYPES = ("PolicyValid", "Progressing", "Succeeded", "RolledBack", "WeightsInSync", "Ready")
+CONDITION_TYPES = (
+    "PolicyValid",
+    "Progressing",
+    "Succeeded",
+    "RolledBack",
+    "RollbackPending",
+    "Aborted",
+    "WeightsInSync",
+    "Ready",
+)
+
+# The phase shown while a rollback is decided but its write has not gone through yet.
+ROLLING_BACK = "RollingBack"
 
 # `Ready` appears once a reconcile of the resource has failed: False (reason
 # RECONCILE_ERROR) while it keeps failing, True again once a reconcile works.
@@ -163,7 +175,7 @@ def condition(status: Mapping[str, Any], type_: str) -> dict[str, Any] | None:
 def rollback_category(failed_checks: Iterable[str]) -> str:
     """Why a rollout rolled back, in one low-cardinality word (metrics label, condition reason)."""
     failed = set(failed_checks)
-    for word in ("manual", "noData", "stepTimeout", "deleted", "superseded"):
+    for word in ("manual", "noData", "stepTimeout", "deleted", "superseded", "writeFailed"):
         if word in failed:
             return word
     return "checkFailed"
@@ -176,6 +188,7 @@ _CONDITION_REASON = {
     "checkFailed": "CheckFailed",
     "deleted": "Deleted",
     "superseded": "Superseded",
+    "writeFailed": "WriteFailed",
 }
 
 
@@ -201,10 +214,14 @@ def check_view(c: CheckResult) -> dict[str, Any]:
 
 
 def outcome_word(state: RolloutState) -> str | None:
+    if not state.terminal:
+        return None
     if state.phase is Phase.SUCCEEDED:
         return "promoted"
     if state.phase is Phase.ROLLED_BACK:
         return "rolledBack"
+    if state.phase is Phase.ABORTED:
+        return "aborted"
     return None
 
 
@@ -250,6 +267,10 @@ def status_message(state: RolloutState, policy: Policy | None) -> str:
     w = state.weights
     if state.phase is Phase.SUCCEEDED:
         return f"promoted {candidate}: 100% of traffic"
+    if state.rollback_pending:
+        return f"rolling back: the write of 100% stable has not gone through yet, retrying ({state.reason})"
+    if state.phase is Phase.ABORTED:
+        return f"stopped without writing: {state.reason}"
     if state.phase is Phase.ROLLED_BACK:
         return f"rolled back to 100% stable: {state.reason}"
     if state.phase is Phase.PAUSED:
@@ -317,7 +338,7 @@ def render_status(
     else:
         sched = schedule(policy) if policy else tuple(s.weight for s in state.steps)
         status.update(
-            phase=state.phase.value,
+            phase=ROLLING_BACK if state.rollback_pending else state.phase.value,
             currentStep=state.step_index + 1,
             stepCount=len(sched),
             weights=state.weights.to_dict(),
@@ -339,6 +360,8 @@ def render_status(
             cond("Progressing", "Unknown", "Paused", status["message"])
         elif phase is Phase.WAITING_FOR_APPROVAL:
             cond("Progressing", "Unknown", "WaitingForApproval", status["message"])
+        elif state.rollback_pending:
+            cond("Progressing", "True", "RollbackPending", status["message"])
         else:
             cond("Progressing", "False", "Finished", f"the rollout finished: {phase.value}")
         if phase is Phase.SUCCEEDED:
@@ -347,14 +370,20 @@ def render_status(
             cond(
                 "Succeeded",
                 "False",
-                "RolledBack" if phase is Phase.ROLLED_BACK else "InProgress",
-                "the candidate was not promoted" if phase is Phase.ROLLED_BACK else "not promoted yet",
+                {Phase.ROLLED_BACK: "RolledBack", Phase.ABORTED: "Aborted"}.get(phase, "InProgress"),
+                "the candidate was not promoted" if state.terminal else "not promoted yet",
             )
-        if phase is Phase.ROLLED_BACK:
+        if phase is Phase.ROLLED_BACK and not state.rollback_pending:
             category = rollback_category(state.failed_checks)
             cond("RolledBack", "True", _CONDITION_REASON[category], state.reason)
         else:
             cond("RolledBack", "False", "NotRolledBack", "traffic has not been rolled back")
+        if state.rollback_pending:
+            cond("RollbackPending", "True", "WriteFailing", status["message"])
+        elif condition(prev, "RollbackPending") is not None or phase is Phase.ROLLED_BACK:
+            cond("RollbackPending", "False", "Written", "no rollback write is waiting")
+        if phase is Phase.ABORTED:
+            cond("Aborted", "True", "ChangedOutsideMeshCanary", state.reason)
         if drift:
             cond("WeightsInSync", "False", "ChangedOutsideMeshCanary", drift)
         else:

@@ -8,8 +8,9 @@ decision, so what `simulate` shows is what production does.
 
 Carrying out a Decision: execute `actions` in order (a rollback's weight write is always
 the first action, so nothing can delay it), then save `state`. A driver that crashes
-between the two resumes from the older state; it never re-writes weights on resume, so a
-rollback that went through is never undone.
+between the two resumes from the older state; it never re-writes weights on resume, and it
+compares the live weights with that state first (a rollback carries its own record on the
+route), so a rollback that went through is never undone.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ class Phase(StrEnum):
     WAITING_FOR_APPROVAL = "WaitingForApproval"
     SUCCEEDED = "Succeeded"
     ROLLED_BACK = "RolledBack"
+    # Someone outside mesh-canary (a person, a GitOps sync) moved traffic towards stable:
+    # the rollout stopped without writing over their weights.
+    ABORTED = "Aborted"
 
 
-TERMINAL = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK})
+TERMINAL = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.ABORTED})
 
 
 class Command(StrEnum):
@@ -53,13 +57,14 @@ class Command(StrEnum):
 class SetWeights:
     weights: Weights
     reason: str
-    rollback: bool = False  # the driver retries a rollback write hardest
+    rollback: bool = False  # checks nothing first; retried until it goes through
 
 
 @dataclass(frozen=True)
 class Announce:
     kind: str  # Started | StepAdvanced | Holding | Paused | Resumed | Approved |
-    #            WaitingForApproval | Switched | Promoted | RolledBack
+    #            WaitingForApproval | Switched | Promoted | RolledBack | RollbackFailing |
+    #            Aborted
     message: str
     severity: str = "info"
 
@@ -111,10 +116,18 @@ class RolloutState:
     earlier_windows: tuple[tuple[float, Observation], ...] = ()
     policy_fingerprint: str = ""
     ticks: int = 0
+    # The rollback was decided but its write of 100% stable has not gone through yet: the
+    # driver retries it (no later than ``retry_at``) and the rollout is not finished.
+    rollback_pending: bool = False
+    retry_at: float | None = None
+    # Who owns the route (an annotation on the VirtualService, a lock for the local mesh);
+    # kept so that a resume with the same state keeps the ownership.
+    run_id: str = ""
 
     @property
     def terminal(self) -> bool:
-        return self.phase in TERMINAL
+        """Finished: a final phase whose last write went through."""
+        return self.phase in TERMINAL and not self.rollback_pending
 
     @property
     def window_start(self) -> float:
@@ -122,6 +135,8 @@ class RolloutState:
         return self.step_started_at
 
     def next_tick_at(self, policy: Policy) -> float:
+        if self.rollback_pending and self.retry_at is not None:
+            return self.retry_at
         base = self.last_tick_at if self.last_tick_at is not None else self.step_started_at
         return base + policy.analysis.interval_s
 
@@ -148,6 +163,9 @@ class RolloutState:
             "earlierWindows": [{"share": sh, "window": w.to_dict()} for sh, w in self.earlier_windows],
             "policyFingerprint": self.policy_fingerprint,
             "ticks": self.ticks,
+            "rollbackPending": self.rollback_pending,
+            "retryAt": self.retry_at,
+            "runId": self.run_id,
         }
 
     @classmethod
@@ -177,6 +195,9 @@ class RolloutState:
             ),
             policy_fingerprint=d.get("policyFingerprint", ""),
             ticks=int(d.get("ticks", 0)),
+            rollback_pending=bool(d.get("rollbackPending", False)),
+            retry_at=d.get("retryAt"),
+            run_id=str(d.get("runId") or ""),
         )
 
 
@@ -255,6 +276,8 @@ def start(policy: Policy, now: float) -> Decision:
 def command(policy: Policy, state: RolloutState, cmd: Command | str, now: float) -> Decision:
     """A person's order: abort, pause, resume or approve."""
     cmd = Command(cmd)
+    if state.rollback_pending:
+        return retry_rollback(state)
     if state.terminal:
         return Decision(state)
     if cmd is Command.ABORT:
@@ -291,6 +314,8 @@ def tick(
     judge: Judge,
 ) -> Decision:
     """One analysis: judge the step's window and decide to hold, advance or roll back."""
+    if state.rollback_pending:
+        return retry_rollback(state)  # decided: nothing to judge, only the write to finish
     if state.terminal:
         return Decision(state)
     state = replace(state, last_tick_at=now, ticks=state.ticks + 1)
@@ -503,3 +528,96 @@ def _roll_back(state: RolloutState, now: float, reason: str, failed: Sequence[st
             Announce("RolledBack", f"rolled back to 100% stable: {reason}", severity="warning"),
         ),
     )
+
+
+# ---- what the driver found when carrying out a decision -------------------------------
+
+
+def retry_rollback(state: RolloutState) -> Decision:
+    return Decision(state, (SetWeights(ALL_STABLE, state.reason, rollback=True),))
+
+
+def rollback_write_failed(state: RolloutState, error: str, retry_at: float, first: bool) -> Decision:
+    """The write of 100% stable did not go through: the rollback stays pending (not finished)
+    and is retried by ``retry_at``; the first failure is announced at once."""
+    new = replace(state, rollback_pending=True, retry_at=retry_at)
+    if not first:
+        return Decision(new)
+    msg = (
+        f"the rollback to 100% stable could not be written ({error}); traffic may still reach the "
+        f"candidate at {state.steps[-1].weight if state.steps else '?'}%; retrying until it goes through"
+    )
+    return Decision(new, (Announce("RollbackFailing", msg, severity="warning"),))
+
+
+def rollback_written(state: RolloutState) -> Decision:
+    """A pending rollback's write went through at last: the rollout is finished."""
+    new = replace(state, rollback_pending=False, retry_at=None)
+    return Decision(
+        new, (Announce("RolledBack", f"rolled back to 100% stable: {state.reason}", severity="warning"),)
+    )
+
+
+def forward_write_failed(state: RolloutState, now: float, weights: Weights, error: str) -> Decision:
+    """A step's write could not be made: the candidate may hold traffic with nothing
+    watching it, so roll back to 100% stable."""
+    reason = f"could not write {weights.candidate}% to the candidate ({error}); rolled back to 100% stable"
+    return _roll_back(state, now, reason, ("writeFailed",))
+
+
+def towards_stable(live: Weights, expected: Weights) -> bool:
+    """Do the live weights send less to the candidate (or mirror less) than ``expected``?"""
+    if live.candidate != expected.candidate:
+        return live.candidate < expected.candidate
+    return live.mirror_percent < expected.mirror_percent
+
+
+def moved_outside(state: RolloutState, now: float, live: Weights, where: str) -> Decision:
+    """Someone moved traffic towards stable: stop, write nothing over their weights."""
+    reason = (
+        f"{where} moved to {live.stable}/{live.candidate} outside mesh-canary "
+        f"(mesh-canary had {state.weights.stable}/{state.weights.candidate}): a person took over; "
+        "nothing written"
+    )
+    new = replace(
+        state,
+        phase=Phase.ABORTED,
+        weights=live,
+        paused=False,
+        finished_at=now,
+        reason=reason,
+        failed_checks=("outsideChange",),
+        steps=_close_step(state, now, "fail"),
+    )
+    return Decision(new, (Announce("Aborted", f"stopped: {reason}", severity="warning"),))
+
+
+def recorded_rollback(state: RolloutState, now: float, reason: str, failed: Sequence[str] = ()) -> Decision:
+    """On resume: the route already holds our own rollback (recorded with its write), which
+    the saved state missed (a crash or a second Ctrl-C before the save): adopt it."""
+    new = replace(
+        state,
+        phase=Phase.ROLLED_BACK,
+        weights=ALL_STABLE,
+        paused=False,
+        finished_at=now,
+        reason=reason,
+        failed_checks=tuple(failed) or state.failed_checks,
+        steps=_close_step(state, now, "fail"),
+    )
+    msg = f"rolled back to 100% stable (found on the route when resuming): {reason}"
+    return Decision(new, (Announce("RolledBack", msg, severity="warning"),))
+
+
+def taken_over(state: RolloutState, now: float, reason: str) -> Decision:
+    """Another rollout took the route over: stop, write nothing over its weights."""
+    new = replace(
+        state,
+        phase=Phase.ABORTED,
+        paused=False,
+        finished_at=now,
+        reason=reason,
+        failed_checks=("outsideChange",),
+        steps=_close_step(state, now, "fail"),
+    )
+    return Decision(new, (Announce("Aborted", f"stopped: {reason}", severity="warning"),))

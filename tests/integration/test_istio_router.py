@@ -11,7 +11,17 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from mesh_canary.adapters.istio import GROUP, PLURAL, VERSION, IstioRouter, IstioRouterError
+from mesh_canary.adapters.istio import (
+    ANNOTATION_OWNER,
+    ANNOTATION_ROLLBACK,
+    GROUP,
+    PLURAL,
+    VERSION,
+    IstioConflict,
+    IstioRouter,
+    IstioRouterError,
+)
+from mesh_canary.adapters.routing import RollbackRecord, RouteConflict, RouteOwned, WeightsMoved
 from mesh_canary.adapters.vs_patch import VirtualServicePatchError
 from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import load_policy_text
@@ -189,7 +199,8 @@ def test_every_version_written_is_valid_against_istios_v1_schema(kube_api: KubeS
         assert validator_for(VIRTUALSERVICE_CRD).errors(version) == []
 
 
-def test_a_conflict_is_retried_from_a_fresh_read(kube_api: KubeStandIn) -> None:
+def test_a_conflict_is_one_typed_error_and_the_next_attempt_reads_afresh(kube_api: KubeStandIn) -> None:
+    """One attempt per call (the runner owns retries): a 409 is an IstioConflict."""
     create(kube_api, subset_vs())
 
     def concurrent_writer(handler: Any) -> None:
@@ -202,7 +213,10 @@ def test_a_conflict_is_retried_from_a_fresh_read(kube_api: KubeStandIn) -> None:
         handler["put", handler.resource(RES)] >> relabel  # kmock: a one-shot side effect
 
     kube_api.call(concurrent_writer)
-    router = IstioRouter(policy(SUBSET_POLICY), kube_api.api_client(), sleep=lambda s: None)
+    router = IstioRouter(policy(SUBSET_POLICY), kube_api.api_client())
+    with pytest.raises(IstioConflict, match="HTTP 409"):
+        router.set_weights(Weights(stable=80, candidate=20))
+    assert isinstance(IstioConflict("x"), RouteConflict)
     router.set_weights(Weights(stable=80, candidate=20))
     after = live(kube_api)
     assert router.conflicts == 1
@@ -211,37 +225,78 @@ def test_a_conflict_is_retried_from_a_fresh_read(kube_api: KubeStandIn) -> None:
     assert after["metadata"]["labels"] == {"app": "fraud-scorer", "team": "fraud"}, "the other write was kept"
 
 
-def test_conflicts_that_never_end_give_up_after_the_bounded_attempts(kube_api: KubeStandIn) -> None:
-    create(kube_api, subset_vs())
-    status = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "status": "Failure",
-        "reason": "Conflict",
-        "code": 409,
-        "message": "the object has been modified",
-    }
-    kube_api.call(lambda h: h["put", h.resource(RES)] << 409 << status)
-    slept: list[float] = []
-    router = IstioRouter(policy(SUBSET_POLICY), kube_api.api_client(), attempts=4, sleep=slept.append)
-    with pytest.raises(IstioRouterError, match=r"after 4 attempt.*409"):
-        router.set_weights(Weights(stable=50, candidate=50))
-    assert requests_to(kube_api, "PUT") == 4
-    assert len(slept) == 3 and all(0 < s <= 2.0 for s in slept)
-
-
-def test_a_rollback_retries_through_server_errors_where_a_step_does_not(kube_api: KubeStandIn) -> None:
+def test_a_server_error_is_one_attempt_for_steps_and_rollbacks_alike(kube_api: KubeStandIn) -> None:
     vs = subset_vs()
     vs["spec"]["http"][1]["route"][0]["weight"] = vs["spec"]["http"][1]["route"][1]["weight"] = 50
     create(kube_api, vs)
-    router = IstioRouter(policy(SUBSET_POLICY), kube_api.api_client(), sleep=lambda s: None)
-    # kmock: the first three PUTs (its views count every request seen) answer 503
-    kube_api.call(lambda h: h["put", h.resource(RES)][:3] << 503)
+    router = IstioRouter(policy(SUBSET_POLICY), kube_api.api_client())
+    kube_api.call(lambda h: h["put", h.resource(RES)][:2] << 503)
     with pytest.raises(IstioRouterError, match="HTTP 503"):
-        router.set_weights(Weights(stable=25, candidate=75))  # an ordinary step: not retried
-    router.set_weights(ALL_STABLE)  # the rollback: two more 503s, then through
+        router.set_weights(Weights(stable=25, candidate=75))
+    with pytest.raises(IstioRouterError, match="HTTP 503"):
+        router.write(ALL_STABLE, rollback=RollbackRecord("run1", "errorRate failed"))
+    assert requests_to(kube_api, "PUT") == 2
+    router.write(ALL_STABLE, rollback=RollbackRecord("run1", "errorRate failed"))
     assert weights_of(live(kube_api), 1) == [100, 0]
-    assert requests_to(kube_api, "PUT") == 1 + 3
+
+
+def test_a_forward_write_is_a_compare_and_swap(kube_api: KubeStandIn) -> None:
+    """Item 3: the live weights are checked in the same read the replace carries."""
+    create(kube_api, subset_vs())
+    router = IstioRouter(policy(SUBSET_POLICY, ", routes: [primary]"), kube_api.api_client())
+    router.write(Weights(50, 50), expected=ALL_STABLE)
+
+    def person(obj: dict[str, Any]) -> None:  # a person puts everything back on stable
+        obj["spec"]["http"][1]["route"][0]["weight"] = 100
+        obj["spec"]["http"][1]["route"][1]["weight"] = 0
+
+    kube_api.write(RES, NS, "fraud-scorer", person)
+    with pytest.raises(WeightsMoved) as moved:
+        router.write(Weights(20, 80), expected=Weights(50, 50))
+    assert moved.value.live == ALL_STABLE
+    assert weights_of(live(kube_api), 1) == [100, 0]
+    assert requests_to(kube_api, "PUT") == 1, "nothing written over the person's weights"
+    # Already where we want it (a crash between our write and our save): not an outside move.
+    router.write(ALL_STABLE, expected=Weights(50, 50))
+
+
+def test_a_rollback_carries_its_record_in_the_same_replace(kube_api: KubeStandIn) -> None:
+    """Item 4: the rollback's intent is durable atomically with its write."""
+    vs = subset_vs()
+    vs["spec"]["http"][1]["route"][0]["weight"] = vs["spec"]["http"][1]["route"][1]["weight"] = 50
+    create(kube_api, vs)
+    router = IstioRouter(policy(SUBSET_POLICY), kube_api.api_client())
+    record = RollbackRecord("run1", "aborted by a person (manual rollback)", ("manual",), 12.5)
+    router.write(ALL_STABLE, owner="run1", rollback=record)
+    assert requests_to(kube_api, "PUT") == 1
+    stored = live(kube_api)
+    assert weights_of(stored, 1) == [100, 0]
+    assert json.loads(stored["metadata"]["annotations"][ANNOTATION_ROLLBACK])["runId"] == "run1"
+    assert router.recorded_rollback() == record
+    for version in kube_api.stored(RES, NS, "fraud-scorer"):
+        assert validator_for(VIRTUALSERVICE_CRD).errors(version) == []
+
+
+def test_ownership_is_claimed_refused_kept_and_released(kube_api: KubeStandIn) -> None:
+    """Item 5: one owner at a time, set with the resourceVersion read."""
+    create(kube_api, subset_vs())
+    first = IstioRouter(policy(SUBSET_POLICY), kube_api.api_client())
+    second = IstioRouter(policy(SUBSET_POLICY), kube_api.api_client())
+    first.claim("run-a", "models/fraud-scorer")
+    owner = json.loads(live(kube_api)["metadata"]["annotations"][ANNOTATION_OWNER])
+    assert owner["runId"] == "run-a" and owner["rollout"] == "models/fraud-scorer"
+    with pytest.raises(RouteOwned, match="already being rolled out by models/fraud-scorer"):
+        second.claim("run-b", "models/fraud-scorer")
+    with pytest.raises(RouteOwned):
+        second.write(Weights(90, 10), owner="run-b", expected=ALL_STABLE)
+    assert weights_of(live(kube_api), 1) == [100, 0]
+    first.claim("run-a", "models/fraud-scorer")  # a resume keeps it
+    first.write(Weights(90, 10), owner="run-a", expected=ALL_STABLE)
+    second.claim("run-c", "models/fraud-scorer", previous="run-a")  # the same state's next rollout
+    second.release("run-a")  # not the holder: nothing happens
+    assert json.loads(live(kube_api)["metadata"]["annotations"][ANNOTATION_OWNER])["runId"] == "run-c"
+    second.release("run-c")
+    assert ANNOTATION_OWNER not in (live(kube_api)["metadata"].get("annotations") or {})
 
 
 def test_weights_changed_by_someone_else_are_detected(kube_api: KubeStandIn) -> None:
