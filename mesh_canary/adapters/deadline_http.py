@@ -9,7 +9,8 @@ request ends by that deadline whatever the server does, and the caller gets
 
 Built on httpcore's public network-backend interface (the transport under httpx), wrapping
 its standard synchronous backend. No retries: one bounded attempt per call; the caller (the
-engine, next tick) decides whether to ask again.
+engine, next tick) decides whether to ask again. ``deadline_requests.DeadlineAdapter`` puts it
+under a ``requests.Session`` (for prometheus-api-client).
 """
 
 from __future__ import annotations

@@ -215,8 +215,8 @@ class PrometheusMetricsSource:
         self._answers.last = None
         try:
             # The time left is the request's total deadline (DeadlineAdapter): the read's
-            # budget is shared by its queries.
-            self._prometheus.custom_query(text, params={"time": f"{at:.3f}"}, timeout=left)  # type: ignore[arg-type]  # seconds as float; typed int upstream
+            # budget is shared by its queries. (Seconds as a float; typed int upstream.)
+            self._prometheus.custom_query(text, params={"time": f"{at:.3f}"}, timeout=left)  # type: ignore[arg-type]
         except requests.Timeout:
             raise _Unanswered(slow, unreachable=True) from None
         except NotHTTP:
