@@ -9,7 +9,8 @@ request ends by that deadline whatever the server does, and the caller gets
 
 Built on httpcore's public network-backend interface (the transport under httpx), wrapping
 its standard synchronous backend. No retries: one bounded attempt per call; the caller (the
-engine, next tick) decides whether to ask again.
+engine, next tick) decides whether to ask again. ``deadline_requests.DeadlineAdapter`` puts it
+under a ``requests.Session`` (for prometheus-api-client).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class TooLarge(Exception):
 class Answer:
     status: int
     body: bytes
+    # The answer's headers (names and values as latin-1 text), for callers that need them.
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 Remaining = Callable[[], float]
@@ -85,14 +88,27 @@ class DeadlineClient:
         self._pools: dict[str | None, httpcore.ConnectionPool] = {}
         self._lock = threading.Lock()
 
-    def get(self, url: str, params: Mapping[str, str] | None, deadline: float) -> Answer:
+    def get(
+        self,
+        url: str,
+        params: Mapping[str, str] | None,
+        deadline: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> Answer:
         """The answer to ``GET url?params``, read whole by ``deadline``.
 
-        Raises DeadlineExceeded, Unreachable, TooLarge, or httpcore.ProtocolError (the server
-        does not speak HTTP). Never waits past the deadline, whatever the server does.
+        ``params`` None keeps the query already in ``url``. ``headers`` are sent too (the
+        client's own ``headers`` win). Raises DeadlineExceeded, Unreachable, TooLarge, or
+        httpcore.ProtocolError (the server does not speak HTTP). Never waits past the
+        deadline, whatever the server does.
         """
-        target = httpx.URL(url, params=dict(params or {}))
-        headers = {"Accept": "application/json", "User-Agent": "mesh-canary", **self.headers}
+        target = httpx.URL(url) if params is None else httpx.URL(url, params=dict(params))
+        headers = {
+            "Accept": "application/json",
+            "User-Agent": "mesh-canary",
+            **(headers or {}),
+            **self.headers,
+        }
         if target.username or target.password:
             pair = f"{target.username}:{target.password}".encode()
             headers.setdefault("Authorization", "Basic " + base64.b64encode(pair).decode())
@@ -114,7 +130,8 @@ class DeadlineClient:
                     body += chunk
                     if len(body) > self.max_body_bytes:
                         raise TooLarge(f"the answer is larger than {self.max_body_bytes // 2**20} MiB")
-                return Answer(response.status, bytes(body))
+                names = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
+                return Answer(response.status, bytes(body), tuple(names))
         except (httpcore.TimeoutException, _Late):
             raise DeadlineExceeded from None
         except (httpcore.ConnectError, ssl.SSLError) as err:

@@ -8,14 +8,21 @@ It never raises from ``read``: Prometheus down, slow, an error answer, a version
 series or a NaN each become a distinct sentence in ``Observation.problem``, which the
 engine treats as no data (never as a pass).
 
+Queries go through ``prometheus-api-client``'s ``PrometheusConnect.custom_query``, over a
+``requests.Session`` whose only transport is ``deadline_requests.DeadlineAdapter`` (a
+``requests`` transport adapter that sends through ``deadline_http.DeadlineClient``), so the
+library's usual retrying urllib3 transport never sends anything.
+
 Deadlines: one read, all its queries together, ends within
 ``min(metrics.timeout, max(analysis.interval, 5s))`` of its start, however the server answers (a
-server that trickles its answer a byte a second included): ``deadline_http`` gives every
-socket step only the time left. No retries: the engine asks again next tick.
+server that trickles its answer a byte a second included): each query gets the time left
+as its requests ``timeout``, which the adapter turns into a TOTAL deadline (every socket step
+gets only the time left). No retries, redirects not followed: the engine asks again next tick.
 
 Disclosure: nothing the server sent is copied into a problem (which reaches the status,
 Events, notifications and the state file): only the HTTP status, Prometheus's own short
-``errorType`` (a fixed enum) and fixed sentences. URLs are shown through ``redact_url``.
+``errorType`` (a fixed enum) and fixed sentences; prometheus-api-client's own exception
+(which quotes the body) is never shown. URLs are shown through ``redact_url``.
 """
 
 from __future__ import annotations
@@ -23,17 +30,24 @@ from __future__ import annotations
 import http
 import json
 import logging
+import threading
 import time
 import urllib.parse
 from typing import Any
 
+import requests
+import requests.adapters
+from prometheus_api_client.prometheus_connect import PrometheusConnect
+from urllib3.util.retry import Retry
+
 from mesh_canary.adapters import promql
-from mesh_canary.adapters.deadline_http import (
-    Answer,
-    DeadlineClient,
-    DeadlineExceeded,
-    TooLarge,
-    Unreachable,
+from mesh_canary.adapters.deadline_http import DeadlineClient
+from mesh_canary.adapters.deadline_requests import (
+    AnswerTooLarge,
+    CannotConnect,
+    DeadlineAdapter,
+    NotHTTP,
+    deadline_session,
 )
 from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Observation
@@ -115,8 +129,11 @@ class PrometheusMetricsSource:
     ``url`` and ``timeout_s`` default to ``policy.metrics.address``/``timeout``; one read
     (all its queries) is bounded by ``min(timeout_s, max(policy.analysis.interval, 5s))``.
     ``client`` is the DeadlineClient to send with (TLS settings, extra headers such as a
-    bearer token), a new one by default. Raises MetricsAddressError for an unusable address
-    and PromQLError when the policy cannot be turned into safe queries.
+    bearer token), a new one by default. ``transport`` replaces the whole transport (a
+    ``requests.adapters.BaseAdapter``, e.g. a fake in a test); it must honour requests'
+    ``timeout`` as a total deadline, as the default ``DeadlineAdapter(client)`` does. Raises
+    MetricsAddressError for an unusable address and PromQLError when the policy cannot be
+    turned into safe queries.
     """
 
     def __init__(
@@ -125,7 +142,10 @@ class PrometheusMetricsSource:
         url: str | None = None,
         timeout_s: float | None = None,
         client: DeadlineClient | None = None,
+        transport: requests.adapters.BaseAdapter | None = None,
     ) -> None:
+        if client is not None and transport is not None:
+            raise ValueError("give client= (sent through a DeadlineAdapter) or transport=, not both")
         self.policy = policy
         self.url = check_address(
             policy.metrics.address if url is None else url,
@@ -139,15 +159,23 @@ class PrometheusMetricsSource:
         self.read_budget_s = min(self.timeout_s, max(policy.analysis.interval_s, MIN_READ_BUDGET_S))
         self.queries_per_read = len(promql.plan_queries(policy, "60s"))  # also validates the policy
         self.last_read_queries = 0  # HTTP queries the last read actually sent
-        self._client = client if client is not None else DeadlineClient()
-        self._endpoint = self.url + "/api/v1/query"
+        self._transport = transport if transport is not None else DeadlineAdapter(client, self.read_budget_s)
+        self._answers = threading.local()  # each thread's last HTTP answer (see _keep)
+        session = deadline_session(self._transport)
+        session.hooks["response"].append(self._keep)
+        # PrometheusConnect mounts its own retrying urllib3 adapter on the URL (asked not to
+        # retry anyway); ours goes back over it, so nothing is sent without the deadline.
+        self._prometheus = PrometheusConnect(
+            self.url, session=session, retry=Retry(total=0, redirect=False, raise_on_status=False)
+        )
+        session.mount(self.url, self._transport)
 
     def queries(self, since: float, now: float) -> list[str]:
         """The PromQL one read over ``[since, now]`` sends (for logs, docs and debugging)."""
         return [q.promql for q in promql.plan_queries(self.policy, promql.format_window(since, now))]
 
     def close(self) -> None:
-        self._client.close()
+        self._prometheus.close()  # closes the Session, its transport and the client
 
     def read(self, since: float, now: float) -> Observation:
         self.last_read_queries = 0
@@ -180,38 +208,60 @@ class PrometheusMetricsSource:
     def _query(self, text: str, at: float, deadline: float) -> tuple[str, Any]:
         """(resultType, result) of an instant query at ``at``; _Unanswered with the reason."""
         slow = f"Prometheus did not answer within {self.read_budget_s:g}s ({self.shown_url})"
-        if time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise _Unanswered(slow, unreachable=True)
         self.last_read_queries += 1
+        self._answers.last = None
         try:
-            answer = self._client.get(self._endpoint, {"query": text, "time": f"{at:.3f}"}, deadline)
-        except DeadlineExceeded:
+            # The time left is the request's total deadline (DeadlineAdapter): the read's
+            # budget is shared by its queries. (Seconds as a float; typed int upstream.)
+            self._prometheus.custom_query(text, params={"time": f"{at:.3f}"}, timeout=left)  # type: ignore[arg-type]
+        except requests.Timeout:
             raise _Unanswered(slow, unreachable=True) from None
-        except Unreachable as err:
-            raise _Unanswered(
-                f"Prometheus at {self.shown_url} is unreachable: {err}", unreachable=True
-            ) from None
-        except TooLarge as err:
-            raise _Unanswered(f"Prometheus's answer was too large: {err} ({self.shown_url})") from None
-        except Exception:  # not HTTP at all (httpcore.ProtocolError and the like)
+        except NotHTTP:
             raise _Unanswered(
                 f"Prometheus did not answer in HTTP ({self.shown_url})", unreachable=True
             ) from None
-        return self._data(answer)
+        except requests.ConnectionError as err:
+            # Only our adapter's reasons are fixed sentences; another transport's may quote anything.
+            reason = str(err) if isinstance(err, CannotConnect) else "the connection failed"
+            raise _Unanswered(
+                f"Prometheus at {self.shown_url} is unreachable: {reason}", unreachable=True
+            ) from None
+        except AnswerTooLarge as err:
+            raise _Unanswered(f"Prometheus's answer was too large: {err} ({self.shown_url})") from None
+        except Exception:
+            # PrometheusConnect raises on any status but 200 (quoting the body: never shown) and
+            # on a 200 that is not its JSON API; the answer itself, kept by _keep, says which.
+            pass
+        answer: requests.Response | None = getattr(self._answers, "last", None)
+        if answer is None:  # nothing came back at all
+            raise _Unanswered(f"Prometheus did not answer in HTTP ({self.shown_url})", unreachable=True)
+        return self._data(answer.status_code, answer.content)
 
-    def _data(self, answer: Answer) -> tuple[str, Any]:
+    def _keep(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+        """The Session's response hook: keep the answer (status and body) for ``_data``.
+
+        ``custom_query`` gives back only ``data.result``; judging needs the status, the
+        ``errorType`` and the ``resultType`` too.
+        """
+        self._answers.last = response
+        return response
+
+    def _data(self, status: int, content: bytes) -> tuple[str, Any]:
         try:
-            body = json.loads(answer.body)
+            body = json.loads(content)
         except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict) or body.get("status") not in ("success", "error"):
-            if answer.status != 200:
-                raise _Unanswered(f"Prometheus answered {_status(answer.status)} ({self.shown_url})")
+            if status != 200:
+                raise _Unanswered(f"Prometheus answered {_status(status)} ({self.shown_url})")
             raise _Unanswered(f"Prometheus sent an answer that is not its JSON API ({self.shown_url})")
-        if answer.status != 200 or body.get("status") != "success":
+        if status != 200 or body.get("status") != "success":
             error_type = body.get("errorType")
             detail = f" ({error_type}: {_ERROR_TYPES[error_type]})" if error_type in _ERROR_TYPES else ""
-            raise _Unanswered(f"Prometheus answered {_status(answer.status)}{detail}")
+            raise _Unanswered(f"Prometheus answered {_status(status)}{detail}")
         data = body.get("data")
         if not isinstance(data, dict) or data.get("resultType") not in _RESULT_TYPES or "result" not in data:
             raise _Unanswered(f"Prometheus sent an answer that is not its JSON API ({self.shown_url})")
