@@ -84,6 +84,7 @@ from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import PolicyError, load_policy, resource_document
 from mesh_canary.core.verdicts import Judge
 from mesh_canary.core.weights import ALL_STABLE
+from mesh_canary.policy_loading import load_checked_policy
 from mesh_canary.runner import RolloutRunner
 
 log = logging.getLogger("mesh_canary.controller")
@@ -752,7 +753,8 @@ class Controller:
 
         policy: Policy | None = None
         try:
-            policy = load_policy(resource_document(obj))
+            # Every check `validate` makes, so a query that cannot be built is PolicyValid=False.
+            policy = load_checked_policy(resource_document(obj))
             store.problems = []
         except PolicyError as e:
             store.problems = [str(p) for p in e.problems]
