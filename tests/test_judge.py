@@ -162,15 +162,23 @@ def test_an_absolute_breach_fails_at_any_sample_size() -> None:
 
 
 def test_no_candidate_data_is_inconclusive_and_says_so() -> None:
-    for cand in (VersionCounts(), VersionCounts(requests=math.nan, errors=math.nan)):
+    r = judge_one(ERROR_RATE, VersionCounts(requests=1_000, errors=5), VersionCounts(), ctx())
+    assert r.verdict is Verdict.INCONCLUSIVE
+    assert r.reason.startswith("no data for the candidate")
+    assert not r.enough_data
+
+
+def test_impossible_counts_fail_the_check_they_feed_and_say_why() -> None:
+    # NaN or an infinity is no traffic's count: a failure to judge, so a failed check
+    # (issue 8, item 2), never "no data" that waits, nor a pass.
+    for cand in (VersionCounts(requests=math.nan, errors=math.nan), VersionCounts(requests=math.inf, errors=1)):
         r = judge_one(ERROR_RATE, VersionCounts(requests=1_000, errors=5), cand, ctx())
-        assert r.verdict is Verdict.INCONCLUSIVE
-        assert r.reason.startswith("no data for the candidate")
-        assert not r.enough_data
+        assert r.verdict is Verdict.FAIL
+        assert r.reason.startswith("could not judge errorRate: the metrics source returned")
 
 
 def test_missing_stable_data_blocks_relative_bounds_only() -> None:
-    stable = VersionCounts(requests=math.nan, errors=math.nan)
+    stable = VersionCounts()
     r = judge_one(ERROR_RATE, stable, VersionCounts(requests=2_000, errors=10), ctx())
     assert r.verdict is Verdict.INCONCLUSIVE and not r.enough_data
     assert "no data for stable" in r.reason

@@ -226,7 +226,10 @@ def _judged_windows(policy: Policy) -> int:
     """How many windows share the rollout's false-rollback budget."""
     if policy.strategy == "blueGreen":
         return 2
-    return max(sum(1 for w in policy.canary.steps if w < 100), 1)
+    judged = sum(1 for w in policy.canary.steps if w < 100)
+    # With evidence carried across steps, the last judged step is also judged on its own
+    # window (so its own data cannot hide a collapse): one more share of the budget.
+    return judged + 1 if judged >= 2 else max(judged, 1)
 
 
 def start(policy: Policy, now: float) -> Decision:
@@ -318,7 +321,11 @@ def tick(
     if policy.strategy == "blueGreen" and state.step_index == 0:
         # Relative checks after the switch compare with what stable did during preview.
         state = replace(state, stable_baseline=observation)
-    results = tuple(judge.evaluate(checks, observation, _context(policy, state)))
+    ctx = _context(policy, state)
+    results = _judge_safely(judge, checks, observation, ctx)
+    if _judged_on_its_own(policy, state):
+        own = _judge_safely(judge, checks, observation, replace(ctx, earlier_windows=()))
+        results = tuple(_with_own_window(r, o, c) for r, o, c in zip(results, own, checks, strict=True))
     state = replace(state, checks=results)
 
     failed = [r for r in results if r.verdict is Verdict.FAIL]
@@ -337,6 +344,26 @@ def tick(
     if not ready:
         return _check_step_deadline(policy, state, now) or Decision(state)
     return _advance(policy, state, now, observation)
+
+
+def _judge_safely(
+    judge: Judge, checks: Sequence[Check], observation: Observation, ctx: JudgeContext
+) -> tuple[CheckResult, ...]:
+    """The judge's verdicts; a judge that raises or answers out of shape fails every check:
+    a failure to judge is a failed check (roll back, say why), never traffic left as it is."""
+    try:
+        results = tuple(judge.evaluate(checks, observation, ctx))
+        if len(results) != len(checks) or not all(isinstance(r, CheckResult) for r in results):
+            raise ValueError(f"the judge gave {len(results)} verdicts for {len(checks)} checks")
+    except Exception as e:  # pure code: catching keeps the engine a total function
+        why = f"{type(e).__name__}: {e}"
+        return tuple(
+            CheckResult(
+                name=c.name, metric=c.metric, verdict=Verdict.FAIL, reason=f"could not judge {c.name}: {why}"
+            )
+            for c in checks
+        )
+    return results
 
 
 def _no_data_reason(obs: Observation) -> str | None:
@@ -363,6 +390,39 @@ def _context(policy: Policy, state: RolloutState) -> JudgeContext:
 
 
 _LABEL_METRICS = frozenset({"accuracy", "precision", "recall", "f1"})
+
+
+def _judged_on_its_own(policy: Policy, state: RolloutState) -> bool:
+    """Is this the last judged canary step, judged on evidence carried from earlier steps?
+
+    Then its own window is judged too: a candidate that collapses in it (4 requests, all
+    5xx) must not be promoted on the strength of the earlier steps' healthy traffic.
+    """
+    final = state.step_index + 1 == len(schedule(policy)) - 1
+    return policy.strategy == "canary" and final and bool(state.earlier_windows)
+
+
+def _with_own_window(carried: CheckResult, own: CheckResult, check: Check) -> CheckResult:
+    """A check's verdict in the last judged step: failing on its own window fails it; an
+    own window without its minimum samples (labels excepted: they arrive late) or leaning
+    to failure holds the step, whatever the carried evidence says."""
+    if carried.verdict is Verdict.FAIL:
+        return carried
+    if own.verdict is Verdict.FAIL:
+        return replace(own, reason=f"in the last step's own window: {own.reason}")
+    own_ready = own.verdict is Verdict.PASS or (
+        not own.leaning_fail and (own.enough_data or check.metric in _LABEL_METRICS)
+    )
+    if own_ready:
+        return carried
+    why = "leans to failure" if own.leaning_fail else "does not have its minimum samples yet"
+    return replace(
+        carried,
+        verdict=Verdict.INCONCLUSIVE,
+        leaning_fail=carried.leaning_fail or own.leaning_fail,
+        enough_data=carried.enough_data and (own.enough_data or own.verdict is Verdict.PASS),
+        reason=f"{carried.reason}; held: the last step's own window {why} ({own.reason})",
+    )
 
 
 def _ready(result: CheckResult, check: Check, final_window: bool) -> bool:
