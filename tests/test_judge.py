@@ -171,7 +171,10 @@ def test_no_candidate_data_is_inconclusive_and_says_so() -> None:
 def test_impossible_counts_fail_the_check_they_feed_and_say_why() -> None:
     # NaN or an infinity is no traffic's count: a failure to judge, so a failed check
     # (issue 8, item 2), never "no data" that waits, nor a pass.
-    for cand in (VersionCounts(requests=math.nan, errors=math.nan), VersionCounts(requests=math.inf, errors=1)):
+    for cand in (
+        VersionCounts(requests=math.nan, errors=math.nan),
+        VersionCounts(requests=math.inf, errors=1),
+    ):
         r = judge_one(ERROR_RATE, VersionCounts(requests=1_000, errors=5), cand, ctx())
         assert r.verdict is Verdict.FAIL
         assert r.reason.startswith("could not judge errorRate: the metrics source returned")
