@@ -251,7 +251,12 @@ def _number(value: Any) -> str:
 
 def _schema_problems(doc: Any) -> list[Problem]:
     out: list[Problem] = []
-    for error in _VALIDATOR.iter_errors(doc):
+    errors = list(_VALIDATOR.iter_errors(doc))
+    # A value of the wrong type needs one sentence, not one more per rule of its type.
+    mistyped = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
+    for error in errors:
+        if error.validator == "enum" and tuple(error.absolute_path) in mistyped:
+            continue
         out.extend(_translate(error))
     return out
 
