@@ -312,9 +312,11 @@ def simulate(policy_path: str, scenario_path: str, seed: int, runs: int, fmt: st
 
     policy = read_policy(policy_path)
     try:
-        text = Path(scenario_path).read_text()
+        text = Path(scenario_path).read_text(encoding="utf-8")
     except OSError as e:
         raise BadInput(f"cannot read scenario {scenario_path}: {e.strerror}") from e
+    except UnicodeDecodeError:
+        raise BadInput(f"scenario {scenario_path} is not valid UTF-8 text; save it as UTF-8") from None
     try:
         scenario = load_scenario_text(text, source=scenario_path)
     except ScenarioError as e:

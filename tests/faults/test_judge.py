@@ -219,3 +219,26 @@ def test_the_last_steps_own_window_holds_or_fails_in_the_engine() -> None:
         policy, state, Observation(10, 20, stable, VersionCounts(requests=6_000, errors=6)), 20.0, judge
     )
     assert good.state.phase is Phase.SUCCEEDED
+
+
+@pytest.mark.fault(item=2)
+def test_the_controller_rolls_back_on_counts_that_overflowed_the_judge(kube_api: KubeStandIn) -> None:
+    """The controller retried such a rollout every 5 s forever, its candidate at 20%."""
+    from tests.integration.test_controller import Cluster, Metrics, phase_is, running
+    from tests.integration.test_controller import model_rollout as controller_rollout
+    from tests.waiting import wait_for
+
+    cluster = Cluster(kube_api)
+    cluster.add_vs()
+    metrics = Metrics()
+    metrics.requests, metrics.error_rate = 1e308, 0.3
+    cluster.metrics["2.0"] = metrics
+    cluster.add_rollout(controller_rollout())
+    with running(cluster.controller()):
+        wait_for("the first step", lambda: cluster.vs_weights() == [80, 20])
+        started = time.monotonic()
+        wait_for("the rollback", phase_is(cluster, "RolledBack"), timeout_s=60)
+        took = time.monotonic() - started
+    assert cluster.vs_weights() == [100, 0]
+    assert "errorRate" in cluster.status()["reason"]
+    print(f"item 2 (controller, 1e308 counts): 100% stable {took:.1f}s after the first step")
