@@ -226,10 +226,18 @@ def _judged_windows(policy: Policy) -> int:
     """How many windows share the rollout's false-rollback budget."""
     if policy.strategy == "blueGreen":
         return 2
-    judged = sum(1 for w in policy.canary.steps if w < 100)
-    # With evidence carried across steps, the last judged step is also judged on its own
-    # window (so its own data cannot hide a collapse): one more share of the budget.
-    return judged + 1 if judged >= 2 else max(judged, 1)
+    return max(sum(1 for w in policy.canary.steps if w < 100), 1)
+
+
+# With evidence carried across steps, the last judged step is also judged on its own window
+# (so its own data cannot hide a collapse). That test gets this share of the rollout's
+# false-rollback budget, the carried evidence the rest: the total stays 1 - confidence.
+# Small, because its main work is holding (which spends nothing), not failing.
+OWN_WINDOW_BUDGET = 0.1
+
+
+def _carries_evidence(policy: Policy) -> bool:
+    return policy.strategy == "canary" and sum(1 for w in policy.canary.steps if w < 100) >= 2
 
 
 def start(policy: Policy, now: float) -> Decision:
@@ -324,7 +332,13 @@ def tick(
     ctx = _context(policy, state)
     results = _judge_safely(judge, checks, observation, ctx)
     if _judged_on_its_own(policy, state):
-        own = _judge_safely(judge, checks, observation, replace(ctx, earlier_windows=()))
+        alone = replace(
+            ctx,
+            earlier_windows=(),
+            own_window=True,
+            alpha=(1.0 - policy.analysis.confidence) * OWN_WINDOW_BUDGET,
+        )
+        own = _judge_safely(judge, checks, observation, alone)
         results = tuple(_with_own_window(r, o, c) for r, o, c in zip(results, own, checks, strict=True))
     state = replace(state, checks=results)
 
@@ -374,12 +388,18 @@ def _no_data_reason(obs: Observation) -> str | None:
     return None
 
 
+def _budget(policy: Policy) -> float:
+    """The false-rollback budget of the windows (the last step's own window's set apart)."""
+    budget = 1.0 - policy.analysis.confidence
+    return budget * (1.0 - OWN_WINDOW_BUDGET) if _carries_evidence(policy) else budget
+
+
 def _context(policy: Policy, state: RolloutState) -> JudgeContext:
     mirrored = policy.strategy == "blueGreen" and state.step_index == 0
     share = 0.5 if mirrored else state.weights.candidate / 100.0
     return JudgeContext(
         candidate_share=share,
-        alpha=(1.0 - policy.analysis.confidence) / _judged_windows(policy),
+        alpha=_budget(policy) / _judged_windows(policy),
         min_requests=policy.analysis.min_requests,
         mirrored=mirrored,
         step_index=state.step_index,

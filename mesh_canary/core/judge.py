@@ -690,7 +690,12 @@ class AnytimeJudge:
         if level is None:
             if self.lean_alpha is None:
                 return None
-            final = ctx.step_count >= 2 and ctx.step_index == ctx.step_count - 2 and not ctx.mirrored
+            final = (
+                ctx.step_count >= 2
+                and ctx.step_index == ctx.step_count - 2
+                and not ctx.mirrored
+                and not ctx.own_window
+            )
             p0 = self.final_lean_probability if final else self.lean_probability(self.lean_alpha)
         else:
             p0 = self.lean_probability(level)
