@@ -255,12 +255,11 @@ def test_blue_green_failure_after_switch_switches_back() -> None:
 
 
 def test_budget_is_split_across_judged_steps() -> None:
-    p = make_policy()  # steps 10, 50, 100: two judged windows, and the last one on its own
+    p = make_policy()  # steps 10, 50, 100: two judged windows
     j = ScriptedJudge()
     s = engine.start(p, 0.0).state
     engine.tick(p, s, obs(0, 30), 30.0, j)
-    # The last step's own window has its share set apart; the windows split the rest.
-    assert j.contexts[0].alpha == pytest.approx(0.01 * (1 - engine.OWN_WINDOW_BUDGET) / 2)
+    assert j.contexts[0].alpha == pytest.approx(0.01 / 2)
     assert j.contexts[0].candidate_share == pytest.approx(0.10)
 
 
@@ -307,11 +306,8 @@ def test_completed_steps_windows_are_carried_forward_to_the_judge() -> None:
     s = engine.start(p, 0.0).state
     s, _ = run_ticks(p, s, j, until=90)  # step 1 ends at 60, step 2 judged at 90
     assert s.step_index == 1
-    # The last judged step is judged twice a tick: with the carried evidence, then on its own.
-    carried = [c for c in j.contexts if c.earlier_windows]
-    assert j.contexts[-1].earlier_windows == () and carried[-1] is j.contexts[-2]
-    assert [share for share, _ in carried[-1].earlier_windows] == [0.10]
-    _, window = carried[-1].earlier_windows[0]
+    assert [share for share, _ in j.contexts[-1].earlier_windows] == [0.10]
+    _, window = j.contexts[-1].earlier_windows[0]
     assert (window.since, window.at) == (0.0, 60.0)
     # ...and survive a save and load.
     again = RolloutState.from_dict(json.loads(json.dumps(s.to_dict())))

@@ -236,8 +236,12 @@ def _judged_windows(policy: Policy) -> int:
 OWN_WINDOW_BUDGET = 0.1
 
 
-def _carries_evidence(policy: Policy) -> bool:
-    return policy.strategy == "canary" and sum(1 for w in policy.canary.steps if w < 100) >= 2
+def _carries_evidence(policy: Policy, judge: Judge) -> bool:
+    """Does the judge carry evidence across canary steps (so the last one's own window is
+    judged too)? Judges that judge every window alone lack or clear ``carries_evidence``."""
+    judged = sum(1 for w in policy.canary.steps if w < 100)
+    carries = getattr(judge, "carries_evidence", False) is True
+    return carries and policy.strategy == "canary" and judged >= 2
 
 
 def start(policy: Policy, now: float) -> Decision:
@@ -329,9 +333,9 @@ def tick(
     if policy.strategy == "blueGreen" and state.step_index == 0:
         # Relative checks after the switch compare with what stable did during preview.
         state = replace(state, stable_baseline=observation)
-    ctx = _context(policy, state)
+    ctx = _context(policy, state, judge)
     results = _judge_safely(judge, checks, observation, ctx)
-    if _judged_on_its_own(policy, state):
+    if _carries_evidence(policy, judge) and _last_judged_step(policy, state):
         alone = replace(
             ctx,
             earlier_windows=(),
@@ -388,18 +392,18 @@ def _no_data_reason(obs: Observation) -> str | None:
     return None
 
 
-def _budget(policy: Policy) -> float:
+def _budget(policy: Policy, judge: Judge) -> float:
     """The false-rollback budget of the windows (the last step's own window's set apart)."""
     budget = 1.0 - policy.analysis.confidence
-    return budget * (1.0 - OWN_WINDOW_BUDGET) if _carries_evidence(policy) else budget
+    return budget * (1.0 - OWN_WINDOW_BUDGET) if _carries_evidence(policy, judge) else budget
 
 
-def _context(policy: Policy, state: RolloutState) -> JudgeContext:
+def _context(policy: Policy, state: RolloutState, judge: Judge) -> JudgeContext:
     mirrored = policy.strategy == "blueGreen" and state.step_index == 0
     share = 0.5 if mirrored else state.weights.candidate / 100.0
     return JudgeContext(
         candidate_share=share,
-        alpha=_budget(policy) / _judged_windows(policy),
+        alpha=_budget(policy, judge) / _judged_windows(policy),
         min_requests=policy.analysis.min_requests,
         mirrored=mirrored,
         step_index=state.step_index,
@@ -412,11 +416,13 @@ def _context(policy: Policy, state: RolloutState) -> JudgeContext:
 _LABEL_METRICS = frozenset({"accuracy", "precision", "recall", "f1"})
 
 
-def _judged_on_its_own(policy: Policy, state: RolloutState) -> bool:
-    """Is this the last judged canary step, judged on evidence carried from earlier steps?
+def _last_judged_step(policy: Policy, state: RolloutState) -> bool:
+    """Is this the last judged canary step, with evidence carried from earlier steps?
 
     Then its own window is judged too: a candidate that collapses in it (4 requests, all
-    5xx) must not be promoted on the strength of the earlier steps' healthy traffic.
+    5xx) must not be promoted on the strength of the earlier steps' healthy traffic. A
+    judge that judges every window on its own (the benchmark's stateful rules) already
+    does that, and is asked once per tick.
     """
     final = state.step_index + 1 == len(schedule(policy)) - 1
     return policy.strategy == "canary" and final and bool(state.earlier_windows)

@@ -677,6 +677,12 @@ class AnytimeJudge:
         self.hold_release_probability = hold_release_probability
         self.accumulate = accumulate
 
+    @property
+    def carries_evidence(self) -> bool:
+        """Are canary steps judged on the evidence of the earlier steps too? Then the engine
+        also judges the last step's own window (see engine.tick)."""
+        return self.accumulate
+
     def lean_threshold(
         self, ctx: JudgeContext, window: Observation, level: float | None = None
     ) -> float | None:
