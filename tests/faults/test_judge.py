@@ -242,3 +242,32 @@ def test_the_controller_rolls_back_on_counts_that_overflowed_the_judge(kube_api:
     assert cluster.vs_weights() == [100, 0]
     assert "errorRate" in cluster.status()["reason"]
     print(f"item 2 (controller, 1e308 counts): 100% stable {took:.1f}s after the first step")
+
+
+@pytest.mark.fault(item=8)
+def test_the_own_window_budget_is_set_apart_so_the_total_stays_within_confidence() -> None:
+    doc = model_rollout("scorer-c", STABLE, CANDIDATE, "http://127.0.0.1:9")  # steps 25, 50, 100
+    doc["spec"]["canary"]["minStepDuration"] = "6s"
+    doc["spec"]["analysis"]["checks"] = [{"metric": "errorRate", "max": 0.05, "maxIncrease": 0.03}]
+    policy = load_policy(doc)
+    seen: list[tuple[float, int, bool]] = []
+
+    class Recording(AnytimeJudge):
+        def evaluate(self, checks: Any, window: Observation, ctx: Any) -> Any:
+            seen.append((ctx.alpha, len(ctx.earlier_windows), ctx.own_window))
+            return super().evaluate(checks, window, ctx)
+
+    judge = Recording()
+    healthy = VersionCounts(requests=6_000, errors=6)
+    state = engine.start(policy, 0.0).state
+    state = engine.tick(policy, state, Observation(0, 10, healthy, healthy), 10.0, judge).state
+    engine.tick(policy, state, Observation(10, 20, healthy, healthy), 20.0, judge)
+    budget = 1 - policy.analysis.confidence
+    windows = budget * (1 - engine.OWN_WINDOW_BUDGET) / 2
+    assert seen == [
+        (pytest.approx(windows), 0, False),
+        (pytest.approx(windows), 1, False),
+        (pytest.approx(budget * engine.OWN_WINDOW_BUDGET), 0, True),
+    ]
+    # The carried evidence spends both windows' shares at once; with the own window's: 1 - confidence.
+    assert 2 * windows + budget * engine.OWN_WINDOW_BUDGET == pytest.approx(budget)
