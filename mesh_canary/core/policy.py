@@ -249,9 +249,10 @@ def _number(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _schema_problems(doc: Any) -> list[Problem]:
+def _schema_problems(doc: Any, skip: frozenset[str] = frozenset()) -> list[Problem]:
+    """The schema's problems, but none at the paths in ``skip`` (already reported better)."""
     out: list[Problem] = []
-    errors = list(_VALIDATOR.iter_errors(doc))
+    errors = [e for e in _VALIDATOR.iter_errors(doc) if _format_path(e.absolute_path) not in skip]
     # A value of the wrong type needs one sentence, not one more per rule of its type.
     mistyped = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
     for error in errors:
@@ -720,6 +721,19 @@ def _number_problems(doc: Any) -> list[Problem]:
     return out
 
 
+def _without_bad_numbers(node: Any, depth: int) -> Any:
+    """A copy with every number `_number_problems` reports replaced by None."""
+    if depth > _MAX_DEPTH:
+        return node
+    if isinstance(node, dict):
+        return {k: _without_bad_numbers(v, depth + 1) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_without_bad_numbers(v, depth + 1) for v in node]
+    if _is_num(node) and not abs(node) <= _MAX_NUMBER:  # NaN fails every comparison
+        return None
+    return node
+
+
 _DURATION_FIELDS = (
     ("canary", "minStepDuration"),
     ("canary", "maxStepDuration"),
@@ -758,8 +772,11 @@ def validate_document(doc: object) -> list[Problem]:
     """Every problem in a policy document (already parsed from YAML/JSON); [] if it is valid."""
     numbers = _number_problems(doc) + _duration_problems(doc)
     # The number's own sentence says it better than the schema's (NaN is "not below 1" too).
-    bad = {p.path for p in numbers}
-    problems = numbers + [p for p in _schema_problems(doc) if p.path not in bad] + _semantic_problems(doc)
+    bad = frozenset(p.path for p in numbers)
+    # The other rules see those numbers as null: formatting a 5000-digit integer raises, and
+    # a NaN compares false with everything.
+    tame = _without_bad_numbers(doc, 0) if numbers else doc
+    problems = numbers + _schema_problems(tame, bad) + _semantic_problems(tame)
     unique = list(dict.fromkeys(problems))
     order = _path_order(doc)
     return sorted(unique, key=lambda p: _nearest(p.path, order) or 0)
