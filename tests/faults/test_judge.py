@@ -182,7 +182,7 @@ def test_a_collapse_in_the_last_step_is_not_hidden_by_evidence_carried_from_earl
         return 20_000.0, 20.0, 4.0, 4.0  # the candidate's traffic collapsed, all failing
 
     with fake_prometheus(kube_api, answer) as url:
-        proc, _ = run(kube_api, policy_file(tmp_path, minStepDuration="3s", maxStepDuration="30s"), url)
+        proc, _ = run(kube_api, policy_file(tmp_path, minStepDuration="3s", maxStepDuration="15s"), url)
     safe_after = time.monotonic() - collapsed_at[0]
     assert proc.returncode == 3, proc.stderr[-2000:]
     doc = json.loads(proc.stdout)
