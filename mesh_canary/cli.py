@@ -17,7 +17,7 @@ import click
 from mesh_canary.adapters.kube_rollouts import KubeError, RolloutClient, api_client
 from mesh_canary.core.durations import parse_duration
 from mesh_canary.core.model import Policy
-from mesh_canary.core.policy import PolicyError, load_policy_text, validate_text
+from mesh_canary.core.policy import PolicyError
 from mesh_canary.logs import setup_logging
 from mesh_canary.runner import EXIT_BAD_INPUT, EXIT_FAILURE
 
@@ -69,11 +69,11 @@ def friendly_errors(fn: F) -> F:
 
 
 def read_policy(path: str) -> Policy:
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise BadInput(f"cannot read policy {path}: {e.strerror}") from e
-    return load_policy_text(text, source=path)
+    """The policy in a file, with every check `validate` makes; PolicyError (exit 2) names the
+    file and each problem."""
+    from mesh_canary.policy_loading import load_policy_file
+
+    return load_policy_file(path)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,19 +92,10 @@ def main(debug: bool, log_format: str) -> None:
 def validate(policies: tuple[str, ...], fmt: str) -> None:
     """Check policies against the schema and the rules; print every problem with its path."""
     results: list[dict[str, Any]] = []
+    from mesh_canary.policy_loading import validate_policy_file
+
     for path in policies:
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            results.append(
-                {
-                    "file": path,
-                    "valid": False,
-                    "problems": [{"path": "", "message": f"cannot read: {e.strerror}"}],
-                }
-            )
-            continue
-        problems = validate_text(text, source=path)
+        problems = validate_policy_file(path)
         results.append(
             {
                 "file": path,
@@ -173,6 +164,8 @@ def run(
 
     policy = read_policy(policy_path)
     timeout_s = _duration_arg("--timeout", timeout)
+    if state_path:
+        check_state_file(state_path, policy)  # a damaged file: exit 2 before anything is touched
     try:
         result = drivers.run_policy(
             policy,
@@ -191,6 +184,101 @@ def run(
         raise BadInput(str(e)) from e
     _print_result(policy, result, fmt)
     sys.exit(result.exit_code)
+
+
+_NUMBER = (int, float)
+_STATE_FIELDS: tuple[tuple[str, tuple[type, ...], bool, str], ...] = (
+    # (field, accepted types, required, in words)
+    ("name", (str,), True, "a string"),
+    ("strategy", (str,), True, "a string"),
+    ("phase", (str,), True, "a string"),
+    ("stepIndex", (int,), True, "a whole number"),
+    ("weights", (dict,), True, "an object"),
+    ("startedAt", _NUMBER, True, "a number"),
+    ("stepStartedAt", _NUMBER, True, "a number"),
+    ("lastDataAt", _NUMBER, True, "a number"),
+    ("lastTickAt", (*_NUMBER, type(None)), False, "a number or null"),
+    ("finishedAt", (*_NUMBER, type(None)), False, "a number or null"),
+    ("paused", (bool,), False, "true or false"),
+    ("approved", (bool,), False, "true or false"),
+    ("atGate", (bool,), False, "true or false"),
+    ("reason", (str,), False, "a string"),
+    ("failedChecks", (list,), False, "a list"),
+    ("checks", (list,), False, "a list"),
+    ("steps", (list,), False, "a list"),
+    ("stableBaseline", (dict, type(None)), False, "an object or null"),
+    ("earlierWindows", (list,), False, "a list"),
+    ("policyFingerprint", (str,), False, "a string"),
+    ("ticks", (int,), False, "a whole number"),
+)
+
+
+def state_problem(data: dict[str, Any], policy: Policy) -> str | None:
+    """What is wrong with a saved rollout state, naming the field; None when it can resume."""
+    import math
+
+    from mesh_canary.core import engine
+    from mesh_canary.core.engine import Phase, RolloutState, StepRecord
+    from mesh_canary.core.observations import Observation
+    from mesh_canary.core.verdicts import CheckResult
+    from mesh_canary.core.weights import Weights
+
+    for key, types, required, words in _STATE_FIELDS:
+        if key not in data:
+            if required:
+                return f"the field {key!r} is missing"
+            continue
+        value = data[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return f"the field {key!r} must be {words}, not {type(value).__name__} {str(value)[:40]!r}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"the field {key!r} must be a finite number, not {value}"
+    if data["phase"] not in {p.value for p in Phase}:
+        return f"the field 'phase' holds {str(data['phase'])[:40]!r}, which is not a phase"
+    parts: list[tuple[str, Callable[[], object]]] = [("weights", lambda: Weights.from_dict(data["weights"]))]
+    for i, c in enumerate(data.get("checks", [])):
+        parts.append((f"checks[{i}]", functools.partial(CheckResult.from_dict, c)))
+    for i, st in enumerate(data.get("steps", [])):
+        parts.append((f"steps[{i}]", functools.partial(StepRecord.from_dict, st)))
+    if data.get("stableBaseline"):
+        parts.append(("stableBaseline", lambda: Observation.from_dict(data["stableBaseline"])))
+    for i, w in enumerate(data.get("earlierWindows", [])):
+        parts.append((f"earlierWindows[{i}]", functools.partial(_earlier_window, w)))
+    parts.append(("", lambda: RolloutState.from_dict(data)))
+    for where, build in parts:
+        try:
+            build()
+        except KeyError as e:
+            return f"{where + ': ' if where else ''}the field {e.args[0]!r} is missing"
+        except (TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+            return f"{'the field ' + repr(where) if where else 'the state'} is damaged ({e})"
+    if data.get("policyFingerprint") == engine.policy_fingerprint(policy):
+        # The same rollout: it resumes at this step, which the policy must have.
+        count = len(engine.schedule(policy))
+        if not 0 <= data["stepIndex"] < count:
+            return f"the field 'stepIndex' is {data['stepIndex']}, but the policy has {count} steps"
+    return None
+
+
+def _earlier_window(w: Any) -> object:
+    from mesh_canary.core.observations import Observation
+
+    return float(w["share"]), Observation.from_dict(w["window"])
+
+
+def check_state_file(path: str, policy: Policy) -> None:
+    """Refuse (exit 2, nothing changed) a state file that cannot be resumed from."""
+    from mesh_canary.adapters.file_store import FileStateStore
+
+    try:
+        data = FileStateStore(path).load()
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    if data is None:
+        return
+    problem = state_problem(data, policy)
+    if problem is not None:
+        raise BadInput(f"state file {path} is damaged: {problem}; fix or remove it to start over")
 
 
 def _print_result(policy: Policy, result: Any, fmt: str) -> None:
@@ -228,9 +316,11 @@ def simulate(policy_path: str, scenario_path: str, seed: int, runs: int, fmt: st
 
     policy = read_policy(policy_path)
     try:
-        text = Path(scenario_path).read_text()
+        text = Path(scenario_path).read_text(encoding="utf-8")
     except OSError as e:
         raise BadInput(f"cannot read scenario {scenario_path}: {e.strerror}") from e
+    except UnicodeDecodeError:
+        raise BadInput(f"scenario {scenario_path} is not valid UTF-8 text; save it as UTF-8") from None
     try:
         scenario = load_scenario_text(text, source=scenario_path)
     except ScenarioError as e:
@@ -526,8 +616,10 @@ def rollout_start(
     """
     import yaml
 
+    from mesh_canary.policy_loading import read_policy_file
+
     read_policy(policy_path)  # every problem reported before anything touches the cluster
-    doc = yaml.safe_load(Path(policy_path).read_text())
+    doc = yaml.safe_load(read_policy_file(policy_path))
     timeout_s = _duration_arg("--timeout", timeout)
     meta = doc.setdefault("metadata", {})
     if namespace and meta.get("namespace") and meta["namespace"] != namespace:

@@ -87,6 +87,7 @@ from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import PolicyError, Problem, load_policy, resource_document
 from mesh_canary.core.verdicts import Judge
 from mesh_canary.core.weights import ALL_STABLE
+from mesh_canary.policy_loading import load_checked_policy
 from mesh_canary.redact import redact, redact_url, redact_value, register_secret
 from mesh_canary.runner import RolloutRunner
 
@@ -979,7 +980,8 @@ class Controller:
 
         policy: Policy | None = None
         try:
-            policy = load_policy(resource_document(obj))
+            # Every check `validate` makes, so a query that cannot be built is PolicyValid=False.
+            policy = load_checked_policy(resource_document(obj))
             self._admit(obj, policy)
             store.problems = []
         except PolicyError as e:

@@ -162,15 +162,49 @@ def test_an_absolute_breach_fails_at_any_sample_size() -> None:
 
 
 def test_no_candidate_data_is_inconclusive_and_says_so() -> None:
-    for cand in (VersionCounts(), VersionCounts(requests=math.nan, errors=math.nan)):
+    r = judge_one(ERROR_RATE, VersionCounts(requests=1_000, errors=5), VersionCounts(), ctx())
+    assert r.verdict is Verdict.INCONCLUSIVE
+    assert r.reason.startswith("no data for the candidate")
+    assert not r.enough_data
+
+
+def test_impossible_counts_fail_the_check_they_feed_and_say_why() -> None:
+    # NaN or an infinity is no traffic's count: a failure to judge, so a failed check
+    # (issue 8, item 2), never "no data" that waits, nor a pass.
+    for cand in (
+        VersionCounts(requests=math.nan, errors=math.nan),
+        VersionCounts(requests=math.inf, errors=1),
+    ):
         r = judge_one(ERROR_RATE, VersionCounts(requests=1_000, errors=5), cand, ctx())
-        assert r.verdict is Verdict.INCONCLUSIVE
-        assert r.reason.startswith("no data for the candidate")
-        assert not r.enough_data
+        assert r.verdict is Verdict.FAIL
+        assert r.reason.startswith("could not judge errorRate: the metrics source returned")
+
+
+@pytest.mark.parametrize("n", [1e12, 1e18, 1e308])
+def test_huge_counts_are_judged_like_realistic_ones(n: float) -> None:
+    """1e12 requests are real traffic; 1e18 and 1e308 overflowed the statistics ("math domain
+    error"). All are judged: a healthy candidate passes, a regressed one fails."""
+    latency = Check("latency", "latency", quantile=0.99, max_increase_ratio=0.2)
+    bounds = (50.0, 100.0, 250.0, math.inf)
+
+    def counts(errors: float, slow: float) -> VersionCounts:
+        hist = Histogram(bounds, (n * 0.5, n * (0.99 - slow), n * (0.999 - slow / 10), n))
+        return VersionCounts(requests=n, errors=n * errors, latency_ms=hist)
+
+    ok = JUDGE.evaluate(
+        [ERROR_RATE, latency], Observation(0, 60, counts(0.001, 0), counts(0.001, 0)), ctx(0.5)
+    )
+    assert ok[0].verdict is Verdict.PASS, ok[0].reason
+    # Coarse buckets may not prove a quantile's tolerance: never a failure, though.
+    assert ok[1].verdict is not Verdict.FAIL and ok[1].enough_data, ok[1].reason
+    bad = JUDGE.evaluate([ERROR_RATE], Observation(0, 60, counts(0.001, 0), counts(0.3, 0)), ctx(0.5))
+    assert bad[0].verdict is Verdict.FAIL and "could not judge" not in bad[0].reason
+    for r in (*ok, *bad):
+        json.dumps(r.to_dict(), allow_nan=False)
 
 
 def test_missing_stable_data_blocks_relative_bounds_only() -> None:
-    stable = VersionCounts(requests=math.nan, errors=math.nan)
+    stable = VersionCounts()
     r = judge_one(ERROR_RATE, stable, VersionCounts(requests=2_000, errors=10), ctx())
     assert r.verdict is Verdict.INCONCLUSIVE and not r.enough_data
     assert "no data for stable" in r.reason

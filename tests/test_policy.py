@@ -276,7 +276,7 @@ CASES: list[tuple[str, Mutation, str, str]] = [
         "repeated step",
         _set("spec.canary.steps", [5, 50, 50, 100]),
         "spec.canary.steps[2]",
-        "50 is not above the previous step 50",
+        "50 is repeated: each step must be above the one before",
     ),
     (
         "last step not 100",
@@ -826,7 +826,8 @@ def test_the_docs_name_every_field() -> None:
 def test_steps_are_valid_exactly_when_strictly_rising_to_100(steps: list[int]) -> None:
     problems = validate_document(minimal(canary={"steps": steps}))
     rising = all(a < b for a, b in itertools.pairwise(steps))
-    assert (problems == []) == (rising and steps[-1] == 100)
+    # At least one judged step below 100: [100] alone would send everything at once.
+    assert (problems == []) == (rising and steps[-1] == 100 and len(steps) >= 2)
     assert all(p.path.startswith("spec.canary.steps[") for p in problems)
 
 
@@ -873,3 +874,48 @@ def test_any_garbage_gives_problems_not_a_crash(key: str, value: Any, checks: li
     assert all(isinstance(p, Problem) and p.message for p in problems)
     if not problems:
         load_policy(doc)  # whatever passes validation must load
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (float("nan"), "must be a finite number, not NaN"),
+        (float("inf"), "must be a finite number, not infinity"),
+        (-float("inf"), "must be a finite number, not -infinity"),
+        (1e300, "1e+300 is too large (at most 1e+15)"),
+        (10**5000, "a 5001-digit number is too large (at most 1e+15)"),  # str() of it would raise
+    ],
+    ids=["nan", "inf", "-inf", "1e300", "5001-digits"],
+)
+def test_numbers_that_are_not_finite_or_absurdly_large_get_one_sentence(value: Any, words: str) -> None:
+    for field in ("max", "maxIncrease"):
+        doc = minimal(analysis={"checks": [{"metric": "errorRate", field: value}]})
+        assert [(p.path, p.message) for p in validate_document(doc)] == [
+            (f"spec.analysis.checks[0].{field}", words)
+        ]
+    doc = minimal(analysis={"confidence": value, "minRequests": value}, canary={"steps": [value, 100]})
+    assert {p.path for p in validate_document(doc)} == {
+        "spec.analysis.confidence",
+        "spec.analysis.minRequests",
+        "spec.canary.steps[0]",
+    }
+
+
+def test_durations_beyond_30_days_are_refused() -> None:
+    doc = minimal(
+        analysis={"interval": "110000d", "noDataTimeout": "110000d"}, canary={"maxStepDuration": "31d"}
+    )
+    got = {(p.path, p.message) for p in validate_document(doc)}
+    assert ("spec.analysis.interval", "110000d is longer than the limit 30d") in got
+    assert ("spec.canary.maxStepDuration", "31d is longer than the limit 30d") in got
+    assert validate_document(minimal(canary={"maxStepDuration": "30d"})) == []
+
+
+def test_values_of_the_wrong_shape_never_crash_the_rules() -> None:
+    for doc in (
+        minimal(analysis={"checks": [{"metric": [], "max": 1}]}),
+        minimal(analysis={"checks": [{"metric": {}, "max": 1}]}),
+        minimal(virtualService={"name": "fraud-scorer", "routes": [["a"]]}),
+    ):
+        problems = validate_document(doc)
+        assert len(problems) == 1 and problems[0].message.startswith("must be a string"), problems

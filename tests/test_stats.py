@@ -445,3 +445,14 @@ def test_stratified_drift_test_is_quiet_for_one_distribution_and_loud_for_two() 
     moved = np.array([rng.multinomial(int(4_000 * r), [0.45, 0.3, 0.25]) for r in shares])
     assert stats.stratified_drift_log_e(moved, stab) > math.log(1e6)
     assert stats.stratified_drift_log_e([[0, 0]], [[0, 0]]) == 0.0
+
+
+@pytest.mark.parametrize("n", [1e12, 1e15, 1e18, 1e30])
+def test_rate_sequences_at_huge_counts_stay_defined_and_cover(n: float) -> None:
+    """The KL radius is a difference of huge logs: at 1e18 it came out a hair below 0 and
+    sqrt raised "math domain error". Now it is clamped: defined, and covering the rate."""
+    for rate in (0.001, 0.1, 0.5):
+        lo, hi = stats.rate_cs(n * rate, n, 1e-3)
+        assert lo <= rate <= hi and hi - lo < 0.01
+        lo_a, hi_a = stats.rate_cs_array([n * rate], [n], 1e-3)
+        assert lo_a[0] <= rate <= hi_a[0]

@@ -8,6 +8,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+MAX_STATE_BYTES = 64 << 20  # a long rollout's state is a few hundred kB
+
+
+class StateFileError(ValueError):
+    """A state file that exists but cannot be used: damaged, not JSON, not a state."""
+
 
 class FileStateStore:
     """Saves atomically (write a temp file, then rename) so a crash never leaves half a state."""
@@ -16,16 +22,33 @@ class FileStateStore:
         self.path = Path(path)
 
     def load(self) -> dict[str, Any] | None:
+        """The saved state, None when there is none yet; StateFileError (a ValueError) with
+        one sentence naming the file when it cannot be used."""
         try:
-            text = self.path.read_text()
+            with open(self.path, "rb") as f:
+                raw = f.read(MAX_STATE_BYTES + 1)
         except FileNotFoundError:
             return None
+        except OSError as e:
+            raise StateFileError(f"state file {self.path} cannot be read: {e.strerror or e}") from None
+        if len(raw) > MAX_STATE_BYTES:
+            raise StateFileError(
+                f"state file {self.path} is larger than {MAX_STATE_BYTES >> 20} MiB; it is not a rollout's state"
+            )
         try:
-            data = json.loads(text)
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise StateFileError(
+                f"state file {self.path} is not UTF-8 text (a damaged or binary file)"
+            ) from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"state file {self.path} is not valid JSON: {e}") from e
+            raise StateFileError(f"state file {self.path} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise StateFileError(
+                f"state file {self.path} is nested too deeply to be a rollout's state"
+            ) from None
         if not isinstance(data, dict):
-            raise ValueError(f"state file {self.path} does not hold a JSON object")
+            raise StateFileError(f"state file {self.path} does not hold a JSON object")
         return data
 
     def save(self, state: dict[str, Any]) -> None:

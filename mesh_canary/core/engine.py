@@ -250,6 +250,21 @@ def _judged_windows(policy: Policy) -> int:
     return max(sum(1 for w in policy.canary.steps if w < 100), 1)
 
 
+# With evidence carried across steps, the last judged step is also judged on its own window
+# (so its own data cannot hide a collapse). That test gets this share of the rollout's
+# false-rollback budget, the carried evidence the rest: the total stays 1 - confidence.
+# Small, because its main work is holding (which spends nothing), not failing.
+OWN_WINDOW_BUDGET = 0.1
+
+
+def _carries_evidence(policy: Policy, judge: Judge) -> bool:
+    """Does the judge carry evidence across canary steps (so the last one's own window is
+    judged too)? Judges that judge every window alone lack or clear ``carries_evidence``."""
+    judged = sum(1 for w in policy.canary.steps if w < 100)
+    carries = getattr(judge, "carries_evidence", False) is True
+    return carries and policy.strategy == "canary" and judged >= 2
+
+
 def start(policy: Policy, now: float) -> Decision:
     weights = _weights_for_step(policy, 0)
     state = RolloutState(
@@ -343,7 +358,17 @@ def tick(
     if policy.strategy == "blueGreen" and state.step_index == 0:
         # Relative checks after the switch compare with what stable did during preview.
         state = replace(state, stable_baseline=observation)
-    results = tuple(judge.evaluate(checks, observation, _context(policy, state)))
+    ctx = _context(policy, state, judge)
+    results = _judge_safely(judge, checks, observation, ctx)
+    if _carries_evidence(policy, judge) and _last_judged_step(policy, state):
+        alone = replace(
+            ctx,
+            earlier_windows=(),
+            own_window=True,
+            alpha=(1.0 - policy.analysis.confidence) * OWN_WINDOW_BUDGET,
+        )
+        own = _judge_safely(judge, checks, observation, alone)
+        results = tuple(_with_own_window(r, o, c) for r, o, c in zip(results, own, checks, strict=True))
     state = replace(state, checks=results)
 
     failed = [r for r in results if r.verdict is Verdict.FAIL]
@@ -364,6 +389,26 @@ def tick(
     return _advance(policy, state, now, observation)
 
 
+def _judge_safely(
+    judge: Judge, checks: Sequence[Check], observation: Observation, ctx: JudgeContext
+) -> tuple[CheckResult, ...]:
+    """The judge's verdicts; a judge that raises or answers out of shape fails every check:
+    a failure to judge is a failed check (roll back, say why), never traffic left as it is."""
+    try:
+        results = tuple(judge.evaluate(checks, observation, ctx))
+        if len(results) != len(checks) or not all(isinstance(r, CheckResult) for r in results):
+            raise ValueError(f"the judge gave {len(results)} verdicts for {len(checks)} checks")
+    except Exception as e:  # pure code: catching keeps the engine a total function
+        why = f"{type(e).__name__}: {e}"
+        return tuple(
+            CheckResult(
+                name=c.name, metric=c.metric, verdict=Verdict.FAIL, reason=f"could not judge {c.name}: {why}"
+            )
+            for c in checks
+        )
+    return results
+
+
 def _no_data_reason(obs: Observation) -> str | None:
     if obs.problem:
         return obs.problem
@@ -372,12 +417,18 @@ def _no_data_reason(obs: Observation) -> str | None:
     return None
 
 
-def _context(policy: Policy, state: RolloutState) -> JudgeContext:
+def _budget(policy: Policy, judge: Judge) -> float:
+    """The false-rollback budget of the windows (the last step's own window's set apart)."""
+    budget = 1.0 - policy.analysis.confidence
+    return budget * (1.0 - OWN_WINDOW_BUDGET) if _carries_evidence(policy, judge) else budget
+
+
+def _context(policy: Policy, state: RolloutState, judge: Judge) -> JudgeContext:
     mirrored = policy.strategy == "blueGreen" and state.step_index == 0
     share = 0.5 if mirrored else state.weights.candidate / 100.0
     return JudgeContext(
         candidate_share=share,
-        alpha=(1.0 - policy.analysis.confidence) / _judged_windows(policy),
+        alpha=_budget(policy, judge) / _judged_windows(policy),
         min_requests=policy.analysis.min_requests,
         mirrored=mirrored,
         step_index=state.step_index,
@@ -388,6 +439,41 @@ def _context(policy: Policy, state: RolloutState) -> JudgeContext:
 
 
 _LABEL_METRICS = frozenset({"accuracy", "precision", "recall", "f1"})
+
+
+def _last_judged_step(policy: Policy, state: RolloutState) -> bool:
+    """Is this the last judged canary step, with evidence carried from earlier steps?
+
+    Then its own window is judged too: a candidate that collapses in it (4 requests, all
+    5xx) must not be promoted on the strength of the earlier steps' healthy traffic. A
+    judge that judges every window on its own (the benchmark's stateful rules) already
+    does that, and is asked once per tick.
+    """
+    final = state.step_index + 1 == len(schedule(policy)) - 1
+    return policy.strategy == "canary" and final and bool(state.earlier_windows)
+
+
+def _with_own_window(carried: CheckResult, own: CheckResult, check: Check) -> CheckResult:
+    """A check's verdict in the last judged step: failing on its own window fails it; an
+    own window without its minimum samples (labels excepted: they arrive late) or leaning
+    to failure holds the step, whatever the carried evidence says."""
+    if carried.verdict is Verdict.FAIL:
+        return carried
+    if own.verdict is Verdict.FAIL:
+        return replace(own, reason=f"in the last step's own window: {own.reason}")
+    own_ready = own.verdict is Verdict.PASS or (
+        not own.leaning_fail and (own.enough_data or check.metric in _LABEL_METRICS)
+    )
+    if own_ready:
+        return carried
+    why = "leans to failure" if own.leaning_fail else "does not have its minimum samples yet"
+    return replace(
+        carried,
+        verdict=Verdict.INCONCLUSIVE,
+        leaning_fail=carried.leaning_fail or own.leaning_fail,
+        enough_data=carried.enough_data and (own.enough_data or own.verdict is Verdict.PASS),
+        reason=f"{carried.reason}; held: the last step's own window {why} ({own.reason})",
+    )
 
 
 def _ready(result: CheckResult, check: Check, final_window: bool) -> bool:

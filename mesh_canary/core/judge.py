@@ -525,6 +525,97 @@ def _combine(
     )
 
 
+def could_not_judge(check: Check, why: str) -> CheckResult:
+    """The verdict when a check cannot be judged: fail (roll back), saying why."""
+    return CheckResult(
+        name=check.name,
+        metric=check.metric,
+        verdict=Verdict.FAIL,
+        reason=f"could not judge {check.name}: {why}",
+    )
+
+
+def _count_fields(check: Check, counts: VersionCounts) -> list[tuple[str, float]]:
+    """The counts a check reads from one version, each with its name for a reason."""
+    m = check.metric
+    out: list[tuple[str, float]] = []
+    if m in ("errorRate", "trafficShare", "custom"):
+        out += [("requests", counts.requests), ("errors", counts.errors)][: 1 if m != "errorRate" else 2]
+    if m == "latency" and counts.latency_ms is not None:
+        out += [("latency bucket", c) for c in counts.latency_ms.counts]
+    if m in _LABEL_METRICS:
+        out += [("labelled predictions", c) for c in counts.confusion.values()]
+    if m == "predictionDrift":
+        out += [("predictions", c) for c in counts.predictions.values()]
+    if m == "featureDrift":
+        h = counts.features.get(check.feature or "")
+        out += [(f"{check.feature} bucket", c) for c in (h.counts if h is not None else ())]
+    return out
+
+
+def _impossible_count(check: Check, window: Observation) -> str | None:
+    """A count no real traffic has (NaN, an infinity) among those the check reads."""
+    for role, counts in (("candidate", window.candidate), ("stable", window.stable)):
+        for name, value in _count_fields(check, counts):
+            x = float(value)
+            if x != x:
+                return f"a count of {name} for {role} that is not a number"
+            if math.isinf(x):
+                return f"an infinite count of {name} for {role}"
+    return None
+
+
+# Counts beyond this are scaled down, all by one factor (rates, ratios and shares are kept;
+# only the evidence shrinks, which is conservative): the statistics lose precision, then
+# overflow, far above it (1e18 requests: "math domain error").
+MAX_JUDGED_COUNT = 1e12
+
+
+def _largest_count(counts: VersionCounts) -> float:
+    values = [counts.requests, counts.errors, *counts.confusion.values(), *counts.predictions.values()]
+    if counts.latency_ms is not None:
+        values += counts.latency_ms.counts
+    for h in counts.features.values():
+        values += h.counts
+    return max((abs(v) for v in values if math.isfinite(v)), default=0.0)
+
+
+def _scaled(counts: VersionCounts, f: float) -> VersionCounts:
+    def hist(h: Histogram) -> Histogram:
+        return Histogram(h.bounds, tuple(c * f for c in h.counts))
+
+    return replace(
+        counts,
+        requests=counts.requests * f,
+        errors=counts.errors * f,
+        latency_ms=hist(counts.latency_ms) if counts.latency_ms is not None else None,
+        confusion={k: v * f for k, v in counts.confusion.items()},
+        predictions={k: v * f for k, v in counts.predictions.items()},
+        features={k: hist(h) for k, h in counts.features.items()},
+    )
+
+
+def _within_judged_range(window: Observation, ctx: JudgeContext) -> tuple[Observation, JudgeContext]:
+    """The window and the carried evidence with counts scaled into the judged range."""
+    earlier = [w for _, w in ctx.earlier_windows]
+    base = [ctx.stable_baseline] if ctx.stable_baseline is not None else []
+    every = [window, *earlier, *base]
+    top = max(_largest_count(vc) for w in every for vc in (w.stable, w.candidate))
+    if top <= MAX_JUDGED_COUNT:
+        return window, ctx
+    f = MAX_JUDGED_COUNT / top
+
+    def scale(w: Observation) -> Observation:
+        return replace(w, stable=_scaled(w.stable, f), candidate=_scaled(w.candidate, f))
+
+    ctx = replace(
+        ctx,
+        earlier_windows=tuple((share, scale(w)) for share, w in ctx.earlier_windows),
+        stable_baseline=scale(ctx.stable_baseline) if ctx.stable_baseline is not None else None,
+    )
+    return scale(window), ctx
+
+
 def _finite_or_none(x: float) -> float | None:
     """Results are stored as JSON (a custom resource's status): no NaN, no infinity. An
     unbounded end is None; the reason says 'inf'."""
@@ -586,6 +677,12 @@ class AnytimeJudge:
         self.hold_release_probability = hold_release_probability
         self.accumulate = accumulate
 
+    @property
+    def carries_evidence(self) -> bool:
+        """Are canary steps judged on the evidence of the earlier steps too? Then the engine
+        also judges the last step's own window (see engine.tick)."""
+        return self.accumulate
+
     def lean_threshold(
         self, ctx: JudgeContext, window: Observation, level: float | None = None
     ) -> float | None:
@@ -599,7 +696,12 @@ class AnytimeJudge:
         if level is None:
             if self.lean_alpha is None:
                 return None
-            final = ctx.step_count >= 2 and ctx.step_index == ctx.step_count - 2 and not ctx.mirrored
+            final = (
+                ctx.step_count >= 2
+                and ctx.step_index == ctx.step_count - 2
+                and not ctx.mirrored
+                and not ctx.own_window
+            )
             p0 = self.final_lean_probability if final else self.lean_probability(self.lean_alpha)
         else:
             p0 = self.lean_probability(level)
@@ -649,17 +751,31 @@ class AnytimeJudge:
     def evaluate(self, checks: Sequence[Check], window: Observation, ctx: JudgeContext) -> list[CheckResult]:
         if window.problem:
             return [_inconclusive(c, f"no data: {window.problem}") for c in checks]
+        window, ctx = _within_judged_range(window, ctx)
         ev = self.evidence(window, ctx)
         spending = sum(1 for c in checks if _uses_statistics(c, ctx))
         alpha = ctx.alpha if ctx.alpha == ctx.alpha else 0.0
         alpha_check = min(max(alpha * ev.windows, 1e-15), 0.5) / max(spending, 1)
-        return [self._evaluate(c, ev, ctx, alpha_check) for c in checks]
+        return [self._evaluate_safely(c, ev, ctx, alpha_check) for c in checks]
 
     def evaluate_check(
         self, check: Check, window: Observation, ctx: JudgeContext, alpha: float
     ) -> CheckResult:
         """One check with its own false-fail budget ``alpha`` (for the whole evidence)."""
-        return self._evaluate(check, self.evidence(window, ctx), ctx, alpha)
+        window, ctx = _within_judged_range(window, ctx)
+        return self._evaluate_safely(check, self.evidence(window, ctx), ctx, alpha)
+
+    def _evaluate_safely(self, check: Check, ev: Evidence, ctx: JudgeContext, alpha: float) -> CheckResult:
+        """A failure to judge is a failed check (never a pass, never a crash that leaves
+        the traffic where it is): impossible counts, or any error in the statistics."""
+        for w in (*ev.strata, *([ctx.stable_baseline] if ctx.stable_baseline is not None else [])):
+            bad = _impossible_count(check, w)
+            if bad is not None:
+                return could_not_judge(check, f"the metrics source returned {bad}")
+        try:
+            return self._evaluate(check, ev, ctx, alpha)
+        except Exception as e:  # pure code: catching is fine, and the rollback says why
+            return could_not_judge(check, f"{type(e).__name__}: {e}")
 
     def _evaluate(self, check: Check, ev: Evidence, ctx: JudgeContext, alpha: float) -> CheckResult:
         m = check.metric

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DURATION = re.compile(r"(\d+(\.\d+)?(ms|s|m|h|d))+")
 _MAX_DEPTH = 32  # no field of the schema lies half as deep
 _MAX_VALUES = 100_000  # YAML aliases can expand a small file into a huge tree
+_MAX_NUMBER = 1e15  # far beyond any bound, count or latency a policy means; floats stay exact
+_MAX_DURATION_S = 30 * 86400.0  # no step, window or timeout of a rollout lasts a month
 
 
 @dataclass(frozen=True)
@@ -246,9 +249,15 @@ def _number(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _schema_problems(doc: Any) -> list[Problem]:
+def _schema_problems(doc: Any, skip: frozenset[str] = frozenset()) -> list[Problem]:
+    """The schema's problems, but none at the paths in ``skip`` (already reported better)."""
     out: list[Problem] = []
-    for error in _VALIDATOR.iter_errors(doc):
+    errors = [e for e in _VALIDATOR.iter_errors(doc) if _format_path(e.absolute_path) not in skip]
+    # A value of the wrong type needs one sentence, not one more per rule of its type.
+    mistyped = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
+    for error in errors:
+        if error.validator == "enum" and tuple(error.absolute_path) in mistyped:
+            continue
         out.extend(_translate(error))
     return out
 
@@ -398,7 +407,7 @@ def default_check_name(check: Mapping[str, Any]) -> str:
 def _check_problems(i: int, check: dict[str, Any], variables: set[str]) -> list[Problem]:
     at = f"spec.analysis.checks[{i}]"
     metric = check.get("metric")
-    if metric not in _BOUNDS:
+    if not isinstance(metric, str) or metric not in _BOUNDS:
         return []  # reported by the schema
     out: list[Problem] = []
     bounds = _BOUNDS[metric]
@@ -501,14 +510,30 @@ def _semantic_problems(doc: Any) -> list[Problem]:
     steps = _dict(spec.get("canary")).get("steps")
     if isinstance(steps, list) and steps and all(_is_num(s) and 1 <= s <= 100 for s in steps):
         for i in range(1, len(steps)):
-            if steps[i] <= steps[i - 1]:
+            if steps[i] == steps[i - 1]:
+                out.append(
+                    Problem(
+                        f"spec.canary.steps[{i}]",
+                        f"{_number(steps[i])} is repeated: each step must be above the one before",
+                    )
+                )
+            elif steps[i] < steps[i - 1]:
                 out.append(
                     Problem(
                         f"spec.canary.steps[{i}]",
                         f"{_number(steps[i])} is not above the previous step {_number(steps[i - 1])}",
                     )
                 )
-        if steps[-1] != 100:
+        if steps == [100]:
+            # 100 at once would send every request to an unjudged candidate.
+            out.append(
+                Problem(
+                    "spec.canary.steps[0]",
+                    "a canary needs at least one step below 100, so the candidate is judged before it "
+                    "takes all traffic (e.g. [10, 50, 100]); use strategy blueGreen to switch at once",
+                )
+            )
+        elif steps[-1] != 100:
             out.append(
                 Problem(
                     f"spec.canary.steps[{len(steps) - 1}]",
@@ -577,7 +602,9 @@ def _semantic_problems(doc: Any) -> list[Problem]:
     if isinstance(routes, list):
         seen_routes: set[Any] = set()
         for i, route in enumerate(routes):
-            if isinstance(route, str) and route in seen_routes:
+            if not isinstance(route, str):
+                continue  # reported by the schema
+            if route in seen_routes:
                 out.append(
                     Problem(f"spec.virtualService.routes[{i}]", f"the route {route!r} is listed twice")
                 )
@@ -662,9 +689,94 @@ def _nearest(path: str, table: Mapping[str, Any]) -> Any:
     return table.get("")
 
 
+def _number_problems(doc: Any) -> list[Problem]:
+    """NaN, infinities and absurdly large numbers anywhere: a comparison with NaN is always
+    false, so a NaN bound would silently switch its check off."""
+    out: list[Problem] = []
+    stack: list[tuple[Any, list[Any]]] = [(doc, [])]
+    while stack:
+        node, parts = stack.pop()
+        if len(parts) > _MAX_DEPTH:
+            continue
+        if isinstance(node, dict):
+            stack.extend((v, [*parts, k]) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, [*parts, i]) for i, v in enumerate(node))
+        elif isinstance(node, float) and math.isnan(node):
+            out.append(Problem(_format_path(parts), "must be a finite number, not NaN"))
+        elif isinstance(node, float) and math.isinf(node):
+            out.append(
+                Problem(
+                    _format_path(parts), f"must be a finite number, not {'-' if node < 0 else ''}infinity"
+                )
+            )
+        elif _is_num(node) and abs(node) > _MAX_NUMBER:
+            # str() of a huge int raises (Python's digit limit): count its digits from its bits.
+            shown = (
+                f"{node:.3g}"
+                if isinstance(node, float)
+                else f"a {int(node.bit_length() * 0.30103) + 1}-digit number"
+            )
+            out.append(Problem(_format_path(parts), f"{shown} is too large (at most {_MAX_NUMBER:g})"))
+    return out
+
+
+def _without_bad_numbers(node: Any, depth: int) -> Any:
+    """A copy with every number `_number_problems` reports replaced by None."""
+    if depth > _MAX_DEPTH:
+        return node
+    if isinstance(node, dict):
+        return {k: _without_bad_numbers(v, depth + 1) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_without_bad_numbers(v, depth + 1) for v in node]
+    if _is_num(node) and not abs(node) <= _MAX_NUMBER:  # NaN fails every comparison
+        return None
+    return node
+
+
+_DURATION_FIELDS = (
+    ("canary", "minStepDuration"),
+    ("canary", "maxStepDuration"),
+    ("blueGreen", "previewDuration"),
+    ("blueGreen", "postSwitchWindow"),
+    ("analysis", "interval"),
+    ("analysis", "noDataTimeout"),
+    ("metrics", "timeout"),
+)
+
+
+def _duration_problems(doc: Any) -> list[Problem]:
+    """Durations beyond any sane rollout (`interval: 110000d`) overflow clocks and windows."""
+    spec = _dict(_dict(doc).get("spec"))
+    found: list[tuple[list[Any], Any]] = [
+        (["spec", section, key], _dict(spec.get(section)).get(key)) for section, key in _DURATION_FIELDS
+    ]
+    checks = _dict(spec.get("analysis")).get("checks")
+    for i, check in enumerate(checks if isinstance(checks, list) else []):
+        for key in ("slowerThan", "max", "maxIncrease"):
+            found.append((["spec", "analysis", "checks", i, key], _dict(check).get(key)))
+    out = []
+    for parts, value in found:
+        seconds = _seconds(value)
+        if seconds is not None and not seconds <= _MAX_DURATION_S:
+            out.append(
+                Problem(
+                    _format_path(parts),
+                    f"{value} is longer than the limit {_MAX_DURATION_S / 86400:g}d",
+                )
+            )
+    return out
+
+
 def validate_document(doc: object) -> list[Problem]:
     """Every problem in a policy document (already parsed from YAML/JSON); [] if it is valid."""
-    problems = _schema_problems(doc) + _semantic_problems(doc)
+    numbers = _number_problems(doc) + _duration_problems(doc)
+    # The number's own sentence says it better than the schema's (NaN is "not below 1" too).
+    bad = frozenset(p.path for p in numbers)
+    # The other rules see those numbers as null: formatting a 5000-digit integer raises, and
+    # a NaN compares false with everything.
+    tame = _without_bad_numbers(doc, 0) if numbers else doc
+    problems = numbers + _schema_problems(tame, bad) + _semantic_problems(tame)
     unique = list(dict.fromkeys(problems))
     order = _path_order(doc)
     return sorted(unique, key=lambda p: _nearest(p.path, order) or 0)
@@ -895,6 +1007,17 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[str, tuple[int, int]]
             None,
             {},
             [_yaml_problem(f"the YAML is nested more than {_MAX_DEPTH} levels deep", None, source)],
+        )
+    except (ValueError, OverflowError) as e:
+        # A value YAML recognises but Python cannot build: a 5000-digit integer (Python's
+        # digit limit), a date such as 2024-13-45.
+        reason = " ".join(str(e).split())[:200]
+        if "integer string conversion" in reason:
+            reason = "an integer has more than 4300 digits"
+        return (
+            None,
+            {},
+            [_yaml_problem(f"the YAML holds a value that cannot be read: {reason}", None, source)],
         )
     except yaml.YAMLError as e:
         reason = " ".join(str(getattr(e, "problem", None) or e).split())

@@ -124,7 +124,8 @@ def _radius(s: float, n: float, alpha: float, prior: BetaPrior) -> float:
     q = s / n
     log_lik_max = _xlogy(s, q) + _xlogy(n - s, 1.0 - q)
     log_marginal = _betaln(prior.a + s, prior.b + n - s) - _betaln(prior.a, prior.b)
-    return (math.log(1.0 / alpha) + log_lik_max - log_marginal) / n
+    # Never below 0: at huge n the difference of two huge logs can come out a hair negative.
+    return max((math.log(1.0 / alpha) + log_lik_max - log_marginal) / n, 0.0)
 
 
 def _upper_root(q: float, rn: float) -> float:
@@ -213,7 +214,7 @@ def rate_cs_array(
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         log_lik_max = np.where(s > 0, s * np.log(q), 0.0) + np.where(n - s > 0, (n - s) * np.log1p(-q), 0.0)
         log_marg = betaln(prior.a + s, prior.b + n - s) - betaln(prior.a, prior.b)
-        rn = (math.log(1.0 / alpha) + log_lik_max - log_marg) / n1
+        rn = np.maximum((math.log(1.0 / alpha) + log_lik_max - log_marg) / n1, 0.0)
         # Interior points only: the ends at q = 0 or 1 are fixed below.
         qi = np.clip(q, 1e-300, 1.0 - 1e-16)
         xlogx = qi * np.log(qi)

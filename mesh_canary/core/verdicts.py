@@ -80,6 +80,9 @@ class JudgeContext:
     # Earlier steps' complete windows, oldest first, each with the candidate's share then:
     # evidence a judge may carry forward (a product of per-step martingales stays valid).
     earlier_windows: tuple[tuple[float, Observation], ...] = ()
+    # The last judged step's own window, judged besides the carried evidence: it may hold
+    # the step or fail it, but leans as an ordinary step does (its data is a fraction).
+    own_window: bool = False
 
 
 class Judge(Protocol):
