@@ -135,6 +135,7 @@ def test_a_redirect_is_the_answer_not_followed() -> None:
     assert (len(seen.requests), len(other.requests)) == (1, 0)
 
 
+@pytest.mark.fault(item=1)
 def test_the_adapter_maps_failures_to_requests_errors() -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     refused = outcome(lambda: connect(closed).custom_query("up", timeout=5))
@@ -162,6 +163,7 @@ def test_the_adapter_maps_failures_to_requests_errors() -> None:
         adapter.send(requests.Request("POST", closed, data=b"x").prepare(), timeout=1.0)
 
 
+@pytest.mark.fault(item=1)
 def test_the_answer_is_whole_plain_and_in_standard_words() -> None:
     body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
 
