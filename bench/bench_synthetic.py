@@ -12,8 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
-from mesh_canary.adapters.synthetic import SyntheticMesh, load_scenario_text
 from mesh_canary.core.weights import Weights
+from mesh_canary.simulation.traffic import SyntheticMesh, load_scenario_text
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = (5, 10, 25, 50, 100)

@@ -1,7 +1,7 @@
 """Decision quality: mesh-canary's judge against Flagger-, Kayenta-style rules and the oracle SPRT.
 
 Every rule runs through the same machinery as `mesh-canary simulate` (the real engine,
-`mesh_canary.simulate.simulate_rollout`, synthetic traffic in virtual time) on the same
+`mesh_canary.simulation.simulate.simulate_rollout`, synthetic traffic in virtual time) on the same
 scenarios and seeds, at 200 and at 10 requests per second. Healthy candidates (A/A at three
 base error rates, a harmless latency shift, non-stationary traffic) measure false rollbacks
 and the time to promote; injected regressions measure detection, how many candidate
@@ -39,18 +39,18 @@ from scipy.stats import norm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mesh_canary.adapters.synthetic import (  # noqa: E402
+from bench.baselines import FlaggerJudge, KayentaJudge, OracleSPRT  # noqa: E402
+from mesh_canary.core.judge import AnytimeJudge  # noqa: E402
+from mesh_canary.core.model import Policy  # noqa: E402
+from mesh_canary.core.policy import load_policy_text  # noqa: E402
+from mesh_canary.core.verdicts import Judge  # noqa: E402
+from mesh_canary.simulation.simulate import simulate_rollout  # noqa: E402
+from mesh_canary.simulation.traffic import (  # noqa: E402
     ISTIO_LATENCY_BUCKETS_MS,
     Scenario,
     SyntheticMesh,
     load_scenario,
 )
-from mesh_canary.baselines import FlaggerJudge, KayentaJudge, OracleSPRT  # noqa: E402
-from mesh_canary.core.judge import AnytimeJudge  # noqa: E402
-from mesh_canary.core.model import Policy  # noqa: E402
-from mesh_canary.core.policy import load_policy_text  # noqa: E402
-from mesh_canary.core.verdicts import Judge  # noqa: E402
-from mesh_canary.simulate import simulate_rollout  # noqa: E402
 
 POLICY_PATH = ROOT / "bench" / "policies" / "default.yaml"
 HORIZON_S = 7200.0  # harm is counted over two hours from the start of the rollout
@@ -597,7 +597,7 @@ if __name__ == "__main__":
 
 METHOD = """## Method
 
-Every rule runs through `mesh_canary.simulate.simulate_rollout` (the real engine with
+Every rule runs through `mesh_canary.simulation.simulate.simulate_rollout` (the real engine with
 synthetic traffic in virtual time, as `mesh-canary simulate`), on the same scenarios and
 the same seeds, at 200 and at 10 requests per second. Only the judge differs (and Flagger's
 analysis interval, see below).
@@ -614,7 +614,7 @@ on the tolerance and 0.1% -> 0.4% inside it, so neither would be a regression.
 
 **Rules**
 - *mesh-canary*: `AnytimeJudge()` at its defaults; tuned: `analysis.confidence`.
-- *Flagger-style* (`mesh_canary.baselines.FlaggerJudge`): Flagger's builtin checks on the
+- *Flagger-style* (`bench.baselines.FlaggerJudge`): Flagger's builtin checks on the
   candidate alone each analysis interval, at its documented defaults: success rate >= 99%,
   p99 <= 500 ms, rollback after `threshold` 5 failed intervals; a failed interval holds
   the weight. It runs with Flagger's default interval, 1 minute (so one interval per step

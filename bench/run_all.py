@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench_synthetic  # noqa: E402
 import decision_quality as dq  # noqa: E402
 
-from mesh_canary.adapters.synthetic import SyntheticMesh, load_scenario, load_scenario_text  # noqa: E402
 from mesh_canary.core.policy import load_policy_text  # noqa: E402
-from mesh_canary.simulate import simulate_rollout  # noqa: E402
+from mesh_canary.simulation.simulate import simulate_rollout  # noqa: E402
+from mesh_canary.simulation.traffic import SyntheticMesh, load_scenario, load_scenario_text  # noqa: E402
 
 
 def simulate_throughput(policy_path: Path, scenario: Any, runs: int, reuse: bool) -> tuple[float, float]:

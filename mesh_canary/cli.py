@@ -14,12 +14,13 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from mesh_canary.adapters.kube_rollouts import KubeError, RolloutClient, api_client
 from mesh_canary.core.durations import parse_duration
 from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import PolicyError
+from mesh_canary.kube.names import KIND
+from mesh_canary.kube.rollouts import KubeError, RolloutClient, api_client
 from mesh_canary.logs import setup_logging
-from mesh_canary.runner import EXIT_BAD_INPUT, EXIT_FAILURE
+from mesh_canary.run.runner import EXIT_BAD_INPUT, EXIT_FAILURE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,7 +72,7 @@ def friendly_errors(fn: F) -> F:
 def read_policy(path: str) -> Policy:
     """The policy in a file, with every check `validate` makes; PolicyError (exit 2) names the
     file and each problem."""
-    from mesh_canary.policy_loading import load_policy_file
+    from mesh_canary.run.policy_loading import load_policy_file
 
     return load_policy_file(path)
 
@@ -92,7 +93,7 @@ def main(debug: bool, log_format: str) -> None:
 def validate(policies: tuple[str, ...], fmt: str) -> None:
     """Check policies against the schema and the rules; print every problem with its path."""
     results: list[dict[str, Any]] = []
-    from mesh_canary.policy_loading import validate_policy_file
+    from mesh_canary.run.policy_loading import validate_policy_file
 
     for path in policies:
         problems = validate_policy_file(path)
@@ -111,7 +112,7 @@ def validate(policies: tuple[str, ...], fmt: str) -> None:
             for line in r.get("text", []) or [f"{r['file']}: {p['message']}" for p in r["problems"]]:
                 click.echo(line, err=True)
     else:
-        from mesh_canary.output import dump
+        from mesh_canary.present.console import dump
 
         docs = [{k: v for k, v in r.items() if k != "text"} for r in results]
         click.echo(dump(docs if len(docs) > 1 else docs[0], fmt))
@@ -160,14 +161,14 @@ def run(
     fmt: str,
 ) -> None:
     """Run one rollout in this process, start to finish, and exit with its outcome."""
-    from mesh_canary import drivers
+    from mesh_canary.run import wiring
 
     policy = read_policy(policy_path)
     timeout_s = _duration_arg("--timeout", timeout)
     if state_path:
         check_state_file(state_path, policy)  # a damaged file: exit 2 before anything is touched
     try:
-        result = drivers.run_policy(
+        result = wiring.run_policy(
             policy,
             backend=backend,
             prometheus_url=prometheus_url,
@@ -180,7 +181,7 @@ def run(
             rps=rps,
             live=fmt == "text",
         )
-    except drivers.LocalInputError as e:
+    except wiring.LocalInputError as e:
         raise BadInput(str(e)) from e
     _print_result(policy, result, fmt)
     sys.exit(result.exit_code)
@@ -268,7 +269,7 @@ def _earlier_window(w: Any) -> object:
 
 def check_state_file(path: str, policy: Policy) -> None:
     """Refuse (exit 2, nothing changed) a state file that cannot be resumed from."""
-    from mesh_canary.adapters.file_store import FileStateStore
+    from mesh_canary.run.stores import FileStateStore
 
     try:
         data = FileStateStore(path).load()
@@ -282,7 +283,7 @@ def check_state_file(path: str, policy: Policy) -> None:
 
 
 def _print_result(policy: Policy, result: Any, fmt: str) -> None:
-    from mesh_canary.output import dump, render_state, rollout_document
+    from mesh_canary.present.console import dump, render_state, rollout_document
 
     if fmt == "text":
         from rich.console import Console
@@ -311,8 +312,8 @@ def _duration_arg(name: str, text: str | None) -> float | None:
 @friendly_errors
 def simulate(policy_path: str, scenario_path: str, seed: int, runs: int, fmt: str) -> None:
     """Run the policy against simulated traffic in virtual time (no network, no sleeping)."""
-    from mesh_canary.adapters.synthetic import ScenarioError, load_scenario_text
-    from mesh_canary.simulate import simulate_rollout
+    from mesh_canary.simulation.simulate import simulate_rollout
+    from mesh_canary.simulation.traffic import ScenarioError, load_scenario_text
 
     policy = read_policy(policy_path)
     try:
@@ -351,7 +352,7 @@ def _emit_simulation(r: dict[str, Any], fmt: str, last: bool, many: bool) -> Non
     if fmt == "json":
         click.echo(json.dumps(r) if many else json.dumps(r, indent=2))
     elif fmt == "yaml":
-        from mesh_canary.output import dump
+        from mesh_canary.present.console import dump
 
         click.echo(dump(r, "yaml") + ("" if last else "---"))
 
@@ -410,11 +411,11 @@ def _print_simulation_text(results: list[dict[str, Any]]) -> None:
 def demo(rps: float, metrics_mode: str, fmt: str) -> None:
     """The whole loop on the embedded local mesh: a healthy candidate promoted, a degraded one
     rolled back (about a minute)."""
-    from mesh_canary.demo import run_demo
+    from mesh_canary.run.demo import run_demo
 
     report = run_demo(rps=rps, live=fmt == "text", metrics_mode=metrics_mode)
     if fmt != "text":
-        from mesh_canary.output import dump
+        from mesh_canary.present.console import dump
 
         click.echo(dump(report, fmt))
     sys.exit(0 if report["ok"] else EXIT_FAILURE)
@@ -477,7 +478,7 @@ def _print_rollout_text(view: dict[str, Any]) -> None:
     from rich.text import Text
 
     from mesh_canary.core.verdicts import CheckResult
-    from mesh_canary.output import checks_table
+    from mesh_canary.present.console import checks_table
 
     console = Console(width=max(Console().width, 120))
     w = view.get("weights") or {}
@@ -518,7 +519,7 @@ def _print_rollout_text(view: dict[str, Any]) -> None:
 
 
 def _emit_view(view: dict[str, Any], fmt: str, stream: bool = False) -> None:
-    from mesh_canary.output import dump
+    from mesh_canary.present.console import dump
 
     if fmt == "text":
         _print_rollout_text(view)
@@ -616,7 +617,7 @@ def rollout_start(
     """
     import yaml
 
-    from mesh_canary.policy_loading import read_policy_file
+    from mesh_canary.run.policy_loading import read_policy_file
 
     read_policy(policy_path)  # every problem reported before anything touches the cluster
     doc = yaml.safe_load(read_policy_file(policy_path))
@@ -692,7 +693,7 @@ def _command(
 ) -> None:
     import time
 
-    from mesh_canary.adapters.kube_status import COMMAND_ANNOTATIONS
+    from mesh_canary.kube.status import COMMAND_ANNOTATIONS
 
     client = RolloutClient(kubeconfig, kube_context, namespace)
     timeout_s = _duration_arg("--timeout", timeout) or 30.0
@@ -710,7 +711,7 @@ def _command(
             break
         time.sleep(0.5)
     if fmt != "text":
-        from mesh_canary.output import dump
+        from mesh_canary.present.console import dump
 
         click.echo(
             dump(
@@ -804,7 +805,7 @@ def rollout_history(
         for entry in entries:
             rows.append({"name": meta.get("name"), "namespace": meta.get("namespace"), **entry})
     if fmt != "text":
-        from mesh_canary.output import dump
+        from mesh_canary.present.console import dump
 
         click.echo(dump(rows, fmt))
         return
@@ -991,7 +992,12 @@ def report(
     """
     import time
 
-    from mesh_canary.report import ReportError, default_report_name, render_report, render_resource_report
+    from mesh_canary.present.report import (
+        ReportError,
+        default_report_name,
+        render_report,
+        render_resource_report,
+    )
 
     now = time.time()
     policy = read_policy(policy_path) if policy_path else None
@@ -999,7 +1005,7 @@ def report(
     try:
         if path.is_file():
             doc = _read_report_input(path)
-            if doc.get("kind") == "ModelRollout" or "status" in doc:
+            if doc.get("kind") == KIND or "status" in doc:
                 page = render_resource_report(doc, source=str(path), generated_at=now)
                 name = str((doc.get("metadata") or {}).get("name") or path.stem)
             else:

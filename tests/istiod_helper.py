@@ -4,7 +4,7 @@ In a cluster, istiod watches VirtualServices and pushes routes to every Envoy. H
 thread watches one VirtualService on the API stand-in (list, then watch from the list's
 resourceVersion, through the official client) and, on every change, writes the managed
 route's weights (and its mirror) into the local Envoy's runtime with
-`mesh_canary.adapters.local_router.LocalRouter`: the same route, the same weights, a real
+`mesh_canary.routing.local.LocalRouter`: the same route, the same weights, a real
 data plane.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 import kubernetes.client
 import kubernetes.watch
 
-from mesh_canary.adapters.local_router import LocalRouter
 from mesh_canary.core.weights import Weights
+from mesh_canary.routing.local import LocalRouter
 
 log = logging.getLogger("tests.istiod_helper")
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mesh_canary.core.policy import crd_spec_schema, validate_document
-from mesh_canary.crd import render_crd, render_yaml
+from mesh_canary.kube.crd import render_crd, render_yaml
 from tests.crd_schema import MODELROLLOUT_CRD, CrdValidator, structural_problems
 
 POLICIES = sorted((Path(__file__).resolve().parent.parent / "policies").glob("*.yaml"))
@@ -18,7 +18,7 @@ POLICIES = sorted((Path(__file__).resolve().parent.parent / "policies").glob("*.
 
 def test_committed_crd_is_the_rendered_one() -> None:
     assert MODELROLLOUT_CRD.read_text() == render_yaml(), (
-        "manifests/crd/modelrollouts.yaml is stale: run `python -m mesh_canary.crd > manifests/crd/modelrollouts.yaml`"
+        "manifests/crd/modelrollouts.yaml is stale: run `python -m mesh_canary.kube.crd > manifests/crd/modelrollouts.yaml`"
     )
 
 

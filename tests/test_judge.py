@@ -793,7 +793,7 @@ def test_drift_evidence_adds_up_even_when_a_class_first_appears_later() -> None:
     assert carried.lower is not None and carried.lower > 0.2
 
 
-# --- the benchmark's other rules (mesh_canary.baselines) --------------------------------------
+# --- the benchmark's other rules (bench.baselines) --------------------------------------
 
 
 def run_ticks(judge: Judge, windows: list[Observation], check: Check) -> list[Verdict]:
@@ -815,7 +815,7 @@ def cumulative_windows(per_tick: list[tuple[VersionCounts, VersionCounts]]) -> l
 
 
 def test_flagger_style_holds_each_failed_interval_and_rolls_back_at_its_threshold() -> None:
-    from mesh_canary.baselines import FlaggerJudge
+    from bench.baselines import FlaggerJudge
 
     check = Check("errorRate", "errorRate", max=0.05)
     bad = cumulative_windows([(VersionCounts(1_000, 5), VersionCounts(100, 2))] * 6)  # 98% success
@@ -826,7 +826,7 @@ def test_flagger_style_holds_each_failed_interval_and_rolls_back_at_its_threshol
 
 
 def test_kayenta_style_classifies_a_clear_shift_high_and_equal_intervals_pass() -> None:
-    from mesh_canary.baselines import KayentaJudge, hodges_lehmann_interval
+    from bench.baselines import KayentaJudge, hodges_lehmann_interval
 
     lo, hi, est = hodges_lehmann_interval([3.0, 4.0, 5.0, 6.0], [0.0, 1.0, 2.0, 3.0], 0.8)
     assert est == 3.0 and lo <= 3.0 <= hi
@@ -845,7 +845,7 @@ def test_kayenta_style_classifies_a_clear_shift_high_and_equal_intervals_pass() 
 
 
 def test_oracle_sprt_rejects_the_regression_it_knows_and_accepts_the_null() -> None:
-    from mesh_canary.baselines import OracleSPRT
+    from bench.baselines import OracleSPRT
 
     check = Check("errorRate", "errorRate", max_increase_ratio=0.25)
     bad = cumulative_windows([(VersionCounts(1_000, 5), VersionCounts(1_000, 10))] * 4)

@@ -6,8 +6,12 @@ import json
 import math
 from dataclasses import replace
 
-from mesh_canary.adapters.kube_events import event_body
-from mesh_canary.adapters.kube_status import (
+from mesh_canary.core import engine
+from mesh_canary.core.engine import Phase
+from mesh_canary.core.verdicts import CheckResult, Verdict
+from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.kube.events import event_body
+from mesh_canary.kube.status import (
     add_history,
     check_view,
     condition,
@@ -20,11 +24,7 @@ from mesh_canary.adapters.kube_status import (
     saved_state,
     set_condition,
 )
-from mesh_canary.adapters.protocols import Announcement
-from mesh_canary.core import engine
-from mesh_canary.core.engine import Phase
-from mesh_canary.core.verdicts import CheckResult, Verdict
-from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.protocols import Announcement
 from tests.test_engine import make_policy
 
 T0 = 1_700_000_000.0

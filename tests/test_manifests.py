@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from mesh_canary.adapters.vs_patch import RouteTargets, managed_route_indexes, read_weights
 from mesh_canary.cli import controller as controller_command
 from mesh_canary.core.policy import load_policy, validate_document
 from mesh_canary.core.weights import ALL_STABLE
-from mesh_canary.crd import render_crd
+from mesh_canary.kube.crd import render_crd
+from mesh_canary.routing.istio_patch import RouteTargets, managed_route_indexes, read_weights
 from tests.crd_schema import DESTINATIONRULE_CRD, MODELROLLOUT_CRD, VIRTUALSERVICE_CRD, validator_for
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"

@@ -18,15 +18,15 @@ from typing import Any
 
 import pytest
 
-from mesh_canary.adapters.notifiers import (
+from mesh_canary.core.model import Webhook
+from mesh_canary.core.policy import load_policy
+from mesh_canary.notify import (
     BackgroundNotifier,
     FanOutNotifier,
     WebhookNotifier,
     notifier_for_policy,
 )
-from mesh_canary.adapters.protocols import Announcement
-from mesh_canary.core.model import Webhook
-from mesh_canary.core.policy import load_policy
+from mesh_canary.protocols import Announcement
 
 ROLLED_BACK = Announcement(
     rollout="fraud-scorer",
@@ -248,8 +248,8 @@ def test_a_failing_webhook_is_logged_not_raised_and_the_others_still_get_theirs(
 
 
 def test_a_webhook_url_from_a_secret_is_read_through_the_reader(caplog: pytest.LogCaptureFixture) -> None:
-    from mesh_canary.adapters.notifiers import WebhookNotifier
     from mesh_canary.core.model import Webhook
+    from mesh_canary.notify import WebhookNotifier
 
     hook = Webhook(url_from_secret={"name": "slack", "key": "url"}, format="slack")
     asked: list[tuple[str, str]] = []
@@ -267,7 +267,7 @@ def test_a_webhook_url_from_a_secret_is_read_through_the_reader(caplog: pytest.L
 
 
 def test_failure_logs_never_carry_the_webhook_token(caplog: pytest.LogCaptureFixture) -> None:
-    from mesh_canary.adapters.notifiers import WebhookNotifier
+    from mesh_canary.notify import WebhookNotifier
 
     n = WebhookNotifier(closed_port_url().replace("/hook", "/services/SECRETTOKEN"), timeout_s=1.0)
     with caplog.at_level("WARNING"):

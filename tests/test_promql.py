@@ -11,8 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh_canary.adapters import promql
-from mesh_canary.adapters.promql import PromQLError, Query, Reading, interpret, plan_queries, render_custom
 from mesh_canary.core.model import (
     AnalysisSpec,
     Check,
@@ -24,6 +22,8 @@ from mesh_canary.core.model import (
 )
 from mesh_canary.core.observations import INF
 from mesh_canary.core.policy import load_policy_text
+from mesh_canary.metrics import promql
+from mesh_canary.metrics.promql import PromQLError, Query, Reading, interpret, plan_queries, render_custom
 
 ERROR_RATE = Check(metric="errorRate", name="errorRate", max_increase=0.005)
 LATENCY = Check(metric="latency", name="latency", quantile=0.99, max_increase_ratio=0.1)

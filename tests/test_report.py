@@ -22,18 +22,18 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from mesh_canary.adapters.clock import VirtualClock
-from mesh_canary.adapters.file_store import FileStateStore
-from mesh_canary.adapters.kube_status import KubeStatusStore, render_status
-from mesh_canary.adapters.notifiers import LogNotifier
-from mesh_canary.adapters.synthetic import SyntheticMesh, load_scenario
 from mesh_canary.cli import main
 from mesh_canary.core.engine import RolloutState
 from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.policy import load_policy
-from mesh_canary.report import ReportError, render_report, render_resource_report
-from mesh_canary.runner import RolloutRunner
+from mesh_canary.kube.status import KubeStatusStore, render_status
+from mesh_canary.notify import LogNotifier
+from mesh_canary.present.report import ReportError, render_report, render_resource_report
+from mesh_canary.run.clock import VirtualClock
+from mesh_canary.run.runner import RolloutRunner
+from mesh_canary.run.stores import FileStateStore
+from mesh_canary.simulation.traffic import SyntheticMesh, load_scenario
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
 from tests.kube_standin import KubeStandIn
 
@@ -511,6 +511,6 @@ def test_a_blue_green_rollout_shows_its_preview_window(tmp_path: Path) -> None:
     ],
 )
 def test_the_default_page_name_is_one_plain_file_name(name: str, expected: str) -> None:
-    from mesh_canary.report import default_report_name
+    from mesh_canary.present.report import default_report_name
 
     assert default_report_name(name) == expected

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mesh_canary.adapters.kube_status import condition, outcome_word, render_status
 from mesh_canary.core import engine
 from mesh_canary.core.weights import ALL_STABLE
+from mesh_canary.kube.status import condition, outcome_word, render_status
 from tests.test_engine import ScriptedJudge, make_policy, obs
 
 

@@ -11,14 +11,14 @@ from dataclasses import replace
 
 import pytest
 
-from mesh_canary.adapters.clock import VirtualClock
-from mesh_canary.adapters.file_store import FileStateStore, MemoryStateStore
-from mesh_canary.adapters.notifiers import BackgroundNotifier
-from mesh_canary.adapters.protocols import Announcement
 from mesh_canary.core.engine import Command, Phase
 from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.weights import ALL_STABLE, Weights
-from mesh_canary.runner import RolloutRunner, RouterWriteError
+from mesh_canary.notify import BackgroundNotifier
+from mesh_canary.protocols import Announcement
+from mesh_canary.run.clock import VirtualClock
+from mesh_canary.run.runner import RolloutRunner, RouterWriteError
+from mesh_canary.run.stores import FileStateStore, MemoryStateStore
 from tests.test_engine import ScriptedJudge, make_policy
 
 

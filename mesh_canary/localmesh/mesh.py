@@ -28,13 +28,13 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 import mesh_canary
-from mesh_canary.adapters.local_metrics import LocalMetricsSource
-from mesh_canary.adapters.local_router import LocalRouter
 from mesh_canary.core.weights import ALL_STABLE, Weights
 from mesh_canary.localmesh import children
 from mesh_canary.localmesh.envoy import Envoy
 from mesh_canary.localmesh.loadgen import LoadGenerator
 from mesh_canary.localmesh.model_server import HEALTHY, Degradation
+from mesh_canary.metrics.local import LocalMetricsSource
+from mesh_canary.routing.local import LocalRouter
 
 __all__ = ["HEALTHY", "Degradation", "LoadSettings", "LocalMesh", "ModelServerProcess", "check_labels"]
 

@@ -7,14 +7,14 @@ from dataclasses import replace
 
 import pytest
 
-from mesh_canary.adapters.clock import SystemClock
-from mesh_canary.adapters.file_store import MemoryStateStore
-from mesh_canary.adapters.notifiers import LogNotifier
 from mesh_canary.core.model import BlueGreenSpec, CanarySpec
 from mesh_canary.core.weights import Weights
-from mesh_canary.demo import demo_policy
-from mesh_canary.drivers import local_backend
-from mesh_canary.runner import RolloutRunner
+from mesh_canary.notify import LogNotifier
+from mesh_canary.run.clock import SystemClock
+from mesh_canary.run.demo import demo_policy
+from mesh_canary.run.runner import RolloutRunner
+from mesh_canary.run.stores import MemoryStateStore
+from mesh_canary.run.wiring import local_backend
 
 
 class RecordingRouter:

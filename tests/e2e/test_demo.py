@@ -4,7 +4,7 @@ after the rollback every new request reaches the stable model server (counted th
 
 from __future__ import annotations
 
-from mesh_canary.demo import demo_policy, run_demo
+from mesh_canary.run.demo import demo_policy, run_demo
 
 
 def test_demo_promotes_healthy_and_rolls_back_degraded() -> None:

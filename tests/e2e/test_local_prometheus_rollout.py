@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mesh_canary.adapters.clock import SystemClock
-from mesh_canary.adapters.file_store import MemoryStateStore
-from mesh_canary.adapters.notifiers import LogNotifier
-from mesh_canary.adapters.prometheus import PrometheusMetricsSource
-from mesh_canary.demo import demo_policy
-from mesh_canary.drivers import local_backend
-from mesh_canary.runner import RolloutRunner
+from mesh_canary.metrics.prometheus import PrometheusMetricsSource
+from mesh_canary.notify import LogNotifier
+from mesh_canary.run.clock import SystemClock
+from mesh_canary.run.demo import demo_policy
+from mesh_canary.run.runner import RolloutRunner
+from mesh_canary.run.stores import MemoryStateStore
+from mesh_canary.run.wiring import local_backend
 
 
 @pytest.mark.parametrize(("degraded", "outcome"), [(False, "promoted"), (True, "rolled_back")])

@@ -30,13 +30,13 @@ import kubernetes.client
 import pytest
 from click.testing import CliRunner
 
-from mesh_canary.adapters.istio import IstioRouter
-from mesh_canary.adapters.kube_status import condition
 from mesh_canary.cli import main as cli_main
 from mesh_canary.controller import Controller, MetricsAddress, address_key, parse_addr
 from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Observation, VersionCounts
+from mesh_canary.kube.status import condition
 from mesh_canary.localmesh.prometheus import free_port
+from mesh_canary.routing.istio import IstioRouter
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
 from tests.kube_standin import KubeStandIn
 from tests.waiting import wait_for

@@ -22,7 +22,6 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from mesh_canary.adapters.file_store import FileStateStore
 from mesh_canary.cli import main
 from mesh_canary.core import engine
 from mesh_canary.core.policy import load_policy_text
@@ -30,6 +29,7 @@ from mesh_canary.core.weights import Weights
 from mesh_canary.localmesh import children
 from mesh_canary.localmesh.mesh import LocalMesh
 from mesh_canary.localmesh.prometheus import find_binary
+from mesh_canary.run.stores import FileStateStore
 from tests.waiting import wait_for
 
 MESH_CANARY = str(Path(sys.executable).parent / "mesh-canary")  # the installed console script

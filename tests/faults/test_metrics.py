@@ -25,12 +25,6 @@ import kubernetes.client
 import pytest
 import yaml
 
-from mesh_canary.adapters.clock import VirtualClock
-from mesh_canary.adapters.deadline_http import DeadlineClient
-from mesh_canary.adapters.file_store import MemoryStateStore
-from mesh_canary.adapters.local_metrics import LocalMetricsSource
-from mesh_canary.adapters.prometheus import MetricsAddressError, PrometheusMetricsSource
-from mesh_canary.adapters.protocols import Announcement
 from mesh_canary.core import engine
 from mesh_canary.core.engine import Phase
 from mesh_canary.core.model import Check
@@ -38,7 +32,13 @@ from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import Verdict
 from mesh_canary.core.weights import Weights
 from mesh_canary.localmesh.prometheus import free_port
-from mesh_canary.runner import RolloutRunner
+from mesh_canary.metrics.deadline_http import DeadlineClient
+from mesh_canary.metrics.local import LocalMetricsSource
+from mesh_canary.metrics.prometheus import MetricsAddressError, PrometheusMetricsSource
+from mesh_canary.protocols import Announcement
+from mesh_canary.run.clock import VirtualClock
+from mesh_canary.run.runner import RolloutRunner
+from mesh_canary.run.stores import MemoryStateStore
 from tests.crd_schema import ISTIO_CRDS, MODELROLLOUT_CRD, load_yaml
 from tests.e2e.test_cluster_e2e import MESH_CANARY, NS, virtual_service
 from tests.integration.prom_fixtures import DEFAULT_CHECKS, backfilled_prometheus, make_policy, openmetrics
@@ -271,10 +271,10 @@ def test_a_tick_with_a_trickling_prometheus_returns_within_the_read_budget(tmp_p
     the API stand-in, the Prometheus source) returns within one read budget, so a slow
     Prometheus holds a worker for seconds at a time, never for good, and the engine's
     deadlines fire on time."""
-    from mesh_canary.adapters.clock import SystemClock
-    from mesh_canary.adapters.istio import IstioRouter
-    from mesh_canary.adapters.notifiers import LogNotifier
     from mesh_canary.core.policy import load_policy_text
+    from mesh_canary.notify import LogNotifier
+    from mesh_canary.routing.istio import IstioRouter
+    from mesh_canary.run.clock import SystemClock
 
     with cluster(tmp_path) as (kube, custom), http_server(trickle_body) as (prom, _seen):
         policy = load_policy_text(yaml.safe_dump(rollout_policy(prom)), "policy.yaml")
@@ -391,7 +391,7 @@ def test_run_rolls_back_instead_of_promoting_on_stables_series_alone(tmp_path: p
 
 
 def engine_judge() -> Any:
-    from mesh_canary.runner import default_judge
+    from mesh_canary.run.runner import default_judge
 
     return default_judge()
 

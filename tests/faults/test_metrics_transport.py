@@ -21,16 +21,16 @@ import requests
 import requests.adapters
 from prometheus_api_client.prometheus_connect import PrometheusConnect
 
-from mesh_canary.adapters.deadline_http import DeadlineClient
-from mesh_canary.adapters.deadline_requests import (
+from mesh_canary.localmesh.prometheus import free_port
+from mesh_canary.metrics.deadline_http import DeadlineClient
+from mesh_canary.metrics.deadline_requests import (
     AnswerTooLarge,
     CannotConnect,
     DeadlineAdapter,
     NotHTTP,
     deadline_session,
 )
-from mesh_canary.adapters.prometheus import PrometheusMetricsSource
-from mesh_canary.localmesh.prometheus import free_port
+from mesh_canary.metrics.prometheus import PrometheusMetricsSource
 from tests.faults.test_metrics import (
     NOW,
     SINCE,

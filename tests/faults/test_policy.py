@@ -20,7 +20,7 @@ import kubernetes.client
 import pytest
 import yaml
 
-from mesh_canary.adapters.kube_status import condition
+from mesh_canary.kube.status import condition
 from tests.crd_schema import ISTIO_CRDS, MODELROLLOUT_CRD, load_yaml
 from tests.e2e.test_cluster_e2e import MESH_CANARY, NS, model_rollout, virtual_service
 from tests.integration.test_controller import Cluster, running

@@ -27,7 +27,7 @@ from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Histogram, Observation, VersionCounts
 from mesh_canary.core.policy import PolicyError
 from mesh_canary.core.verdicts import Verdict
-from mesh_canary.policy_loading import load_policy_file
+from mesh_canary.run.policy_loading import load_policy_file
 
 BASE: dict[str, Any] = {
     "apiVersion": "mesh-canary.io/v1alpha1",

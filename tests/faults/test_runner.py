@@ -431,10 +431,10 @@ def test_in_the_controller_a_pending_rollback_is_in_the_status_and_holds_no_work
     status says RollingBack / RollbackPending=True and a RollbackFailing Event is posted at
     once, while rollout B on another VirtualService is still promoted meanwhile. Once the API
     server takes A's write, A ends RolledBack."""
-    from mesh_canary.adapters.istio import IstioRouter
-    from mesh_canary.adapters.kube_status import condition
     from mesh_canary.controller import Controller, running
     from mesh_canary.core.model import Policy
+    from mesh_canary.kube.status import condition
+    from mesh_canary.routing.istio import IstioRouter
     from tests.integration.test_controller import Cluster, Metrics
     from tests.integration.test_controller import model_rollout as mr
 

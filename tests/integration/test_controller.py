@@ -19,12 +19,12 @@ import httpx
 import kubernetes.client
 import pytest
 
-from mesh_canary.adapters.istio import IstioRouter
-from mesh_canary.adapters.kube_status import FINALIZER, condition
 from mesh_canary.controller import Controller
 from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.kube.status import FINALIZER, condition
+from mesh_canary.routing.istio import IstioRouter
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
 from tests.kube_standin import KubeStandIn
 from tests.waiting import wait_for

@@ -11,7 +11,11 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from mesh_canary.adapters.istio import (
+from mesh_canary.core.model import Policy
+from mesh_canary.core.policy import load_policy_text
+from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.routing.base import RollbackRecord, RouteConflict, RouteOwned, WeightsMoved
+from mesh_canary.routing.istio import (
     ANNOTATION_OWNER,
     ANNOTATION_ROLLBACK,
     GROUP,
@@ -21,11 +25,7 @@ from mesh_canary.adapters.istio import (
     IstioRouter,
     IstioRouterError,
 )
-from mesh_canary.adapters.routing import RollbackRecord, RouteConflict, RouteOwned, WeightsMoved
-from mesh_canary.adapters.vs_patch import VirtualServicePatchError
-from mesh_canary.core.model import Policy
-from mesh_canary.core.policy import load_policy_text
-from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.routing.istio_patch import VirtualServicePatchError
 from tests.crd_schema import VIRTUALSERVICE_CRD, validator_for
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
 from tests.kube_standin import KubeStandIn

@@ -19,14 +19,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mesh_canary.adapters.local_metrics import LocalMetricsSource
-from mesh_canary.adapters.local_router import LocalRouter, LocalRouterError
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.weights import ALL_STABLE, Weights
 from mesh_canary.localmesh import envoy as envoy_module
-from mesh_canary.localmesh.envoy import MIRROR_KEY, weight_key
 from mesh_canary.localmesh.mesh import Degradation, LoadSettings, LocalMesh
 from mesh_canary.localmesh.model_server import VERSION_HEADER
+from mesh_canary.metrics.local import LocalMetricsSource
+from mesh_canary.routing.local import MIRROR_KEY, LocalRouter, LocalRouterError, weight_key
 
 pytestmark = pytest.mark.integration
 

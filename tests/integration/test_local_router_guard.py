@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from mesh_canary.adapters.local_router import LocalRouter
-from mesh_canary.adapters.routing import RollbackRecord, RouteOwned, WeightsMoved
 from mesh_canary.core.weights import ALL_STABLE, Weights
 from mesh_canary.localmesh.mesh import LocalMesh
+from mesh_canary.routing.base import RollbackRecord, RouteOwned, WeightsMoved
+from mesh_canary.routing.local import LocalRouter
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,7 @@ def test_the_route_lock_refuses_a_second_owner_and_dies_with_its_process(
 
     # A run that is SIGKILLed holding the lock leaves no stale lock behind.
     code = (
-        "import sys, time; from mesh_canary.adapters.local_router import LocalRouter; "
+        "import sys, time; from mesh_canary.routing.local import LocalRouter; "
         f"r = LocalRouter({mesh.admin_url!r}, 'v1', 'v2', lock_dir={str(tmp_path)!r}); "
         "r.claim('run-k', 'models/scorer'); print('held', flush=True); time.sleep(60)"
     )

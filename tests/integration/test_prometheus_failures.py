@@ -17,13 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from prom_fixtures import DEFAULT_CHECKS, PrometheusServer, backfilled_prometheus, make_policy, openmetrics
 
-from mesh_canary.adapters.prometheus import PrometheusMetricsSource
 from mesh_canary.core import engine
 from mesh_canary.core.engine import Phase
 from mesh_canary.core.model import Check
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import CheckResult, JudgeContext, Verdict
 from mesh_canary.localmesh.prometheus import free_port
+from mesh_canary.metrics.prometheus import PrometheusMetricsSource
 
 pytestmark = pytest.mark.integration
 

@@ -21,10 +21,10 @@ from prom_fixtures import (
     openmetrics,
 )
 
-from mesh_canary.adapters.prometheus import PrometheusMetricsSource
-from mesh_canary.adapters.promql import plan_queries, render_custom
 from mesh_canary.core.model import Check
 from mesh_canary.core.observations import INF
+from mesh_canary.metrics.prometheus import PrometheusMetricsSource
+from mesh_canary.metrics.promql import plan_queries, render_custom
 
 pytestmark = pytest.mark.integration
 

@@ -16,12 +16,12 @@ import time
 import pytest
 from prom_fixtures import make_policy, require
 
-from mesh_canary.adapters.prometheus import PrometheusMetricsSource
 from mesh_canary.core.model import Check
 from mesh_canary.core.observations import Histogram, Observation
 from mesh_canary.core.weights import Weights
 from mesh_canary.localmesh.mesh import Degradation, LoadSettings, LocalMesh
 from mesh_canary.localmesh.prometheus import prometheus_for
+from mesh_canary.metrics.prometheus import PrometheusMetricsSource
 
 pytestmark = pytest.mark.integration
 

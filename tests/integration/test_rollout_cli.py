@@ -23,8 +23,8 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from mesh_canary.adapters.kube_status import condition
 from mesh_canary.cli import main
+from mesh_canary.kube.status import condition
 from tests.integration.test_controller import NS, Cluster, Metrics, model_rollout, running, wait_for
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
 from tests.kube_standin import KubeStandIn

@@ -25,12 +25,32 @@ from typing import IO, Any
 
 import httpx
 
-from mesh_canary.adapters.routing import RollbackRecord, RouteOwned, RouterError, WeightsMoved
 from mesh_canary.core.weights import Weights
-from mesh_canary.localmesh.envoy import MIRROR_KEY, runtime_values, weight_key
+from mesh_canary.routing.base import RollbackRecord, RouteOwned, RouterError, WeightsMoved
 
+# The runtime keys the local mesh's Envoy reads (mesh_canary.localmesh.envoy builds it from these).
+WEIGHT_KEY_PREFIX = "mesh_canary.weight"
+MIRROR_KEY = "mesh_canary.mirror_percent"
 ROLLBACK_KEY = "mesh_canary.rollback"
 _PREFIX = "mc1."  # Envoy parses runtime values as YAML: the record travels base64-encoded
+
+
+def weight_key(cluster: str) -> str:
+    """The runtime key that holds ``cluster``'s weight."""
+    return f"{WEIGHT_KEY_PREFIX}.{cluster}"
+
+
+def runtime_values(
+    stable: str, candidate: str, weights: Weights, fallback: str | None = None
+) -> dict[str, int]:
+    """The runtime keys and values that put ``weights`` in force."""
+    if weights.fallback and fallback is None:
+        raise ValueError(f"weights {weights} send traffic to a fallback, but there is no fallback cluster")
+    values = {weight_key(stable): weights.stable, weight_key(candidate): weights.candidate}
+    if fallback is not None:
+        values[weight_key(fallback)] = weights.fallback
+    values[MIRROR_KEY] = weights.mirror_percent
+    return values
 
 
 def _encode(text: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import kubernetes.client
 
-from mesh_canary.adapters.protocols import Announcement
+from mesh_canary.protocols import Announcement
 
 log = logging.getLogger("mesh_canary.kube_events")
 

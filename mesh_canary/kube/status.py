@@ -30,15 +30,10 @@ from kubernetes.client.exceptions import ApiException
 from mesh_canary.core.engine import Phase, RolloutState, schedule
 from mesh_canary.core.model import Policy
 from mesh_canary.core.verdicts import CheckResult, Verdict
+from mesh_canary.kube.names import GROUP, PLURAL, VERSION
 from mesh_canary.redact import redact_value
 
 log = logging.getLogger("mesh_canary.kube_status")
-
-GROUP = "mesh-canary.io"
-VERSION = "v1alpha1"
-PLURAL = "modelrollouts"
-KIND = "ModelRollout"
-API_VERSION = f"{GROUP}/{VERSION}"
 
 # People's orders, written by `mesh-canary rollout abort|approve|pause|resume` (or kubectl
 # annotate). Each value is a request id: a value the controller has not handled yet is

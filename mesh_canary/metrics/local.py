@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from mesh_canary.adapters.deadline_http import DeadlineClient, DeadlineExceeded, TooLarge, Unreachable
 from mesh_canary.core.observations import Histogram, Observation, VersionCounts
+from mesh_canary.metrics.deadline_http import DeadlineClient, DeadlineExceeded, TooLarge, Unreachable
 from mesh_canary.redact import redact_url
 
 CLUSTER_LABEL = "envoy_cluster_name"

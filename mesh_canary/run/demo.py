@@ -14,11 +14,11 @@ from typing import Any
 
 from rich.console import Console
 
-from mesh_canary.adapters.file_store import MemoryStateStore
 from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import load_policy_text
-from mesh_canary.drivers import drive, local_backend, prometheus_available
-from mesh_canary.output import render_state
+from mesh_canary.present.console import render_state
+from mesh_canary.run.stores import MemoryStateStore
+from mesh_canary.run.wiring import drive, local_backend, prometheus_available
 
 AFTER_ROLLBACK_S = 3.0  # how long to watch traffic after a rollback
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from mesh_canary.adapters.protocols import Announcement, Notifier
 from mesh_canary.core.model import Webhook
+from mesh_canary.protocols import Announcement, Notifier
 
 log = logging.getLogger("mesh_canary.notify")
 

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh_canary.adapters.vs_patch import (
+from mesh_canary.core.model import Destination
+from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.routing.istio_patch import (
     RouteTargets,
     VirtualServicePatchError,
     apply_weights,
@@ -20,8 +22,6 @@ from mesh_canary.adapters.vs_patch import (
     read_weights,
     without_managed_weights,
 )
-from mesh_canary.core.model import Destination
-from mesh_canary.core.weights import ALL_STABLE, Weights
 from tests.crd_schema import VIRTUALSERVICE_CRD, validator_for
 
 SUBSETS = RouteTargets(

@@ -24,7 +24,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from mesh_canary.adapters.protocols import (
+from mesh_canary.core import engine
+from mesh_canary.core.engine import Command, Decision, Phase, RolloutState
+from mesh_canary.core.model import Policy
+from mesh_canary.core.observations import Observation
+from mesh_canary.core.verdicts import Judge
+from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.protocols import (
     Announcement,
     Clock,
     MetricsSource,
@@ -32,16 +38,10 @@ from mesh_canary.adapters.protocols import (
     StateStore,
     TrafficRouter,
 )
-from mesh_canary.adapters.routing import RollbackRecord, RouteNotFound, RouteOwned, WeightsMoved, guarded
-from mesh_canary.core import engine
-from mesh_canary.core.engine import Command, Decision, Phase, RolloutState
-from mesh_canary.core.model import Policy
-from mesh_canary.core.observations import Observation
-from mesh_canary.core.verdicts import Judge
-from mesh_canary.core.weights import ALL_STABLE, Weights
 from mesh_canary.redact import redact
+from mesh_canary.routing.base import RollbackRecord, RouteNotFound, RouteOwned, WeightsMoved, guarded
 
-log = logging.getLogger("mesh_canary.runner")
+log = logging.getLogger("mesh_canary.runner")  # the name users filter on; kept across the move
 
 # Exit codes of CLI.md.
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_ROLLED_BACK, EXIT_UNFINISHED = 0, 1, 2, 3, 4

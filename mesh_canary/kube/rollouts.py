@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from mesh_canary.kube.names import GROUP, PLURAL, VERSION
+
 
 class KubeError(Exception):
     """The API could not be reached, or refused; `bad_input` when it rejected what we sent."""
@@ -76,8 +78,6 @@ class RolloutClient:
 
     def __init__(self, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
         import kubernetes.client
-
-        from mesh_canary.adapters.kube_status import GROUP, PLURAL, VERSION
 
         self.api: Any = kubernetes.client.CustomObjectsApi(api_client(kubeconfig, context))
         self.namespace = namespace or context_namespace(kubeconfig, context)

@@ -40,18 +40,18 @@ import requests.adapters
 from prometheus_api_client.prometheus_connect import PrometheusConnect
 from urllib3.util.retry import Retry
 
-from mesh_canary.adapters import promql
-from mesh_canary.adapters.deadline_http import DeadlineClient
-from mesh_canary.adapters.deadline_requests import (
+from mesh_canary.core.model import Policy
+from mesh_canary.core.observations import Observation
+from mesh_canary.core.policy import PolicyError, Problem
+from mesh_canary.metrics import promql
+from mesh_canary.metrics.deadline_http import DeadlineClient
+from mesh_canary.metrics.deadline_requests import (
     AnswerTooLarge,
     CannotConnect,
     DeadlineAdapter,
     NotHTTP,
     deadline_session,
 )
-from mesh_canary.core.model import Policy
-from mesh_canary.core.observations import Observation
-from mesh_canary.core.policy import PolicyError, Problem
 from mesh_canary.redact import redact_url
 
 __all__ = ["MetricsAddressError", "PrometheusMetricsSource", "check_address"]

@@ -1,7 +1,7 @@
 """TrafficRouter for Istio: writes the weights into the user's VirtualService.
 
 Through the official ``kubernetes`` client (CustomObjectsApi, ``networking.istio.io/v1``).
-Every write reads the object, computes the new one with the pure `vs_patch` module (only
+Every write reads the object, computes the new one with the pure `istio_patch` module (only
 the managed routes' weights, the candidate's mirror and mesh-canary's own annotations
 change), and replaces it carrying the resourceVersion it read, so a concurrent change is
 never overwritten: the API server answers 409 Conflict, raised as `IstioConflict`.
@@ -24,8 +24,10 @@ import kubernetes.client
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from mesh_canary.adapters import vs_patch
-from mesh_canary.adapters.routing import (
+from mesh_canary.core.model import Policy
+from mesh_canary.core.weights import Weights
+from mesh_canary.routing import istio_patch
+from mesh_canary.routing.base import (
     RollbackRecord,
     RouteConflict,
     RouteNotFound,
@@ -33,9 +35,7 @@ from mesh_canary.adapters.routing import (
     RouterError,
     WeightsMoved,
 )
-from mesh_canary.adapters.vs_patch import RouteTargets, VirtualServicePatchError
-from mesh_canary.core.model import Policy
-from mesh_canary.core.weights import Weights
+from mesh_canary.routing.istio_patch import RouteTargets, VirtualServicePatchError
 
 GROUP = "networking.istio.io"
 VERSION = "v1"
@@ -138,7 +138,7 @@ class IstioRouter:
                 live = _weights(current, self.targets)
                 if live not in (expected, weights):
                     raise WeightsMoved(live, expected, self.ref)
-        desired = vs_patch.apply_weights(current, self.targets, weights)  # a config error: not retried
+        desired = istio_patch.apply_weights(current, self.targets, weights)  # a config error: not retried
         if rollback is not None:
             _annotations(desired)[ANNOTATION_ROLLBACK] = rollback.to_json()
         if desired != current:
@@ -207,13 +207,13 @@ class IstioRouter:
             return None
         vs = self.read()
         try:
-            return vs_patch.drift(vs, self.targets, expected)
+            return istio_patch.drift(vs, self.targets, expected)
         except VirtualServicePatchError as e:
             return f"{self.ref} no longer has the routes mesh-canary manages: {e}"
 
 
 def _weights(vs: dict[str, Any], targets: RouteTargets) -> Weights:
-    return vs_patch.read_weights(vs, targets)
+    return istio_patch.read_weights(vs, targets)
 
 
 def _annotations(obj: dict[str, Any]) -> dict[str, Any]:

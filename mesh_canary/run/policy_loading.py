@@ -13,9 +13,9 @@ from __future__ import annotations
 import codecs
 from typing import Any
 
-from mesh_canary.adapters.promql import PromQLError, plan_queries, render_custom
 from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import PolicyError, Problem, load_policy, load_policy_text, validate_text
+from mesh_canary.metrics.promql import PromQLError, plan_queries, render_custom
 
 __all__ = [
     "MAX_POLICY_BYTES",

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from mesh_canary.adapters.protocols import TrafficRouter
 from mesh_canary.core.weights import Weights
+from mesh_canary.protocols import TrafficRouter
 
 
 class RouterError(RuntimeError):

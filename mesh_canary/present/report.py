@@ -26,6 +26,7 @@ from mesh_canary.core.engine import Phase, RolloutState, StepRecord, policy_fing
 from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Histogram, Observation, VersionCounts
 from mesh_canary.core.policy import PolicyError, load_policy, resource_document
+from mesh_canary.kube.names import API_VERSION, KIND
 
 __all__ = [
     "ReportError",
@@ -114,8 +115,8 @@ def policy_of_resource(obj: Mapping[str, Any], fingerprint: str = "") -> Policy 
         if not isinstance(spec, Mapping):
             continue
         doc = resource_document({**obj, "spec": spec})
-        doc.setdefault("apiVersion", "mesh-canary.io/v1alpha1")
-        doc.setdefault("kind", "ModelRollout")
+        doc.setdefault("apiVersion", API_VERSION)
+        doc.setdefault("kind", KIND)
         try:
             policy = load_policy(doc)
         except PolicyError:

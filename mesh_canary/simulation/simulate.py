@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from mesh_canary.adapters.synthetic import Scenario, SyntheticMesh
 from mesh_canary.core import engine
 from mesh_canary.core.engine import Decision, Phase
 from mesh_canary.core.judge import AnytimeJudge
 from mesh_canary.core.model import Policy
 from mesh_canary.core.verdicts import Judge
+from mesh_canary.simulation.traffic import Scenario, SyntheticMesh
 
 _OUTCOME = {Phase.SUCCEEDED: "promoted", Phase.ROLLED_BACK: "rolled_back"}
 

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from mesh_canary.drivers import interrupts_roll_back
+from mesh_canary.run.wiring import interrupts_roll_back
 
 
 def test_first_interrupt_asks_for_a_rollback_and_handlers_are_restored() -> None:

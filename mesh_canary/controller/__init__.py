@@ -20,7 +20,7 @@ its own ``analysis.interval``, many at once:
   module adds a loop that can stop and releases the Lease on shutdown);
 - ``/livez``, ``/readyz`` and ``/metrics`` on ``--metrics-addr``.
 
-People's orders arrive as annotations on the resource (see `kube_status.COMMAND_ANNOTATIONS`).
+People's orders arrive as annotations on the resource (see `mesh_canary.kube.status.COMMAND_ANNOTATIONS`).
 A changed spec restarts the rollout (traffic goes back to stable first); a deleted
 ModelRollout leaves its traffic on stable (a finalizer holds the deletion until it does);
 an invalid spec touches nothing and says why in the ``PolicyValid`` condition. So does a
@@ -61,25 +61,6 @@ from prometheus_client import (
     generate_latest,
 )
 
-from mesh_canary.adapters.clock import SystemClock
-from mesh_canary.adapters.kube_events import KubeEventNotifier
-from mesh_canary.adapters.kube_rollouts import read_secret_key
-from mesh_canary.adapters.kube_status import (
-    API_VERSION,
-    COMMAND_ANNOTATIONS,
-    FINALIZER,
-    GROUP,
-    KIND,
-    PLURAL,
-    VERSION,
-    KubeStatusStore,
-    StatusWriteError,
-    history_entry,
-    rollback_category,
-    saved_state,
-)
-from mesh_canary.adapters.notifiers import BackgroundNotifier, notifier_for_policy
-from mesh_canary.adapters.protocols import Announcement, Clock, MetricsSource, Notifier, TrafficRouter
 from mesh_canary.core import engine
 from mesh_canary.core.durations import format_duration
 from mesh_canary.core.engine import Command, Phase, RolloutState
@@ -87,9 +68,26 @@ from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import PolicyError, Problem, load_policy, resource_document
 from mesh_canary.core.verdicts import Judge
 from mesh_canary.core.weights import ALL_STABLE
-from mesh_canary.policy_loading import load_checked_policy
+from mesh_canary.kube.events import KubeEventNotifier
+from mesh_canary.kube.names import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from mesh_canary.kube.rollouts import read_secret_key
+from mesh_canary.kube.status import (
+    COMMAND_ANNOTATIONS,
+    FINALIZER,
+    KubeStatusStore,
+    StatusWriteError,
+    history_entry,
+    rollback_category,
+    saved_state,
+)
+from mesh_canary.metrics import MetricsTarget, metrics_for
+from mesh_canary.notify import BackgroundNotifier, notifier_for_policy
+from mesh_canary.protocols import Announcement, Clock, MetricsSource, Notifier, TrafficRouter
 from mesh_canary.redact import redact, redact_url, redact_value, register_secret
-from mesh_canary.runner import RolloutRunner
+from mesh_canary.routing import RouterTarget, router_for
+from mesh_canary.run.clock import SystemClock
+from mesh_canary.run.policy_loading import load_checked_policy
+from mesh_canary.run.runner import RolloutRunner
 
 log = logging.getLogger("mesh_canary.controller")
 
@@ -1219,7 +1217,7 @@ class Controller:
         router.set_weights(ALL_STABLE)
         release = getattr(router, "release", None)
         if run_id and callable(release):
-            release(run_id)  # the route is free for the next rollout (ownership, runner.py)
+            release(run_id)  # the route is free for the next rollout (ownership, run/runner.py)
         return True
 
     def _finish_deleted(self, h: RolloutHandler, obj: Mapping[str, Any] | None) -> None:
@@ -1340,10 +1338,8 @@ class Controller:
     # -- default backend -------------------------------------------------------------------
 
     def _istio_backend(self, policy: Policy) -> tuple[TrafficRouter, MetricsSource]:
-        from mesh_canary.adapters.istio import IstioRouter
-        from mesh_canary.adapters.prometheus import PrometheusMetricsSource
-
-        return IstioRouter(policy, self.api), PrometheusMetricsSource(policy, url=self.metrics_url(policy))
+        router = router_for("istio", policy, RouterTarget(api_client=self.api))
+        return router, metrics_for("prometheus", policy, MetricsTarget(url=self.metrics_url(policy)))
 
 
 @contextlib.contextmanager

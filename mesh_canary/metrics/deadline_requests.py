@@ -28,7 +28,7 @@ import requests.adapters
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
 
-from mesh_canary.adapters.deadline_http import DeadlineClient, DeadlineExceeded, TooLarge, Unreachable
+from mesh_canary.metrics.deadline_http import DeadlineClient, DeadlineExceeded, TooLarge, Unreachable
 
 __all__ = ["AnswerTooLarge", "CannotConnect", "DeadlineAdapter", "NotHTTP", "deadline_session"]
 

@@ -14,17 +14,19 @@ from typing import Any
 
 from rich.console import Console
 
-from mesh_canary.adapters.clock import SystemClock
-from mesh_canary.adapters.file_store import FileStateStore, MemoryStateStore
-from mesh_canary.adapters.notifiers import notifier_for_policy
-from mesh_canary.adapters.protocols import MetricsSource, StateStore, TrafficRouter
 from mesh_canary.core import engine
 from mesh_canary.core.engine import RolloutState
 from mesh_canary.core.model import Policy
 from mesh_canary.core.weights import ALL_STABLE, Weights
-from mesh_canary.runner import RolloutRunner, RunResult, outcome_of
+from mesh_canary.metrics import MetricsTarget, metrics_for
+from mesh_canary.notify import notifier_for_policy
+from mesh_canary.protocols import MetricsSource, StateStore, TrafficRouter
+from mesh_canary.routing import RouterTarget, router_for
+from mesh_canary.run.clock import SystemClock
+from mesh_canary.run.runner import RolloutRunner, RunResult, outcome_of
+from mesh_canary.run.stores import FileStateStore, MemoryStateStore
 
-log = logging.getLogger("mesh_canary.drivers")
+log = logging.getLogger("mesh_canary.drivers")  # the name users filter on; kept across the move
 
 # The degraded candidate of `run --candidate degraded` and the demo: more errors, slower,
 # and quietly less accurate, as bad models are.
@@ -59,8 +61,8 @@ def local_backend(
     ) as mesh:
         mesh.start_load()
         if metrics_mode == "prometheus" or (metrics_mode == "auto" and prometheus_available()):
-            from mesh_canary.adapters.prometheus import PrometheusMetricsSource
             from mesh_canary.localmesh.prometheus import prometheus_for
+            from mesh_canary.metrics.prometheus import PrometheusMetricsSource
 
             with prometheus_for(mesh) as prom:
                 local_policy = replace(policy, metrics=replace(policy.metrics, profile="envoy"))
@@ -184,7 +186,7 @@ def resume_on_new_mesh(
         f"resuming on a new local mesh: restoring {restored.stable}/{restored.candidate}{pending} and "
         f"restarting step {step}'s window (the old mesh, its traffic and its counters are gone)"
     )
-    from mesh_canary.adapters.local_metrics import LocalMetricsSource
+    from mesh_canary.metrics.local import LocalMetricsSource
 
     now = SystemClock().now()
     if isinstance(metrics, LocalMetricsSource):
@@ -205,7 +207,7 @@ def drive(
 ) -> RunResult:
     """Run the rollout with a live display; the first Ctrl-C rolls back to stable, a second
     one quits (right after a write in progress and its save, never in the middle)."""
-    from mesh_canary.output import LiveProgress
+    from mesh_canary.present.console import LiveProgress
 
     clock = SystemClock()
     notifier = notifier_for_policy(policy.notifications)
@@ -268,9 +270,7 @@ def istio_backend(
     policy: Policy, kubeconfig: str | None, context: str | None, prometheus_url: str | None
 ) -> tuple[TrafficRouter, MetricsSource]:
     """A cluster: the VirtualService through the Kubernetes API, metrics from Prometheus."""
-    from mesh_canary.adapters.istio import IstioRouter
-    from mesh_canary.adapters.kube_rollouts import api_client
-    from mesh_canary.adapters.prometheus import PrometheusMetricsSource
+    from mesh_canary.kube.rollouts import api_client
 
-    router = IstioRouter(policy, api_client(kubeconfig, context))
-    return router, PrometheusMetricsSource(policy, url=prometheus_url)
+    router = router_for("istio", policy, RouterTarget(api_client=api_client(kubeconfig, context)))
+    return router, metrics_for("prometheus", policy, MetricsTarget(url=prometheus_url))
