@@ -10,13 +10,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import kubernetes.client
 
 from mesh_canary.controller.admission import Admission
 from mesh_canary.controller.finalizer import Finalizer
-from mesh_canary.controller.handler import Key, RolloutHandler, command_values, key_of, meta
+from mesh_canary.controller.handler import Key, RolloutHandler
 from mesh_canary.controller.health import HealthServer
 from mesh_canary.controller.informer import Informer
 from mesh_canary.controller.leader import LeaderElector, elector_for
@@ -83,25 +82,32 @@ class Controller:
             request_timeout_s=s.request_timeout_s,
         )
         self.informer = Informer(
-            api_client, s, self._stopping, upsert=self._upsert, deleted=self._deleted, known=self._known
+            api_client,
+            s,
+            self._stopping,
+            upsert=self.queue.upsert,
+            deleted=self.queue.deleted,
+            known=self.queue.known,
         )
-        self._health = (
-            HealthServer(
-                s.metrics_addr,
-                liveness=self.liveness,
-                readiness=self.readiness,
-                metrics=self._exposition,
-                bind_address=s.bind_address,
-            )
-            if s.metrics_addr
-            else None
-        )
+        self._health = self._health_server()
         self._elector: LeaderElector | None = (
             elector_for(api_client, s, self._started_leading, self._stopped_leading)
             if s.leader_elect
             else None
         )
         self.metrics.leader.set(1 if self.queue.leading else 0)
+
+    def _health_server(self) -> HealthServer | None:
+        s = self.settings
+        if not s.metrics_addr:
+            return None
+        return HealthServer(
+            s.metrics_addr,
+            liveness=self.liveness,
+            readiness=self.readiness,
+            metrics=self._exposition,
+            bind_address=s.bind_address,
+        )
 
     # -- what others read ---------------------------------------------------------------
 
@@ -245,51 +251,6 @@ class Controller:
             h.drop_runner()
 
     # -- what the informer sees ---------------------------------------------------------
-
-    def _upsert(self, obj: dict[str, Any]) -> Key:
-        key = key_of(obj)
-        m = meta(obj)
-        with self.queue.cond:
-            h = self.handlers.get(key)
-            if h is None:
-                h = RolloutHandler(
-                    key=key, obj=obj, phase=str((obj.get("status") or {}).get("phase") or "Pending")
-                )
-                self.handlers[key] = h
-                kick = True
-            else:
-                old = meta(h.obj)
-                kick = (
-                    h.deleted
-                    or old.get("generation") != m.get("generation")
-                    or old.get("uid") != m.get("uid")
-                    or command_values(h.obj) != command_values(obj)
-                    or (bool(m.get("deletionTimestamp")) and not old.get("deletionTimestamp"))
-                )
-                h.obj = obj
-                h.deleted = False
-                if h.runner is None:  # a follower's view of the phase, for the rollouts gauge
-                    h.phase = str((obj.get("status") or {}).get("phase") or h.phase)
-            if kick:
-                self.queue.kick_locked(h)
-        return key
-
-    def _deleted(self, obj: dict[str, Any]) -> None:
-        with self.queue.cond:
-            h = self.handlers.get(key_of(obj))
-            if h is None:
-                return
-            h.obj = obj
-            h.deleted = True
-            self.queue.kick_locked(h)
-
-    def _known(self, namespace: str | None) -> list[dict[str, Any]]:
-        with self.queue.cond:
-            return [
-                h.obj
-                for k, h in self.handlers.items()
-                if not h.deleted and (namespace is None or k[0] == namespace)
-            ]
 
     def _remove(self, h: RolloutHandler) -> None:
         h.drop_runner()

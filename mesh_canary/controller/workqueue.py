@@ -15,8 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from mesh_canary.controller.handler import Key, RolloutHandler
+from mesh_canary.controller.handler import Key, RolloutHandler, command_values, key_of, meta
 from mesh_canary.controller.settings import ControllerSettings
 from mesh_canary.protocols import Clock
 
@@ -83,6 +84,56 @@ class WorkQueue:
         if len(busy) < self.settings.workers:
             return 0.0
         return self.settings.slow_after_s - max(busy)
+
+    # -- what the informer sees ---------------------------------------------------------
+
+    def upsert(self, obj: dict[str, Any]) -> Key:
+        """A resource as the informer sees it now: known from now on, due now if anything that matters changed."""
+        key = key_of(obj)
+        m = meta(obj)
+        with self.cond:
+            h = self.handlers.get(key)
+            if h is None:
+                h = RolloutHandler(
+                    key=key, obj=obj, phase=str((obj.get("status") or {}).get("phase") or "Pending")
+                )
+                self.handlers[key] = h
+                kick = True
+            else:
+                old = meta(h.obj)
+                kick = (
+                    h.deleted
+                    or old.get("generation") != m.get("generation")
+                    or old.get("uid") != m.get("uid")
+                    or command_values(h.obj) != command_values(obj)
+                    or (bool(m.get("deletionTimestamp")) and not old.get("deletionTimestamp"))
+                )
+                h.obj = obj
+                h.deleted = False
+                if h.runner is None:  # a follower's view of the phase, for the rollouts gauge
+                    h.phase = str((obj.get("status") or {}).get("phase") or h.phase)
+            if kick:
+                self.kick_locked(h)
+        return key
+
+    def deleted(self, obj: dict[str, Any]) -> None:
+        """The resource is gone: its next turn (due now) leaves its traffic on stable."""
+        with self.cond:
+            h = self.handlers.get(key_of(obj))
+            if h is None:
+                return
+            h.obj = obj
+            h.deleted = True
+            self.kick_locked(h)
+
+    def known(self, namespace: str | None) -> list[dict[str, Any]]:
+        """The resources of ``namespace`` (None: all) believed alive."""
+        with self.cond:
+            return [
+                h.obj
+                for k, h in self.handlers.items()
+                if not h.deleted and (namespace is None or k[0] == namespace)
+            ]
 
     # -- the scheduler thread -----------------------------------------------------------
 

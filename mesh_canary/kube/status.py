@@ -306,20 +306,14 @@ def render_status(
     someone else changed the weights (None: in sync).
     """
     prev = dict(previous or {})
-    stamp = iso(now)
-    conditions: list[dict[str, Any]] = [
-        dict(c) for c in prev.get("conditions") or [] if isinstance(c, Mapping)
-    ]
-
-    def cond(type_: str, status: str, reason: str, message: str) -> None:
-        nonlocal conditions
-        conditions = set_condition(conditions, type_, status, reason, message, stamp, generation)
-
+    conditions = _Conditions(prev, iso(now), generation)
     if problems:
         text = "; ".join(problems)
-        cond("PolicyValid", "False", "InvalidPolicy", f"the policy is invalid (nothing was changed): {text}")
+        conditions.set(
+            "PolicyValid", "False", "InvalidPolicy", f"the policy is invalid (nothing was changed): {text}"
+        )
     else:
-        cond("PolicyValid", "True", "Valid", "the policy is valid")
+        conditions.set("PolicyValid", "True", "Valid", "the policy is valid")
 
     status: dict[str, Any] = {}
     history = [dict(h) for h in prev.get("history") or [] if isinstance(h, Mapping)]
@@ -329,68 +323,18 @@ def render_status(
     if state is None:
         status["phase"] = "Invalid" if problems else "Pending"
         status["message"] = (
-            conditions[0]["message"] if problems else "waiting for the controller to start the rollout"
+            conditions.items[0]["message"] if problems else "waiting for the controller to start the rollout"
         )
     else:
-        sched = schedule(policy) if policy else tuple(s.weight for s in state.steps)
-        status.update(
-            phase=ROLLING_BACK if state.rollback_pending else state.phase.value,
-            currentStep=state.step_index + 1,
-            stepCount=len(sched),
-            weights=state.weights.to_dict(),
-            checks=[check_view(c) for c in state.checks],
-            stableVersion=policy.stable.version if policy else prev.get("stableVersion"),
-            candidateVersion=policy.candidate.version if policy else prev.get("candidateVersion"),
-            reason=state.reason,
-            message=status_message(state, policy),
-            startedAt=iso(state.started_at),
-            stepStartedAt=iso(state.step_started_at),
-            lastAnalysisAt=iso(state.last_tick_at) if state.last_tick_at is not None else None,
-            finishedAt=iso(state.finished_at) if state.finished_at is not None else None,
-            rollout=json_safe(state.to_dict()),
-        )
-        phase = state.phase
-        if phase is Phase.PROGRESSING:
-            cond("Progressing", "True", "StepInProgress", status["message"])
-        elif phase is Phase.PAUSED:
-            cond("Progressing", "Unknown", "Paused", status["message"])
-        elif phase is Phase.WAITING_FOR_APPROVAL:
-            cond("Progressing", "Unknown", "WaitingForApproval", status["message"])
-        elif state.rollback_pending:
-            cond("Progressing", "True", "RollbackPending", status["message"])
-        else:
-            cond("Progressing", "False", "Finished", f"the rollout finished: {phase.value}")
-        if phase is Phase.SUCCEEDED:
-            cond("Succeeded", "True", "Promoted", status["message"])
-        else:
-            cond(
-                "Succeeded",
-                "False",
-                {Phase.ROLLED_BACK: "RolledBack", Phase.ABORTED: "Aborted"}.get(phase, "InProgress"),
-                "the candidate was not promoted" if state.terminal else "not promoted yet",
-            )
-        if phase is Phase.ROLLED_BACK and not state.rollback_pending:
-            category = rollback_category(state.failed_checks)
-            cond("RolledBack", "True", _CONDITION_REASON[category], state.reason)
-        else:
-            cond("RolledBack", "False", "NotRolledBack", "traffic has not been rolled back")
-        if state.rollback_pending:
-            cond("RollbackPending", "True", "WriteFailing", status["message"])
-        elif condition(prev, "RollbackPending") is not None or phase is Phase.ROLLED_BACK:
-            cond("RollbackPending", "False", "Written", "no rollback write is waiting")
-        if phase is Phase.ABORTED:
-            cond("Aborted", "True", "ChangedOutsideMeshCanary", state.reason)
-        if drift:
-            cond("WeightsInSync", "False", "ChangedOutsideMeshCanary", drift)
-        else:
-            cond("WeightsInSync", "True", "InSync", "the VirtualService holds the weights mesh-canary wrote")
+        status.update(_rollout_fields(prev, state, policy))
+        _rollout_conditions(conditions, prev, state, status["message"], drift)
         if state.terminal and policy is not None:
             history = add_history(
                 history, history_entry(state, policy.stable.version, policy.candidate.version), history_limit
             )
 
     status["observedGeneration"] = generation
-    status["conditions"] = conditions
+    status["conditions"] = conditions.items
     status["history"] = history
     status["handledCommands"] = dict(handled_commands or prev.get("handledCommands") or {})
     status["appliedSpec"] = (
@@ -398,6 +342,82 @@ def render_status(
     )
     safe: dict[str, Any] = json_safe(status)
     return safe
+
+
+class _Conditions:
+    """A status's conditions being rendered: each `set` keeps lastTransitionTime unless the status flips."""
+
+    def __init__(self, prev: Mapping[str, Any], stamp: str, generation: int | None) -> None:
+        self.items: list[dict[str, Any]] = [
+            dict(c) for c in prev.get("conditions") or [] if isinstance(c, Mapping)
+        ]
+        self.stamp = stamp
+        self.generation = generation
+
+    def set(self, type_: str, status: str, reason: str, message: str) -> None:
+        self.items = set_condition(self.items, type_, status, reason, message, self.stamp, self.generation)
+
+
+def _rollout_fields(prev: Mapping[str, Any], state: RolloutState, policy: Policy | None) -> dict[str, Any]:
+    """What a status says about a rollout that has started (besides its conditions)."""
+    sched = schedule(policy) if policy else tuple(s.weight for s in state.steps)
+    return dict(
+        phase=ROLLING_BACK if state.rollback_pending else state.phase.value,
+        currentStep=state.step_index + 1,
+        stepCount=len(sched),
+        weights=state.weights.to_dict(),
+        checks=[check_view(c) for c in state.checks],
+        stableVersion=policy.stable.version if policy else prev.get("stableVersion"),
+        candidateVersion=policy.candidate.version if policy else prev.get("candidateVersion"),
+        reason=state.reason,
+        message=status_message(state, policy),
+        startedAt=iso(state.started_at),
+        stepStartedAt=iso(state.step_started_at),
+        lastAnalysisAt=iso(state.last_tick_at) if state.last_tick_at is not None else None,
+        finishedAt=iso(state.finished_at) if state.finished_at is not None else None,
+        rollout=json_safe(state.to_dict()),
+    )
+
+
+def _rollout_conditions(
+    cond: _Conditions, prev: Mapping[str, Any], state: RolloutState, message: str, drift: str | None
+) -> None:
+    """The conditions a started rollout sets: Progressing, Succeeded, RolledBack, RollbackPending, ..."""
+    phase = state.phase
+    if phase is Phase.PROGRESSING:
+        cond.set("Progressing", "True", "StepInProgress", message)
+    elif phase is Phase.PAUSED:
+        cond.set("Progressing", "Unknown", "Paused", message)
+    elif phase is Phase.WAITING_FOR_APPROVAL:
+        cond.set("Progressing", "Unknown", "WaitingForApproval", message)
+    elif state.rollback_pending:
+        cond.set("Progressing", "True", "RollbackPending", message)
+    else:
+        cond.set("Progressing", "False", "Finished", f"the rollout finished: {phase.value}")
+    if phase is Phase.SUCCEEDED:
+        cond.set("Succeeded", "True", "Promoted", message)
+    else:
+        cond.set(
+            "Succeeded",
+            "False",
+            {Phase.ROLLED_BACK: "RolledBack", Phase.ABORTED: "Aborted"}.get(phase, "InProgress"),
+            "the candidate was not promoted" if state.terminal else "not promoted yet",
+        )
+    if phase is Phase.ROLLED_BACK and not state.rollback_pending:
+        category = rollback_category(state.failed_checks)
+        cond.set("RolledBack", "True", _CONDITION_REASON[category], state.reason)
+    else:
+        cond.set("RolledBack", "False", "NotRolledBack", "traffic has not been rolled back")
+    if state.rollback_pending:
+        cond.set("RollbackPending", "True", "WriteFailing", message)
+    elif condition(prev, "RollbackPending") is not None or phase is Phase.ROLLED_BACK:
+        cond.set("RollbackPending", "False", "Written", "no rollback write is waiting")
+    if phase is Phase.ABORTED:
+        cond.set("Aborted", "True", "ChangedOutsideMeshCanary", state.reason)
+    if drift:
+        cond.set("WeightsInSync", "False", "ChangedOutsideMeshCanary", drift)
+    else:
+        cond.set("WeightsInSync", "True", "InSync", "the VirtualService holds the weights mesh-canary wrote")
 
 
 def saved_state(status: Mapping[str, Any] | None) -> RolloutState | None:
