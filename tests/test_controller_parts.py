@@ -129,7 +129,7 @@ def test_turns_in_flight_are_counted_normal_slow_and_stuck(monkeypatch: pytest.M
     q, _ = queue(slow_after_s=5.0, stuck_after_s=60.0)
     for name, started in (("a", 999.0), ("b", 990.0), ("c", 900.0)):
         in_flight(q, name, started)
-    monkeypatch.setattr(workqueue.time, "monotonic", lambda: 1000.0)
+    monkeypatch.setattr(workqueue.time, "monotonic", lambda: 1000.0)  # type: ignore[attr-defined]
     assert q.counts() == (1, 1, 1)
     assert q.stuck() == [("ns/c", 100.0)]
     metrics = ControllerMetrics()

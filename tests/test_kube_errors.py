@@ -49,7 +49,7 @@ def test_a_response_body_that_is_not_a_status_never_reaches_the_message() -> Non
 
 
 @pytest.mark.parametrize(
-    "cause", [ConnectionRefusedError("refused"), urllib3.exceptions.ReadTimeoutError(None, "/", "timed out")]
+    "cause", [ConnectionRefusedError("refused"), urllib3.exceptions.ProtocolError("connection aborted")]
 )
 def test_no_answer_is_a_transient_kube_error_without_a_status(cause: Exception) -> None:
     e = kube_error(cause, "reading x")
