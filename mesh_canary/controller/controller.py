@@ -60,6 +60,7 @@ class Controller:
         self._stop_requested = threading.Event()
         self._threads: list[threading.Thread] = []
         self.queue = WorkQueue(s, self.clock, self._turn, self._stopping, after=self.refresh_gauges)
+        self.backend: BackendFactory = backend or self._istio_backend
         self.finalizer = Finalizer(
             api_client,
             self.admission,
@@ -69,7 +70,6 @@ class Controller:
             lock=self.queue.cond,
             forget=self._remove,
         )
-        self.backend: BackendFactory = backend or self._istio_backend
         self.reconciler = Reconciler(
             api_client,
             backend=self.backend,

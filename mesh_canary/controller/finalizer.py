@@ -8,6 +8,7 @@ deleting it waits until the controller has written 100% stable (`Finalizer.finis
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,7 +41,7 @@ class Finalizer:
         router_for: RouterFor,
         *,
         request_timeout_s: float,
-        lock: Any,
+        lock: threading.Condition,
         forget: Callable[[RolloutHandler], None],
     ) -> None:
         """``lock``: the one guarding the handlers; ``forget``: drops a handler whose resource is gone."""

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import functools
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -90,7 +91,7 @@ class Reconciler:
         metrics: ControllerMetrics,
         clock: Clock,
         judge: Judge | None,
-        lock: Any,
+        lock: threading.Condition,
         request_timeout_s: float,
     ) -> None:
         self.api = api_client
