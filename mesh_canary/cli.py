@@ -918,7 +918,7 @@ def controller(
     kube_context: str | None,
 ) -> None:
     """The long-running in-cluster controller: reconciles every ModelRollout (stop: SIGTERM)."""
-    from mesh_canary.controller import Controller, MetricsAddress, parse_addr
+    from mesh_canary.controller import Controller, ControllerSettings, MetricsAddress, parse_addr
 
     debug = bool(click.get_current_context().find_root().params.get("debug"))
     setup_logging(logging.DEBUG if debug else logging.INFO, json_lines=True)
@@ -937,10 +937,8 @@ def controller(
         raise BadInput(f"--slow-after ({slow_after}) must be above 0 and below --stuck-after ({stuck_after})")
     if max_workers is not None and max_workers < workers:
         raise BadInput(f"--max-workers ({max_workers}) must be at least --workers ({workers})")
-    api = api_client(kubeconfig, kube_context)
-    Controller(
-        api,
-        namespace=namespaces or None,
+    settings = ControllerSettings(
+        namespaces=namespaces,
         prometheus_url=prometheus_url,
         allowed_metrics_addresses=allowed_metrics,
         allow_cross_namespace=allow_cross_namespace,
@@ -952,7 +950,8 @@ def controller(
         bind_address=bind_address,
         leader_elect=leader_elect,
         lease_namespace=lease_namespace,
-    ).run()
+    )
+    Controller(api_client(kubeconfig, kube_context), settings).run()
 
 
 # --------------------------------------------------------------------------- report

@@ -17,6 +17,7 @@ from typing import Any
 
 import kubernetes.client
 
+from mesh_canary.kube.errors import is_transport_error, kube_error
 from mesh_canary.protocols import Announcement
 
 log = logging.getLogger("mesh_canary.kube_events")
@@ -107,5 +108,5 @@ class KubeEventNotifier:
                 announcement.kind,
                 self.involved.get("namespace"),
                 self.involved.get("name"),
-                e,
+                kube_error(e, "creating the Event").detail if is_transport_error(e) else e,
             )

@@ -1,27 +1,21 @@
 """ModelRollout resources through the Kubernetes API: the client layer the `rollout` verbs use.
 
-Only this module and the other kube adapters talk to the API; the CLI turns a KubeError
-into its one sentence and exit code.
+Only this module and the other kube adapters talk to the API; their failures are one type,
+`mesh_canary.kube.errors.KubeError`, which the CLI turns into its one sentence and exit code.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from mesh_canary.kube.errors import KubeError, kube_error, raise_api_error
 from mesh_canary.kube.names import GROUP, PLURAL, VERSION
 
-
-class KubeError(Exception):
-    """The API could not be reached, or refused; `bad_input` when it rejected what we sent."""
-
-    def __init__(self, message: str, bad_input: bool = False) -> None:
-        super().__init__(message)
-        self.bad_input = bad_input
+__all__ = ["KubeError", "RolloutClient", "api_client", "context_namespace", "read_secret_key"]
 
 
 def api_client(kubeconfig: str | None, context: str | None) -> Any:
@@ -54,23 +48,6 @@ def context_namespace(kubeconfig: str | None, context: str | None) -> str:
         return "default"
     chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
     return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
-
-
-def raise_api_error(e: Exception, what: str) -> NoReturn:
-    """Turn a client exception into one sentence naming what failed."""
-    from kubernetes.client.exceptions import ApiException
-
-    if isinstance(e, ApiException):
-        try:
-            message = json.loads(e.body or "{}").get("message") or e.reason
-        except ValueError:
-            message = e.reason
-        if e.status == 404:
-            raise KubeError(f"{what}: not found ({message})") from e
-        if e.status == 422:
-            raise KubeError(f"{what}: the API server rejected it: {message}", bad_input=True) from e
-        raise KubeError(f"{what}: HTTP {e.status}: {message}") from e
-    raise KubeError(f"{what}: cannot reach the Kubernetes API: {e}") from e
 
 
 class RolloutClient:
@@ -159,15 +136,12 @@ class RolloutClient:
 
     def _unless_conflict(self, name: str, call: Callable[[], Any]) -> Any | None:
         """The call's answer, or None on 409 Conflict (someone wrote first: read again)."""
-        from kubernetes.client.exceptions import ApiException
-
         try:
             return call()
-        except ApiException as e:
-            if e.status != 409:
-                raise_api_error(e, self.ref(name))
         except Exception as e:
-            raise_api_error(e, self.ref(name))
+            error = kube_error(e, self.ref(name))
+            if not error.conflict:
+                raise error from e
         return None
 
     def annotate(self, name: str, key: str, value: str) -> dict[str, Any]:
@@ -191,15 +165,15 @@ def read_secret_key(client: Any, namespace: str, name: str, key: str) -> str | N
     import base64
 
     import kubernetes.client
-    from kubernetes.client.exceptions import ApiException
 
     try:
         secret: Any = kubernetes.client.CoreV1Api(client).read_namespaced_secret(
             name, namespace, _request_timeout=10
         )
-    except ApiException as e:
-        if e.status == 404:
+    except Exception as e:
+        error = kube_error(e, f"secret {namespace}/{name}")
+        if error.not_found:
             return None
-        raise_api_error(e, f"secret {namespace}/{name}")
+        raise error from e
     value = (secret.data or {}).get(key)
     return None if value is None else base64.b64decode(value).decode().strip()

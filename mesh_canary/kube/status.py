@@ -22,14 +22,15 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import kubernetes.client
-from kubernetes.client.exceptions import ApiException
 
 from mesh_canary.core.engine import Phase, RolloutState, schedule
 from mesh_canary.core.model import Policy
 from mesh_canary.core.verdicts import CheckResult, Verdict
+from mesh_canary.kube.errors import KubeError, kube_call
 from mesh_canary.kube.names import GROUP, PLURAL, VERSION
 from mesh_canary.redact import redact_value
 
@@ -305,20 +306,14 @@ def render_status(
     someone else changed the weights (None: in sync).
     """
     prev = dict(previous or {})
-    stamp = iso(now)
-    conditions: list[dict[str, Any]] = [
-        dict(c) for c in prev.get("conditions") or [] if isinstance(c, Mapping)
-    ]
-
-    def cond(type_: str, status: str, reason: str, message: str) -> None:
-        nonlocal conditions
-        conditions = set_condition(conditions, type_, status, reason, message, stamp, generation)
-
+    conditions = _Conditions(prev, iso(now), generation)
     if problems:
         text = "; ".join(problems)
-        cond("PolicyValid", "False", "InvalidPolicy", f"the policy is invalid (nothing was changed): {text}")
+        conditions.set(
+            "PolicyValid", "False", "InvalidPolicy", f"the policy is invalid (nothing was changed): {text}"
+        )
     else:
-        cond("PolicyValid", "True", "Valid", "the policy is valid")
+        conditions.set("PolicyValid", "True", "Valid", "the policy is valid")
 
     status: dict[str, Any] = {}
     history = [dict(h) for h in prev.get("history") or [] if isinstance(h, Mapping)]
@@ -328,68 +323,18 @@ def render_status(
     if state is None:
         status["phase"] = "Invalid" if problems else "Pending"
         status["message"] = (
-            conditions[0]["message"] if problems else "waiting for the controller to start the rollout"
+            conditions.items[0]["message"] if problems else "waiting for the controller to start the rollout"
         )
     else:
-        sched = schedule(policy) if policy else tuple(s.weight for s in state.steps)
-        status.update(
-            phase=ROLLING_BACK if state.rollback_pending else state.phase.value,
-            currentStep=state.step_index + 1,
-            stepCount=len(sched),
-            weights=state.weights.to_dict(),
-            checks=[check_view(c) for c in state.checks],
-            stableVersion=policy.stable.version if policy else prev.get("stableVersion"),
-            candidateVersion=policy.candidate.version if policy else prev.get("candidateVersion"),
-            reason=state.reason,
-            message=status_message(state, policy),
-            startedAt=iso(state.started_at),
-            stepStartedAt=iso(state.step_started_at),
-            lastAnalysisAt=iso(state.last_tick_at) if state.last_tick_at is not None else None,
-            finishedAt=iso(state.finished_at) if state.finished_at is not None else None,
-            rollout=json_safe(state.to_dict()),
-        )
-        phase = state.phase
-        if phase is Phase.PROGRESSING:
-            cond("Progressing", "True", "StepInProgress", status["message"])
-        elif phase is Phase.PAUSED:
-            cond("Progressing", "Unknown", "Paused", status["message"])
-        elif phase is Phase.WAITING_FOR_APPROVAL:
-            cond("Progressing", "Unknown", "WaitingForApproval", status["message"])
-        elif state.rollback_pending:
-            cond("Progressing", "True", "RollbackPending", status["message"])
-        else:
-            cond("Progressing", "False", "Finished", f"the rollout finished: {phase.value}")
-        if phase is Phase.SUCCEEDED:
-            cond("Succeeded", "True", "Promoted", status["message"])
-        else:
-            cond(
-                "Succeeded",
-                "False",
-                {Phase.ROLLED_BACK: "RolledBack", Phase.ABORTED: "Aborted"}.get(phase, "InProgress"),
-                "the candidate was not promoted" if state.terminal else "not promoted yet",
-            )
-        if phase is Phase.ROLLED_BACK and not state.rollback_pending:
-            category = rollback_category(state.failed_checks)
-            cond("RolledBack", "True", _CONDITION_REASON[category], state.reason)
-        else:
-            cond("RolledBack", "False", "NotRolledBack", "traffic has not been rolled back")
-        if state.rollback_pending:
-            cond("RollbackPending", "True", "WriteFailing", status["message"])
-        elif condition(prev, "RollbackPending") is not None or phase is Phase.ROLLED_BACK:
-            cond("RollbackPending", "False", "Written", "no rollback write is waiting")
-        if phase is Phase.ABORTED:
-            cond("Aborted", "True", "ChangedOutsideMeshCanary", state.reason)
-        if drift:
-            cond("WeightsInSync", "False", "ChangedOutsideMeshCanary", drift)
-        else:
-            cond("WeightsInSync", "True", "InSync", "the VirtualService holds the weights mesh-canary wrote")
+        status.update(_rollout_fields(prev, state, policy))
+        _rollout_conditions(conditions, prev, state, status["message"], drift)
         if state.terminal and policy is not None:
             history = add_history(
                 history, history_entry(state, policy.stable.version, policy.candidate.version), history_limit
             )
 
     status["observedGeneration"] = generation
-    status["conditions"] = conditions
+    status["conditions"] = conditions.items
     status["history"] = history
     status["handledCommands"] = dict(handled_commands or prev.get("handledCommands") or {})
     status["appliedSpec"] = (
@@ -397,6 +342,82 @@ def render_status(
     )
     safe: dict[str, Any] = json_safe(status)
     return safe
+
+
+class _Conditions:
+    """A status's conditions being rendered: each `set` keeps lastTransitionTime unless the status flips."""
+
+    def __init__(self, prev: Mapping[str, Any], stamp: str, generation: int | None) -> None:
+        self.items: list[dict[str, Any]] = [
+            dict(c) for c in prev.get("conditions") or [] if isinstance(c, Mapping)
+        ]
+        self.stamp = stamp
+        self.generation = generation
+
+    def set(self, type_: str, status: str, reason: str, message: str) -> None:
+        self.items = set_condition(self.items, type_, status, reason, message, self.stamp, self.generation)
+
+
+def _rollout_fields(prev: Mapping[str, Any], state: RolloutState, policy: Policy | None) -> dict[str, Any]:
+    """What a status says about a rollout that has started (besides its conditions)."""
+    sched = schedule(policy) if policy else tuple(s.weight for s in state.steps)
+    return dict(
+        phase=ROLLING_BACK if state.rollback_pending else state.phase.value,
+        currentStep=state.step_index + 1,
+        stepCount=len(sched),
+        weights=state.weights.to_dict(),
+        checks=[check_view(c) for c in state.checks],
+        stableVersion=policy.stable.version if policy else prev.get("stableVersion"),
+        candidateVersion=policy.candidate.version if policy else prev.get("candidateVersion"),
+        reason=state.reason,
+        message=status_message(state, policy),
+        startedAt=iso(state.started_at),
+        stepStartedAt=iso(state.step_started_at),
+        lastAnalysisAt=iso(state.last_tick_at) if state.last_tick_at is not None else None,
+        finishedAt=iso(state.finished_at) if state.finished_at is not None else None,
+        rollout=json_safe(state.to_dict()),
+    )
+
+
+def _rollout_conditions(
+    cond: _Conditions, prev: Mapping[str, Any], state: RolloutState, message: str, drift: str | None
+) -> None:
+    """The conditions a started rollout sets: Progressing, Succeeded, RolledBack, RollbackPending, ..."""
+    phase = state.phase
+    if phase is Phase.PROGRESSING:
+        cond.set("Progressing", "True", "StepInProgress", message)
+    elif phase is Phase.PAUSED:
+        cond.set("Progressing", "Unknown", "Paused", message)
+    elif phase is Phase.WAITING_FOR_APPROVAL:
+        cond.set("Progressing", "Unknown", "WaitingForApproval", message)
+    elif state.rollback_pending:
+        cond.set("Progressing", "True", "RollbackPending", message)
+    else:
+        cond.set("Progressing", "False", "Finished", f"the rollout finished: {phase.value}")
+    if phase is Phase.SUCCEEDED:
+        cond.set("Succeeded", "True", "Promoted", message)
+    else:
+        cond.set(
+            "Succeeded",
+            "False",
+            {Phase.ROLLED_BACK: "RolledBack", Phase.ABORTED: "Aborted"}.get(phase, "InProgress"),
+            "the candidate was not promoted" if state.terminal else "not promoted yet",
+        )
+    if phase is Phase.ROLLED_BACK and not state.rollback_pending:
+        category = rollback_category(state.failed_checks)
+        cond.set("RolledBack", "True", _CONDITION_REASON[category], state.reason)
+    else:
+        cond.set("RolledBack", "False", "NotRolledBack", "traffic has not been rolled back")
+    if state.rollback_pending:
+        cond.set("RollbackPending", "True", "WriteFailing", message)
+    elif condition(prev, "RollbackPending") is not None or phase is Phase.ROLLED_BACK:
+        cond.set("RollbackPending", "False", "Written", "no rollback write is waiting")
+    if phase is Phase.ABORTED:
+        cond.set("Aborted", "True", "ChangedOutsideMeshCanary", state.reason)
+    if drift:
+        cond.set("WeightsInSync", "False", "ChangedOutsideMeshCanary", drift)
+    else:
+        cond.set("WeightsInSync", "True", "InSync", "the VirtualService holds the weights mesh-canary wrote")
 
 
 def saved_state(status: Mapping[str, Any] | None) -> RolloutState | None:
@@ -414,18 +435,31 @@ def saved_state(status: Mapping[str, Any] | None) -> RolloutState | None:
 # --------------------------------------------------------------------------- the store
 
 
-class StatusWriteError(RuntimeError):
-    """The status could not be written."""
+@dataclass(frozen=True)
+class StatusFacts:
+    """What a status shows besides the engine state, as the controller knows it now.
+
+    ``policy``: the policy being run; ``generation``: the resource's metadata.generation;
+    ``problems``: why its current spec is invalid (empty: valid); ``applied_spec``: the spec
+    the running rollout uses (to roll it back if the spec changes while the controller is
+    down; None: keep what the status holds).
+    """
+
+    policy: Policy | None = None
+    generation: int | None = None
+    problems: tuple[str, ...] = ()
+    applied_spec: Mapping[str, Any] | None = None
 
 
 class KubeStatusStore:
     """StateStore for RolloutRunner: ``load`` reads ``status.rollout``; ``save`` writes the whole status.
 
-    The controller sets the context the status shows besides the engine state: the
-    ``policy`` being run, the resource's ``generation``, the ``problems`` of an invalid
-    spec, the ``handled_commands``, the ``applied_spec`` (the spec the running rollout
-    uses, to roll it back if the spec changes while the controller is down) and ``drift``
-    (a callable returning the sentence about weights changed by someone else, or None).
+    Its inputs are explicit: ``facts`` (called at every write: the `StatusFacts` the
+    status shows besides the engine state; or fixed ones from ``policy``/``generation``),
+    ``drift`` (called at every write: the sentence about weights changed by someone else,
+    or None) and ``status`` (the status as last seen, e.g. in the informer's copy). The
+    orders handled so far come from the status read and grow with `mark_handled`.
+    Failures are `KubeError`; transient ones are retried ``attempts`` times in all.
     """
 
     def __init__(
@@ -436,7 +470,9 @@ class KubeStatusStore:
         *,
         policy: Policy | None = None,
         generation: int | None = None,
+        facts: Callable[[], StatusFacts] | None = None,
         drift: Callable[[], str | None] | None = None,
+        status: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
         history_limit: int = HISTORY_LIMIT,
         attempts: int = 4,
@@ -445,13 +481,12 @@ class KubeStatusStore:
     ) -> None:
         self.namespace = namespace
         self.name = name
-        self.policy = policy
-        self.generation = generation
-        self.drift = drift
-        self.problems: list[str] = []
-        self.handled_commands: dict[str, str] = {}
-        self.applied_spec: dict[str, Any] | None = None
-        self.status: dict[str, Any] = {}  # as last read or written
+        fixed = StatusFacts(policy=policy, generation=generation)
+        self._facts: Callable[[], StatusFacts] = facts or (lambda: fixed)
+        self._drift = drift
+        self._status: dict[str, Any] = {}  # as last read or written
+        self._handled: dict[str, str] = {}
+        self._remember(status or {})
         self.writes = 0
         self._new_history: list[dict[str, Any]] = []
         self._api = kubernetes.client.CustomObjectsApi(api_client)
@@ -465,22 +500,36 @@ class KubeStatusStore:
     def ref(self) -> str:
         return f"ModelRollout {self.namespace}/{self.name}"
 
+    @property
+    def status(self) -> Mapping[str, Any]:
+        """The status as last read or written (read only: writes go through `write`)."""
+        return self._status
+
+    def _remember(self, status: Mapping[str, Any]) -> None:
+        self._status = dict(status)
+        # What the status says was handled (maybe by another leader) is the truth.
+        self._handled = dict(self._status.get("handledCommands") or {})
+
+    def handled(self, word: str) -> str | None:
+        """The value of the ``word`` order (annotation) handled last, or None."""
+        return self._handled.get(word)
+
+    def mark_handled(self, word: str, value: str) -> None:
+        """The ``word`` order with ``value`` is handled: saved with the next write."""
+        self._handled[word] = value
+
     def read(self) -> dict[str, Any]:
         """The resource as the API server holds it (and remember its status)."""
-        try:
+        with kube_call(f"could not read {self.ref}"):
             obj: Any = self._api.get_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, self.name, _request_timeout=self._timeout
             )
-        except ApiException as e:
-            raise StatusWriteError(f"could not read {self.ref}: HTTP {e.status} {e.reason}") from e
-        self.status = dict(obj.get("status") or {})
-        # What the status says was handled (maybe by another leader) is the truth.
-        self.handled_commands = dict(self.status.get("handledCommands") or {})
+        self._remember(obj.get("status") or {})
         return dict(obj)
 
     def load(self) -> dict[str, Any] | None:
         self.read()
-        raw = self.status.get("rollout")
+        raw = self._status.get("rollout")
         return copy.deepcopy(raw) if isinstance(raw, dict) else None
 
     def save(self, state: dict[str, Any]) -> None:
@@ -490,19 +539,19 @@ class KubeStatusStore:
         """Add a past rollout (e.g. one superseded by a new spec) with the next write."""
         self._new_history.append(dict(entry))
 
-    def write(self, state: RolloutState | None) -> None:
+    def write(self, state: RolloutState | None, facts: StatusFacts | None = None) -> None:
         """Render and write the whole status for ``state`` (None: no rollout has started)."""
-        drift = self.drift() if self.drift is not None else None
+        facts = facts if facts is not None else self._facts()
         new = render_status(
-            self.status,
+            self._status,
             state=state,
-            policy=self.policy,
-            generation=self.generation,
+            policy=facts.policy,
+            generation=facts.generation,
             now=self._clock(),
-            drift=drift,
-            problems=self.problems,
-            handled_commands=self.handled_commands,
-            applied_spec=self.applied_spec,
+            drift=self._drift() if self._drift is not None else None,
+            problems=facts.problems,
+            handled_commands=self._handled,
+            applied_spec=facts.applied_spec,
             new_history=self._new_history,
             history_limit=self._history_limit,
         )
@@ -516,21 +565,15 @@ class KubeStatusStore:
         failed reconcile may have left the runner half-made, and what the status says about
         the rollout must stay what was last saved. A no-op while nothing changes.
         """
-        ready = condition(self.status, READY)
+        ready = condition(self._status, READY)
         if error is None and (ready is None or ready.get("status") == "True"):
             return
-        if (
-            error is not None
-            and ready is not None
-            and (ready.get("status"), ready.get("message"))
-            == (
-                "False",
-                error[:MESSAGE_LIMIT],
-            )
-        ):
+        shown = (ready or {}).get("status"), (ready or {}).get("message")
+        if error is not None and shown == ("False", error[:MESSAGE_LIMIT]):
             return
-        new = copy.deepcopy(self.status)
+        new = copy.deepcopy(self._status)
         stamp = iso(self._clock())
+        generation = self._facts().generation
         conditions = [dict(c) for c in new.get("conditions") or [] if isinstance(c, Mapping)]
         if error is None:
             new["conditions"] = set_condition(
@@ -540,11 +583,11 @@ class KubeStatusStore:
                 "Reconciled",
                 "the controller reconciles the resource again",
                 stamp,
-                self.generation,
+                generation,
             )
         else:
             new["conditions"] = set_condition(
-                conditions, READY, "False", RECONCILE_ERROR, error, stamp, self.generation
+                conditions, READY, "False", RECONCILE_ERROR, error, stamp, generation
             )
             if not isinstance(new.get("rollout"), Mapping):
                 new["message"] = f"the controller cannot start the rollout: {error}"[:MESSAGE_LIMIT]
@@ -554,43 +597,41 @@ class KubeStatusStore:
         # No secret in a status (a URL's credentials in a reason); appliedSpec is the spec as
         # given, kept byte for byte because the rollout's fingerprint is computed from it.
         new = {k: v if k == "appliedSpec" else redact_value(v) for k, v in new.items()}
-        patch = merge_patch_diff(self.status, new)
+        patch = merge_patch_diff(self._status, new)
         if not patch:
             return
-        last: Exception | None = None
+        what = f"could not write the status of {self.ref}"
+        last: KubeError | None = None
         for attempt in range(1, self._attempts + 1):
             try:
-                obj: Any = self._api.patch_namespaced_custom_object_status(
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    PLURAL,
-                    self.name,
-                    {"status": patch},
-                    _request_timeout=self._timeout,
-                )
-                self.status = dict(obj.get("status") or new) if isinstance(obj, dict) else new
-                self.writes += 1
-                return
-            except ApiException as e:
-                last = e
-                if e.status == 404:
-                    raise StatusWriteError(f"{self.ref} no longer exists; its status was not written") from e
-                if e.status not in (0, 409, 429) and e.status < 500:
-                    raise StatusWriteError(
-                        f"could not write the status of {self.ref}: HTTP {e.status} {e.reason}: {e.body}"
+                with kube_call(what):
+                    obj: Any = self._api.patch_namespaced_custom_object_status(
+                        GROUP,
+                        VERSION,
+                        self.namespace,
+                        PLURAL,
+                        self.name,
+                        {"status": patch},
+                        _request_timeout=self._timeout,
+                    )
+            except KubeError as e:
+                if e.not_found:
+                    raise KubeError(
+                        f"{self.ref} no longer exists; its status was not written", status=404
                     ) from e
-            except OSError as e:  # connection refused or reset
-                last = e
-            except Exception as e:  # urllib3 errors (timeouts, protocol errors)
-                if type(e).__module__.startswith("urllib3"):
-                    last = e
-                else:
+                if not e.transient:
                     raise
-            log.warning(
-                "status write of %s failed (attempt %d/%d): %s", self.ref, attempt, self._attempts, last
-            )
-            self._sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
-        raise StatusWriteError(
-            f"could not write the status of {self.ref} after {self._attempts} attempts: {last}"
+                last = e
+                log.warning(
+                    "status write of %s failed (attempt %d/%d): %s", self.ref, attempt, self._attempts, e
+                )
+                self._sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
+                continue
+            self._status = dict(obj.get("status") or new) if isinstance(obj, dict) else new
+            self.writes += 1
+            return
+        raise KubeError(
+            f"{what} after {self._attempts} attempts: {last.detail if last else 'no answer'}",
+            status=last.status if last else None,
+            transient=True,
         )

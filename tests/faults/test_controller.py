@@ -31,7 +31,7 @@ import pytest
 from click.testing import CliRunner
 
 from mesh_canary.cli import main as cli_main
-from mesh_canary.controller import Controller, MetricsAddress, address_key, parse_addr
+from mesh_canary.controller import Controller, ControllerSettings, MetricsAddress, address_key, parse_addr
 from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.kube.status import condition
@@ -282,12 +282,14 @@ def test_two_trickling_prometheus_rollouts_do_not_starve_a_third_with_a_bad_cand
     ):
         ctl = Controller(
             cluster.client,
-            namespace=NS,
-            prometheus_url=bad_url,
-            allowed_metrics_addresses=[slow_url],
-            workers=2,
-            watch_timeout_s=5,
-            error_retry_s=0.5,
+            ControllerSettings(
+                namespaces=NS,
+                prometheus_url=bad_url,
+                allowed_metrics_addresses=[slow_url],
+                workers=2,
+                watch_timeout_s=5,
+                error_retry_s=0.5,
+            ),
         )
         for name in ("slow-a", "slow-b"):
             cluster.add_vs(name)
@@ -346,14 +348,16 @@ def test_a_wedged_reconcile_fails_livez_and_does_not_hold_the_only_worker(cluste
         cluster.add_vs(name)
     ctl = Controller(
         cluster.client,
-        namespace=NS,
+        ControllerSettings(
+            namespaces=NS,
+            workers=1,
+            slow_after_s=1.0,
+            stuck_after_s=4.0,
+            metrics_addr="127.0.0.1:0",
+            watch_timeout_s=5,
+            error_retry_s=0.5,
+        ),
         backend=backend,
-        workers=1,
-        slow_after_s=1.0,
-        stuck_after_s=4.0,
-        metrics_addr="127.0.0.1:0",
-        watch_timeout_s=5,
-        error_retry_s=0.5,
     )
     try:
         ctl.start()
@@ -393,7 +397,8 @@ def test_a_rollout_naming_another_namespaces_virtual_service_changes_nothing_the
     cluster.add_rollout(
         model_rollout("hijack", virtualService={"name": "payments", "namespace": "other-team"})
     )
-    with running(Controller(cluster.client, namespace=NS, watch_timeout_s=5, error_retry_s=0.5)):
+    settings = ControllerSettings(namespaces=NS, watch_timeout_s=5, error_retry_s=0.5)
+    with running(Controller(cluster.client, settings)):
         started = time.monotonic()
         valid = wait_for("PolicyValid=False", policy_valid_false(cluster, "hijack"))
         print(
@@ -421,11 +426,8 @@ def test_cross_namespace_routes_only_with_the_operators_flag(cluster: Cluster) -
 
     ctl = Controller(
         cluster.client,
-        namespace=NS,
+        ControllerSettings(namespaces=NS, allow_cross_namespace=True, watch_timeout_s=5, error_retry_s=0.5),
         backend=backend,
-        allow_cross_namespace=True,
-        watch_timeout_s=5,
-        error_retry_s=0.5,
     )
     with running(ctl):
         wait_for("promotion", phase_is(cluster, "payments", "Succeeded"), 60)
@@ -448,7 +450,8 @@ def test_a_metrics_address_the_controller_was_not_given_is_rejected_and_never_co
         cluster.add_rollout(model_rollout("ssrf", metrics={"address": probe_url}))
         # A `?` that would swallow the API path of the allowed Prometheus itself.
         cluster.add_rollout(model_rollout("swallow", metrics={"address": f"{allowed_url}/x?y="}))
-        with running(Controller(cluster.client, namespace=NS, prometheus_url=allowed_url, watch_timeout_s=5)):
+        settings = ControllerSettings(namespaces=NS, prometheus_url=allowed_url, watch_timeout_s=5)
+        with running(Controller(cluster.client, settings)):
             started = time.monotonic()
             for name in ("ssrf", "swallow"):
                 valid = wait_for(f"PolicyValid=False on {name}", policy_valid_false(cluster, name))
@@ -476,7 +479,11 @@ def test_an_api_error_body_never_reaches_the_status_or_the_events(cluster: Clust
 
     cluster.add_rollout(model_rollout("fraud-scorer"))
     with running(
-        Controller(cluster.client, namespace=NS, backend=backend, watch_timeout_s=5, error_retry_s=0.5)
+        Controller(
+            cluster.client,
+            ControllerSettings(namespaces=NS, watch_timeout_s=5, error_retry_s=0.5),
+            backend=backend,
+        )
     ):
         wait_for("a ReconcileError Event", lambda: "ReconcileError" in cluster.event_reasons("fraud-scorer"))
         ready = wait_for(

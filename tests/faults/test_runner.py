@@ -431,7 +431,7 @@ def test_in_the_controller_a_pending_rollback_is_in_the_status_and_holds_no_work
     status says RollingBack / RollbackPending=True and a RollbackFailing Event is posted at
     once, while rollout B on another VirtualService is still promoted meanwhile. Once the API
     server takes A's write, A ends RolledBack."""
-    from mesh_canary.controller import Controller, running
+    from mesh_canary.controller import Controller, ControllerSettings, running
     from mesh_canary.core.model import Policy
     from mesh_canary.kube.status import condition
     from mesh_canary.routing.istio import IstioRouter
@@ -470,7 +470,8 @@ def test_in_the_controller_a_pending_rollback_is_in_the_status_and_holds_no_work
         kube.call(install)
         for name in ("a", "b"):
             cluster.add_vs(name)
-        ctl = Controller(cluster.client, backend=backend, namespace=NS, workers=1, error_retry_s=0.5)
+        settings = ControllerSettings(namespaces=NS, workers=1, error_retry_s=0.5)
+        ctl = Controller(cluster.client, settings, backend=backend)
         with running(ctl):
             cluster.add_rollout(mr("a"))
             cluster.add_rollout(mr("b"))

@@ -19,7 +19,7 @@ import httpx
 import kubernetes.client
 import pytest
 
-from mesh_canary.controller import Controller
+from mesh_canary.controller import Controller, ControllerSettings
 from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.weights import ALL_STABLE, Weights
@@ -87,10 +87,10 @@ class Cluster:
         return SpyRouter(IstioRouter(policy, self.client, backoff_s=0.01), self.writes), metrics
 
     def controller(self, **kw: Any) -> Controller:
-        kw.setdefault("namespace", NS)
+        kw.setdefault("namespaces", NS)
         kw.setdefault("watch_timeout_s", 5)
         kw.setdefault("error_retry_s", 0.5)
-        return Controller(self.client, backend=self.backend, **kw)
+        return Controller(self.client, ControllerSettings(**kw), backend=self.backend)
 
     def add_vs(self, name: str = "fraud-scorer") -> None:
         self.custom.create_namespaced_custom_object(*VS, NS, "virtualservices", virtual_service(name))
@@ -476,7 +476,7 @@ def test_a_controller_watching_several_namespaces_reconciles_those_and_no_other(
         doc = model_rollout()
         doc["metadata"]["namespace"] = ns
         cluster.custom.create_namespaced_custom_object(*MR, ns, "modelrollouts", doc)
-    with running(cluster.controller(namespace="models,team-b")) as ctl:
+    with running(cluster.controller(namespaces="models,team-b")) as ctl:
         for ns in (NS, "team-b"):
             wait_for(
                 f"promotion in {ns}",

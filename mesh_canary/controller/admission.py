@@ -1,0 +1,91 @@
+"""What this controller refuses to do for a spec that is otherwise valid, and where it connects.
+
+A ModelRollout may only move the routes of its own namespace (unless the controller was
+started with --allow-cross-namespace), and may only name a Prometheus the controller itself
+was configured with: a spec must not be able to make the controller write another team's
+VirtualService or send requests anywhere. A spec never chooses where the controller writes
+or connects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from mesh_canary.controller.handler import meta
+from mesh_canary.controller.settings import ControllerSettings, MetricsAddress, address_key
+from mesh_canary.core.model import Policy
+from mesh_canary.core.policy import PolicyError, Problem
+from mesh_canary.redact import redact_url, register_secret
+
+
+class Admission:
+    """The controller's own limits on specs (`admit`), and the Prometheus a policy gets (`metrics_url`)."""
+
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+
+    def admit(self, obj: Mapping[str, Any], policy: Policy) -> None:
+        """PolicyError naming every limit the spec of ``obj`` (parsed as ``policy``) goes past."""
+        problems = [*self._route_problems(obj, policy), *self._metrics_problems(obj)]
+        if problems:
+            raise PolicyError(problems)
+
+    def _route_problems(self, obj: Mapping[str, Any], policy: Policy) -> list[Problem]:
+        own = str(meta(obj).get("namespace") or "")
+        vs_ns = policy.virtual_service.namespace
+        if vs_ns == own or self.settings.allow_cross_namespace:
+            return []
+        return [
+            Problem(
+                "spec.virtualService.namespace",
+                f"the VirtualService must be in this ModelRollout's namespace {own!r}, not {vs_ns!r}: "
+                "this controller changes routes only in the rollout's own namespace "
+                "(an operator can allow it with --allow-cross-namespace); nothing was changed",
+            )
+        ]
+
+    def _metrics_problems(self, obj: Mapping[str, Any]) -> list[Problem]:
+        spec = obj.get("spec")
+        metrics = spec.get("metrics") if isinstance(spec, Mapping) else None
+        named = metrics.get("address") if isinstance(metrics, Mapping) else None
+        if not isinstance(named, str):
+            return []
+        if self.allowed(named) is None:
+            allowed = ", ".join(str(a) for a in self.settings.allowed_metrics)
+            return [
+                Problem(
+                    "spec.metrics.address",
+                    f"{redact_url(named)!r} is not a Prometheus this controller may query "
+                    f"(allowed: {allowed}; an operator adds one with --allow-metrics-address); "
+                    "it was not contacted and nothing was changed",
+                )
+            ]
+        password = urlsplit(named.strip()).password
+        if password is None:
+            return []
+        register_secret(password)
+        return [
+            Problem(
+                "spec.metrics.address",
+                "must not carry credentials (everyone who can read the ModelRollout sees them): "
+                "give them to the controller's --prometheus or --allow-metrics-address instead",
+            )
+        ]
+
+    def routes_allowed(self, namespace: str, policy: Policy) -> bool:
+        """May a rollout in ``namespace`` move the route ``policy`` names?"""
+        return self.settings.allow_cross_namespace or policy.virtual_service.namespace == namespace
+
+    def allowed(self, url: str) -> MetricsAddress | None:
+        key = address_key(url)
+        return next((a for a in self.settings.allowed_metrics if a.key == key), None) if key else None
+
+    def metrics_url(self, policy: Policy) -> str:
+        """The Prometheus to query for ``policy``: the configured entry its address names, else the default."""
+        named = self.allowed(policy.metrics.address)
+        if named is not None:
+            return named.url
+        # The spec named no address (admission rejects any other): the controller's own.
+        return self.settings.allowed_metrics[0].url

@@ -1,0 +1,152 @@
+"""What the controller keeps for one ModelRollout, and small pure readers of the resource."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh_canary.core.model import Policy
+from mesh_canary.core.policy import PolicyError, load_policy
+from mesh_canary.kube.events import KubeEventNotifier
+from mesh_canary.kube.names import API_VERSION, KIND
+from mesh_canary.kube.status import COMMAND_ANNOTATIONS, KubeStatusStore, StatusFacts
+from mesh_canary.notify import BackgroundNotifier
+from mesh_canary.protocols import Announcement, Notifier
+from mesh_canary.redact import redact, redact_value
+from mesh_canary.run.runner import RolloutRunner
+
+log = logging.getLogger("mesh_canary.controller")
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class RolloutHandler:
+    """What the controller keeps for one ModelRollout."""
+
+    key: Key
+    obj: dict[str, Any]
+    uid: str | None = None
+    runner: RolloutRunner | None = None
+    fingerprint: str = ""
+    store: KubeStatusStore | None = None
+    # What the status shows besides the engine state (the store reads it at every write).
+    facts: StatusFacts = field(default_factory=StatusFacts)
+    events: KubeEventNotifier | None = None
+    notifier: BackgroundNotifier | None = None
+    deleted: bool = False
+    removed: bool = False
+    invalid_reported: int | None = None  # generation whose InvalidPolicy Event was sent
+    last_error: str = ""
+    # scheduling, guarded by the work queue's lock
+    running: bool = False
+    rerun: bool = False
+    token: int = 0
+    due: float | None = None
+    phase: str = "Pending"
+    finalized: bool = False  # traffic already restored after a deletion
+
+    @property
+    def ref(self) -> str:
+        return f"{self.key[0]}/{self.key[1]}"
+
+    @property
+    def log_extra(self) -> dict[str, str]:
+        return {"rollout": self.key[1], "namespace": self.key[0]}
+
+    def announce(self, kind: str, message: str, severity: str = "info") -> None:
+        """To the rollout's notifier when it runs, else to the log and its Events."""
+        message = redact(message)
+        a = Announcement(rollout=self.key[1], kind=kind, message=message, severity=severity)
+        if self.notifier is not None:
+            self.notifier.notify(a)
+            return
+        level = logging.WARNING if severity == "warning" else logging.INFO
+        log.log(level, message, extra={**self.log_extra, "event": kind})
+        if self.events is not None:
+            self.events.notify(a)
+
+    def drop_runner(self) -> None:
+        if self.notifier is not None:
+            self.notifier.close(timeout_s=5.0)
+        self.notifier = None
+        self.runner = None
+        self.fingerprint = ""
+
+    def reset(self) -> None:
+        """Forget the resource's previous life (it was deleted and created again)."""
+        self.drop_runner()
+        self.store, self.events, self.uid, self.invalid_reported, self.finalized = (
+            None,
+            None,
+            None,
+            None,
+            False,
+        )
+        self.facts = StatusFacts()
+
+
+class RedactingNotifier:
+    """Every announcement of a rollout (Events, webhooks, the log) without a secret in it."""
+
+    def __init__(self, inner: Notifier) -> None:
+        self.inner = inner
+
+    def notify(self, announcement: Announcement) -> None:
+        self.inner.notify(
+            dataclasses.replace(
+                announcement,
+                message=redact(announcement.message),
+                details=redact_value(announcement.details),
+            )
+        )
+
+
+def meta(obj: Mapping[str, Any]) -> dict[str, Any]:
+    m = obj.get("metadata")
+    return dict(m) if isinstance(m, Mapping) else {}
+
+
+def key_of(obj: Mapping[str, Any]) -> Key:
+    m = meta(obj)
+    return str(m.get("namespace") or ""), str(m.get("name") or "")
+
+
+def command_values(obj: Mapping[str, Any]) -> dict[str, str]:
+    """People's orders on the resource: order word -> annotation value."""
+    ann = meta(obj).get("annotations") or {}
+    return {word: str(ann[key]) for word, key in COMMAND_ANNOTATIONS.items() if key in ann}
+
+
+def involved_object(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The reference an Event about the resource names."""
+    m = meta(obj)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": m.get("name"),
+        "namespace": m.get("namespace"),
+        "uid": m.get("uid"),
+        "resourceVersion": m.get("resourceVersion"),
+    }
+
+
+def policy_from_spec(obj: Mapping[str, Any] | None, spec: Any) -> Policy | None:
+    """The policy of a saved spec (``status.appliedSpec``), or None when there is none or it is invalid."""
+    if obj is None or not isinstance(spec, Mapping):
+        return None
+    m = meta(obj)
+    doc = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": m.get("name"), "namespace": m.get("namespace")},
+        "spec": copy.deepcopy(dict(spec)),
+    }
+    try:
+        return load_policy(doc)
+    except PolicyError:
+        return None

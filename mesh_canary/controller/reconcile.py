@@ -1,0 +1,298 @@
+"""One rollout's turn: read its resource, (re)start or resume its runner, apply orders, tick, write status.
+
+A changed spec restarts the rollout (traffic goes back to stable first); an invalid spec
+touches nothing and says why in the ``PolicyValid`` condition, and an invalid edit of a
+running rollout keeps it running under its last valid spec (its checks keep protecting the
+traffic). People's orders arrive as annotations (`mesh_canary.kube.status.COMMAND_ANNOTATIONS`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import kubernetes.client
+
+from mesh_canary.controller.admission import Admission
+from mesh_canary.controller.finalizer import Finalizer
+from mesh_canary.controller.handler import (
+    RedactingNotifier,
+    RolloutHandler,
+    command_values,
+    involved_object,
+    meta,
+    policy_from_spec,
+)
+from mesh_canary.controller.metrics import ControllerMetrics
+from mesh_canary.core import engine
+from mesh_canary.core.engine import Command, Phase, RolloutState
+from mesh_canary.core.model import Policy
+from mesh_canary.core.policy import PolicyError, resource_document
+from mesh_canary.core.verdicts import Judge
+from mesh_canary.kube.events import KubeEventNotifier
+from mesh_canary.kube.rollouts import read_secret_key
+from mesh_canary.kube.status import (
+    COMMAND_ANNOTATIONS,
+    KubeStatusStore,
+    history_entry,
+    rollback_category,
+    saved_state,
+)
+from mesh_canary.notify import notifier_for_policy
+from mesh_canary.protocols import Clock, MetricsSource, TrafficRouter
+from mesh_canary.redact import redact, register_secret
+from mesh_canary.run.policy_loading import load_checked_policy
+from mesh_canary.run.runner import RolloutRunner
+
+log = logging.getLogger("mesh_canary.controller")
+
+BackendFactory = Callable[[Policy], tuple[TrafficRouter, MetricsSource]]
+# Orders in the order they are applied: safety before anything else.
+COMMAND_ORDER = (Command.ABORT, Command.PAUSE, Command.RESUME, Command.APPROVE)
+
+
+def register_url_secrets(url: str) -> None:
+    """A webhook URL read from a Secret: the whole URL, its password, path and query values are secret."""
+    register_secret(url)
+    try:
+        parts = urlsplit(url)
+        register_secret(parts.password)
+        register_secret(parts.path.rstrip("/"))
+        for _, value in parse_qsl(parts.query):
+            register_secret(value)
+    except ValueError:
+        pass
+
+
+def read_secret_url(client: Any, namespace: str, name: str, key: str) -> str | None:
+    """A webhook URL from a Secret, registered as secret before anything can print it."""
+    value = read_secret_key(client, namespace, name, key)
+    if value:
+        register_url_secrets(value)
+    return value
+
+
+class Reconciler:
+    """Runs one turn of one rollout (`reconcile`); the work queue makes sure never two at once."""
+
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        *,
+        backend: BackendFactory,
+        admission: Admission,
+        finalizer: Finalizer,
+        metrics: ControllerMetrics,
+        clock: Clock,
+        judge: Judge | None,
+        lock: threading.Condition,
+        request_timeout_s: float,
+    ) -> None:
+        self.api = api_client
+        self.backend = backend
+        self.admission = admission
+        self.finalizer = finalizer
+        self.metrics = metrics
+        self.clock = clock
+        self.judge = judge
+        self._lock = lock
+        self._timeout = request_timeout_s
+
+    def reconcile(self, h: RolloutHandler) -> float | None:
+        """One turn for one rollout; returns when it is next due (None: only on a change)."""
+        with self._lock:
+            obj = copy.deepcopy(h.obj)
+            deleted = h.deleted
+        m = meta(obj)
+        if h.uid is not None and m.get("uid") != h.uid:
+            # Deleted and created again between two looks: the old rollout is over.
+            self.finalizer.finish_deleted(h, None)
+            h.reset()
+        if deleted or m.get("deletionTimestamp"):
+            self.finalizer.finish_deleted(h, obj)
+            return None
+        h.uid = m.get("uid")
+        store = self._store_for(h, obj)
+        policy = self._valid_policy(h, obj)
+        # An invalid edit of a running rollout keeps it running under its last valid spec:
+        # its checks keep protecting the traffic.
+        target = policy or self._last_valid(h, obj, store)
+        if target is None:
+            return None
+        if h.runner is None or h.fingerprint != engine.policy_fingerprint(target):
+            self._switch(h, obj, target, store, spec_valid=policy is not None)
+        return self._tick(h, obj, target, store)
+
+    def _valid_policy(self, h: RolloutHandler, obj: Mapping[str, Any]) -> Policy | None:
+        """The spec's policy, or None when it is invalid (said in the facts and, once, an Event)."""
+        generation = meta(obj).get("generation")
+        try:
+            # Every check `validate` makes, so a query that cannot be built is PolicyValid=False.
+            policy = load_checked_policy(resource_document(obj))
+            self.admission.admit(obj, policy)
+        except PolicyError as e:
+            problems = tuple(redact(str(p)) for p in e.problems)
+            h.facts = dataclasses.replace(h.facts, generation=generation, problems=problems)
+            if h.invalid_reported != generation:
+                h.invalid_reported = generation
+                h.announce(
+                    "InvalidPolicy",
+                    "the policy is invalid; nothing was changed: " + "; ".join(problems),
+                    "warning",
+                )
+            return None
+        h.facts = dataclasses.replace(h.facts, generation=generation, problems=())
+        return policy
+
+    def _last_valid(self, h: RolloutHandler, obj: Mapping[str, Any], store: KubeStatusStore) -> Policy | None:
+        """The policy a rollout still in progress runs under; None (status written) when there is none."""
+        target = h.runner.policy if h.runner else policy_from_spec(obj, store.status.get("appliedSpec"))
+        if target is not None and not self.admission.routes_allowed(h.key[0], target):
+            target = None  # saved by an older, laxer controller: not ours to run on
+        state = h.runner.state if h.runner else saved_state(store.status)
+        if target is None or state is None or state.terminal:
+            h.phase = str(state.phase.value if state else "Invalid")
+            store.write(state)
+            return None
+        return target
+
+    def _tick(
+        self, h: RolloutHandler, obj: Mapping[str, Any], target: Policy, store: KubeStatusStore
+    ) -> float | None:
+        runner = h.runner
+        assert runner is not None and runner.state is not None
+        before = runner.state
+        commands = self._new_commands(h, obj, store)
+        for cmd in commands:
+            runner.request(cmd)
+        state = before
+        if not before.terminal and (commands or self.clock.now() >= before.next_tick_at(target)):
+            state = runner.tick_once()
+            self.metrics.ticks.inc(max(state.ticks - before.ticks, 0))
+            if state.phase is Phase.ROLLED_BACK and before.phase is not Phase.ROLLED_BACK:
+                self.metrics.rollbacks.labels(rollback_category(state.failed_checks)).inc()
+        store.write(state)  # a no-op unless something shown changed (generation, commands, drift)
+        h.phase = state.phase.value
+        self.metrics.weight.labels(h.key[1], h.key[0]).set(state.weights.candidate)
+        self.finalizer.ensure(h, present=not state.terminal)
+        return None if state.terminal else state.next_tick_at(target)
+
+    def _store_for(self, h: RolloutHandler, obj: Mapping[str, Any]) -> KubeStatusStore:
+        if h.store is None:
+            namespace, name = h.key
+            h.store = KubeStatusStore(
+                self.api,
+                namespace,
+                name,
+                facts=lambda: h.facts,
+                drift=lambda: h.runner.external_change if h.runner else None,
+                status=obj.get("status") or {},
+                clock=self.clock.now,
+                request_timeout_s=self._timeout,
+            )
+        if h.events is None or h.events.involved.get("uid") != meta(obj).get("uid"):
+            h.events = KubeEventNotifier(self.api, involved_object(obj), clock=self.clock.now)
+        return h.store
+
+    def _switch(
+        self,
+        h: RolloutHandler,
+        obj: Mapping[str, Any],
+        target: Policy,
+        store: KubeStatusStore,
+        spec_valid: bool,
+    ) -> None:
+        """Start (or resume) the rollout of ``target``; a different one in progress goes back to stable first."""
+        fingerprint = engine.policy_fingerprint(target)
+        if h.runner is None:
+            store.read()  # the freshest status: what a previous leader or process saved
+        old_state = h.runner.state if h.runner else saved_state(store.status)
+        old_policy = h.runner.policy if h.runner else policy_from_spec(obj, store.status.get("appliedSpec"))
+        if old_state is not None and old_state.policy_fingerprint != fingerprint and not old_state.terminal:
+            self._supersede(h, old_state, old_policy, target, store)
+        h.drop_runner()
+        router, metrics = self.backend(target)
+        h.notifier = notifier_for_policy(
+            target.notifications,
+            extra=[h.events] if h.events else [],
+            read_secret=functools.partial(read_secret_url, self.api, target.namespace),
+        )
+        applied = copy.deepcopy(dict(obj.get("spec") or {})) if spec_valid else h.facts.applied_spec
+        h.facts = dataclasses.replace(h.facts, policy=target, applied_spec=applied)
+        runner = RolloutRunner(
+            target, router, metrics, store, RedactingNotifier(h.notifier), self.clock, judge=self.judge
+        )
+        try:
+            state = runner.start_or_resume()
+        except BaseException:
+            # Nothing half-made stays behind: the next reconcile starts (or resumes) afresh.
+            h.drop_runner()
+            raise
+        h.runner, h.fingerprint = runner, fingerprint
+        log.info(
+            "running %s: %s at step %d",
+            h.ref,
+            state.phase.value,
+            state.step_index + 1,
+            extra={**h.log_extra, "candidate": target.candidate.version},
+        )
+
+    def _supersede(
+        self,
+        h: RolloutHandler,
+        old_state: RolloutState,
+        old_policy: Policy | None,
+        target: Policy,
+        store: KubeStatusStore,
+    ) -> None:
+        now = self.clock.now()
+        restored = self.finalizer.restore_stable(h, old_policy, old_state.run_id)
+        old_stable = old_policy.stable.version if old_policy else str(store.status.get("stableVersion") or "")
+        old_candidate = (
+            old_policy.candidate.version if old_policy else str(store.status.get("candidateVersion") or "")
+        )
+        why = f"the spec changed (candidate {target.candidate.version}); the rollout was restarted"
+        store.record_history(
+            history_entry(
+                old_state, old_stable, old_candidate, outcome="superseded", reason=why, finished_at=now
+            )
+        )
+        if restored:
+            self.metrics.rollbacks.labels("superseded").inc()
+        h.announce(
+            "Restarted",
+            f"the spec changed while {old_candidate} was at {old_state.weights.candidate}%: "
+            f"traffic back on stable, restarting with {target.candidate.version}",
+            "warning",
+        )
+
+    def _new_commands(
+        self, h: RolloutHandler, obj: Mapping[str, Any], store: KubeStatusStore
+    ) -> list[Command]:
+        """Orders in annotations not handled yet (abort first: safety before anything else)."""
+        found: list[Command] = []
+        for word, value in command_values(obj).items():
+            if store.handled(word) == value:
+                continue
+            store.mark_handled(word, value)  # saved with the status write that follows
+            if word != "pause":
+                found.append(Command(word))
+                continue
+            flag = value.split("@", 1)[0].strip().lower()
+            if flag in ("true", "yes", "1"):
+                found.append(Command.PAUSE)
+            elif flag in ("false", "no", "0"):
+                found.append(Command.RESUME)
+            else:
+                h.announce(
+                    "InvalidCommand",
+                    f"annotation {COMMAND_ANNOTATIONS['pause']}={value!r} is neither true nor false; ignored",
+                    "warning",
+                )
+        return sorted(found, key=COMMAND_ORDER.index)
