@@ -145,7 +145,17 @@ def our_modules() -> list[Path]:
 def test_every_unit_has_a_row() -> None:
     units = {unit_of(module_name(p)) for p in our_modules()}
     assert not units - ALLOWED.keys(), f"add a row to ALLOWED for {sorted(units - ALLOWED.keys())}"
-    assert {"core", "checks", "routing", "metrics", "kube", "run", "controller", "present", "localmesh"} <= units
+    assert {
+        "core",
+        "checks",
+        "routing",
+        "metrics",
+        "kube",
+        "run",
+        "controller",
+        "present",
+        "localmesh",
+    } <= units
 
 
 def test_every_module_imports_only_what_its_layer_allows() -> None:

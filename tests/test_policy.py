@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh_canary.core.policy import schema as policy_schema_module
 from mesh_canary.core.policy import (
     DEFAULT_CHECKS,
     PolicyError,
@@ -30,6 +29,7 @@ from mesh_canary.core.policy import (
     validate_document,
     validate_text,
 )
+from mesh_canary.core.policy import schema as policy_schema_module
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = sorted((ROOT / "policies").glob("*.yaml"))

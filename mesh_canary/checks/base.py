@@ -8,9 +8,9 @@ the report read these records; none of them names a kind.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-import re
 from typing import Any, Literal, Protocol, TypeGuard
 
 from mesh_canary.checks.evidence import Evidence
@@ -25,7 +25,15 @@ Signal = Literal["requests", "errors", "latency", "confusion", "predictions", "f
 errors, the latency histogram, the labelled-prediction confusion counts, predictions by
 class, input-feature histograms, and custom values (one per custom check)."""
 
-SIGNALS: tuple[Signal, ...] = ("requests", "errors", "latency", "confusion", "predictions", "features", "custom")
+SIGNALS: tuple[Signal, ...] = (
+    "requests",
+    "errors",
+    "latency",
+    "confusion",
+    "predictions",
+    "features",
+    "custom",
+)
 
 # Every bound a check may take: YAML name -> Check attribute and its words for a person.
 BOUNDS: dict[str, tuple[str, str]] = {
@@ -74,7 +82,9 @@ class Judging(Protocol):
 
     def lean_probability(self, level: float | None) -> float: ...
 
-    def lean(self, outcomes: list[Any], judged_at: Callable[[float], list[Any]], p: float | None) -> list[Any]: ...
+    def lean(
+        self, outcomes: list[Any], judged_at: Callable[[float], list[Any]], p: float | None
+    ) -> list[Any]: ...
 
 
 Evaluate = Callable[[Judging, Check, Evidence, JudgeContext, float], CheckResult]

@@ -18,7 +18,6 @@ from mesh_canary.core.verdicts import CheckResult, Verdict
 INF = math.inf
 
 
-
 @dataclass(frozen=True)
 class Est:
     """A point estimate with its confidence sequence at ``alpha``.
@@ -255,4 +254,3 @@ def inconclusive(check: Check, reason: str, samples: float = 0.0, enough: bool =
         samples=samples,
         enough_data=enough,
     )
-

@@ -50,7 +50,6 @@ def latency_histograms(window: Observation, ctx: JudgeContext) -> tuple[Histogra
     return window.candidate.latency_ms, stable_counts(window, ctx).latency_ms
 
 
-
 @dataclass(frozen=True)
 class Evidence:
     """What checks are judged on.
@@ -132,7 +131,6 @@ def _sum_counts(parts: Sequence[VersionCounts]) -> VersionCounts:
         },
         custom=dict(last.custom),
     )
-
 
 
 def min_samples(check: Check, ctx: JudgeContext, labels: bool = False) -> int:

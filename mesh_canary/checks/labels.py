@@ -116,7 +116,10 @@ PRECISION = _kind(
     _BY_CLASS,
 )
 RECALL = _kind(
-    "recall", "recall", RateKind(_recall, _of_class, _no_class_labels, general_prior=True, labels=True), _BY_CLASS
+    "recall",
+    "recall",
+    RateKind(_recall, _of_class, _no_class_labels, general_prior=True, labels=True),
+    _BY_CLASS,
 )
 F1 = _kind(
     "f1",

@@ -97,7 +97,9 @@ class _Quantile:
         return cand, stable, [judge_bound(k, v, cand, diff, ratio, "ms") for k, v in self.bounds]
 
 
-def _evaluate_quantile(judge: Judging, check: Check, ev: Evidence, ctx: JudgeContext, alpha: float) -> CheckResult:
+def _evaluate_quantile(
+    judge: Judging, check: Check, ev: Evidence, ctx: JudgeContext, alpha: float
+) -> CheckResult:
     q = check.quantile if check.quantile is not None else DEFAULT_QUANTILE
     hc, hs = latency_histograms(ev.window, ctx)
     n_c = num(hc.total) if hc is not None and hc.counts else 0.0
@@ -132,7 +134,9 @@ def _evaluate_quantile(judge: Judging, check: Check, ev: Evidence, ctx: JudgeCon
     outcomes = judge.lean(outcomes, lenient, judge.lean_threshold(ctx, ev.current, judge.lean_alpha))
     notes += _bracket_notes(q, n_c, cand, stable, outcomes)
     subject = Subject(f"p{quantile_name(q)} latency", "ms", "requests")
-    return combine(check, subject, outcomes, cand, stable, n_c, n_s if relative else None, ctx.min_requests, notes)
+    return combine(
+        check, subject, outcomes, cand, stable, n_c, n_s if relative else None, ctx.min_requests, notes
+    )
 
 
 def _bracket_notes(q: float, n_c: float, cand: Est, stable: Est | None, outcomes: list[Outcome]) -> list[str]:
@@ -186,7 +190,6 @@ def _heavier_tail(
         return False
     profile = stats.ratio_profile(slow_c, slow_s, shares, ratio, scale=judge.ratio_scale)
     return profile.prob_above(judge.lean_prior_sd) >= judge.lean_probability(level)
-
 
 
 # ---------------------------------------------------------------------------------------

@@ -94,7 +94,9 @@ class _Plan:
     down: stats.RatioProfile | None = None
 
 
-def evaluate_rate(kind: RateKind, judge: Judging, check: Check, ev: Evidence, ctx: JudgeContext, alpha: float) -> CheckResult:
+def evaluate_rate(
+    kind: RateKind, judge: Judging, check: Check, ev: Evidence, ctx: JudgeContext, alpha: float
+) -> CheckResult:
     window = ev.window
     stable_vc = stable_counts(window, ctx)
     s_c, n_c = kind.counts(check, window.candidate)
@@ -150,9 +152,7 @@ def _plan(
     has_abs = bool(kinds & {"max", "min"})
     has_diff = bool(kinds & {"maxIncrease", "maxDecrease"})
     has_ratio = "maxIncreaseRatio" in kinds
-    two_arm = (
-        (has_diff or has_ratio) and stable_ok and kind.transform is None and concurrent(ev.current, ctx)
-    )
+    two_arm = (has_diff or has_ratio) and stable_ok and kind.transform is None and concurrent(ev.current, ctx)
     if not two_arm:
         needs_stable = stable_ok and (has_diff or has_ratio)
         objects = int(has_abs or needs_stable) + int(needs_stable)
@@ -194,7 +194,9 @@ class _Case:
             return cand, stable, [judge_bound(k, v, cand, diff, ratio, self.unit) for k, v in plan.bounds]
         return cand, stable, [self._two_arm_bound(k, v, cand, stable, a, fixed) for k, v in plan.bounds]
 
-    def _two_arm_bound(self, kind: str, limit: float, cand: Est, stable: Est | None, a: float, fixed: bool) -> Outcome:
+    def _two_arm_bound(
+        self, kind: str, limit: float, cand: Est, stable: Est | None, a: float, fixed: bool
+    ) -> Outcome:
         up, down = self.plan.up, self.plan.down
         diff = ratio = None
         if kind == "maxIncreaseRatio" and up is not None:
@@ -223,6 +225,7 @@ def ratio_profile(
             e_s.append(n_s - s_s if complement else s_s)
             shares.append(n_c / (n_c + n_s))
     return stats.ratio_profile(e_c, e_s, shares, r0, scale=judge.ratio_scale)
+
 
 def two_arm_diff(
     kind: str,
@@ -254,6 +257,7 @@ def two_arm_diff(
         lo, hi = -hi, -lo
     return Est(cand.est - stable.est, lo, hi, alpha, exclusive=True)
 
+
 def beyond_probability(
     judge: Judging,
     outcome: Outcome,
@@ -271,5 +275,6 @@ def beyond_probability(
         return 0.0
     d = abs(outcome.limit)
     return profile.prob_above_ratio(1.0 + d / rate, judge.lean_prior_sd)
+
 
 # -- rates ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from mesh_canary.core.verdicts import Verdict
 
+
 def pct(x: float, signed: bool = False) -> str:
     if x != x:
         return "n/a"

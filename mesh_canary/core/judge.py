@@ -176,7 +176,6 @@ def _within_judged_range(window: Observation, ctx: JudgeContext) -> tuple[Observ
     return scale(window), ctx
 
 
-
 # ---------------------------------------------------------------------------------------
 # The judge
 

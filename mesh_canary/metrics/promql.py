@@ -254,14 +254,19 @@ def plan_queries(policy: Policy, window: str) -> list[Query]:
         expr = _sum_by([model_label, "class"], _increase(MODEL_PREDICTIONS, model_selector, window))
         queries.append(Query("predictions", expr, model_label, MODEL_PREDICTIONS))
     if "features" in families:
-        names = sorted(
-            {c.feature for c in policy.analysis.checks if _reads(c, "features") and c.feature}
-        )
+        names = sorted({c.feature for c in policy.analysis.checks if _reads(c, "features") and c.feature})
         if names:
             selector = [[*model_selector[0], matcher("feature", "=~", names)]]
             expr = _sum_by([model_label, "feature", "le"], _increase(MODEL_FEATURE, selector, window))
             queries.append(Query("features", expr, model_label, MODEL_FEATURE))
 
+    queries += _custom_queries(policy, versions, label, window)
+    return queries
+
+
+def _custom_queries(policy: Policy, versions: tuple[str, str], label: str, window: str) -> list[Query]:
+    """Each custom check's own query: rendered once per version when it names the version."""
+    queries: list[Query] = []
     for check in policy.analysis.checks:
         if not _reads(check, "custom"):
             continue

@@ -48,7 +48,6 @@ class PolicyError(Exception):
         super().__init__(text)
 
 
-
 def format_path(parts: Iterable[Any]) -> str:
     out = ""
     for part in parts:

@@ -125,8 +125,7 @@ def _timing_problems(spec: dict[str, Any]) -> list[Problem]:
         out.append(
             Problem(
                 "spec.canary.minStepDuration",
-                f"{min_step_text} is longer than maxStepDuration "
-                f"{max_step_text}",
+                f"{min_step_text} is longer than maxStepDuration {max_step_text}",
             )
         )
     if interval is not None and interval < 1.0:
@@ -299,12 +298,16 @@ def _bound_value_problems(at: str, kind: CheckKind, check: Mapping[str, Any]) ->
         for key in ("max", "min"):
             value = check.get(key)
             if is_number(value) and value < 0:
-                out.append(Problem(f"{at}.{key}", f"{number(value)} is negative; this metric is never below 0"))
+                out.append(
+                    Problem(f"{at}.{key}", f"{number(value)} is negative; this metric is never below 0")
+                )
     if is_share:
         for key in ("max", "min", "maxIncrease", "maxDecrease"):
             value = check.get(key)
             if is_number(value) and value > 1:
-                out.append(Problem(f"{at}.{key}", f"{number(value)} is above 1; this bound is a share (0..1)"))
+                out.append(
+                    Problem(f"{at}.{key}", f"{number(value)} is above 1; this bound is a share (0..1)")
+                )
     return out
 
 
@@ -325,9 +328,7 @@ def _number_problems(doc: Any) -> list[Problem]:
             out.append(Problem(format_path(parts), "must be a finite number, not NaN"))
         elif isinstance(node, float) and math.isinf(node):
             out.append(
-                Problem(
-                    format_path(parts), f"must be a finite number, not {'-' if node < 0 else ''}infinity"
-                )
+                Problem(format_path(parts), f"must be a finite number, not {'-' if node < 0 else ''}infinity")
             )
         elif is_number(node) and abs(node) > _MAX_NUMBER:
             # str() of a huge int raises (Python's digit limit): count its digits from its bits.

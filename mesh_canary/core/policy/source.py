@@ -87,9 +87,7 @@ def _too_big(root: yaml.Node) -> str | None:
         if depth > MAX_DEPTH:
             return f"the YAML is nested more than {MAX_DEPTH} levels deep"
         if count > MAX_VALUES:
-            return (
-                f"the YAML holds more than {MAX_VALUES} values (aliases expanded); a policy is far smaller"
-            )
+            return f"the YAML holds more than {MAX_VALUES} values (aliases expanded); a policy is far smaller"
         if isinstance(node, yaml.MappingNode):
             stack.extend((child, depth + 1) for pair in node.value for child in pair)
         elif isinstance(node, yaml.SequenceNode):
