@@ -7,6 +7,7 @@ line is judged, planned, named and validated without touching any other layer.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from mesh_canary.checks.bounds import Subject
 from mesh_canary.checks.evidence import Evidence
 from mesh_canary.checks.rates import Prepared, RateKind, evaluate_rate
 from mesh_canary.core import engine
+from mesh_canary.core import policy as policy_module
 from mesh_canary.core.durations import parse_duration
 from mesh_canary.core.judge import AnytimeJudge, rate_counts
 from mesh_canary.core.model import AnalysisSpec, BlueGreenSpec, CanarySpec, Check, MetricsSpec
@@ -63,7 +65,10 @@ def with_checks(*docs: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_schema_metric_enum_is_the_registry() -> None:
+    """Generated from the registry when the schema loads, and written nowhere else."""
     assert _check_schema()["properties"]["metric"]["enum"] == list(REGISTRY)
+    text = (Path(policy_module.__file__).parent.parent / "policy.schema.json").read_text()
+    assert '"errorRate"' not in text and '"featureDrift"' not in text
 
 
 def test_every_field_a_kind_takes_is_in_the_schema_and_every_check_field_is_taken() -> None:

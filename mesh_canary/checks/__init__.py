@@ -1,10 +1,11 @@
 """The check kinds: one module per kind, one line per kind in ``REGISTRY``.
 
 Every other layer reads the registry instead of naming kinds: the policy schema's metric
-enum (tests/test_checks.py holds them equal), the policy's rules and default names, the
+enum (filled in from it when the schema loads), the policy's rules and default names, the
 judge's dispatch, the engine's label-based rule, the Prometheus adapter's query planning
-(the signals a kind needs), and the report's words. Adding a kind is one module with a
-``CheckKind`` and one line here (and its name in policy.schema.json's enum).
+(the signals a kind needs), the simulator's signals and the report's words. Adding a kind
+is one module with a ``CheckKind`` and one line here; the generated CRD
+(``python -m mesh_canary.kube.crd``) then lists it too.
 
 Part of the pure core: no I/O, no clock.
 """

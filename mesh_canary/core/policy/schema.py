@@ -13,14 +13,16 @@ from typing import Any, cast
 
 import jsonschema
 
+from mesh_canary.checks import REGISTRY
 from mesh_canary.core.policy.problems import Problem, format_path, number
 
 SCHEMA: dict[str, Any] = json.loads(
     files("mesh_canary.core").joinpath("policy.schema.json").read_text(encoding="utf-8")
 )
-CHECK_FIELDS = frozenset(
-    SCHEMA["properties"]["spec"]["properties"]["analysis"]["properties"]["checks"]["items"]["properties"]
-)
+_CHECK: dict[str, Any] = SCHEMA["properties"]["spec"]["properties"]["analysis"]["properties"]["checks"]["items"]
+# The check kinds are the registry's: a new kind is one module and one line there.
+_CHECK["properties"]["metric"]["enum"] = list(REGISTRY)
+CHECK_FIELDS = frozenset(_CHECK["properties"])
 """Every field a check may have (which ones a kind takes: mesh_canary.checks)."""
 
 
