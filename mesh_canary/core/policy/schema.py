@@ -19,7 +19,9 @@ from mesh_canary.core.policy.problems import Problem, format_path, number
 SCHEMA: dict[str, Any] = json.loads(
     files("mesh_canary.core").joinpath("policy.schema.json").read_text(encoding="utf-8")
 )
-_CHECK: dict[str, Any] = SCHEMA["properties"]["spec"]["properties"]["analysis"]["properties"]["checks"]["items"]
+_CHECK: dict[str, Any] = SCHEMA["properties"]["spec"]["properties"]["analysis"]["properties"]["checks"][
+    "items"
+]
 # The check kinds are the registry's: a new kind is one module and one line there.
 _CHECK["properties"]["metric"]["enum"] = list(REGISTRY)
 CHECK_FIELDS = frozenset(_CHECK["properties"])
