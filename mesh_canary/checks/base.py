@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeGuard
 
+from mesh_canary.checks.bounds import Outcome
 from mesh_canary.checks.evidence import Evidence
 from mesh_canary.core.durations import DURATION_PATTERN, parse_duration
 from mesh_canary.core.model import Check
@@ -83,8 +84,8 @@ class Judging(Protocol):
     def lean_probability(self, level: float | None) -> float: ...
 
     def lean(
-        self, outcomes: list[Any], judged_at: Callable[[float], list[Any]], p: float | None
-    ) -> list[Any]: ...
+        self, outcomes: list[Outcome], judged_at: Callable[[float], list[Outcome]], p: float | None
+    ) -> list[Outcome]: ...
 
 
 Evaluate = Callable[[Judging, Check, Evidence, JudgeContext, float], CheckResult]

@@ -59,6 +59,8 @@ __all__ = [
     "stable_counts",
 ]
 
+# Before the promoting step, leaning towards failure = beyond tolerance with probability
+# 1 - 0.3/2 = 0.85 (about a standard error beyond; see AnytimeJudge). The point estimate
 # alone leans on noise at small counts and held healthy candidates to a timeout.
 DEFAULT_LEAN_ALPHA = 0.3
 # In the last step (the one whose success promotes), evidence has accumulated over the
