@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mesh_canary.checks import tolerance_words
+from mesh_canary.checks import REGISTRY, tolerance_words
 from mesh_canary.core.durations import format_duration
 from mesh_canary.core.engine import Phase, RolloutState, StepRecord, policy_fingerprint, schedule
 from mesh_canary.core.model import Policy
@@ -729,7 +729,7 @@ class _Page:
             rows.append(
                 "<tr>"
                 f"<td>{esc(name)}</td>"
-                f"<td>{esc(c.metric)}</td>"
+                f"{_metric_cell(c.metric)}"
                 f'<td><span class="badge {esc(c.verdict.value)}">{esc(c.verdict.value)}</span></td>'
                 f'<td class="n">{esc(_num(c.estimate))}</td>'
                 f'<td class="n">{esc(_num(c.stable_estimate))}</td>'
@@ -801,6 +801,14 @@ class _Page:
         if self.state.policy_fingerprint:
             bits.append(f"policy fingerprint {self.state.policy_fingerprint}")
         return f"<footer>{esc(' · '.join(bits))}</footer>"
+
+
+def _metric_cell(metric: str) -> str:
+    """A check's metric, with its kind's name in words as the cell's tooltip."""
+    kind = REGISTRY.get(metric)
+    return (
+        f'<td title="{esc(kind.title)}">{esc(metric)}</td>' if kind is not None else f"<td>{esc(metric)}</td>"
+    )
 
 
 def _nice_axis(
