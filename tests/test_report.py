@@ -263,6 +263,8 @@ def test_a_promoted_rollout_shows_every_step_its_windows_and_the_decision(
     # The latest checks, with verdict, estimate, bounds and reason.
     checks = table_rows(page, "Latest verdict of every check")
     assert [c[0] for c in checks] == ["errorRate", "accuracy"]
+    # The metric's words come from its check kind (mesh_canary.checks), as a tooltip.
+    assert {a.get("title") for t, a in parsed.tags if t == "td"} >= {"error rate", "accuracy"}
     for row, check in zip(checks, state["checks"], strict=True):
         assert row[2] == check["verdict"]
         assert row[3] == f"{check['estimate']:.4g}" and row[5] == check["quantity"]

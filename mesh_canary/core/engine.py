@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from mesh_canary.checks import REGISTRY
 from mesh_canary.core.durations import format_duration
 from mesh_canary.core.model import Check, Policy
 from mesh_canary.core.observations import Observation
@@ -438,7 +439,10 @@ def _context(policy: Policy, state: RolloutState, judge: Judge) -> JudgeContext:
     )
 
 
-_LABEL_METRICS = frozenset({"accuracy", "precision", "recall", "f1"})
+def _label_based(check: Check) -> bool:
+    """Is the check judged on labels (ground truth that arrives late)? Its kind says."""
+    kind = REGISTRY.get(check.metric)
+    return kind is not None and kind.label_based
 
 
 def _last_judged_step(policy: Policy, state: RolloutState) -> bool:
@@ -462,7 +466,7 @@ def _with_own_window(carried: CheckResult, own: CheckResult, check: Check) -> Ch
     if own.verdict is Verdict.FAIL:
         return replace(own, reason=f"in the last step's own window: {own.reason}")
     own_ready = own.verdict is Verdict.PASS or (
-        not own.leaning_fail and (own.enough_data or check.metric in _LABEL_METRICS)
+        not own.leaning_fail and (own.enough_data or _label_based(check))
     )
     if own_ready:
         return carried
@@ -490,7 +494,7 @@ def _ready(result: CheckResult, check: Check, final_window: bool) -> bool:
         return False
     if result.enough_data:
         return True
-    return check.metric in _LABEL_METRICS and not final_window
+    return _label_based(check) and not final_window
 
 
 def _min_duration(policy: Policy, state: RolloutState) -> float:

@@ -10,18 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Strategy = Literal["canary", "blueGreen"]
-MetricKind = Literal[
-    "errorRate",
-    "latency",
-    "accuracy",
-    "precision",
-    "recall",
-    "f1",
-    "predictionDrift",
-    "featureDrift",
-    "trafficShare",
-    "custom",
-]
+MetricKind = str
+"""A check kind's name: a key of mesh_canary.checks.REGISTRY (errorRate, latency, accuracy, ...)."""
 
 
 @dataclass(frozen=True)

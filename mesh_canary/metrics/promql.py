@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mesh_canary.checks import REGISTRY, Signal, signals_of
 from mesh_canary.core.model import Check, Policy
 from mesh_canary.core.observations import Histogram, VersionCounts
 
@@ -63,21 +64,6 @@ MODEL_FEATURE = "model_feature_value_bucket"
 LARGEST = 1e15
 
 Family = Literal["traffic", "latency", "confusion", "predictions", "features", "custom"]
-
-# What each check kind reads. errorRate needs requests and errors, latency the histogram
-# (and requests for minRequests), trafficShare the request counts.
-_CHECK_NEEDS: dict[str, frozenset[str]] = {
-    "errorRate": frozenset({"requests", "errors"}),
-    "latency": frozenset({"requests", "latency"}),
-    "trafficShare": frozenset({"requests"}),
-    "accuracy": frozenset({"confusion"}),
-    "precision": frozenset({"confusion"}),
-    "recall": frozenset({"confusion"}),
-    "f1": frozenset({"confusion"}),
-    "predictionDrift": frozenset({"predictions"}),
-    "featureDrift": frozenset({"features"}),
-    "custom": frozenset({"custom"}),
-}
 
 
 class PromQLError(ValueError):
@@ -203,11 +189,14 @@ def _sum_by(labels: Sequence[str], expr: str) -> str:
 
 
 def checks_families(checks: Iterable[Check]) -> set[str]:
-    """The metric families (requests, errors, latency, confusion, ...) the checks read."""
-    needed: set[str] = set()
-    for check in checks:
-        needed |= _CHECK_NEEDS.get(check.metric, frozenset())
-    return needed
+    """The signals (requests, errors, latency, confusion, ...) the checks read: each check
+    kind declares its own (mesh_canary.checks)."""
+    return set(signals_of(checks))
+
+
+def _reads(check: Check, signal: Signal) -> bool:
+    kind = REGISTRY.get(check.metric)
+    return kind is not None and signal in kind.signals
 
 
 def _versions(policy: Policy) -> tuple[str, str]:
@@ -265,16 +254,21 @@ def plan_queries(policy: Policy, window: str) -> list[Query]:
         expr = _sum_by([model_label, "class"], _increase(MODEL_PREDICTIONS, model_selector, window))
         queries.append(Query("predictions", expr, model_label, MODEL_PREDICTIONS))
     if "features" in families:
-        names = sorted(
-            {c.feature for c in policy.analysis.checks if c.metric == "featureDrift" and c.feature}
-        )
+        names = sorted({c.feature for c in policy.analysis.checks if _reads(c, "features") and c.feature})
         if names:
             selector = [[*model_selector[0], matcher("feature", "=~", names)]]
             expr = _sum_by([model_label, "feature", "le"], _increase(MODEL_FEATURE, selector, window))
             queries.append(Query("features", expr, model_label, MODEL_FEATURE))
 
+    queries += _custom_queries(policy, versions, label, window)
+    return queries
+
+
+def _custom_queries(policy: Policy, versions: tuple[str, str], label: str, window: str) -> list[Query]:
+    """Each custom check's own query: rendered once per version when it names the version."""
+    queries: list[Query] = []
     for check in policy.analysis.checks:
-        if check.metric != "custom":
+        if not _reads(check, "custom"):
             continue
         if not check.query:
             raise PromQLError(f"custom check {check.name!r} has no query")

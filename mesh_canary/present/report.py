@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mesh_canary.checks import REGISTRY, tolerance_words
 from mesh_canary.core.durations import format_duration
 from mesh_canary.core.engine import Phase, RolloutState, StepRecord, policy_fingerprint, schedule
 from mesh_canary.core.model import Policy
@@ -723,12 +724,12 @@ class _Page:
             bounds = _NONE if c.lower is None and c.upper is None else f"[{_num(c.lower)}, {_num(c.upper)}]"
             tol = c.bound or ""
             if not tol and c.name in tolerances:
-                tol = _tolerance_words(tolerances[c.name])
+                tol = tolerance_words(tolerances[c.name], _num)
             name = c.name + (" ✗" if c.name in failed else "")
             rows.append(
                 "<tr>"
                 f"<td>{esc(name)}</td>"
-                f"<td>{esc(c.metric)}</td>"
+                f"{_metric_cell(c.metric)}"
                 f'<td><span class="badge {esc(c.verdict.value)}">{esc(c.verdict.value)}</span></td>'
                 f'<td class="n">{esc(_num(c.estimate))}</td>'
                 f'<td class="n">{esc(_num(c.stable_estimate))}</td>'
@@ -802,22 +803,12 @@ class _Page:
         return f"<footer>{esc(' · '.join(bits))}</footer>"
 
 
-def _tolerance_words(check: Any) -> str:
-    """A check's tolerance from the policy, when the verdict did not carry one."""
-    words = []
-    for attr, text in (
-        ("max", "at most {}"),
-        ("min", "at least {}"),
-        ("max_increase", "at most stable + {}"),
-        ("max_increase_ratio", "at most stable x (1 + {})"),
-        ("max_decrease", "at least stable - {}"),
-        ("max_psi", "PSI at most {}"),
-        ("max_deviation", "share within ±{}"),
-    ):
-        v = getattr(check, attr, None)
-        if v is not None:
-            words.append(text.format(_num(float(v))))
-    return "; ".join(words)
+def _metric_cell(metric: str) -> str:
+    """A check's metric, with its kind's name in words as the cell's tooltip."""
+    kind = REGISTRY.get(metric)
+    return (
+        f'<td title="{esc(kind.title)}">{esc(metric)}</td>' if kind is not None else f"<td>{esc(metric)}</td>"
+    )
 
 
 def _nice_axis(

@@ -63,6 +63,7 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
+from mesh_canary.checks import Signal
 from mesh_canary.core.durations import format_duration, parse_duration
 from mesh_canary.core.observations import INF, Histogram, Observation, VersionCounts
 from mesh_canary.core.weights import ALL_STABLE, Weights
@@ -91,6 +92,11 @@ ISTIO_LATENCY_BUCKETS_MS: tuple[float, ...] = (
 
 _DAY_S = 86400.0
 _Z99 = 2.3263478740408408  # standard normal quantile at 0.99
+# What SyntheticMesh.read measures per version, in the check kinds' words (mesh_canary.checks):
+# everything but custom values (a user's PromQL has nothing to run on here).
+PRODUCED_SIGNALS: frozenset[Signal] = frozenset(
+    {"requests", "errors", "latency", "confusion", "predictions", "features"}
+)
 _EPS = 1e-9  # times closer than this are the same instant
 _SUM_TOLERANCE = 1e-3  # shares must add up to 1 within this (then they are normalised)
 

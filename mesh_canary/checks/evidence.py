@@ -1,0 +1,141 @@
+"""What checks are judged on: counts read safely, and the evidence of a whole rollout."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mesh_canary.core.model import Check
+from mesh_canary.core.observations import Histogram, Observation, VersionCounts
+from mesh_canary.core.verdicts import JudgeContext
+
+INF = math.inf
+
+
+def num(x: float | None) -> float:
+    """A count as a float; None, NaN, infinities and negatives (a broken exporter) become 0."""
+    if x is None:
+        return 0.0
+    x = float(x)
+    return x if 1e-9 <= x < INF else 0.0  # below 1e-9: float dust, as in stats
+
+
+def custom_value(x: float | None) -> float | None:
+    """A custom value: None when missing, NaN or infinite (no data), else the float."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def stable_counts(window: Observation, ctx: JudgeContext) -> VersionCounts:
+    """What relative bounds compare with: stable in the same window, or, after a blue/green
+    switch, stable's preview window."""
+    return ctx.stable_baseline.stable if ctx.stable_baseline is not None else window.stable
+
+
+def concurrent(window: Observation, ctx: JudgeContext) -> bool:
+    """Did both arms' counts come from the same stream of requests (same window)?"""
+    return ctx.stable_baseline is None or ctx.stable_baseline.stable == window.stable
+
+
+def labelled(counts: VersionCounts) -> float:
+    """Labelled predictions (ground truth received) in the window."""
+    return sum(num(c) for c in counts.confusion.values())
+
+
+def latency_histograms(window: Observation, ctx: JudgeContext) -> tuple[Histogram | None, Histogram | None]:
+    return window.candidate.latency_ms, stable_counts(window, ctx).latency_ms
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What checks are judged on.
+
+    ``strata`` are the windows whose evidence adds up: the completed canary steps' windows
+    (``ctx.earlier_windows``) and then the current one, or just the current one. ``window``
+    is their sum (per-version counts over the whole rollout so far); ``windows`` is how many
+    of the engine's per-window budgets the judge may spend on it at once.
+    """
+
+    current: Observation
+    window: Observation
+    strata: tuple[Observation, ...]
+    windows: int
+
+
+def gather_evidence(window: Observation, ctx: JudgeContext) -> Evidence:
+    """The evidence a canary step is judged on.
+
+    Adding earlier steps is sound when each version's behaviour does not depend on its
+    traffic weight (it is the same model whatever share it serves). It needs the whole
+    history: with every completed step present, one sequence runs from the first request
+    to the last and may spend the whole rollout's budget (every judged window's share).
+    Blue/green windows, mirrored previews and incomplete histories (a state saved without
+    them) are judged on their own window at ``ctx.alpha``, as before.
+    """
+    earlier = tuple(w for _, w in ctx.earlier_windows)
+    whole = (
+        ctx.stable_baseline is None
+        and not ctx.mirrored
+        and len(earlier) == ctx.step_index
+        and not any(w.problem for w in earlier)
+    )
+    if not whole:
+        return Evidence(window, window, (window,), 1)
+    strata = (*earlier, window)
+    total = window
+    if earlier:
+        total = Observation(
+            earlier[0].since,
+            window.at,
+            _sum_counts([w.stable for w in strata]),
+            _sum_counts([w.candidate for w in strata]),
+        )
+    # Steps are rising percentages ending at 100, and every step but the last is judged.
+    return Evidence(window, total, strata, max(ctx.step_count - 1, 1))
+
+
+def _sum_counts(parts: Sequence[VersionCounts]) -> VersionCounts:
+    """Counts over consecutive windows added up (histograms with other bounds than the
+    latest window's are left out: their buckets cannot be added)."""
+    last = parts[-1]
+
+    def hist(hs: Sequence[Histogram | None], like: Histogram | None) -> Histogram | None:
+        if like is None:
+            return None
+        sums = [0.0] * len(like.counts)
+        for h in hs:
+            if h is not None and h.bounds == like.bounds:
+                for i, c in enumerate(h.counts):
+                    sums[i] += num(c)
+        return Histogram(like.bounds, tuple(sums))
+
+    def add(maps: Sequence[dict[Any, float]]) -> dict[Any, float]:
+        out: dict[Any, float] = {}
+        for m in maps:
+            for k, v in m.items():
+                out[k] = out.get(k, 0.0) + num(v)
+        return out
+
+    return VersionCounts(
+        requests=sum(num(p.requests) for p in parts),
+        errors=sum(num(p.errors) for p in parts),
+        latency_ms=hist([p.latency_ms for p in parts], last.latency_ms),
+        confusion=add([p.confusion for p in parts]),
+        predictions=add([p.predictions for p in parts]),
+        features={
+            k: h for k, h0 in last.features.items() if (h := hist([p.features.get(k) for p in parts], h0))
+        },
+        custom=dict(last.custom),
+    )
+
+
+def min_samples(check: Check, ctx: JudgeContext, labels: bool = False) -> int:
+    """Samples per version a verdict needs: labelled ones (``minLabeled``) for label-based
+    checks, else the analysis's minimum requests."""
+    if labels and check.min_labeled is not None:
+        return check.min_labeled
+    return ctx.min_requests

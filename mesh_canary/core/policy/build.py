@@ -1,0 +1,169 @@
+"""The typed policy (core/model.py) built from a valid document with its defaults filled in,
+and the policy part of a ModelRollout read back from the apiserver."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from mesh_canary.checks import REGISTRY
+from mesh_canary.checks.base import milliseconds
+from mesh_canary.core.durations import parse_duration
+from mesh_canary.core.model import (
+    AnalysisSpec,
+    BlueGreenSpec,
+    CanarySpec,
+    Check,
+    Destination,
+    MetricsSpec,
+    Policy,
+    VersionSpec,
+    VirtualServiceRef,
+    Webhook,
+)
+from mesh_canary.core.policy.defaults import with_defaults
+from mesh_canary.core.policy.problems import PolicyError
+from mesh_canary.core.policy.rules import validate_document
+from mesh_canary.core.policy.source import parse_and_validate
+
+
+def _destination(d: dict[str, Any]) -> Destination:
+    return Destination(host=d["host"], subset=d.get("subset"), port=d.get("port"))
+
+
+def _version(d: dict[str, Any]) -> VersionSpec:
+    return VersionSpec(
+        destination=_destination(d["destination"]), version=d["version"], metrics_version=d["metricsVersion"]
+    )
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _check(d: dict[str, Any]) -> Check:
+    latency_ms = REGISTRY[d["metric"]].takes_duration(d)
+
+    def bound(key: str) -> float | None:
+        value = d.get(key)
+        if value is None:
+            return None
+        return milliseconds(value) if latency_ms else float(value)
+
+    slower = d.get("slowerThan")
+    return Check(
+        metric=d["metric"],
+        name=d["name"],
+        quantile=_opt_float(d.get("quantile")),
+        slower_than_ms=None if slower is None else milliseconds(slower),
+        max=bound("max"),
+        min=_opt_float(d.get("min")),
+        max_increase=bound("maxIncrease"),
+        max_increase_ratio=_opt_float(d.get("maxIncreaseRatio")),
+        max_decrease=_opt_float(d.get("maxDecrease")),
+        min_labeled=None if d.get("minLabeled") is None else int(d["minLabeled"]),
+        class_=d.get("class"),
+        feature=d.get("feature"),
+        max_psi=_opt_float(d.get("maxPSI")),
+        max_deviation=_opt_float(d.get("maxDeviation")),
+        query=d.get("query"),
+    )
+
+
+def _webhook(d: dict[str, Any]) -> Webhook:
+    url_from = d.get("urlFrom", {})
+    secret = url_from.get("secretKeyRef")
+    return Webhook(
+        url=d.get("url"),
+        url_from_env=url_from.get("env"),
+        url_from_secret=None if secret is None else {"name": secret["name"], "key": secret["key"]},
+        format=d["format"],
+    )
+
+
+def _policy(d: dict[str, Any]) -> Policy:
+    spec = d["spec"]
+    canary, blue_green, analysis, metrics = (
+        spec["canary"],
+        spec["blueGreen"],
+        spec["analysis"],
+        spec["metrics"],
+    )
+    fallback = spec.get("fallback")
+    return Policy(
+        name=d["metadata"]["name"],
+        namespace=d["metadata"]["namespace"],
+        virtual_service=VirtualServiceRef(
+            name=spec["virtualService"]["name"],
+            namespace=spec["virtualService"]["namespace"],
+            routes=tuple(spec["virtualService"]["routes"]),
+        ),
+        stable=_version(spec["stable"]),
+        candidate=_version(spec["candidate"]),
+        fallback=None if fallback is None else _destination(fallback["destination"]),
+        strategy=spec["strategy"],
+        canary=CanarySpec(
+            steps=tuple(canary["steps"]),
+            min_step_duration_s=parse_duration(canary["minStepDuration"]),
+            max_step_duration_s=parse_duration(canary["maxStepDuration"]),
+        ),
+        blue_green=BlueGreenSpec(
+            mirror_percent=int(blue_green["mirrorPercent"]),
+            preview_duration_s=parse_duration(blue_green["previewDuration"]),
+            post_switch_window_s=parse_duration(blue_green["postSwitchWindow"]),
+        ),
+        analysis=AnalysisSpec(
+            interval_s=parse_duration(analysis["interval"]),
+            confidence=float(analysis["confidence"]),
+            min_requests=int(analysis["minRequests"]),
+            no_data_timeout_s=parse_duration(analysis["noDataTimeout"]),
+            checks=tuple(_check(c) for c in analysis["checks"]),
+        ),
+        metrics=MetricsSpec(
+            provider=metrics["provider"],
+            profile=metrics["profile"],
+            address=metrics["address"],
+            version_label=metrics["versionLabel"],
+            model_version_label=metrics["modelVersionLabel"],
+            timeout_s=parse_duration(metrics["timeout"]),
+            variables=dict(metrics["variables"]),
+        ),
+        approval=spec["gates"]["approval"],
+        notifications=tuple(_webhook(n["webhook"]) for n in spec["notifications"]),
+        document=d,
+    )
+
+
+def resource_document(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """The policy part of a ModelRollout read back from the apiserver.
+
+    Drops what the apiserver adds (status, uid, resourceVersion, managedFields, ...), which
+    the policy's schema would reject as unknown fields.
+    """
+    metadata = resource.get("metadata")
+    metadata = metadata if isinstance(metadata, Mapping) else {}
+    kept = {
+        k: copy.deepcopy(metadata[k]) for k in ("name", "namespace", "labels", "annotations") if k in metadata
+    }
+    doc: dict[str, Any] = {
+        k: copy.deepcopy(resource[k]) for k in ("apiVersion", "kind", "spec") if k in resource
+    }
+    doc["metadata"] = kept
+    return doc
+
+
+def load_policy(doc: dict[str, Any]) -> Policy:
+    """The typed policy, with every default filled in; raises PolicyError listing every problem."""
+    problems = validate_document(doc)
+    if problems:
+        raise PolicyError(problems)
+    return _policy(with_defaults(doc))
+
+
+def load_policy_text(text: str, source: str = "<policy>") -> Policy:
+    """Parse and load a policy from YAML text; raises PolicyError listing every problem."""
+    data, problems = parse_and_validate(text, source)
+    if problems:
+        raise PolicyError(problems)
+    return _policy(with_defaults(data))
