@@ -129,7 +129,8 @@ KIND = CheckKind(
     title="custom value",
     bounds=("max", "min", "maxIncrease", "maxIncreaseRatio", "maxDecrease"),
     qualifiers=("query",),
-    signals=frozenset({"custom"}),
+    # requests too: minRequests gates the verdict, and a window with no candidate requests is no data.
+    signals=frozenset({"custom", "requests"}),
     evaluate=_evaluate,
     counts=lambda check, c: [("requests", c.requests)],
     never_negative=False,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 from typing import Any
 
+from mesh_canary.checks import kind_of
 from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import PolicyError, Problem, load_policy, load_policy_text, validate_text
 from mesh_canary.metrics.promql import PromQLError, plan_queries, render_custom
@@ -70,7 +71,7 @@ def deployment_problems(policy: Policy) -> list[Problem]:
     variables = dict(policy.metrics.variables)
     versions = (policy.stable.metrics_version, policy.candidate.metrics_version)
     for i, check in enumerate(policy.analysis.checks):
-        if check.metric != "custom" or not check.query:
+        if "custom" not in kind_of(check).signals or not check.query:
             continue
         try:
             for version in versions:
