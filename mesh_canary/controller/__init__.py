@@ -84,7 +84,7 @@ from mesh_canary.metrics import MetricsTarget, metrics_for
 from mesh_canary.notify import BackgroundNotifier, notifier_for_policy
 from mesh_canary.protocols import Announcement, Clock, MetricsSource, Notifier, TrafficRouter
 from mesh_canary.redact import redact, redact_url, redact_value, register_secret
-from mesh_canary.routing import RouterTarget, router_for
+from mesh_canary.routing import RouterTarget, router_for_route
 from mesh_canary.run.clock import SystemClock
 from mesh_canary.run.policy_loading import load_checked_policy
 from mesh_canary.run.runner import RolloutRunner
@@ -1338,7 +1338,7 @@ class Controller:
     # -- default backend -------------------------------------------------------------------
 
     def _istio_backend(self, policy: Policy) -> tuple[TrafficRouter, MetricsSource]:
-        router = router_for("istio", policy, RouterTarget(api_client=self.api))
+        router = router_for_route(policy, RouterTarget(api_client=self.api))
         return router, metrics_for("prometheus", policy, MetricsTarget(url=self.metrics_url(policy)))
 
 

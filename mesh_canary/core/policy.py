@@ -31,8 +31,8 @@ from mesh_canary.core.model import (
     MetricKind,
     MetricsSpec,
     Policy,
+    RouteRef,
     VersionSpec,
-    VirtualServiceRef,
     Webhook,
 )
 
@@ -593,17 +593,7 @@ def _semantic_problems(doc: Any) -> list[Problem]:
                 )
             )
 
-    routes = _dict(spec.get("virtualService")).get("routes")
-    if isinstance(routes, list):
-        seen_routes: set[Any] = set()
-        for i, route in enumerate(routes):
-            if not isinstance(route, str):
-                continue  # reported by the schema
-            if route in seen_routes:
-                out.append(
-                    Problem(f"spec.virtualService.routes[{i}]", f"the route {route!r} is listed twice")
-                )
-            seen_routes.add(route)
+    out.extend(_route_problems(spec))
 
     stable, candidate = spec.get("stable"), spec.get("candidate")
     stable_key, candidate_key = _destination_key(stable), _destination_key(candidate)
@@ -650,6 +640,48 @@ def _semantic_problems(doc: Any) -> list[Problem]:
             else:
                 names[name] = i
     return out
+
+
+# --------------------------------------------------------------------------- the route reference
+
+
+def _route_problems(spec: dict[str, Any]) -> list[Problem]:
+    """spec.virtualService.routes / spec.route.rules: no repeats; indexes and Service backends
+    only where the kind has them (exactly one of the two fields is the schema's rule)."""
+    field, key = ("route", "rules") if "route" in spec else ("virtualService", "routes")
+    ref = _dict(spec.get(field))
+    kind = ref.get("kind", "VirtualService")
+    out: list[Problem] = []
+    parts = ref.get(key)
+    seen: set[Any] = set()
+    for i, part in enumerate(parts if isinstance(parts, list) else []):
+        if not isinstance(part, str | int) or isinstance(part, bool):
+            continue  # reported by the schema
+        at = f"spec.{field}.{key}[{i}]"
+        if isinstance(part, int) and kind == "VirtualService":
+            out.append(Problem(at, "a VirtualService's http routes are chosen by name, not by index"))
+        elif part in seen:
+            out.append(Problem(at, f"the {'route' if field == 'virtualService' else 'rule'} {part!r} is listed twice"))
+        seen.add(part)
+    if kind == "HTTPRoute":
+        for role in ("stable", "candidate", "fallback"):
+            if _dict(_dict(spec.get(role)).get("destination")).get("subset") is not None:
+                out.append(
+                    Problem(
+                        f"spec.{role}.destination.subset",
+                        "an HTTPRoute's backends are Services: name this version by its Service (host), "
+                        "not by a subset",
+                    )
+                )
+    return out
+
+
+def _route_ref(spec: dict[str, Any]) -> RouteRef:
+    if "route" in spec:
+        r = spec["route"]
+        return RouteRef(r["name"], r["namespace"], tuple(r["rules"]), r["kind"])
+    vs = spec["virtualService"]
+    return RouteRef(vs["name"], vs["namespace"], tuple(vs["routes"]))
 
 
 # --------------------------------------------------------------------------- validation
@@ -786,9 +818,9 @@ def _with_defaults(doc: dict[str, Any]) -> dict[str, Any]:
     meta = d["metadata"]
     meta.setdefault("namespace", "default")
     spec = d["spec"]
-    vs = spec["virtualService"]
-    vs.setdefault("namespace", meta["namespace"])
-    vs.setdefault("routes", [])
+    ref = spec["route"] if "route" in spec else spec["virtualService"]
+    ref.setdefault("namespace", meta["namespace"])
+    ref.setdefault("rules" if "route" in spec else "routes", [])
     for role in ("stable", "candidate"):
         version = spec[role]
         dest = version["destination"]
@@ -894,11 +926,7 @@ def _policy(d: dict[str, Any]) -> Policy:
     return Policy(
         name=d["metadata"]["name"],
         namespace=d["metadata"]["namespace"],
-        virtual_service=VirtualServiceRef(
-            name=spec["virtualService"]["name"],
-            namespace=spec["virtualService"]["namespace"],
-            routes=tuple(spec["virtualService"]["routes"]),
-        ),
+        route=_route_ref(spec),
         stable=_version(spec["stable"]),
         candidate=_version(spec["candidate"]),
         fallback=None if fallback is None else _destination(fallback["destination"]),

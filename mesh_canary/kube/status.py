@@ -382,7 +382,8 @@ def render_status(
         if drift:
             cond("WeightsInSync", "False", "ChangedOutsideMeshCanary", drift)
         else:
-            cond("WeightsInSync", "True", "InSync", "the VirtualService holds the weights mesh-canary wrote")
+            route = "the route" if policy is None else f"the {policy.route.kind}"
+            cond("WeightsInSync", "True", "InSync", f"{route} holds the weights mesh-canary wrote")
         if state.terminal and policy is not None:
             history = add_history(
                 history, history_entry(state, policy.stable.version, policy.candidate.version), history_limit
