@@ -92,7 +92,9 @@ def _without_unknown_cel(node: Any) -> Any:
         return node
     out = {k: _without_unknown_cel(v) for k, v in node.items()}
     if "x-kubernetes-validations" in out:
-        out["x-kubernetes-validations"] = [r for r in out["x-kubernetes-validations"] if r["rule"] in _KNOWN_CEL]
+        out["x-kubernetes-validations"] = [
+            r for r in out["x-kubernetes-validations"] if r["rule"] in _KNOWN_CEL
+        ]
     return out
 
 

@@ -31,13 +31,17 @@ class GatewayHelper(IstiodHelper):
         if len(rules) != 1:
             raise ValueError(f"HTTPRoute {self.name} has no single rule named {self.route}")
         by_cluster = {
-            self.clusters[(ref["name"], None)]: int(ref.get("weight", 1)) for ref in rules[0].get("backendRefs", [])
+            self.clusters[(ref["name"], None)]: int(ref.get("weight", 1))
+            for ref in rules[0].get("backendRefs", [])
         }
         total = sum(by_cluster.values()) or 1  # relative weights, as a Gateway implementation reads them
         candidate = round(100 * by_cluster.get(self.router.candidate_cluster, 0) / total)
         mirror = 0
         for f in rules[0].get("filters", []):
             ref = (f.get("requestMirror") or {}).get("backendRef") or {}
-            if f.get("type") == "RequestMirror" and self.clusters.get((ref.get("name"), None)) == self.router.candidate_cluster:
+            if (
+                f.get("type") == "RequestMirror"
+                and self.clusters.get((ref.get("name"), None)) == self.router.candidate_cluster
+            ):
                 mirror = int(f["requestMirror"].get("percent", 100))
         return Weights(stable=100 - candidate, candidate=candidate, mirror_percent=mirror)

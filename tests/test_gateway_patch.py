@@ -50,7 +50,10 @@ def route() -> dict[str, Any]:
                     "name": "scoring",
                     "matches": [{"path": {"type": "PathPrefix", "value": "/predict"}}],
                     "filters": [
-                        {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-mesh", "value": "canary"}]}}
+                        {
+                            "type": "RequestHeaderModifier",
+                            "requestHeaderModifier": {"set": [{"name": "x-mesh", "value": "canary"}]},
+                        }
                     ],
                     "backendRefs": [
                         {"name": "scorer-v1", "port": 8080, "weight": 100, "unknownField": {"kept": True}},
@@ -102,11 +105,13 @@ def test_rules_are_found_by_backends_by_index_and_by_name() -> None:
         apply_weights(stray, backends(", rules: [scoring]"), ALL_STABLE)
     with pytest.raises(HTTPRoutePatchError, match="no rule whose backendRefs are exactly"):
         apply_weights(stray, backends(), ALL_STABLE)
-    gains = apply_weights(route(), backends(", rules: [2]", stable="{host: legacy, port: 80}"), Weights(90, 10))
+    gains = apply_weights(
+        route(), backends(", rules: [2]", stable="{host: legacy, port: 80}"), Weights(90, 10)
+    )
     assert weights(gains, 2) == [90, 10]
     lone = route()
     del lone["spec"]["rules"][1]
-    with pytest.raises(HTTPRoutePatchError, match="name the rules to manage in spec.route.rules"):
+    with pytest.raises(HTTPRoutePatchError, match=r"name the rules to manage in spec\.route\.rules"):
         apply_weights(lone, backends(), ALL_STABLE)
 
 
@@ -157,13 +162,22 @@ def test_the_mirror_is_a_request_mirror_filter_that_comes_and_goes() -> None:
     assert back["spec"]["rules"][1]["filters"] == route()["spec"]["rules"][1]["filters"]
     bare = route()
     del bare["spec"]["rules"][1]["filters"]
-    assert "filters" not in apply_weights(apply_weights(bare, b, Weights(100, 0, mirror_percent=50)), b, ALL_STABLE)["spec"]["rules"][1]
+    assert (
+        "filters"
+        not in apply_weights(apply_weights(bare, b, Weights(100, 0, mirror_percent=50)), b, ALL_STABLE)[
+            "spec"
+        ]["rules"][1]
+    )
 
 
 def test_the_fallback_backend_is_added_when_it_takes_traffic() -> None:
     b = backends(", rules: [scoring]", fallback="  fallback: {destination: {host: scorer-rules, port: 8080}}")
     after = apply_weights(route(), b, Weights(0, 0, fallback=100))
-    assert after["spec"]["rules"][1]["backendRefs"][2] == {"name": "scorer-rules", "port": 8080, "weight": 100}
+    assert after["spec"]["rules"][1]["backendRefs"][2] == {
+        "name": "scorer-rules",
+        "port": 8080,
+        "weight": 100,
+    }
     assert read_weights(after, b) == Weights(0, 0, 100)
     with pytest.raises(HTTPRoutePatchError, match="names none"):
         apply_weights(route(), backends(), Weights(0, 0, fallback=100))
@@ -206,13 +220,15 @@ spec:
     assert "spec.stable.destination.subset: an HTTPRoute's backends are Services" in text
     assert "spec.route.rules[2]: the rule 'a' is listed twice" in text
     assert "spec.route.rules[3]: the rule 0 is listed twice" in text
-    with pytest.raises(PolicyError, match="spec.route.rules\\[0\\]: a VirtualService's http routes are chosen by name"):
+    with pytest.raises(
+        PolicyError, match=r"spec\.route\.rules\[0\]: a VirtualService's http routes are chosen by name"
+    ):
         load_policy_text(base % "route: {kind: VirtualService, name: scorer, rules: [0]}")
     with pytest.raises(PolicyError, match="set only one of virtualService and route, not both"):
         load_policy_text(base % "virtualService: {name: s}\n  route: {kind: VirtualService, name: scorer}")
     with pytest.raises(PolicyError, match="spec: needs one of virtualService or route"):
         load_policy_text(base % "strategy: canary")
-    with pytest.raises(PolicyError, match="spec.route.kind"):
+    with pytest.raises(PolicyError, match=r"spec\.route\.kind"):
         load_policy_text(base % "route: {kind: Ingress, name: scorer}")
 
 
@@ -230,6 +246,10 @@ spec:
     long = load_policy_text(doc % "route: {kind: VirtualService, name: scorer, rules: [primary]}")
     assert short.route == long.route == short.virtual_service
     assert str(short.route) == "VirtualService models/scorer" and short.route.routes == ("primary",)
-    http = load_policy_text((doc % "route: {kind: HTTPRoute, name: scorer, namespace: gw, rules: [1]}").replace(", subset: v2", "-v2").replace(", subset: v1", ""))
+    http = load_policy_text(
+        (doc % "route: {kind: HTTPRoute, name: scorer, namespace: gw, rules: [1]}")
+        .replace(", subset: v2", "-v2")
+        .replace(", subset: v1", "")
+    )
     assert (http.route.kind, http.route.namespace, http.route.routes) == ("HTTPRoute", "gw", (1,))
     assert http.document["spec"]["route"]["rules"] == [1]

@@ -77,7 +77,10 @@ def test_rbac_is_least_privilege(installed: dict[tuple[str, str], Any]) -> None:
     cluster = installed["ClusterRole", "mesh-canary-controller"]["rules"]
     assert rule_set(cluster) == {
         (group, plural, verb)
-        for group, plural in (("networking.istio.io", "virtualservices"), ("gateway.networking.k8s.io", "httproutes"))
+        for group, plural in (
+            ("networking.istio.io", "virtualservices"),
+            ("gateway.networking.k8s.io", "httproutes"),
+        )
         for verb in ("get", "list", "watch", "patch", "update")
     } | {("mesh-canary.io", "modelrollouts", verb) for verb in ("get", "list", "watch", "patch")} | {
         ("mesh-canary.io", "modelrollouts/status", verb) for verb in ("get", "update", "patch")

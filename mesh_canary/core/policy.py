@@ -661,7 +661,11 @@ def _route_problems(spec: dict[str, Any]) -> list[Problem]:
         if isinstance(part, int) and kind == "VirtualService":
             out.append(Problem(at, "a VirtualService's http routes are chosen by name, not by index"))
         elif part in seen:
-            out.append(Problem(at, f"the {'route' if field == 'virtualService' else 'rule'} {part!r} is listed twice"))
+            out.append(
+                Problem(
+                    at, f"the {'route' if field == 'virtualService' else 'rule'} {part!r} is listed twice"
+                )
+            )
         seen.add(part)
     if kind == "HTTPRoute":
         for role in ("stable", "candidate", "fallback"):

@@ -25,7 +25,16 @@ from typing import Any, Protocol
 from mesh_canary.core.model import Policy
 from mesh_canary.protocols import TrafficRouter
 
-__all__ = ["ROUTERS", "Router", "RouterFactory", "RouterTarget", "route_kinds", "router_for", "router_for_route", "router_name_for"]
+__all__ = [
+    "ROUTERS",
+    "Router",
+    "RouterFactory",
+    "RouterTarget",
+    "route_kinds",
+    "router_for",
+    "router_for_route",
+    "router_name_for",
+]
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,9 @@ def router_name_for(policy: Policy) -> str:
     """The router for the policy's route reference ("istio" for a VirtualService, ...)."""
     name = route_kinds().get(policy.route.kind)
     if name is None:
-        raise ValueError(f"no router writes a {policy.route.kind}; known kinds: {', '.join(sorted(route_kinds()))}")
+        raise ValueError(
+            f"no router writes a {policy.route.kind}; known kinds: {', '.join(sorted(route_kinds()))}"
+        )
     return name
 
 

@@ -10,13 +10,12 @@ has no ownership or record.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from mesh_canary.core.weights import Weights
 from mesh_canary.protocols import TrafficRouter
-
 
 K = TypeVar("K", bound=Hashable)
 

@@ -121,7 +121,11 @@ class Backends:
         )
 
     def role_of(self, ref: Mapping[str, Any], route_ns: str) -> Role | None:
-        for role, service in (("stable", self.stable), ("candidate", self.candidate), ("fallback", self.fallback)):
+        for role, service in (
+            ("stable", self.stable),
+            ("candidate", self.candidate),
+            ("fallback", self.fallback),
+        ):
             if service is not None and service.matches(ref, route_ns):
                 return role  # type: ignore[return-value]
         return None
@@ -175,7 +179,9 @@ def managed_rule_indexes(route: Mapping[str, Any], backends: Backends) -> list[i
         index = _pick(rules, wanted, where)
         label, roles = _label(rules[index], index), _roles(rules[index], backends, ns)
         if "stable" not in roles:
-            raise HTTPRoutePatchError(f"rule {label!r} of {where} has no backendRef to the stable Service {backends.stable}.")
+            raise HTTPRoutePatchError(
+                f"rule {label!r} of {where} has no backendRef to the stable Service {backends.stable}."
+            )
         if None in roles:
             raise HTTPRoutePatchError(
                 f"rule {label!r} of {where} also routes to a backend that is neither the stable, the candidate "
@@ -215,7 +221,8 @@ def _is_our_mirror(f: Any, backends: Backends, ns: str) -> bool:
 
 
 def _set_rule_mirror(rule: dict[str, Any], backends: Backends, ns: str, percent: int) -> None:
-    filters = rule.get("filters") if isinstance(rule.get("filters"), list) else []
+    found = rule.get("filters")
+    filters: list[Any] = found if isinstance(found, list) else []
     ours = [f for f in filters if _is_our_mirror(f, backends, ns)]
     if percent > 0:
         if ours:

@@ -88,7 +88,12 @@ class KubeRouteRouter:
         """The object as the API server holds it."""
         try:
             obj: Any = self._api.get_namespaced_custom_object(
-                self.GROUP, self.VERSION, self.namespace, self.PLURAL, self.name, _request_timeout=self._timeout
+                self.GROUP,
+                self.VERSION,
+                self.namespace,
+                self.PLURAL,
+                self.name,
+                _request_timeout=self._timeout,
             )
         except ApiException as e:
             if e.status == 404:
@@ -190,7 +195,9 @@ class KubeRouteRouter:
         except ApiException as e:
             if e.status == 409:
                 self.conflicts += 1
-                raise self.Conflict(f"{self.ref} changed while mesh-canary tried to {what} it (HTTP 409)") from e
+                raise self.Conflict(
+                    f"{self.ref} changed while mesh-canary tried to {what} it (HTTP 409)"
+                ) from e
             raise self.Error(f"could not {what} {self.ref}: HTTP {e.status} {e.reason}: {_message(e)}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise self.Error(f"could not reach the API server to {what} {self.ref}: {e}") from e

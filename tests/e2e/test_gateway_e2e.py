@@ -68,7 +68,10 @@ def model_rollout(name: str, stable: str, candidate: str, prometheus_url: str) -
         "spec": {
             "route": {"kind": "HTTPRoute", "name": name, "rules": ["scoring"]},
             "stable": {"destination": {"host": f"{name}-{stable}", "port": 8080}, "metricsVersion": stable},
-            "candidate": {"destination": {"host": f"{name}-{candidate}", "port": 8080}, "metricsVersion": candidate},
+            "candidate": {
+                "destination": {"host": f"{name}-{candidate}", "port": 8080},
+                "metricsVersion": candidate,
+            },
             "canary": {"steps": [25, 50, 100], "minStepDuration": "4s", "maxStepDuration": "90s"},
             "analysis": {
                 "interval": "1s",
@@ -90,10 +93,13 @@ def test_an_httproute_rollout_promoted_and_one_rolled_back_with_a_real_envoy(tmp
     with contextlib.ExitStack() as stack:
         kube = stack.enter_context(KubeStandIn(crds, workdir=tmp_path))
         mesh_a = stack.enter_context(LocalMesh("a-v1", "a-v2", candidate=HEALTHY, load=load))
-        mesh_b = stack.enter_context(LocalMesh("b-v1", "b-v2", candidate=Degradation(error_rate=0.3), load=load))
+        mesh_b = stack.enter_context(
+            LocalMesh("b-v1", "b-v2", candidate=Degradation(error_rate=0.3), load=load)
+        )
         prom = stack.enter_context(
             PrometheusServer(
-                scrape_configs=[*scrape_configs("a", mesh_a), *scrape_configs("b", mesh_b)], scrape_interval_s=1.0
+                scrape_configs=[*scrape_configs("a", mesh_a), *scrape_configs("b", mesh_b)],
+                scrape_interval_s=1.0,
             )
         )
         client = kube.api_client()
@@ -102,9 +108,13 @@ def test_an_httproute_rollout_promoted_and_one_rolled_back_with_a_real_envoy(tmp
         helpers = {}
         for name, mesh in meshes.items():
             stable, candidate = mesh.stable_version, mesh.candidate_version
-            custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, http_route(name, stable, candidate))
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, NS, PLURAL, http_route(name, stable, candidate)
+            )
             clusters = {(f"{name}-{stable}", None): stable, (f"{name}-{candidate}", None): candidate}
-            helpers[name] = stack.enter_context(GatewayHelper(client, NS, name, mesh.admin_url, clusters, "scoring"))
+            helpers[name] = stack.enter_context(
+                GatewayHelper(client, NS, name, mesh.admin_url, clusters, "scoring")
+            )
         wait_for("scraped Envoy stats", lambda: len(prom.query("envoy_cluster_upstream_rq_xx")) >= 2, 30)
 
         def status(name: str) -> dict[str, Any]:

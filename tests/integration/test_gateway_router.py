@@ -103,7 +103,9 @@ def sans_weights(obj: dict[str, Any]) -> str:
 def puts(kube: KubeStandIn) -> int:
     return kube.call(
         lambda h: sum(
-            1 for r in h._requests if r.method.value == "PUT" and r.resource is not None and r.resource.plural == PLURAL
+            1
+            for r in h._requests
+            if r.method.value == "PUT" and r.resource is not None and r.resource.plural == PLURAL
         )
     )
 
@@ -185,7 +187,7 @@ def test_ownership_and_the_rollback_record(kube_api: KubeStandIn) -> None:
     create(kube_api)
     first, second = router(kube_api), router(kube_api)
     first.claim("run-a", "models/fraud-scorer")
-    with pytest.raises(RouteOwned, match="remove the annotation mesh-canary.io/owner from the HTTPRoute"):
+    with pytest.raises(RouteOwned, match=r"remove the annotation mesh-canary\.io/owner from the HTTPRoute"):
         second.claim("run-b", "models/fraud-scorer")
     with pytest.raises(RouteOwned):
         second.write(Weights(90, 10), owner="run-b", expected=ALL_STABLE)
@@ -216,12 +218,14 @@ def test_weights_changed_outside_are_detected(kube_api: KubeStandIn) -> None:
     assert message is not None and "rule 'scoring' carries stable=100 candidate=0" in message
     kube_api.write(RES, NS, "scorer", lambda o: o["spec"]["rules"][1].update(name="renamed"))
     message = r.check_drift()
-    assert message is not None and "no longer has the rules" in message and "no rule named 'scoring'" in message
+    assert (
+        message is not None and "no longer has the rules" in message and "no rule named 'scoring'" in message
+    )
 
 
 def test_configuration_errors_are_typed_and_not_written(kube_api: KubeStandIn) -> None:
     r = router(kube_api)
-    with pytest.raises(RouteNotFound, match="HTTPRoute models/scorer does not exist"):
+    with pytest.raises(RouteNotFound, match=r"HTTPRoute models/scorer does not exist\."):
         r.get_weights()
     create(kube_api)
     with pytest.raises(HTTPRoutePatchError, match="no rule named 'primary'"):
