@@ -63,3 +63,22 @@ def test_the_schema_offers_exactly_the_registrys_route_kinds() -> None:
 
     kinds = spec_schema()["properties"]["route"]["properties"]["kind"]["enum"]
     assert sorted(kinds) == sorted(route_kinds())
+
+
+def test_a_cluster_backend_that_writes_another_kind_is_bad_input_and_touches_nothing() -> None:
+    from mesh_canary.run.wiring import LocalInputError, run_policy
+
+    with pytest.raises(
+        LocalInputError,
+        match="--backend gateway-api writes HTTPRoutes, but the policy names VirtualService default/fraud-scorer: use --backend istio",
+    ):
+        run_policy(POLICY, backend="gateway-api", kubeconfig="/nonexistent")
+
+
+def test_the_cli_offers_the_registrys_routers() -> None:
+    from click.testing import CliRunner
+
+    from mesh_canary.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--help"])
+    assert result.exit_code == 0 and "[gateway-api|istio|local]" in result.output
