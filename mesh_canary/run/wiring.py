@@ -281,6 +281,3 @@ def cluster_backend(
 
     router = router_for_route(policy, RouterTarget(api_client=api_client(kubeconfig, context)))
     return router, metrics_for("prometheus", policy, MetricsTarget(url=prometheus_url))
-
-
-istio_backend = cluster_backend  # the name before the router followed the policy's route
