@@ -20,6 +20,7 @@ from mesh_canary.core.policy import PolicyError
 from mesh_canary.kube.names import KIND
 from mesh_canary.kube.rollouts import KubeError, RolloutClient, api_client
 from mesh_canary.logs import setup_logging
+from mesh_canary.routing import ROUTERS, router_name_for
 from mesh_canary.run.runner import EXIT_BAD_INPUT, EXIT_FAILURE
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -122,7 +123,12 @@ def validate(policies: tuple[str, ...], fmt: str) -> None:
 
 @main.command()
 @click.option("-f", "--filename", "policy_path", required=True, type=click.Path(), help="Policy YAML.")
-@click.option("--backend", type=click.Choice(["istio", "local"]), default="istio", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(sorted(ROUTERS)),
+    help="Where the weights go: local (the embedded mesh) or the cluster router of the policy's route "
+    "(istio for a VirtualService, gateway-api for an HTTPRoute; the default).",
+)
 @click.option("--prometheus", "prometheus_url", help="Prometheus URL (overrides spec.metrics.address).")
 @click.option(
     "--metrics",
@@ -149,7 +155,7 @@ def validate(policies: tuple[str, ...], fmt: str) -> None:
 @friendly_errors
 def run(
     policy_path: str,
-    backend: str,
+    backend: str | None,
     prometheus_url: str | None,
     metrics_mode: str,
     kubeconfig: str | None,
@@ -170,7 +176,7 @@ def run(
     try:
         result = wiring.run_policy(
             policy,
-            backend=backend,
+            backend=backend or router_name_for(policy),
             prometheus_url=prometheus_url,
             metrics_mode=metrics_mode,
             kubeconfig=kubeconfig,

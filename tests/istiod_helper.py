@@ -31,8 +31,11 @@ class IstiodHelper:
     """Keeps Envoy's weights equal to one http route of one VirtualService.
 
     ``clusters`` maps the route's two destinations to Envoy cluster names, stable first:
-    ``{("scorer", "v1"): "v1", ("scorer", "v2"): "v2"}``.
+    ``{("scorer", "v1"): "v1", ("scorer", "v2"): "v2"}``. A subclass for another routing
+    object names its ``RESOURCE`` and reads its weights in ``weights_of``.
     """
+
+    RESOURCE = ("networking.istio.io", "v1", "virtualservices")  # group, version, plural
 
     def __init__(
         self,
@@ -106,7 +109,8 @@ class IstiodHelper:
 
     def _run(self) -> None:
         selector = f"metadata.name={self.name}"
-        args = ("networking.istio.io", "v1", self.namespace, "virtualservices")
+        group, version, plural = self.RESOURCE
+        args = (group, version, self.namespace, plural)
         while not self._stop.is_set():
             try:
                 listed = self._api.list_namespaced_custom_object(*args, field_selector=selector)

@@ -1,7 +1,7 @@
 """Pytest fixtures for the Kubernetes API stand-in (import them in conftest.py).
 
 ``kube_api``: a fresh stand-in per test, holding Istio's VirtualService and
-DestinationRule CRDs and the project's ModelRollout CRD. It has ``.url``,
+DestinationRule CRDs, the Gateway API's HTTPRoute CRD and the project's ModelRollout CRD. It has ``.url``,
 ``.kubeconfig_path``, ``.api_client()``, ``.call(fn)`` (runs ``fn(handler)`` on the
 server's loop: kmock's DSL for fault injection, ``handler.objects``), ``.write(...)``
 (change an object as another client would) and ``.stored(...)`` (every stored version).
@@ -18,13 +18,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.crd_schema import ISTIO_CRDS, MODELROLLOUT_CRD, load_yaml
+from tests.crd_schema import HTTPROUTE_CRD, ISTIO_CRDS, MODELROLLOUT_CRD, load_yaml
 from tests.kube_standin import KubeStandIn
 
 
 @pytest.fixture
 def kube_api(tmp_path: pathlib.Path) -> Iterator[KubeStandIn]:
-    crds = [load_yaml(path) for path in [*ISTIO_CRDS, MODELROLLOUT_CRD]]
+    crds = [load_yaml(path) for path in [*ISTIO_CRDS, HTTPROUTE_CRD, MODELROLLOUT_CRD]]
     with KubeStandIn(crds, workdir=tmp_path) as api:
         yield api
 

@@ -27,7 +27,8 @@ the object endpoints itself, as kmock fallbacks:
 - Leases (coordination.k8s.io/v1), Events (core v1 and events.k8s.io/v1), Namespaces, Secrets.
 
 Not emulated: authentication, admission webhooks, server-side apply, ``deletecollection``,
-garbage collection, CEL rules other than those Istio's CRDs use (see crd_schema.py).
+garbage collection, CEL rules other than those Istio's CRDs use and the Gateway API's
+backendRef rule (see crd_schema.py).
 Unknown fields are rejected (kubectl's ``fieldValidation=Strict``), not pruned.
 """
 

@@ -34,7 +34,7 @@ def make_policy(**kw: object) -> Policy:
     base = Policy(
         name="fraud-scorer",
         namespace="models",
-        virtual_service=VirtualServiceRef(name="fraud-scorer", namespace="models"),
+        route=VirtualServiceRef(name="fraud-scorer", namespace="models"),
         stable=VersionSpec(Destination("fraud-scorer", "v1"), "1.0", "v1"),
         candidate=VersionSpec(Destination("fraud-scorer", "v2"), "2.0", "v2"),
         canary=CanarySpec(steps=(10, 50, 100), min_step_duration_s=60, max_step_duration_s=300),

@@ -76,7 +76,11 @@ def test_install_renders_the_expected_objects(installed: dict[tuple[str, str], A
 def test_rbac_is_least_privilege(installed: dict[tuple[str, str], Any]) -> None:
     cluster = installed["ClusterRole", "mesh-canary-controller"]["rules"]
     assert rule_set(cluster) == {
-        ("networking.istio.io", "virtualservices", verb)
+        (group, plural, verb)
+        for group, plural in (
+            ("networking.istio.io", "virtualservices"),
+            ("gateway.networking.k8s.io", "httproutes"),
+        )
         for verb in ("get", "list", "watch", "patch", "update")
     } | {("mesh-canary.io", "modelrollouts", verb) for verb in ("get", "list", "watch", "patch")} | {
         ("mesh-canary.io", "modelrollouts/status", verb) for verb in ("get", "update", "patch")

@@ -55,7 +55,7 @@ def policy(
     return Policy(
         name="fraud-scorer",
         namespace="models",
-        virtual_service=VirtualServiceRef(name="fraud-scorer", namespace="models"),
+        route=VirtualServiceRef(name="fraud-scorer", namespace="models"),
         stable=VersionSpec(Destination(host, subset="v1"), version="1.4.2", metrics_version=stable),
         candidate=VersionSpec(
             Destination(candidate_host or host, subset="v2"), version="1.5.0", metrics_version=candidate

@@ -29,7 +29,7 @@ from mesh_canary.core.verdicts import Judge
 from mesh_canary.kube.errors import describe_error
 from mesh_canary.metrics import MetricsTarget, metrics_for
 from mesh_canary.protocols import Clock, MetricsSource, TrafficRouter
-from mesh_canary.routing import RouterTarget, router_for
+from mesh_canary.routing import RouterTarget, router_for_route
 from mesh_canary.run.clock import SystemClock
 
 log = logging.getLogger("mesh_canary.controller")
@@ -304,7 +304,7 @@ class Controller:
     # -- default backend ----------------------------------------------------------------
 
     def _istio_backend(self, policy: Policy) -> tuple[TrafficRouter, MetricsSource]:
-        router = router_for("istio", policy, RouterTarget(api_client=self.api))
+        router = router_for_route(policy, RouterTarget(api_client=self.api))
         url = self.admission.metrics_url(policy)
         return router, metrics_for("prometheus", policy, MetricsTarget(url=url))
 

@@ -29,10 +29,25 @@ class VersionSpec:
 
 
 @dataclass(frozen=True)
-class VirtualServiceRef:
+class RouteRef:
+    """The routing object whose weights the rollout moves, whatever the router.
+
+    ``kind`` is the object's Kubernetes kind ("VirtualService", "HTTPRoute"); the routers'
+    registry (``mesh_canary.routing``) maps it to the router that writes it. ``routes``
+    picks the managed parts of it: names (or, where the kind allows, indexes) of its
+    http routes / rules; empty: every one whose backends are exactly stable + candidate.
+    """
+
     name: str
     namespace: str
-    routes: tuple[str, ...] = ()  # empty: every http route whose destinations are stable+candidate
+    routes: tuple[str | int, ...] = ()
+    kind: str = "VirtualService"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+VirtualServiceRef = RouteRef  # the name before routes could be other kinds (kind defaults to it)
 
 
 @dataclass(frozen=True)
@@ -111,7 +126,7 @@ class Webhook:
 class Policy:
     name: str
     namespace: str
-    virtual_service: VirtualServiceRef
+    route: RouteRef
     stable: VersionSpec
     candidate: VersionSpec
     fallback: Destination | None = None
@@ -124,3 +139,8 @@ class Policy:
     notifications: tuple[Webhook, ...] = ()
     document: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """The validated YAML document with defaults filled in (camelCase, as written)."""
+
+    @property
+    def virtual_service(self) -> RouteRef:
+        """The route reference under its former name (whatever its kind); use `route`."""
+        return self.route

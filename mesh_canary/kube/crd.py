@@ -35,7 +35,7 @@ def status_schema() -> dict[str, Any]:
     """The status the controller writes: the main fields typed, the rest kept as written."""
     weights = {
         "type": "object",
-        "description": "Percent of live traffic per version, as last written to the VirtualService.",
+        "description": "Percent of live traffic per version, as last written to the route (VirtualService, HTTPRoute).",
         "properties": {
             "stable": _int("Percent of traffic on the stable version."),
             "candidate": _int("Percent of traffic on the candidate version."),
@@ -155,8 +155,8 @@ def render_crd() -> dict[str, Any]:
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": "A rollout of a candidate ML model version behind an Istio "
-                            "VirtualService: the policy in spec, the controller's progress in status.",
+                            "description": "A rollout of a candidate ML model version behind a route "
+                            "(Istio VirtualService, Gateway API HTTPRoute): the policy in spec, the controller's progress in status.",
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string"},

@@ -327,7 +327,8 @@ def render_status(
         )
     else:
         status.update(_rollout_fields(prev, state, policy))
-        _rollout_conditions(conditions, prev, state, status["message"], drift)
+        route = "the route" if policy is None else f"the {policy.route.kind}"
+        _rollout_conditions(conditions, prev, state, status["message"], drift, route)
         if state.terminal and policy is not None:
             history = add_history(
                 history, history_entry(state, policy.stable.version, policy.candidate.version), history_limit
@@ -380,7 +381,12 @@ def _rollout_fields(prev: Mapping[str, Any], state: RolloutState, policy: Policy
 
 
 def _rollout_conditions(
-    cond: _Conditions, prev: Mapping[str, Any], state: RolloutState, message: str, drift: str | None
+    cond: _Conditions,
+    prev: Mapping[str, Any],
+    state: RolloutState,
+    message: str,
+    drift: str | None,
+    route: str = "the route",
 ) -> None:
     """The conditions a started rollout sets: Progressing, Succeeded, RolledBack, RollbackPending, ..."""
     phase = state.phase
@@ -417,7 +423,7 @@ def _rollout_conditions(
     if drift:
         cond.set("WeightsInSync", "False", "ChangedOutsideMeshCanary", drift)
     else:
-        cond.set("WeightsInSync", "True", "InSync", "the VirtualService holds the weights mesh-canary wrote")
+        cond.set("WeightsInSync", "True", "InSync", f"{route} holds the weights mesh-canary wrote")
 
 
 def saved_state(status: Mapping[str, Any] | None) -> RolloutState | None:

@@ -10,11 +10,28 @@ has no ownership or record.
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from mesh_canary.core.weights import Weights
 from mesh_canary.protocols import TrafficRouter
+
+K = TypeVar("K", bound=Hashable)
+
+
+def percentages(raw: Sequence[tuple[K, int]]) -> dict[K, int]:
+    """Relative weights (Istio's, the Gateway API's) as percentages adding up to exactly 100;
+    {} when they add up to nothing."""
+    total = sum(w for _, w in raw)
+    if total <= 0:
+        return {}
+    shares = [(key, 100 * w / total) for key, w in raw]
+    floors = {key: int(share) for key, share in shares}
+    left = 100 - sum(floors.values())
+    for key, _share in sorted(shares, key=lambda ks: ks[1] - int(ks[1]), reverse=True)[:left]:
+        floors[key] += 1
+    return floors
 
 
 class RouterError(RuntimeError):

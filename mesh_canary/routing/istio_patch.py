@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from mesh_canary.core.model import Destination, Policy
 from mesh_canary.core.weights import Weights
+from mesh_canary.routing.base import percentages
 
 Role = Literal["stable", "candidate", "fallback"]
 
@@ -45,7 +46,7 @@ class RouteTargets:
             stable=policy.stable.destination,
             candidate=policy.candidate.destination,
             fallback=policy.fallback,
-            route_names=tuple(policy.virtual_service.routes),
+            route_names=tuple(str(r) for r in policy.route.routes),
         )
 
 
@@ -254,19 +255,6 @@ def apply_weights(vs: Mapping[str, Any], targets: RouteTargets, weights: Weights
     return new
 
 
-def _percentages(raw: Sequence[tuple[Role, int]]) -> dict[Role, int]:
-    """Istio weights are relative: turn them into percentages adding up to exactly 100."""
-    total = sum(w for _, w in raw)
-    if total <= 0:
-        return {}
-    shares = [(role, 100 * w / total) for role, w in raw]
-    floors = {role: int(share) for role, share in shares}
-    left = 100 - sum(floors.values())
-    for role, _share in sorted(shares, key=lambda rs: rs[1] - int(rs[1]), reverse=True)[:left]:
-        floors[role] += 1
-    return floors
-
-
 def _route_weights(route: Mapping[str, Any], targets: RouteTargets, namespace: str, label: str) -> Weights:
     entries = route.get("route") or []
     raw: list[tuple[Role, int]] = []
@@ -276,7 +264,7 @@ def _route_weights(route: Mapping[str, Any], targets: RouteTargets, namespace: s
         weight = entry.get("weight", 100 if len(entries) == 1 else 0)
         if role is not None:
             raw.append((role, int(weight or 0)))
-    pct = _percentages(raw)
+    pct = percentages(raw)
     if not pct:
         raise VirtualServicePatchError(
             f"http route {label!r} gives no traffic to any destination of the policy."

@@ -21,7 +21,7 @@ from mesh_canary.core.weights import ALL_STABLE, Weights
 from mesh_canary.metrics import MetricsTarget, metrics_for
 from mesh_canary.notify import notifier_for_policy
 from mesh_canary.protocols import MetricsSource, StateStore, TrafficRouter
-from mesh_canary.routing import RouterTarget, router_for
+from mesh_canary.routing import ROUTERS, RouterTarget, router_for_route, router_name_for
 from mesh_canary.run.clock import SystemClock
 from mesh_canary.run.runner import RolloutRunner, RunResult, outcome_of
 from mesh_canary.run.stores import FileStateStore, MemoryStateStore
@@ -87,14 +87,20 @@ def run_policy(
 ) -> RunResult:
     """`mesh-canary run`: one rollout in this process, start to finish."""
     store: StateStore = FileStateStore(state_path) if state_path else MemoryStateStore()
-    if backend == "local":
+    if ROUTERS[backend].kind is None:
         return _run_local(policy, store, metrics_mode, timeout_s, candidate_degraded, rps, live)
-    router, metrics = istio_backend(policy, kubeconfig, kube_context, prometheus_url)
+    if backend != router_name_for(policy):
+        raise LocalInputError(
+            f"--backend {backend} writes {ROUTERS[backend].kind}s, but the policy names {policy.route}: "
+            f"use --backend {router_name_for(policy)} (or leave --backend out)"
+        )
+    router, metrics = cluster_backend(policy, kubeconfig, kube_context, prometheus_url)
     return drive(policy, router, metrics, store, timeout_s, live)
 
 
 class LocalInputError(ValueError):
-    """The policy cannot run on the local mesh (bad input: exit 2, nothing started)."""
+    """The policy cannot run on the backend asked for, e.g. the local mesh (bad input: exit 2,
+    nothing started)."""
 
 
 def _run_local(
@@ -266,11 +272,12 @@ def interrupts_roll_back(
             signal.signal(sig, old)
 
 
-def istio_backend(
+def cluster_backend(
     policy: Policy, kubeconfig: str | None, context: str | None, prometheus_url: str | None
 ) -> tuple[TrafficRouter, MetricsSource]:
-    """A cluster: the VirtualService through the Kubernetes API, metrics from Prometheus."""
+    """A cluster: the policy's route (VirtualService, HTTPRoute) through the Kubernetes API,
+    metrics from Prometheus."""
     from mesh_canary.kube.rollouts import api_client
 
-    router = router_for("istio", policy, RouterTarget(api_client=api_client(kubeconfig, context)))
+    router = router_for_route(policy, RouterTarget(api_client=api_client(kubeconfig, context)))
     return router, metrics_for("prometheus", policy, MetricsTarget(url=prometheus_url))

@@ -121,7 +121,7 @@ def make_policy(
     return Policy(
         name="fraud-scorer",
         namespace=namespace,
-        virtual_service=VirtualServiceRef(name="fraud-scorer", namespace=namespace),
+        route=VirtualServiceRef(name="fraud-scorer", namespace=namespace),
         stable=VersionSpec(Destination(host, subset="stable"), version="1.4.2", metrics_version=stable),
         candidate=VersionSpec(
             Destination(candidate_host or host, subset="candidate"),

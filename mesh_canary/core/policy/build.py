@@ -18,8 +18,8 @@ from mesh_canary.core.model import (
     Destination,
     MetricsSpec,
     Policy,
+    RouteRef,
     VersionSpec,
-    VirtualServiceRef,
     Webhook,
 )
 from mesh_canary.core.policy.defaults import with_defaults
@@ -94,11 +94,7 @@ def _policy(d: dict[str, Any]) -> Policy:
     return Policy(
         name=d["metadata"]["name"],
         namespace=d["metadata"]["namespace"],
-        virtual_service=VirtualServiceRef(
-            name=spec["virtualService"]["name"],
-            namespace=spec["virtualService"]["namespace"],
-            routes=tuple(spec["virtualService"]["routes"]),
-        ),
+        route=_route_ref(spec),
         stable=_version(spec["stable"]),
         candidate=_version(spec["candidate"]),
         fallback=None if fallback is None else _destination(fallback["destination"]),
@@ -167,3 +163,12 @@ def load_policy_text(text: str, source: str = "<policy>") -> Policy:
     if problems:
         raise PolicyError(problems)
     return _policy(with_defaults(data))
+
+
+def _route_ref(spec: dict[str, Any]) -> RouteRef:
+    """The route mesh-canary writes: spec.route (any registered kind) or spec.virtualService."""
+    if "route" in spec:
+        r = spec["route"]
+        return RouteRef(r["name"], r["namespace"], tuple(r["rules"]), r["kind"])
+    vs = spec["virtualService"]
+    return RouteRef(vs["name"], vs["namespace"], tuple(vs["routes"]))

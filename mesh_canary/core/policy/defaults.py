@@ -84,9 +84,9 @@ def with_defaults(doc: dict[str, Any]) -> dict[str, Any]:
     meta = d["metadata"]
     meta.setdefault("namespace", NAMESPACE)
     spec = d["spec"]
-    vs = spec["virtualService"]
-    vs.setdefault("namespace", meta["namespace"])
-    vs.setdefault("routes", [])
+    ref = spec["route"] if "route" in spec else spec["virtualService"]
+    ref.setdefault("namespace", meta["namespace"])
+    ref.setdefault("rules" if "route" in spec else "routes", [])
     for role in ("stable", "candidate"):
         version = spec[role]
         dest = version["destination"]

@@ -178,19 +178,34 @@ def _variable_problems(spec: dict[str, Any]) -> list[Problem]:
 
 
 def _route_problems(spec: dict[str, Any]) -> list[Problem]:
-    """A managed route is listed once."""
+    """spec.virtualService.routes / spec.route.rules: no repeats; indexes and Service backends
+    only where the kind has them (exactly one of the two fields is the schema's rule)."""
+    field, key = ("route", "rules") if "route" in spec else ("virtualService", "routes")
+    ref = _dict(spec.get(field))
+    kind = ref.get("kind", "VirtualService")
     out: list[Problem] = []
-    routes = _dict(spec.get("virtualService")).get("routes")
-    if isinstance(routes, list):
-        seen_routes: set[Any] = set()
-        for i, route in enumerate(routes):
-            if not isinstance(route, str):
-                continue  # reported by the schema
-            if route in seen_routes:
+    parts = ref.get(key)
+    seen: set[Any] = set()
+    for i, part in enumerate(parts if isinstance(parts, list) else []):
+        if not isinstance(part, str | int) or isinstance(part, bool):
+            continue  # reported by the schema
+        at = f"spec.{field}.{key}[{i}]"
+        if isinstance(part, int) and kind == "VirtualService":
+            out.append(Problem(at, "a VirtualService's http routes are chosen by name, not by index"))
+        elif part in seen:
+            what = "route" if field == "virtualService" else "rule"
+            out.append(Problem(at, f"the {what} {part!r} is listed twice"))
+        seen.add(part)
+    if kind == "HTTPRoute":
+        for role in ("stable", "candidate", "fallback"):
+            if _dict(_dict(spec.get(role)).get("destination")).get("subset") is not None:
                 out.append(
-                    Problem(f"spec.virtualService.routes[{i}]", f"the route {route!r} is listed twice")
+                    Problem(
+                        f"spec.{role}.destination.subset",
+                        "an HTTPRoute's backends are Services: name this version by its Service (host), "
+                        "not by a subset",
+                    )
                 )
-            seen_routes.add(route)
     return out
 
 
