@@ -68,6 +68,7 @@ from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import PolicyError, Problem, load_policy, resource_document
 from mesh_canary.core.verdicts import Judge
 from mesh_canary.core.weights import ALL_STABLE
+from mesh_canary.errors import CouldNotWork
 from mesh_canary.kube.events import KubeEventNotifier
 from mesh_canary.kube.names import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from mesh_canary.kube.rollouts import read_secret_key
@@ -105,7 +106,7 @@ DEFAULT_SLOW_AFTER_S = 5.0
 DEFAULT_STUCK_AFTER_S = 300.0
 
 
-class ControllerError(RuntimeError):
+class ControllerError(CouldNotWork, RuntimeError):
     pass
 
 

@@ -35,6 +35,7 @@ from mesh_canary.core.model import (
     VirtualServiceRef,
     Webhook,
 )
+from mesh_canary.errors import BadInput
 
 __all__ = [
     "DEFAULT_CHECKS",
@@ -94,8 +95,8 @@ class Problem:
         return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
 
 
-class PolicyError(Exception):
-    """The policy is invalid; `problems` lists every reason."""
+class PolicyError(BadInput):
+    """The policy is invalid (exit 2); `problems` lists every reason."""
 
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems: list[Problem] = list(problems)
@@ -106,6 +107,9 @@ class PolicyError(Exception):
                 f"  {p}" for p in self.problems
             )
         super().__init__(text)
+
+    def lines(self) -> list[str]:
+        return [str(p) for p in self.problems]
 
 
 # --------------------------------------------------------------------------- schemas

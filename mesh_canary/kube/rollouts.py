@@ -13,15 +13,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from mesh_canary.errors import BadInput, CouldNotWork
 from mesh_canary.kube.names import GROUP, PLURAL, VERSION
 
 
-class KubeError(Exception):
-    """The API could not be reached, or refused; `bad_input` when it rejected what we sent."""
+class KubeError(CouldNotWork):
+    """The API could not be reached, or refused (exit 1); `bad_input` when it rejected what
+    we sent (exit 2)."""
 
     def __init__(self, message: str, bad_input: bool = False) -> None:
         super().__init__(message)
         self.bad_input = bad_input
+
+    @property
+    def code(self) -> int:
+        return BadInput.exit_code if self.bad_input else self.exit_code
 
 
 def api_client(kubeconfig: str | None, context: str | None) -> Any:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from mesh_canary.core.model import Check, Policy
 from mesh_canary.core.observations import Histogram, VersionCounts
+from mesh_canary.errors import BadInput
 
 __all__ = [
     "ISTIO_DURATION",
@@ -80,7 +81,7 @@ _CHECK_NEEDS: dict[str, frozenset[str]] = {
 }
 
 
-class PromQLError(ValueError):
+class PromQLError(BadInput, ValueError):
     """A policy value that cannot be put into a query safely (one sentence says which)."""
 
 

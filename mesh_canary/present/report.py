@@ -26,6 +26,7 @@ from mesh_canary.core.engine import Phase, RolloutState, StepRecord, policy_fing
 from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Histogram, Observation, VersionCounts
 from mesh_canary.core.policy import PolicyError, load_policy, resource_document
+from mesh_canary.errors import BadInput
 from mesh_canary.kube.names import API_VERSION, KIND
 
 __all__ = [
@@ -40,7 +41,7 @@ __all__ = [
 _NONE = "\N{EN DASH}"  # shown for a missing value
 
 
-class ReportError(ValueError):
+class ReportError(BadInput, ValueError):
     """The input does not hold a rollout state that can be shown."""
 
 

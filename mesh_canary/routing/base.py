@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from mesh_canary.core.weights import Weights
+from mesh_canary.errors import CouldNotWork
 from mesh_canary.protocols import TrafficRouter
 
 
-class RouterError(RuntimeError):
+class RouterError(CouldNotWork, RuntimeError):
     """One attempt to read or write the route failed; the runner may try again."""
 
 

@@ -22,11 +22,12 @@ from typing import Any, Literal
 
 from mesh_canary.core.model import Destination, Policy
 from mesh_canary.core.weights import Weights
+from mesh_canary.errors import CouldNotWork
 
 Role = Literal["stable", "candidate", "fallback"]
 
 
-class VirtualServicePatchError(ValueError):
+class VirtualServicePatchError(CouldNotWork, ValueError):
     """The VirtualService cannot be patched as the policy asks (a configuration error)."""
 
 
