@@ -40,8 +40,9 @@ class MeshCanaryError(Exception):
         return self.exit_code
 
     def lines(self) -> list[str]:
-        """What the CLI prints, one line each (one sentence unless there are several problems)."""
-        return [str(self)]
+        """What the CLI prints on stderr: one sentence, or one line per problem (an invalid
+        policy or scenario names each with its path)."""
+        return [f"error: {self}"]
 
 
 class BadInput(MeshCanaryError):

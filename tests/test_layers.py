@@ -190,7 +190,10 @@ def test_core_imports_no_adapter_and_no_io() -> None:
         for f in files
         for m in imported_modules(f)
         if any(within(m, bad) for bad in FORBIDDEN_IN_CORE)
-        or (within(m, "mesh_canary") and not any(within(m, ok) for ok in ("mesh_canary.core", "mesh_canary.errors")))
+        or (
+            within(m, "mesh_canary")
+            and not any(within(m, ok) for ok in ("mesh_canary.core", "mesh_canary.errors"))
+        )
     }
     assert not offenders, f"the core must stay pure, but imports {sorted(offenders)}"
 

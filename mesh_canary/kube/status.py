@@ -35,10 +35,12 @@ from mesh_canary.present.view import (
     PENDING,
     RolloutView,
     check_document,
-    history_entry,
     json_safe,
     parse_rfc3339,
     rfc3339,
+)
+from mesh_canary.present.view import (
+    history_entry as history_entry,
 )
 from mesh_canary.redact import redact_value
 

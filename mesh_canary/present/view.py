@@ -40,7 +40,11 @@ PHASES: tuple[str, ...] = (*(p.value for p in Phase), PENDING, INVALID, ROLLING_
 TERMINAL_PHASES: frozenset[str] = frozenset(p.value for p in OUTCOME_OF_PHASE)
 
 # Spellings of outcomes written before there was one (a ModelRollout's stored history).
-_OLD_OUTCOMES = {"rolledBack": Outcome.ROLLED_BACK, "inProgress": Outcome.IN_PROGRESS, "unfinished": Outcome.IN_PROGRESS}
+_OLD_OUTCOMES = {
+    "rolledBack": Outcome.ROLLED_BACK,
+    "inProgress": Outcome.IN_PROGRESS,
+    "unfinished": Outcome.IN_PROGRESS,
+}
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 MESSAGE_LIMIT = 1024

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from mesh_canary.core import engine
-from mesh_canary.core.engine import Command, Decision, Phase, RolloutState
+from mesh_canary.core.engine import Command, Decision, RolloutState
 from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import Judge
@@ -43,7 +43,6 @@ from mesh_canary.redact import redact
 from mesh_canary.routing.base import RollbackRecord, RouteNotFound, RouteOwned, WeightsMoved, guarded
 
 log = logging.getLogger("mesh_canary.runner")  # the name users filter on; kept across the move
-
 
 
 def default_judge() -> Judge:
@@ -214,7 +213,9 @@ class RolloutRunner:
             # A pending rollback is never given up for a timeout: traffic is not safe yet.
             if deadline is not None and wake_at > deadline and not state.rollback_pending:
                 self.clock.sleep(max(deadline - self.clock.now(), 0.0))
-                return RunResult((engine.Outcome.PAUSED if state.paused else engine.Outcome.TIMED_OUT).value, state)
+                return RunResult(
+                    (engine.Outcome.PAUSED if state.paused else engine.Outcome.TIMED_OUT).value, state
+                )
             self.clock.sleep(max(wake_at - self.clock.now(), 0.0))
             if not self._pending:
                 self._quit_if_asked()
