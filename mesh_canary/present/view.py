@@ -28,7 +28,15 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
 
-from mesh_canary.core.engine import OUTCOME_OF_PHASE, Outcome, Phase, RolloutState, outcome_of, schedule
+from mesh_canary.core.engine import (
+    OUTCOME_OF_PHASE,
+    Outcome,
+    Phase,
+    RolloutState,
+    StepRecord,
+    outcome_of,
+    schedule,
+)
 from mesh_canary.core.model import Policy
 from mesh_canary.core.verdicts import CheckResult, Verdict
 
@@ -216,6 +224,17 @@ def _duration_of_times(doc: Mapping[str, Any]) -> float | None:
         return None
 
 
+def _steps(raw: object) -> tuple[dict[str, Any], ...]:
+    """Saved steps in their full shape (a status drops nulls); unreadable ones left out."""
+    steps = []
+    for s in raw if isinstance(raw, list) else []:
+        try:
+            steps.append(StepRecord.from_dict(dict(s)).to_dict())
+        except (KeyError, TypeError, ValueError):
+            continue
+    return tuple(steps)
+
+
 def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -301,7 +320,7 @@ class RolloutView:
             step_count=_int_or_none(status.get("stepCount")),
             weights=dict(weights) if isinstance(weights, Mapping) else None,
             checks=tuple(dict(c) for c in status.get("checks") or [] if isinstance(c, Mapping)),
-            steps=tuple(dict(s) for s in saved.get("steps") or [] if isinstance(s, Mapping)),
+            steps=_steps(saved.get("steps")),
             started_at=status.get("startedAt"),
             finished_at=status.get("finishedAt"),
             duration_seconds=_duration_of_times(status),
