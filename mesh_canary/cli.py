@@ -44,6 +44,8 @@ def friendly_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except MeshCanaryError as e:
             # Every error of ours carries its exit code: the one place that maps them.
+            if _debug() and not isinstance(e, BadInput):
+                raise  # --debug: the traceback of work that could not be done
             for line in e.lines():
                 click.echo(line, err=True)
             sys.exit(e.code)
@@ -56,11 +58,15 @@ def friendly_errors(fn: F) -> F:
         except (SystemExit, KeyboardInterrupt, click.exceptions.Exit, click.ClickException):
             raise
         except Exception as e:
-            if click.get_current_context().find_root().params.get("debug"):
+            if _debug():
                 raise
             fail(f"{e} (run with --debug for details)")
 
     return wrapper  # type: ignore[return-value]
+
+
+def _debug() -> bool:
+    return bool(click.get_current_context().find_root().params.get("debug"))
 
 
 def read_policy(path: str) -> Policy:
@@ -848,7 +854,7 @@ def controller(
     """The long-running in-cluster controller: reconciles every ModelRollout (stop: SIGTERM)."""
     from mesh_canary.controller import Controller, MetricsAddress, parse_addr
 
-    debug = bool(click.get_current_context().find_root().params.get("debug"))
+    debug = _debug()
     setup_logging(logging.DEBUG if debug else logging.INFO, json_lines=True)
     try:
         parse_addr(metrics_addr, bind_address)

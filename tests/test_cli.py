@@ -319,3 +319,18 @@ def test_the_cli_maps_every_error_by_its_exit_code(
     monkeypatch.setattr(wiring, "run_policy", boom)
     rc, out, err = invoke("run", "-f", str(ROOT / "policies/minimal.yaml"), "-o", "json")
     assert (rc, err.strip(), out) == (code, line, "")
+
+
+def test_debug_shows_the_traceback_of_work_that_could_not_be_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mesh_canary.routing.base import RouteConflict
+    from mesh_canary.run import wiring
+
+    def boom(*a: Any, **k: Any) -> None:
+        raise RouteConflict("the route moved")
+
+    monkeypatch.setattr(wiring, "run_policy", boom)
+    result = CliRunner().invoke(main, ["--debug", "run", "-f", str(ROOT / "policies/minimal.yaml")])
+    assert isinstance(result.exception, RouteConflict)
+    # Bad input stays one sentence, --debug or not.
+    code, _, err = invoke("--debug", "run", "-f", "/nonexistent/policy.yaml")
+    assert code == 2 and "cannot read policy" in err and "Traceback" not in err
