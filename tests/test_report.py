@@ -294,6 +294,24 @@ def test_a_rolled_back_rollout_marks_the_failing_step_and_the_reason(
     assert failed[0] == "errorRate ✗" and failed[2] == "fail"
 
 
+def test_the_decision_is_worded_from_the_one_outcome_mapping(
+    rolled_back: tuple[Policy, dict[str, Any]],
+) -> None:
+    """A rollback whose write is still retried is not rolled back yet; an older history's
+    spelling is shown in today's."""
+    policy, state = rolled_back
+    pending = {**state, "rollbackPending": True}
+    badge = [
+        t for t in parse(render_report(pending, policy=policy)).text if t in ("rolled back", "rolling back")
+    ]
+    assert badge[:1] == ["rolling back"]
+    aborted = {**state, "phase": "Aborted"}
+    assert "aborted" in parse(render_report(aborted, policy=policy)).text
+    old = {"outcome": "rolledBack", "stableVersion": "1", "candidateVersion": "2", "startedAt": "x"}
+    page = render_report(state, policy=policy, status={"history": [old]})
+    assert table_rows(page, "Rollouts of this resource")[0][2] == "rolled_back"
+
+
 def test_every_string_from_the_state_is_escaped(promoted: tuple[Policy, dict[str, Any]]) -> None:
     _, state = promoted
     hostile = copy.deepcopy(state)
