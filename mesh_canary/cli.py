@@ -409,8 +409,6 @@ def demo(rps: float, metrics_mode: str, fmt: str) -> None:
 # `controller` does the work. People's orders are annotations on the resource (see
 # docs/controller.md): the controller handles each new value once.
 
-ROLLOUT_TERMINAL = TERMINAL_PHASES
-
 
 def kube_options(fn: F) -> F:
     fn = click.option("--context", "kube_context", help="kubeconfig context.")(fn)
@@ -629,7 +627,7 @@ def rollout_status(
                 click.echo("")
             _emit_view(view, fmt, stream=watch)
             last = view
-        if not watch or view["phase"] in ROLLOUT_TERMINAL:
+        if not watch or view["phase"] in TERMINAL_PHASES:
             return
         time.sleep(1.0)
 
