@@ -217,6 +217,16 @@ def test_every_outcome_is_spelled_once_from_the_engine() -> None:
     assert {o.value for o in Outcome} >= {"promoted", "rolled_back", "aborted", "timed_out", "paused"}
 
 
+def test_the_schema_spells_phases_and_outcomes_as_the_engine_does() -> None:
+    from mesh_canary.core.engine import Outcome
+    from mesh_canary.present.view import PHASES, output_schema
+
+    defs = output_schema()["$defs"]
+    assert defs["phase"]["enum"] == list(PHASES)
+    assert defs["outcome"]["enum"] == [o.value for o in Outcome]
+    assert set(defs["simulation"]["properties"]["outcome"]["enum"]) <= set(defs["outcome"]["enum"])
+
+
 def test_history_written_before_the_one_spelling_reads_in_it() -> None:
     from mesh_canary.present.view import history_documents
 

@@ -24,7 +24,7 @@ import datetime
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -267,7 +267,7 @@ class RolloutView:
     started_at: str | None = None
     finished_at: str | None = None
     duration_seconds: float | None = None
-    conditions: tuple[Mapping[str, Any], ...] = field(default=())
+    conditions: tuple[Mapping[str, Any], ...] = ()
     generation: int | None = None
     observed_generation: int | None = None
 
