@@ -15,23 +15,20 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from mesh_canary.core.durations import parse_duration
+from mesh_canary.core.engine import Outcome
 from mesh_canary.core.model import Policy
-from mesh_canary.core.policy import PolicyError
+from mesh_canary.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_UNFINISHED, BadInput, MeshCanaryError
 from mesh_canary.kube.names import KIND
-from mesh_canary.kube.rollouts import KubeError, RolloutClient, api_client
+from mesh_canary.kube.rollouts import RolloutClient, api_client
 from mesh_canary.logs import setup_logging
+from mesh_canary.present.view import TERMINAL_PHASES, RolloutView, dump, history_documents
 from mesh_canary.routing import ROUTERS, router_name_for
-from mesh_canary.run.runner import EXIT_BAD_INPUT, EXIT_FAILURE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 output_option = click.option(
     "-o", "--output", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text", show_default=True
 )
-
-
-class BadInput(Exception):
-    """Invalid policy, scenario or arguments: exit 2, nothing changed."""
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -46,14 +43,13 @@ def friendly_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except PolicyError as e:
-            for p in e.problems:
-                click.echo(str(p), err=True)
-            sys.exit(EXIT_BAD_INPUT)
-        except BadInput as e:
-            fail(str(e), EXIT_BAD_INPUT)
-        except KubeError as e:
-            fail(str(e), EXIT_BAD_INPUT if e.bad_input else EXIT_FAILURE)
+        except MeshCanaryError as e:
+            # Every error of ours carries its exit code: the one place that maps them.
+            if _debug() and not isinstance(e, BadInput):
+                raise  # --debug: the traceback of work that could not be done
+            for line in e.lines():
+                click.echo(line, err=True)
+            sys.exit(e.code)
         except BrokenPipeError:
             # The reader went away (`| head`): stop quietly, as Unix tools do.
             import os
@@ -63,11 +59,15 @@ def friendly_errors(fn: F) -> F:
         except (SystemExit, KeyboardInterrupt, click.exceptions.Exit, click.ClickException):
             raise
         except Exception as e:
-            if click.get_current_context().find_root().params.get("debug"):
+            if _debug():
                 raise
             fail(f"{e} (run with --debug for details)")
 
     return wrapper  # type: ignore[return-value]
+
+
+def _debug() -> bool:
+    return bool(click.get_current_context().find_root().params.get("debug"))
 
 
 def read_policy(path: str) -> Policy:
@@ -113,8 +113,6 @@ def validate(policies: tuple[str, ...], fmt: str) -> None:
             for line in r.get("text", []) or [f"{r['file']}: {p['message']}" for p in r["problems"]]:
                 click.echo(line, err=True)
     else:
-        from mesh_canary.present.console import dump
-
         docs = [{k: v for k, v in r.items() if k != "text"} for r in results]
         click.echo(dump(docs if len(docs) > 1 else docs[0], fmt))
     if not all(r["valid"] for r in results):
@@ -173,22 +171,19 @@ def run(
     timeout_s = _duration_arg("--timeout", timeout)
     if state_path:
         check_state_file(state_path, policy)  # a damaged file: exit 2 before anything is touched
-    try:
-        result = wiring.run_policy(
-            policy,
-            backend=backend or router_name_for(policy),
-            prometheus_url=prometheus_url,
-            metrics_mode=metrics_mode,
-            kubeconfig=kubeconfig,
-            kube_context=kube_context,
-            state_path=state_path,
-            timeout_s=timeout_s,
-            candidate_degraded=candidate_mode == "degraded",
-            rps=rps,
-            live=fmt == "text",
-        )
-    except wiring.LocalInputError as e:
-        raise BadInput(str(e)) from e
+    result = wiring.run_policy(
+        policy,
+        backend=backend or router_name_for(policy),
+        prometheus_url=prometheus_url,
+        metrics_mode=metrics_mode,
+        kubeconfig=kubeconfig,
+        kube_context=kube_context,
+        state_path=state_path,
+        timeout_s=timeout_s,
+        candidate_degraded=candidate_mode == "degraded",
+        rps=rps,
+        live=fmt == "text",
+    )
     _print_result(policy, result, fmt)
     sys.exit(result.exit_code)
 
@@ -277,10 +272,7 @@ def check_state_file(path: str, policy: Policy) -> None:
     """Refuse (exit 2, nothing changed) a state file that cannot be resumed from."""
     from mesh_canary.run.stores import FileStateStore
 
-    try:
-        data = FileStateStore(path).load()
-    except ValueError as e:
-        raise BadInput(str(e)) from None
+    data = FileStateStore(path).load()  # StateFileError: bad input
     if data is None:
         return
     problem = state_problem(data, policy)
@@ -289,15 +281,17 @@ def check_state_file(path: str, policy: Policy) -> None:
 
 
 def _print_result(policy: Policy, result: Any, fmt: str) -> None:
-    from mesh_canary.present.console import dump, render_state, rollout_document
-
     if fmt == "text":
         from rich.console import Console
+
+        from mesh_canary.present.console import render_state
 
         Console().print(render_state(policy, result.state))
         click.echo(f"outcome: {result.outcome}")
     else:
-        click.echo(dump(rollout_document(policy, result.state, result.outcome), fmt))
+        click.echo(
+            dump(RolloutView.from_state(result.state, policy, outcome=result.outcome).to_document(), fmt)
+        )
 
 
 def _duration_arg(name: str, text: str | None) -> float | None:
@@ -319,7 +313,7 @@ def _duration_arg(name: str, text: str | None) -> float | None:
 def simulate(policy_path: str, scenario_path: str, seed: int, runs: int, fmt: str) -> None:
     """Run the policy against simulated traffic in virtual time (no network, no sleeping)."""
     from mesh_canary.simulation.simulate import simulate_rollout
-    from mesh_canary.simulation.traffic import ScenarioError, load_scenario_text
+    from mesh_canary.simulation.traffic import load_scenario_text
 
     policy = read_policy(policy_path)
     try:
@@ -328,14 +322,7 @@ def simulate(policy_path: str, scenario_path: str, seed: int, runs: int, fmt: st
         raise BadInput(f"cannot read scenario {scenario_path}: {e.strerror}") from e
     except UnicodeDecodeError:
         raise BadInput(f"scenario {scenario_path} is not valid UTF-8 text; save it as UTF-8") from None
-    try:
-        scenario = load_scenario_text(text, source=scenario_path)
-    except ScenarioError as e:
-        for path, message in e.problems:
-            click.echo(
-                f"{scenario_path}: {path}: {message}" if path else f"{scenario_path}: {message}", err=True
-            )
-        sys.exit(EXIT_BAD_INPUT)
+    scenario = load_scenario_text(text, source=scenario_path)  # ScenarioError: bad input
     from rich.console import Console
     from rich.progress import Progress
 
@@ -351,15 +338,13 @@ def simulate(policy_path: str, scenario_path: str, seed: int, runs: int, fmt: st
     if fmt == "text":
         _print_simulation_text(results)
     if runs == 1:
-        sys.exit({"promoted": 0, "rolled_back": 3}.get(results[0]["outcome"], 4))
+        sys.exit(Outcome(results[0]["outcome"]).exit_code)
 
 
 def _emit_simulation(r: dict[str, Any], fmt: str, last: bool, many: bool) -> None:
     if fmt == "json":
         click.echo(json.dumps(r) if many else json.dumps(r, indent=2))
     elif fmt == "yaml":
-        from mesh_canary.present.console import dump
-
         click.echo(dump(r, "yaml") + ("" if last else "---"))
 
 
@@ -421,8 +406,6 @@ def demo(rps: float, metrics_mode: str, fmt: str) -> None:
 
     report = run_demo(rps=rps, live=fmt == "text", metrics_mode=metrics_mode)
     if fmt != "text":
-        from mesh_canary.present.console import dump
-
         click.echo(dump(report, fmt))
     sys.exit(0 if report["ok"] else EXIT_FAILURE)
 
@@ -431,8 +414,6 @@ def demo(rps: float, metrics_mode: str, fmt: str) -> None:
 # `rollout ...` talks to the API server about ModelRollout resources; the in-cluster
 # `controller` does the work. People's orders are annotations on the resource (see
 # docs/controller.md): the controller handles each new value once.
-
-ROLLOUT_TERMINAL = ("Succeeded", "RolledBack", "Aborted")
 
 
 def kube_options(fn: F) -> F:
@@ -454,28 +435,8 @@ def _request_id() -> str:
 
 
 def rollout_view(obj: dict[str, Any]) -> dict[str, Any]:
-    """What `rollout status` shows, as a plain document (the json/yaml output)."""
-    meta = obj.get("metadata") or {}
-    status = obj.get("status") or {}
-    spec = obj.get("spec") or {}
-    return {
-        "name": meta.get("name"),
-        "namespace": meta.get("namespace"),
-        "phase": status.get("phase", "Pending"),
-        "step": status.get("currentStep"),
-        "stepCount": status.get("stepCount"),
-        "weights": status.get("weights"),
-        "stableVersion": status.get("stableVersion") or (spec.get("stable") or {}).get("version"),
-        "candidateVersion": status.get("candidateVersion") or (spec.get("candidate") or {}).get("version"),
-        "reason": status.get("reason", ""),
-        "message": status.get("message", ""),
-        "checks": status.get("checks", []),
-        "conditions": status.get("conditions", []),
-        "startedAt": status.get("startedAt"),
-        "finishedAt": status.get("finishedAt"),
-        "generation": meta.get("generation"),
-        "observedGeneration": status.get("observedGeneration"),
-    }
+    """What `rollout status` shows, as a plain document (the json/yaml output): the one view."""
+    return RolloutView.from_resource(obj).to_document()
 
 
 def _print_rollout_text(view: dict[str, Any]) -> None:
@@ -488,7 +449,7 @@ def _print_rollout_text(view: dict[str, Any]) -> None:
 
     console = Console(width=max(Console().width, 120))
     w = view.get("weights") or {}
-    step = f"step {view['step']}/{view['stepCount']}" if view.get("step") else "not started"
+    step = f"step {view['currentStep']}/{view['stepCount']}" if view.get("currentStep") else "not started"
     mirror = f" (+{w['mirrorPercent']}% mirrored)" if w.get("mirrorPercent") else ""
     weights = f"stable {w.get('stable', '-')}% / candidate {w.get('candidate', '-')}%{mirror}" if w else "-"
     console.print(
@@ -525,8 +486,6 @@ def _print_rollout_text(view: dict[str, Any]) -> None:
 
 
 def _emit_view(view: dict[str, Any], fmt: str, stream: bool = False) -> None:
-    from mesh_canary.present.console import dump
-
     if fmt == "text":
         _print_rollout_text(view)
     elif fmt == "json" and stream:
@@ -545,8 +504,8 @@ def _follow(
 ) -> tuple[dict[str, Any], str]:
     """Poll the rollout until it ends (or needs a person, or time runs out); print each change.
 
-    Returns the last object and why following stopped: promoted | rolled_back | waiting |
-    invalid | timed_out.
+    Returns the last object and why following stopped: an outcome (promoted | rolled_back |
+    aborted | timed_out), waiting or invalid.
     """
     import time
 
@@ -558,7 +517,7 @@ def _follow(
         current = generation is None or (view.get("observedGeneration") or 0) >= generation
         key = (
             view["phase"],
-            view.get("step"),
+            view.get("currentStep"),
             json.dumps(view.get("weights"), sort_keys=True),
             view.get("message"),
         )
@@ -572,25 +531,18 @@ def _follow(
             valid = next((c for c in view["conditions"] if c.get("type") == "PolicyValid"), None)
             if valid and valid.get("status") == "False" and view["phase"] in ("Invalid", "Pending"):
                 return obj, "invalid"
-            if view["phase"] == "Succeeded":
-                return obj, "promoted"
-            if view["phase"] == "RolledBack":
-                return obj, "rolled_back"
-            if view["phase"] == "Aborted":
-                return obj, "aborted"
+            if view["outcome"] is not None:
+                return obj, view["outcome"]
             if view["phase"] in ("WaitingForApproval", "Paused"):
                 return obj, "waiting"
         if deadline is not None and time.monotonic() >= deadline:
-            return obj, "timed_out"
+            return obj, Outcome.TIMED_OUT.value
         time.sleep(poll_s)
 
 
 _FOLLOW_EXIT = {
-    "promoted": 0,
-    "rolled_back": 3,
-    "aborted": 4,
-    "waiting": 4,
-    "timed_out": 4,
+    **{o.value: o.exit_code for o in Outcome},
+    "waiting": EXIT_UNFINISHED,
     "invalid": EXIT_BAD_INPUT,
 }
 
@@ -681,7 +633,7 @@ def rollout_status(
                 click.echo("")
             _emit_view(view, fmt, stream=watch)
             last = view
-        if not watch or view["phase"] in ROLLOUT_TERMINAL:
+        if not watch or view["phase"] in TERMINAL_PHASES:
             return
         time.sleep(1.0)
 
@@ -717,8 +669,6 @@ def _command(
             break
         time.sleep(0.5)
     if fmt != "text":
-        from mesh_canary.present.console import dump
-
         click.echo(
             dump(
                 {
@@ -793,26 +743,8 @@ def rollout_history(
     """Past rollouts (and the one in progress): versions, outcome, reason, duration."""
     client = RolloutClient(kubeconfig, kube_context, namespace)
     objs = [client.get(name)] if name else client.list(all_namespaces)
-    rows: list[dict[str, Any]] = []
-    for obj in objs:
-        meta = obj.get("metadata") or {}
-        status = obj.get("status") or {}
-        entries = [dict(h) for h in status.get("history") or []]
-        if status.get("phase") and status.get("phase") not in (*ROLLOUT_TERMINAL, "Invalid", "Pending"):
-            entries.append(
-                {
-                    "stableVersion": status.get("stableVersion"),
-                    "candidateVersion": status.get("candidateVersion"),
-                    "outcome": "inProgress",
-                    "reason": status.get("message", ""),
-                    "startedAt": status.get("startedAt"),
-                }
-            )
-        for entry in entries:
-            rows.append({"name": meta.get("name"), "namespace": meta.get("namespace"), **entry})
+    rows = [row for obj in objs for row in history_documents(obj)]
     if fmt != "text":
-        from mesh_canary.present.console import dump
-
         click.echo(dump(rows, fmt))
         return
     from rich.console import Console
@@ -926,7 +858,7 @@ def controller(
     """The long-running in-cluster controller: reconciles every ModelRollout (stop: SIGTERM)."""
     from mesh_canary.controller import Controller, ControllerSettings, MetricsAddress, parse_addr
 
-    debug = bool(click.get_current_context().find_root().params.get("debug"))
+    debug = _debug()
     setup_logging(logging.DEBUG if debug else logging.INFO, json_lines=True)
     try:
         parse_addr(metrics_addr, bind_address)
@@ -966,11 +898,17 @@ def controller(
 @main.command()
 @click.argument("target", metavar="NAME|STATEFILE")
 @click.option(
-    "-o",
-    "--output",
+    "--out",
     "out_path",
     type=click.Path(dir_okay=False),
     help="Write the page here (default: NAME-report.html).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "old_out_path",
+    type=click.Path(dir_okay=False),
+    help="Deprecated spelling of --out (-o becomes the output format, as in every other command).",
 )
 @click.option(
     "-f",
@@ -984,6 +922,7 @@ def controller(
 def report(
     target: str,
     out_path: str | None,
+    old_out_path: str | None,
     policy_path: str | None,
     namespace: str | None,
     kubeconfig: str | None,
@@ -1004,6 +943,7 @@ def report(
         render_resource_report,
     )
 
+    out_path = _report_out(out_path, old_out_path)
     now = time.time()
     policy = read_policy(policy_path) if policy_path else None
     path = Path(target)
@@ -1025,13 +965,27 @@ def report(
             name = target
     except ReportError as e:
         raise BadInput(f"{target}: {e}") from e
-    # An explicit -o is honoured as given; the default is a plain name in this directory.
+    # An explicit --out is honoured as given; the default is a plain name in this directory.
     out = Path(out_path) if out_path else Path(default_report_name(name))
     try:
         out.write_text(page, encoding="utf-8")
     except OSError as e:
         fail(f"cannot write {out}: {e.strerror}")
     click.echo(str(out))
+
+
+def _report_out(out_path: str | None, old_out_path: str | None) -> str | None:
+    """The page's path from --out, or from the deprecated `-o FILE` (kept for one release)."""
+    if old_out_path is None:
+        return out_path
+    if out_path is not None:
+        raise BadInput("give the page's path once, with --out (-o FILE is its deprecated spelling)")
+    click.echo(
+        "note: `report -o FILE` is deprecated and will mean the output format in a later release; "
+        "use `--out FILE`",
+        err=True,
+    )
+    return old_out_path
 
 
 def _read_report_input(path: Path) -> dict[str, Any]:

@@ -118,7 +118,7 @@ def test_a_rollback_names_its_cause_in_the_condition_and_the_history() -> None:
     assert rolled is not None and rolled["status"] == "True" and rolled["reason"] == "Aborted"
     assert rolled["message"] == "aborted by a person (manual rollback)"
     assert condition(status, "Succeeded")["reason"] == "RolledBack"  # type: ignore[index]
-    assert status["history"][0]["outcome"] == "rolledBack"
+    assert status["history"][0]["outcome"] == "rolled_back"  # one spelling (issue 9)
     assert status["history"][0]["failedChecks"] == ["manual"]
 
 

@@ -296,6 +296,24 @@ def test_a_rolled_back_rollout_marks_the_failing_step_and_the_reason(
     assert failed[0] == "errorRate ✗" and failed[2] == "fail"
 
 
+def test_the_decision_is_worded_from_the_one_outcome_mapping(
+    rolled_back: tuple[Policy, dict[str, Any]],
+) -> None:
+    """A rollback whose write is still retried is not rolled back yet; an older history's
+    spelling is shown in today's."""
+    policy, state = rolled_back
+    pending = {**state, "rollbackPending": True}
+    badge = [
+        t for t in parse(render_report(pending, policy=policy)).text if t in ("rolled back", "rolling back")
+    ]
+    assert badge[:1] == ["rolling back"]
+    aborted = {**state, "phase": "Aborted"}
+    assert "aborted" in parse(render_report(aborted, policy=policy)).text
+    old = {"outcome": "rolledBack", "stableVersion": "1", "candidateVersion": "2", "startedAt": "x"}
+    page = render_report(state, policy=policy, status={"history": [old]})
+    assert table_rows(page, "Rollouts of this resource")[0][2] == "rolled_back"
+
+
 def test_every_string_from_the_state_is_escaped(promoted: tuple[Policy, dict[str, Any]]) -> None:
     _, state = promoted
     hostile = copy.deepcopy(state)
@@ -399,14 +417,14 @@ def test_report_command_writes_the_page_of_a_state_file(
 
     out = tmp_path / "out" / "page.html"
     out.parent.mkdir()
-    code, stdout, stderr = invoke("report", str(state_file), "-o", str(out), "-f", str(policy_file))
+    code, stdout, stderr = invoke("report", str(state_file), "--out", str(out), "-f", str(policy_file))
     assert code == 0, stderr
-    assert stdout.strip() == str(out)
+    assert stdout.strip() == str(out) and "deprecated" not in stderr
     page = out.read_text(encoding="utf-8")
     parse(page)
     assert "1.4.2 → 1.5.0" in page and "all checks passed" in page and str(state_file) in page
 
-    # Without -o: NAME-report.html in the current directory; without -f: no versions known.
+    # Without --out: NAME-report.html in the current directory; without -f: no versions known.
     monkeypatch.chdir(tmp_path)
     code, stdout, stderr = invoke("report", str(state_file))
     assert code == 0, stderr
@@ -417,15 +435,31 @@ def test_report_command_writes_the_page_of_a_state_file(
     status = render_status(None, state=RolloutState.from_dict(state), policy=None, generation=1, now=T0)
     saved = tmp_path / "mr.yaml"
     saved.write_text(yaml.safe_dump({**policy_doc(), "status": status}))
-    code, stdout, stderr = invoke("report", str(saved), "-o", "mr.html")
+    code, stdout, stderr = invoke("report", str(saved), "--out", "mr.html")
     assert code == 0, stderr
     assert "1.4.2 → 1.5.0" in (tmp_path / "mr.html").read_text()
+
+
+def test_report_dash_o_file_still_works_for_one_release_with_a_note(
+    promoted: tuple[Policy, dict[str, Any]], tmp_path: Path
+) -> None:
+    _, state = promoted
+    state_file = tmp_path / "state.json"
+    state_file.write_text(json.dumps(state))
+    old = tmp_path / "old.html"
+    code, stdout, stderr = invoke("report", str(state_file), "-o", str(old))
+    assert code == 0 and stdout.strip() == str(old) and old.is_file()
+    assert "`report -o FILE` is deprecated" in stderr and "--out FILE" in stderr
+    # Both spellings at once: which one? Bad input, nothing written.
+    both = tmp_path / "both.html"
+    code, _, stderr = invoke("report", str(state_file), "-o", str(both), "--out", str(both))
+    assert code == 2 and "--out" in stderr and not both.exists()
 
 
 def test_report_command_bad_input_is_one_sentence_and_exit_2(tmp_path: Path) -> None:
     not_state = tmp_path / "policy.json"
     not_state.write_text(json.dumps({"hello": "world"}))
-    code, _, err = invoke("report", str(not_state), "-o", str(tmp_path / "x.html"))
+    code, _, err = invoke("report", str(not_state), "--out", str(tmp_path / "x.html"))
     assert code == 2 and "not a readable rollout state" in err and "Traceback" not in err
     assert not (tmp_path / "x.html").exists()
 
@@ -463,7 +497,7 @@ def test_report_command_reads_a_model_rollout_by_name(
             "models",
             "--kubeconfig",
             str(kube_api.kubeconfig_path),
-            "-o",
+            "--out",
             str(out),
         ],
     )

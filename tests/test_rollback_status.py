@@ -24,7 +24,7 @@ def test_a_pending_rollback_shows_rolling_back_and_the_rollback_pending_conditio
     assert after["phase"] == "RolledBack"
     assert (condition(after, "RollbackPending") or {})["status"] == "False"
     assert (condition(after, "RolledBack") or {})["status"] == "True"
-    assert after["history"][-1]["outcome"] == "rolledBack"
+    assert after["history"][-1]["outcome"] == "rolled_back"  # one spelling (issue 9)
 
 
 def test_an_aborted_rollout_says_who_moved_the_traffic() -> None:

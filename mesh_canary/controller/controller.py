@@ -26,6 +26,7 @@ from mesh_canary.controller.workqueue import WorkQueue
 from mesh_canary.core.durations import format_duration
 from mesh_canary.core.model import Policy
 from mesh_canary.core.verdicts import Judge
+from mesh_canary.errors import CouldNotWork
 from mesh_canary.kube.errors import describe_error
 from mesh_canary.metrics import MetricsTarget, metrics_for
 from mesh_canary.protocols import Clock, MetricsSource, TrafficRouter
@@ -35,7 +36,7 @@ from mesh_canary.run.clock import SystemClock
 log = logging.getLogger("mesh_canary.controller")
 
 
-class ControllerError(RuntimeError):
+class ControllerError(CouldNotWork, RuntimeError):
     pass
 
 

@@ -28,6 +28,7 @@ from mesh_canary.core.model import Check, Policy
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import CheckResult, Judge, JudgeContext, Verdict
 from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.errors import EXIT_OK, EXIT_ROLLED_BACK, EXIT_UNFINISHED
 
 
 class Phase(StrEnum):
@@ -42,6 +43,39 @@ class Phase(StrEnum):
 
 
 TERMINAL = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.ABORTED})
+
+
+class Outcome(StrEnum):
+    """How a rollout ended (or why a driver stopped following it): the one spelling of
+    every ``outcome`` field (run, rollout status/history, simulate, report, CR history)."""
+
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"  # stopped without writing: someone moved traffic towards stable
+    TIMED_OUT = "timed_out"  # the driver's time ran out before a decision
+    PAUSED = "paused"  # the driver stopped while the rollout waits for a person
+    SUPERSEDED = "superseded"  # a new spec replaced the rollout before it finished
+    IN_PROGRESS = "in_progress"  # history: a rollout that did not finish (or still runs)
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI's exit code for a run that ended so (docs/cli.md): 0 promoted, 3 rolled
+        back, 4 did not finish."""
+        return {Outcome.PROMOTED: EXIT_OK, Outcome.ROLLED_BACK: EXIT_ROLLED_BACK}.get(self, EXIT_UNFINISHED)
+
+
+# The phase -> outcome mapping, written once: a terminal phase's outcome.
+OUTCOME_OF_PHASE: dict[Phase, Outcome] = {
+    Phase.SUCCEEDED: Outcome.PROMOTED,
+    Phase.ROLLED_BACK: Outcome.ROLLED_BACK,
+    Phase.ABORTED: Outcome.ABORTED,
+}
+
+
+def outcome_of(state: RolloutState) -> Outcome | None:
+    """The outcome of a finished rollout; None while it is not finished (a rollback whose
+    write is still retried is not finished)."""
+    return OUTCOME_OF_PHASE.get(state.phase) if state.terminal else None
 
 
 class Command(StrEnum):

@@ -16,6 +16,7 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, NoReturn
 
+from mesh_canary.errors import BadInput, CouldNotWork
 from mesh_canary.redact import redact
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 TRANSIENT_STATUSES = frozenset({0, 409, 429})
 
 
-class KubeError(Exception):
+class KubeError(CouldNotWork):
     """The Kubernetes API could not be reached, or refused.
 
     ``status``: the HTTP status (None when nothing answered); ``bad_input``: the server
@@ -48,6 +49,11 @@ class KubeError(Exception):
         self.reason = reason
         self.bad_input = bad_input
         self.transient = transient
+
+    @property
+    def code(self) -> int:
+        """Exit 2 when the API rejected what we sent (the user's input), else 1."""
+        return BadInput.exit_code if self.bad_input else self.exit_code
 
     @property
     def not_found(self) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 import kubernetes.client
 
 from mesh_canary.kube.errors import is_transport_error, kube_error
+from mesh_canary.present.view import rfc3339
 from mesh_canary.protocols import Announcement
 
 log = logging.getLogger("mesh_canary.kube_events")
@@ -26,8 +27,7 @@ COMPONENT = "mesh-canary-controller"
 MESSAGE_LIMIT = 1024
 
 
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+_iso = rfc3339  # the one spelling of a time (mesh_canary.present.view)
 
 
 def event_body(

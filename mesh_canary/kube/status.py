@@ -17,9 +17,7 @@ running ``rollout abort``) never makes a status write fail with 409 Conflict.
 from __future__ import annotations
 
 import copy
-import datetime
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,14 +25,30 @@ from typing import Any
 
 import kubernetes.client
 
-from mesh_canary.core.engine import Phase, RolloutState, schedule
+from mesh_canary.core.engine import Phase, RolloutState, outcome_of
 from mesh_canary.core.model import Policy
-from mesh_canary.core.verdicts import CheckResult, Verdict
 from mesh_canary.kube.errors import KubeError, kube_call
 from mesh_canary.kube.names import GROUP, PLURAL, VERSION
+from mesh_canary.present.view import (
+    INVALID,
+    MESSAGE_LIMIT,
+    PENDING,
+    RolloutView,
+    check_document,
+    json_safe,
+    parse_rfc3339,
+    rfc3339,
+)
+from mesh_canary.present.view import (
+    history_entry as history_entry,
+)
 from mesh_canary.redact import redact_value
 
 log = logging.getLogger("mesh_canary.kube_status")
+
+# The rollout's document (times, outcome, check and history shapes) is the one view of
+# mesh_canary.present.view; these names stay for the controller and the tests.
+iso, parse_iso, check_view, outcome_word = rfc3339, parse_rfc3339, check_document, outcome_of
 
 # People's orders, written by `mesh-canary rollout abort|approve|pause|resume` (or kubectl
 # annotate). Each value is a request id: a value the controller has not handled yet is
@@ -49,7 +63,6 @@ COMMAND_ANNOTATIONS = {"abort": ANNOTATION_ABORT, "approve": ANNOTATION_APPROVE,
 FINALIZER = "mesh-canary.io/restore-stable"
 
 HISTORY_LIMIT = 20
-MESSAGE_LIMIT = 1024
 
 CONDITION_TYPES = (
     "PolicyValid",
@@ -62,9 +75,6 @@ CONDITION_TYPES = (
     "Ready",
 )
 
-# The phase shown while a rollback is decided but its write has not gone through yet.
-ROLLING_BACK = "RollingBack"
-
 # `Ready` appears once a reconcile of the resource has failed: False (reason
 # RECONCILE_ERROR) while it keeps failing, True again once a reconcile works.
 READY = "Ready"
@@ -72,35 +82,6 @@ RECONCILE_ERROR = "ReconcileError"
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-def iso(ts: float) -> str:
-    """Epoch seconds as RFC 3339 UTC (what Kubernetes uses for times)."""
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso(text: str) -> float:
-    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC).timestamp()
-
-
-def json_safe(value: Any) -> Any:
-    """JSON the API server accepts: no NaN/Infinity, and no nulls in objects.
-
-    A null in a merge patch deletes the field, so a status never carries one; readers of
-    `status.rollout` treat a missing optional field as unset.
-    """
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            safe = json_safe(v)
-            if safe is not None:
-                out[str(k)] = safe
-        return out
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def merge_patch_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -188,66 +169,6 @@ _CONDITION_REASON = {
 }
 
 
-def check_view(c: CheckResult) -> dict[str, Any]:
-    """One check's latest verdict as status shows it (JSON-safe)."""
-    view: dict[str, Any] = json_safe(
-        {
-            "name": c.name,
-            "metric": c.metric,
-            "verdict": c.verdict.value,
-            "estimate": c.estimate,
-            "stableEstimate": c.stable_estimate,
-            "lower": c.lower,
-            "upper": c.upper,
-            "bound": c.bound or None,
-            "quantity": c.quantity or None,
-            "samples": c.samples,
-            "enoughData": c.enough_data,
-            "reason": c.reason or None,
-        }
-    )
-    return view
-
-
-def outcome_word(state: RolloutState) -> str | None:
-    if not state.terminal:
-        return None
-    if state.phase is Phase.SUCCEEDED:
-        return "promoted"
-    if state.phase is Phase.ROLLED_BACK:
-        return "rolledBack"
-    if state.phase is Phase.ABORTED:
-        return "aborted"
-    return None
-
-
-def history_entry(
-    state: RolloutState,
-    stable_version: str,
-    candidate_version: str,
-    outcome: str | None = None,
-    reason: str | None = None,
-    finished_at: float | None = None,
-) -> dict[str, Any]:
-    """One past rollout: versions, outcome, reason, start, end, duration."""
-    finished = finished_at if finished_at is not None else state.finished_at
-    entry: dict[str, Any] = {
-        "id": f"{state.policy_fingerprint}-{int(state.started_at)}",
-        "stableVersion": stable_version,
-        "candidateVersion": candidate_version,
-        "outcome": outcome or outcome_word(state) or "unfinished",
-        "reason": (reason if reason is not None else state.reason)[:MESSAGE_LIMIT],
-        "startedAt": iso(state.started_at),
-        "stepsCompleted": sum(1 for s in state.steps if s.verdict == "pass"),
-        "failedChecks": list(state.failed_checks),
-    }
-    if finished is not None:
-        entry["finishedAt"] = iso(finished)
-        entry["durationSeconds"] = round(max(finished - state.started_at, 0.0), 1)
-    safe: dict[str, Any] = json_safe(entry)
-    return safe
-
-
 def add_history(
     history: Sequence[Mapping[str, Any]], entry: Mapping[str, Any], limit: int = HISTORY_LIMIT
 ) -> list[dict[str, Any]]:
@@ -255,32 +176,6 @@ def add_history(
     out = [dict(h) for h in history if h.get("id") != entry.get("id")]
     out.append(dict(entry))
     return out[-limit:]
-
-
-def status_message(state: RolloutState, policy: Policy | None) -> str:
-    """One sentence saying where the rollout is, for people."""
-    candidate = policy.candidate.version if policy else "the candidate"
-    w = state.weights
-    if state.phase is Phase.SUCCEEDED:
-        return f"promoted {candidate}: 100% of traffic"
-    if state.rollback_pending:
-        return f"rolling back: the write of 100% stable has not gone through yet, retrying ({state.reason})"
-    if state.phase is Phase.ABORTED:
-        return f"stopped without writing: {state.reason}"
-    if state.phase is Phase.ROLLED_BACK:
-        return f"rolled back to 100% stable: {state.reason}"
-    if state.phase is Phase.PAUSED:
-        return f"paused at {w.candidate}% (checks still run; a failed check still rolls back)"
-    if state.phase is Phase.WAITING_FOR_APPROVAL:
-        return f"all checks ready at {w.candidate}%: waiting for `mesh-canary rollout approve {state.name}`"
-    where = (
-        f"mirroring {w.mirror_percent}% to {candidate}"
-        if w.mirror_percent
-        else f"{w.candidate}% of traffic to {candidate}"
-    )
-    holding = [c.name for c in state.checks if c.verdict is not Verdict.PASS]
-    step = f"step {state.step_index + 1}/{len(schedule(policy))}: " if policy else ""
-    return f"{step}{where}" + (f"; waiting on {', '.join(holding)}" if holding else "")
 
 
 def render_status(
@@ -321,7 +216,7 @@ def render_status(
         history = add_history(history, entry, history_limit)
 
     if state is None:
-        status["phase"] = "Invalid" if problems else "Pending"
+        status["phase"] = INVALID if problems else PENDING
         status["message"] = (
             conditions.items[0]["message"] if problems else "waiting for the controller to start the rollout"
         )
@@ -360,24 +255,17 @@ class _Conditions:
 
 
 def _rollout_fields(prev: Mapping[str, Any], state: RolloutState, policy: Policy | None) -> dict[str, Any]:
-    """What a status says about a rollout that has started (besides its conditions)."""
-    sched = schedule(policy) if policy else tuple(s.weight for s in state.steps)
-    return dict(
-        phase=ROLLING_BACK if state.rollback_pending else state.phase.value,
-        currentStep=state.step_index + 1,
-        stepCount=len(sched),
-        weights=state.weights.to_dict(),
-        checks=[check_view(c) for c in state.checks],
+    """What a status says about a rollout that has started (besides its conditions): the
+    one rollout view's fields, and what only the resource keeps (the engine state)."""
+    fields = RolloutView.from_state(state, policy).status_fields()
+    fields.update(
         stableVersion=policy.stable.version if policy else prev.get("stableVersion"),
         candidateVersion=policy.candidate.version if policy else prev.get("candidateVersion"),
-        reason=state.reason,
-        message=status_message(state, policy),
-        startedAt=iso(state.started_at),
         stepStartedAt=iso(state.step_started_at),
         lastAnalysisAt=iso(state.last_tick_at) if state.last_tick_at is not None else None,
-        finishedAt=iso(state.finished_at) if state.finished_at is not None else None,
         rollout=json_safe(state.to_dict()),
     )
+    return fields
 
 
 def _rollout_conditions(

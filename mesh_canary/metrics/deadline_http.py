@@ -31,21 +31,23 @@ from typing import Any
 import httpcore
 import httpx
 
+import mesh_canary.errors as errors
+
 __all__ = ["Answer", "DeadlineClient", "DeadlineExceeded", "TooLarge", "Unreachable"]
 
 # Far above any answer a metrics read needs, far below what would hurt the process.
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
-class DeadlineExceeded(Exception):
+class DeadlineExceeded(errors.Unreachable):
     """The deadline passed before the whole answer arrived."""
 
 
-class Unreachable(Exception):
+class Unreachable(errors.Unreachable):
     """No connection could be made (refused, no route, name does not resolve, TLS failed)."""
 
 
-class TooLarge(Exception):
+class TooLarge(errors.CouldNotWork):
     """The answer is larger than the client accepts."""
 
 

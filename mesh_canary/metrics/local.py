@@ -43,6 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from mesh_canary.core.observations import Histogram, Observation, VersionCounts
+from mesh_canary.errors import CouldNotWork
 from mesh_canary.metrics.deadline_http import DeadlineClient, DeadlineExceeded, TooLarge, Unreachable
 from mesh_canary.redact import redact_url
 
@@ -61,7 +62,7 @@ _COUNTS = frozenset({REQUESTS, RESPONSE_CLASSES, LATENCY_BUCKET, PREDICTIONS, FE
 Snapshot = dict[str, VersionCounts]  # version label -> cumulative counts
 
 
-class ScrapeError(Exception):
+class ScrapeError(CouldNotWork):
     pass
 
 

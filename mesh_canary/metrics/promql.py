@@ -22,6 +22,7 @@ from typing import Any, Literal
 from mesh_canary.checks import REGISTRY, Signal, signals_of
 from mesh_canary.core.model import Check, Policy
 from mesh_canary.core.observations import Histogram, VersionCounts
+from mesh_canary.errors import BadInput
 
 __all__ = [
     "ISTIO_DURATION",
@@ -66,7 +67,7 @@ LARGEST = 1e15
 Family = Literal["traffic", "latency", "confusion", "predictions", "features", "custom"]
 
 
-class PromQLError(ValueError):
+class PromQLError(BadInput, ValueError):
     """A policy value that cannot be put into a query safely (one sentence says which)."""
 
 

@@ -1,11 +1,10 @@
-"""How results are shown: JSON/YAML documents for scripts, tables and a live display for people."""
+"""How results are shown to people: tables and a live display. The JSON/YAML documents for
+scripts are the one rollout view of :mod:`mesh_canary.present.view`."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import yaml
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -17,34 +16,6 @@ from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import CheckResult
 
 _VERDICT_STYLE = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}
-
-
-def dump(doc: Any, fmt: str) -> str:
-    if fmt == "yaml":
-        return yaml.safe_dump(doc, sort_keys=False)
-    return json.dumps(doc, indent=2)
-
-
-def rollout_document(policy: Policy, state: RolloutState, outcome: str | None = None) -> dict[str, Any]:
-    """The facts a script needs about one rollout (same content as the text view)."""
-    sched = schedule(policy)
-    return {
-        "name": state.name,
-        "outcome": outcome,
-        "phase": state.phase.value,
-        "reason": state.reason,
-        "failedChecks": list(state.failed_checks),
-        "stable": policy.stable.version,
-        "candidate": policy.candidate.version,
-        "step": state.step_index + 1,
-        "stepCount": len(sched),
-        "weights": state.weights.to_dict(),
-        "startedAt": state.started_at,
-        "finishedAt": state.finished_at,
-        "durationS": None if state.finished_at is None else round(state.finished_at - state.started_at, 3),
-        "checks": [c.to_dict() for c in state.checks],
-        "steps": [s.to_dict() for s in state.steps],
-    }
 
 
 def checks_table(checks: tuple[CheckResult, ...] | list[CheckResult]) -> Table:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from mesh_canary.core.weights import Weights
+from mesh_canary.errors import CouldNotWork
 from mesh_canary.protocols import TrafficRouter
 
 K = TypeVar("K", bound=Hashable)
@@ -34,7 +35,7 @@ def percentages(raw: Sequence[tuple[K, int]]) -> dict[K, int]:
     return floors
 
 
-class RouterError(RuntimeError):
+class RouterError(CouldNotWork, RuntimeError):
     """One attempt to read or write the route failed; the runner may try again."""
 
 

@@ -22,12 +22,13 @@ from typing import Any, Literal
 
 from mesh_canary.core.model import Destination, Policy
 from mesh_canary.core.weights import Weights
+from mesh_canary.errors import CouldNotWork
 from mesh_canary.routing.base import percentages
 
 Role = Literal["stable", "candidate", "fallback"]
 
 
-class VirtualServicePatchError(ValueError):
+class VirtualServicePatchError(CouldNotWork, ValueError):
     """The VirtualService cannot be patched as the policy asks (a configuration error)."""
 
 

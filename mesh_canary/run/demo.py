@@ -17,6 +17,7 @@ from rich.console import Console
 from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import load_policy_text
 from mesh_canary.present.console import render_state
+from mesh_canary.present.view import check_document
 from mesh_canary.run.stores import MemoryStateStore
 from mesh_canary.run.wiring import drive, local_backend, prometheus_available
 
@@ -41,7 +42,7 @@ def run_one(
             "reason": result.state.reason,
             "failedChecks": list(result.state.failed_checks),
             "steps": [s.to_dict() for s in result.state.steps],
-            "checks": [c.to_dict() for c in result.state.checks],
+            "checks": [check_document(c) for c in result.state.checks],
             "wallS": round(time.monotonic() - started, 1),
         }
         if result.outcome == "rolled_back":

@@ -25,11 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from mesh_canary.core import engine
-from mesh_canary.core.engine import Command, Decision, Phase, RolloutState
+from mesh_canary.core.engine import Command, Decision, RolloutState
 from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import Judge
 from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.errors import EXIT_UNFINISHED, CouldNotWork
 from mesh_canary.protocols import (
     Announcement,
     Clock,
@@ -43,9 +44,6 @@ from mesh_canary.routing.base import RollbackRecord, RouteNotFound, RouteOwned, 
 
 log = logging.getLogger("mesh_canary.runner")  # the name users filter on; kept across the move
 
-# Exit codes of CLI.md.
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_ROLLED_BACK, EXIT_UNFINISHED = 0, 1, 2, 3, 4
-
 
 def default_judge() -> Judge:
     from mesh_canary.core.judge import AnytimeJudge
@@ -53,7 +51,7 @@ def default_judge() -> Judge:
     return AnytimeJudge()
 
 
-class RouterWriteError(RuntimeError):
+class RouterWriteError(CouldNotWork, RuntimeError):
     """The route could not be reached or claimed before anything was written."""
 
 
@@ -64,19 +62,16 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        return {"promoted": EXIT_OK, "rolled_back": EXIT_ROLLED_BACK}.get(self.outcome, EXIT_UNFINISHED)
+        try:
+            return engine.Outcome(self.outcome).exit_code
+        except ValueError:
+            return EXIT_UNFINISHED
 
 
 def outcome_of(state: RolloutState) -> str | None:
-    if not state.terminal:
-        return None
-    if state.phase is Phase.SUCCEEDED:
-        return "promoted"
-    if state.phase is Phase.ROLLED_BACK:
-        return "rolled_back"
-    if state.phase is Phase.ABORTED:
-        return "aborted"
-    return None
+    """The outcome of a finished rollout (the engine's one phase -> outcome mapping)."""
+    outcome = engine.outcome_of(state)
+    return None if outcome is None else outcome.value
 
 
 UpdateHook = Callable[[RolloutState, Observation | None], None]
@@ -218,7 +213,9 @@ class RolloutRunner:
             # A pending rollback is never given up for a timeout: traffic is not safe yet.
             if deadline is not None and wake_at > deadline and not state.rollback_pending:
                 self.clock.sleep(max(deadline - self.clock.now(), 0.0))
-                return RunResult("paused" if state.paused else "timed_out", state)
+                return RunResult(
+                    (engine.Outcome.PAUSED if state.paused else engine.Outcome.TIMED_OUT).value, state
+                )
             self.clock.sleep(max(wake_at - self.clock.now(), 0.0))
             if not self._pending:
                 self._quit_if_asked()

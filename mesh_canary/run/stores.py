@@ -8,10 +8,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mesh_canary.errors import BadInput
+
 MAX_STATE_BYTES = 64 << 20  # a long rollout's state is a few hundred kB
 
 
-class StateFileError(ValueError):
+class StateFileError(BadInput, ValueError):
     """A state file that exists but cannot be used: damaged, not JSON, not a state."""
 
 

@@ -18,6 +18,7 @@ from mesh_canary.core import engine
 from mesh_canary.core.engine import RolloutState
 from mesh_canary.core.model import Policy
 from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.errors import BadInput
 from mesh_canary.metrics import MetricsTarget, metrics_for
 from mesh_canary.notify import notifier_for_policy
 from mesh_canary.protocols import MetricsSource, StateStore, TrafficRouter
@@ -98,7 +99,7 @@ def run_policy(
     return drive(policy, router, metrics, store, timeout_s, live)
 
 
-class LocalInputError(ValueError):
+class LocalInputError(BadInput, ValueError):
     """The policy cannot run on the backend asked for, e.g. the local mesh (bad input: exit 2,
     nothing started)."""
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from mesh_canary.core import engine
-from mesh_canary.core.engine import Decision, Phase
+from mesh_canary.core.engine import Decision, Outcome
 from mesh_canary.core.judge import AnytimeJudge
 from mesh_canary.core.model import Policy
 from mesh_canary.core.verdicts import Judge
 from mesh_canary.simulation.traffic import Scenario, SyntheticMesh
-
-_OUTCOME = {Phase.SUCCEEDED: "promoted", Phase.ROLLED_BACK: "rolled_back"}
 
 
 def simulate_rollout(
@@ -52,7 +50,7 @@ def simulate_rollout(
         t = t_next
         state = apply(engine.tick(policy, state, mesh.read(state.window_start, t), t, judge))
 
-    outcome = _OUTCOME.get(state.phase, "timed_out")
+    outcome = (engine.outcome_of(state) or Outcome.TIMED_OUT).value
     decided = state.finished_at if state.finished_at is not None else scenario.duration_s
     if outcome == "timed_out":
         mesh.advance(scenario.duration_s)

@@ -67,6 +67,7 @@ from mesh_canary.checks import Signal
 from mesh_canary.core.durations import format_duration, parse_duration
 from mesh_canary.core.observations import INF, Histogram, Observation, VersionCounts
 from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.errors import BadInput
 
 __all__ = [
     "ISTIO_LATENCY_BUCKETS_MS",
@@ -110,7 +111,7 @@ _DEFAULT_PREDICTIONS = (0.7, 0.2, 0.1)
 # --------------------------------------------------------------------------- scenario
 
 
-class ScenarioError(ValueError):
+class ScenarioError(BadInput, ValueError):
     """The scenario is invalid; ``problems`` lists every ``(path, message)``."""
 
     def __init__(self, problems: list[tuple[str, str]], source: str = "scenario") -> None:
@@ -122,6 +123,9 @@ class ScenarioError(ValueError):
         else:
             text = f"{source} has {len(parts)} problems:\n" + "\n".join(f"  {p}" for p in parts)
         super().__init__(text)
+
+    def lines(self) -> list[str]:
+        return [f"{self.source}: {path}: {m}" if path else f"{self.source}: {m}" for path, m in self.problems]
 
 
 @dataclass(frozen=True)

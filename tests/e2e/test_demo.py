@@ -5,6 +5,7 @@ after the rollback every new request reaches the stable model server (counted th
 from __future__ import annotations
 
 from mesh_canary.run.demo import demo_policy, run_demo
+from tests.output_schema import check_output
 
 
 def test_demo_promotes_healthy_and_rolls_back_degraded() -> None:
@@ -18,6 +19,7 @@ def test_demo_promotes_healthy_and_rolls_back_degraded() -> None:
     assert after["candidateReceived"] == 0
     assert after["stableReceived"] > 100  # ~100 req/s for 3 s, all on stable
     assert report["ok"] is True
+    check_output(report, "demo")  # `demo -o json` (docs/output.md)
 
 
 def test_demo_policy_is_the_documented_example() -> None:

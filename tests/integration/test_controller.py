@@ -274,7 +274,7 @@ def test_a_failing_candidate_is_rolled_back_to_all_stable(cluster: Cluster) -> N
     assert rolled is not None and rolled["status"] == "True" and rolled["reason"] == "CheckFailed"
     assert "errorRate" in rolled["message"] and "exceeds" in status["reason"]
     assert status["checks"][0]["verdict"] == "fail" and status["checks"][0]["lower"] > 0.05
-    assert status["history"][-1]["outcome"] == "rolledBack"
+    assert status["history"][-1]["outcome"] == "rolled_back"  # one spelling (issue 9)
     assert ("RolledBack", "Warning") in [(e[0], e[1]) for e in cluster.events()]
     assert 'mesh_canary_rollbacks_total{reason="checkFailed"} 1.0' in metrics
     assert 'mesh_canary_rollouts{phase="RolledBack"} 1.0' in metrics

@@ -28,6 +28,7 @@ from mesh_canary.kube.status import condition
 from tests.integration.test_controller import NS, Cluster, Metrics, model_rollout, running, wait_for
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
 from tests.kube_standin import KubeStandIn
+from tests.output_schema import check_output
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +63,10 @@ def test_start_wait_follows_a_promotion_and_exits_0(cluster: Cluster, tmp_path: 
         result = cli(cluster, "rollout", "start", "-f", policy_file(tmp_path), "--wait", "-o", "json")
     assert result.exit_code == 0, result.output
     docs = json_lines(result.output)
+    for doc in docs:
+        check_output(doc, "rollout")
     assert docs[-1]["phase"] == "Succeeded" and docs[-1]["weights"]["candidate"] == 100
+    assert docs[-1]["outcome"] == "promoted" and docs[-1]["currentStep"] == docs[-1]["stepCount"]
     # It followed the steps as they happened.
     assert [d["weights"]["candidate"] for d in docs if d.get("weights")][:1] == [20]
     assert cluster.vs_weights() == [0, 100]
@@ -86,14 +90,15 @@ def test_start_wait_exits_3_on_a_rollback_and_history_shows_both(
     assert cluster.vs_weights() == [100, 0]
 
     rows = json.loads(cli(cluster, "rollout", "history", "fraud-scorer", "-n", NS, "-o", "json").output)
+    check_output(rows, "history")
     assert [(r["candidateVersion"], r["outcome"]) for r in rows] == [
         ("2.0", "promoted"),
-        ("3.0", "rolledBack"),
+        ("3.0", "rolled_back"),  # one spelling of every outcome (issue 9; was rolledBack)
     ]
     assert all(r["durationSeconds"] >= 1 for r in rows) and "errorRate" in rows[1]["reason"]
     text = cli(cluster, "rollout", "history", "-n", NS)
     assert text.exit_code == 0
-    assert "models/fraud-scorer" in text.output and "rolledBack" in text.output and "promoted" in text.output
+    assert "models/fraud-scorer" in text.output and "rolled_back" in text.output and "promoted" in text.output
 
 
 def test_start_wait_times_out_with_4_when_nothing_reconciles(
@@ -132,7 +137,9 @@ def test_status_shows_phase_step_weights_checks_and_conditions(
         wait_for("an analysis", lambda: cluster.status().get("checks"))
         doc = json.loads(cli(cluster, "rollout", "status", "fraud-scorer", "-n", NS, "-o", "json").output)
         text = cli(cluster, "rollout", "status", "fraud-scorer", "-n", NS)
-    assert (doc["phase"], doc["step"], doc["stepCount"]) == ("Progressing", 1, 3)
+    check_output(doc, "rollout")
+    assert (doc["phase"], doc["currentStep"], doc["stepCount"]) == ("Progressing", 1, 3)
+    assert doc["outcome"] is None and doc["startedAt"].endswith("Z")
     assert doc["weights"]["candidate"] == 20
     assert doc["checks"][0]["name"] == "errorRate" and "upper" in doc["checks"][0]
     assert {c["type"] for c in doc["conditions"]} >= {"Progressing", "PolicyValid", "WeightsInSync"}
@@ -157,6 +164,8 @@ def test_status_watch_streams_changes_until_the_end(cluster: Cluster, tmp_path: 
         result = cli(cluster, "rollout", "status", "fraud-scorer", "-n", NS, "--watch", "-o", "json")
     docs = json_lines(result.output)
     assert result.exit_code == 0 and len(docs) >= 2
+    for doc in docs:
+        check_output(doc, "rollout")
     assert docs[-1]["phase"] == "Succeeded"
 
 
@@ -172,6 +181,7 @@ def test_pause_resume_approve_and_abort_are_handled_by_the_controller(
         resumed = cli(cluster, "rollout", "resume", "fraud-scorer", "-n", NS, "-o", "json")
         assert resumed.exit_code == 0
         doc = json.loads(resumed.output)
+        check_output(doc, "order")
         assert doc["handled"] is True and doc["request"].startswith("false@")
         wait_for(
             "the gate",

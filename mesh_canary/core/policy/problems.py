@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mesh_canary.errors import BadInput
+
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_DEPTH = 32  # no field of the schema lies half as deep
 
@@ -34,8 +36,8 @@ class Problem:
         return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
 
 
-class PolicyError(Exception):
-    """The policy is invalid; `problems` lists every reason."""
+class PolicyError(BadInput):
+    """The policy is invalid (exit 2); `problems` lists every reason."""
 
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems: list[Problem] = list(problems)
@@ -46,6 +48,9 @@ class PolicyError(Exception):
                 f"  {p}" for p in self.problems
             )
         super().__init__(text)
+
+    def lines(self) -> list[str]:
+        return [str(p) for p in self.problems]
 
 
 def format_path(parts: Iterable[Any]) -> str:
