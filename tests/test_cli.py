@@ -259,10 +259,10 @@ def _run_doc() -> dict[str, Any]:
 
 
 def test_every_error_class_is_one_kind_with_its_exit_code() -> None:
+    from mesh_canary.controller.controller import ControllerError
     from mesh_canary.core.policy import PolicyError
     from mesh_canary.errors import BadInput, CouldNotWork, MeshCanaryError
     from mesh_canary.kube.rollouts import KubeError
-    from mesh_canary.controller.controller import ControllerError
     from mesh_canary.metrics.deadline_http import DeadlineExceeded, Unreachable
     from mesh_canary.metrics.prometheus import MetricsAddressError
     from mesh_canary.metrics.promql import PromQLError

@@ -589,64 +589,84 @@ def _interpret_custom(reading: Reading, query: Query, result_type: str, result: 
     """
     name = query.check or query.metric
     both = (reading.stable_version, reading.candidate_version)
-    where = f" for the {reading.role(query.version)} ({query.version})" if query.version is not None else ""
-    values: dict[str, float | None] = {}
     series = _series(result) if result_type == "vector" else None
+    values: dict[str, float | None] | None
     if result_type == "scalar":
         values = dict.fromkeys((query.version,) if query.version is not None else both, _value(result))
-    elif series is not None:
-        if not series:
-            reading.problems.append(
-                f"custom check {name!r} returned no data{where} in the last {reading.window}"
-            )
-            return
-        if query.version is not None:
-            if len(series) > 1:
-                reading.problems.append(
-                    f"custom check {name!r} returned {len(series)} series{where}; aggregate it to one, e.g. sum(...)"
-                )
-                return
-            labels, raw = series[0]
-            named = _versions_named(labels, both, query.label)
-            if named and query.version not in named:
-                other = named[0]
-                reading.problems.append(
-                    f"custom check {name!r} returned the {reading.role(other)}'s series ({other}){where}; "
-                    "put {{ version }} in its version matcher"
-                )
-                return
-            values = {query.version: _value(raw)}
-        elif len(series) == 1 and not series[0][0]:
-            values = dict.fromkeys(both, _value(series[0][1]))  # one unlabelled, service-wide number
-        else:
-            # No {{ version }}: each version's value comes from the series labelled with it.
-            duplicated: set[str] = set()
-            for labels, raw in series:
-                named = _versions_named(labels, both, query.label)
-                if len(named) != 1:
-                    continue  # another version's series, or one that says nothing about whose it is
-                version = named[0]
-                if version in values:
-                    duplicated.add(version)
-                values[version] = _value(raw)
-            for version in both:
-                if version in duplicated:
-                    reading.problems.append(
-                        f"custom check {name!r} returned several series for the {reading.role(version)} "
-                        f"({version}); aggregate them to one per version, e.g. sum by ({query.label}) (...)"
-                    )
-                elif version not in values:
-                    reading.problems.append(
-                        f"custom check {name!r} has no series for the {reading.role(version)} ({version}); "
-                        "a query without {{ version }} must return one series per version"
-                    )
-            if duplicated:
-                return
-    else:
+    elif series is None:
         reading.problems.append(
             f"custom check {name!r} answered a {result_type}; it must be one number per version"
         )
         return
+    elif not series:
+        where = (
+            f" for the {reading.role(query.version)} ({query.version})" if query.version is not None else ""
+        )
+        reading.problems.append(f"custom check {name!r} returned no data{where} in the last {reading.window}")
+        return
+    elif query.version is not None:
+        values = _custom_for_version(reading, query, name, series)
+    elif len(series) == 1 and not series[0][0]:
+        values = dict.fromkeys(both, _value(series[0][1]))  # one unlabelled, service-wide number
+    else:
+        values = _custom_by_label(reading, query, name, series)
+    if values is not None:
+        _record_custom(reading, name, values)
+
+
+def _custom_for_version(
+    reading: Reading, query: Query, name: str, series: list[tuple[dict[str, str], Any]]
+) -> dict[str, float | None] | None:
+    """A query rendered for one version: one series, and not the other version's."""
+    assert query.version is not None
+    where = f" for the {reading.role(query.version)} ({query.version})"
+    if len(series) > 1:
+        reading.problems.append(
+            f"custom check {name!r} returned {len(series)} series{where}; aggregate it to one, e.g. sum(...)"
+        )
+        return None
+    labels, raw = series[0]
+    named = _versions_named(labels, (reading.stable_version, reading.candidate_version), query.label)
+    if named and query.version not in named:
+        other = named[0]
+        reading.problems.append(
+            f"custom check {name!r} returned the {reading.role(other)}'s series ({other}){where}; "
+            "put {{ version }} in its version matcher"
+        )
+        return None
+    return {query.version: _value(raw)}
+
+
+def _custom_by_label(
+    reading: Reading, query: Query, name: str, series: list[tuple[dict[str, str], Any]]
+) -> dict[str, float | None] | None:
+    """No {{ version }}: each version's value comes from the series labelled with it."""
+    both = (reading.stable_version, reading.candidate_version)
+    values: dict[str, float | None] = {}
+    duplicated: set[str] = set()
+    for labels, raw in series:
+        named = _versions_named(labels, both, query.label)
+        if len(named) != 1:
+            continue  # another version's series, or one that says nothing about whose it is
+        if named[0] in values:
+            duplicated.add(named[0])
+        values[named[0]] = _value(raw)
+    for version in both:
+        if version in duplicated:
+            reading.problems.append(
+                f"custom check {name!r} returned several series for the {reading.role(version)} "
+                f"({version}); aggregate them to one per version, e.g. sum by ({query.label}) (...)"
+            )
+        elif version not in values:
+            reading.problems.append(
+                f"custom check {name!r} has no series for the {reading.role(version)} ({version}); "
+                "a query without {{ version }} must return one series per version"
+            )
+    return None if duplicated else values
+
+
+def _record_custom(reading: Reading, name: str, values: dict[str, float | None]) -> None:
+    """Each version's value, unless it is not a number the judge may trust (then: no data)."""
     for version, value in values.items():
         role = f"the {reading.role(version)} ({version})"
         if value is None:

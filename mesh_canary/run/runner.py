@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from mesh_canary.core import engine
@@ -40,7 +40,14 @@ from mesh_canary.protocols import (
     TrafficRouter,
 )
 from mesh_canary.redact import redact
-from mesh_canary.routing.base import RollbackRecord, RouteNotFound, RouteOwned, WeightsMoved, guarded
+from mesh_canary.routing.base import (
+    GuardedRouter,
+    RollbackRecord,
+    RouteNotFound,
+    RouteOwned,
+    WeightsMoved,
+    guarded,
+)
 
 log = logging.getLogger("mesh_canary.runner")  # the name users filter on; kept across the move
 
@@ -116,10 +123,13 @@ class RolloutRunner:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.state: RolloutState | None = None
-        self.external_change: str | None = None
+        self.outside = OutsideChanges(self.route, notifier, policy.name)
         self._pending: list[Command] = []
         self._rollback_delay = backoff_s
-        self._owned = ""  # the run id whose ownership of the route we hold
+        self._tries = Tries(clock, backoff_s, max_backoff_s)
+        self.ownership = RouteOwnership(
+            self.route, f"{policy.namespace}/{policy.name}", self._tries, lambda: self.write_deadline_s
+        )
         # A second Ctrl-C never cuts a write (or the save after it) in half: it asks to quit,
         # and the runner quits right after.
         self.in_write = False
@@ -142,20 +152,20 @@ class RolloutRunner:
             if state.policy_fingerprint == engine.policy_fingerprint(self.policy):
                 log.info("resuming %s at step %d (%s)", state.name, state.step_index + 1, state.phase.value)
                 self.state = state
-                self._owned = state.run_id
+                self.ownership.owned = state.run_id
                 if state.terminal:
-                    self._release()  # in case the last run ended before it could
+                    self.ownership.release()  # in case the last run ended before it could
                     return state
                 if state.rollback_pending:
                     return state  # decided: only the write of 100% stable is left, no check first
                 run_id = state.run_id or _new_run_id()
-                self._claim(run_id, previous)
+                self.ownership.claim(run_id, previous)
                 if run_id != state.run_id:
                     state = self._commit(replace(state, run_id=run_id), [])
                 return self._trust_live_weights(state)
             log.info("policy changed since the saved rollout; starting over")
         run_id = _new_run_id()
-        self._claim(run_id, previous)  # before the first write
+        self.ownership.claim(run_id, previous)  # before the first write
         decision = engine.start(self.policy, self.clock.now())
         return self._apply(replace(decision, state=replace(decision.state, run_id=run_id)))
 
@@ -271,7 +281,7 @@ class RolloutRunner:
         for a in announcements:
             self.notifier.notify(a)
         if finished:
-            self._release()
+            self.ownership.release()
         return state
 
     def _write_weights(self, write: engine.SetWeights, decision: Decision) -> Decision | None:
@@ -284,20 +294,16 @@ class RolloutRunner:
         before = self.state
         expected = before.weights if before is not None else None
         run_id = decision.state.run_id
-        deadline = self.clock.now() + self.write_deadline_s
-        delay = self.backoff_s
-        attempt = 0
-        while True:
-            attempt += 1
+        error = ""
+        for attempt in self._tries(self.write_deadline_s):
             try:
                 self.route.write(write.weights, owner=run_id, expected=expected)
                 return None
             except WeightsMoved as e:
                 assert before is not None and expected is not None
-                now = self.clock.now()
                 if engine.towards_stable(e.live, expected):
-                    return self._moved_towards_stable(before, now, e.live)
-                self._announce_external(e.live, expected)
+                    return self.outside.towards_stable(before, self.clock.now(), e.live)
+                self.outside.announce(e.live, expected)
                 return Decision(_held(before, decision.state))
             except RouteOwned as e:
                 return engine.taken_over(before or decision.state, self.clock.now(), str(e))
@@ -308,12 +314,9 @@ class RolloutRunner:
                     # The first write, refused for the configuration (no such route): nothing
                     # was written and nothing is saved; the rollout does not start.
                     raise RouterWriteError(f"could not start the rollout: {error}") from e
-                if not _retryable(e) or self.clock.now() + delay > deadline or self.quit_requested:
-                    return engine.forward_write_failed(
-                        before or decision.state, self.clock.now(), write.weights, error
-                    )
-            self.clock.sleep(delay)
-            delay = min(delay * 2, self.max_backoff_s)
+                if not _retryable(e) or self.quit_requested:
+                    break
+        return engine.forward_write_failed(before or decision.state, self.clock.now(), write.weights, error)
 
     def _write_rollback(self, write: engine.SetWeights, state: RolloutState) -> str | None:
         """Write 100% stable with its record; retried with backoff for at most
@@ -365,88 +368,29 @@ class RolloutRunner:
     def _watch_for_external_change(self, state: RolloutState) -> RolloutState:
         """Someone else (Argo CD, Flux, a person) changed the weights: towards stable, the
         rollout stops and writes nothing; elsewhere, say so and don't fight."""
-        try:
-            live = self.route.get_weights()
-        except Exception as e:
-            log.warning("could not read the live weights: %s", redact(str(e)))
+        live = self.outside.live("check the weights")
+        if live is None:
             return state
         if _same_split(live, state.weights):
-            self.external_change = None
+            self.outside.message = None
             return state
         if engine.towards_stable(live, state.weights):
-            return self._apply(self._moved_towards_stable(state, self.clock.now(), live))
-        self._announce_external(live, state.weights)
+            return self._apply(self.outside.towards_stable(state, self.clock.now(), live))
+        self.outside.announce(live, state.weights)
         return state
 
     def _trust_live_weights(self, state: RolloutState) -> RolloutState:
         """On resume: a state file can be older than the route (a crash, or a second Ctrl-C,
         between a write and the save). Towards stable, the live weights win."""
-        try:
-            live = self.route.get_weights()
-        except Exception as e:  # every forward write still compares first
-            log.warning("could not read the live weights to check the saved state: %s", redact(str(e)))
+        live = self.outside.live("check the saved state")  # unread: every forward write still compares
+        if live is None or _same_split(live, state.weights) or not engine.towards_stable(live, state.weights):
             return state
-        if _same_split(live, state.weights) or not engine.towards_stable(live, state.weights):
-            return state
-        return self._apply(self._moved_towards_stable(state, self.clock.now(), live))
+        return self._apply(self.outside.towards_stable(state, self.clock.now(), live))
 
-    def _moved_towards_stable(self, state: RolloutState, now: float, live: Weights) -> Decision:
-        """Our own rollback, newer than ``state`` (its record is on the route), or a person's move."""
-        try:
-            record = self.route.recorded_rollback()
-        except Exception:
-            record = None
-        if record is not None and record.run_id and record.run_id == state.run_id and live.candidate == 0:
-            log.info("the route holds this rollout's own rollback, newer than the saved state")
-            return engine.recorded_rollback(state, now, record.reason, record.failed_checks)
-        return engine.moved_outside(state, now, live, self.route.ref)
-
-    def _announce_external(self, live: Weights, expected: Weights) -> None:
-        message = (
-            f"weights were changed outside mesh-canary: live {live.stable}/{live.candidate}, "
-            f"expected {expected.stable}/{expected.candidate}; holding (not fighting it)"
-        )
-        if message != self.external_change:
-            self.external_change = message
-            self.notifier.notify(
-                Announcement(self.policy.name, "ExternalChange", message, severity="warning")
-            )
-
-    # -- ownership ---------------------------------------------------------------------
-
-    def _claim(self, run_id: str, previous: str) -> None:
-        rollout = f"{self.policy.namespace}/{self.policy.name}"
-        deadline = self.clock.now() + self.write_deadline_s
-        delay = self.backoff_s
-        while True:
-            try:
-                self.route.claim(run_id, rollout, previous)
-                self._owned = run_id
-                return
-            except Exception as e:
-                if not _retryable(e):
-                    raise
-                if self.clock.now() + delay > deadline:
-                    raise RouterWriteError(redact(str(e))) from e
-                self.clock.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
-
-    def _release(self) -> None:
-        if not self._owned:
-            return
-        deadline = self.clock.now() + self.write_deadline_s
-        delay = self.backoff_s
-        while True:
-            try:
-                self.route.release(self._owned)
-                self._owned = ""
-                return
-            except Exception as e:
-                if not _retryable(e) or self.clock.now() + delay > deadline:
-                    log.warning("could not release %s: %s", self.route.ref, redact(str(e)))
-                    return
-                self.clock.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
+    @property
+    def external_change(self) -> str | None:
+        """The outside change last announced (None while the weights are ours)."""
+        return self.outside.message
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -495,3 +439,95 @@ def _same_split(a: Weights, b: Weights) -> bool:
 
 
 __all__ = ["ALL_STABLE", "RolloutRunner", "RouterWriteError", "RunResult", "outcome_of"]
+
+
+class Tries:
+    """The runner's one retry rhythm: an attempt at once, then more after doubling pauses
+    (capped at ``max_s``) for as long as a total deadline allows. Yields attempt numbers."""
+
+    def __init__(self, clock: Clock, first_s: float, max_s: float) -> None:
+        self.clock, self.first_s, self.max_s = clock, first_s, max_s
+
+    def __call__(self, total_s: float) -> Iterator[int]:
+        deadline = self.clock.now() + total_s
+        delay, attempt = self.first_s, 1
+        yield attempt
+        while self.clock.now() + delay <= deadline:
+            self.clock.sleep(delay)
+            delay, attempt = min(delay * 2, self.max_s), attempt + 1
+            yield attempt
+
+
+class RouteOwnership:
+    """Who holds the route: claimed before the first write (a second owner is refused),
+    released when the rollout ends. Bounded retries of transient failures."""
+
+    def __init__(self, route: GuardedRouter, rollout: str, tries: Tries, deadline_s: Callable[[], float]):
+        self.route, self.rollout, self.tries, self.deadline_s = route, rollout, tries, deadline_s
+        self.owned = ""  # the run id whose ownership of the route we hold
+
+    def claim(self, run_id: str, previous: str) -> None:
+        last: Exception | None = None
+        for _ in self.tries(self.deadline_s()):
+            try:
+                self.route.claim(run_id, self.rollout, previous)
+                self.owned = run_id
+                return
+            except Exception as e:
+                if not _retryable(e):
+                    raise
+                last = e
+        raise RouterWriteError(redact(str(last))) from last
+
+    def release(self) -> None:
+        """Best effort: a route left owned is named in the next owner's refusal."""
+        if not self.owned:
+            return
+        error = ""
+        for _ in self.tries(self.deadline_s()):
+            try:
+                self.route.release(self.owned)
+                self.owned = ""
+                return
+            except Exception as e:
+                error = redact(str(e))
+                if not _retryable(e):
+                    break
+        log.warning("could not release %s: %s", self.route.ref, error)
+
+
+class OutsideChanges:
+    """Weights someone else set. Towards stable: the rollout stops (a person took over), or
+    adopts its own rollback when the route's record is newer than the saved state.
+    Elsewhere: announced once, not fought."""
+
+    def __init__(self, route: GuardedRouter, notifier: Notifier, rollout: str) -> None:
+        self.route, self.notifier, self.rollout = route, notifier, rollout
+        self.message: str | None = None  # the outside change last announced
+
+    def live(self, why: str) -> Weights | None:
+        try:
+            return self.route.get_weights()
+        except Exception as e:
+            log.warning("could not read the live weights to %s: %s", why, redact(str(e)))
+            return None
+
+    def towards_stable(self, state: RolloutState, now: float, live: Weights) -> Decision:
+        """Our own rollback, newer than ``state`` (its record is on the route), or a person's move."""
+        try:
+            record = self.route.recorded_rollback()
+        except Exception:
+            record = None
+        if record is not None and record.run_id and record.run_id == state.run_id and live.candidate == 0:
+            log.info("the route holds this rollout's own rollback, newer than the saved state")
+            return engine.recorded_rollback(state, now, record.reason, record.failed_checks)
+        return engine.moved_outside(state, now, live, self.route.ref)
+
+    def announce(self, live: Weights, expected: Weights) -> None:
+        message = (
+            f"weights were changed outside mesh-canary: live {live.stable}/{live.candidate}, "
+            f"expected {expected.stable}/{expected.candidate}; holding (not fighting it)"
+        )
+        if message != self.message:
+            self.message = message
+            self.notifier.notify(Announcement(self.rollout, "ExternalChange", message, severity="warning"))
