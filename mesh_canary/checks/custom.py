@@ -129,8 +129,7 @@ KIND = CheckKind(
     title="custom value",
     bounds=("max", "min", "maxIncrease", "maxIncreaseRatio", "maxDecrease"),
     qualifiers=("query",),
-    # requests too: minRequests gates the verdict, and a window with no candidate requests is no data.
-    signals=frozenset({"custom", "requests"}),
+    signals=frozenset({"custom"}),
     evaluate=_evaluate,
     counts=lambda check, c: [("requests", c.requests)],
     never_negative=False,
