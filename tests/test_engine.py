@@ -385,3 +385,57 @@ def test_a_recorded_rollback_is_adopted_as_rolled_back() -> None:
     d = engine.recorded_rollback(state, 50.0, "aborted by a person (manual rollback)", ("manual",))
     assert d.state.phase is Phase.ROLLED_BACK and d.state.failed_checks == ("manual",)
     assert d.weight_writes == [] and d.state.weights == ALL_STABLE
+
+
+# ---- strategies: chosen once from a registry, never by comparing names ---------------
+
+
+def test_every_strategy_of_the_model_has_one_object_and_an_unknown_one_is_named() -> None:
+    assert set(engine.STRATEGIES) == {"canary", "blueGreen"}
+    for name, strategy in engine.STRATEGIES.items():
+        assert strategy.name == name
+        assert engine.strategy_of(replace(make_policy(), strategy=name)) is strategy  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"no strategy 'rainbow'; known strategies: blueGreen, canary"):
+        engine.start(replace(make_policy(), strategy="rainbow"), 0.0)  # type: ignore[arg-type]
+
+
+def test_the_engine_compares_no_strategy_names() -> None:
+    """A new strategy is one class and one registry line: no `policy.strategy == ...` left."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(engine))
+    compared = [
+        ast.unparse(node)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Compare)
+        and any(
+            isinstance(side, ast.Constant) and side.value in engine.STRATEGIES
+            for side in (node.left, *node.comparators)
+        )
+    ]
+    assert compared == []
+
+
+class Straight(engine.Canary):
+    """A throw-away strategy: all traffic at once, judged for one window."""
+
+    name = "straight"
+
+    def schedule(self, policy: Policy) -> tuple[int, ...]:
+        return (100,)
+
+    def weights(self, policy: Policy, index: int) -> Weights:
+        return Weights.candidate_at(100)
+
+    def started(self, weights: Weights) -> str:
+        return "everything at once"
+
+
+def test_a_registered_strategy_drives_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(engine.STRATEGIES, "straight", Straight())
+    policy = replace(make_policy(), strategy="straight")  # type: ignore[arg-type]
+    d = engine.start(policy, 0.0)
+    assert d.weight_writes[0].weights == Weights.candidate_at(100)
+    assert d.announcements[0].message.endswith("everything at once")
+    assert engine.schedule(policy) == (100,)

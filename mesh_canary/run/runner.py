@@ -94,7 +94,7 @@ class RolloutRunner:
         policy: Policy,
         router: TrafficRouter,
         metrics: MetricsSource,
-        store: StateStore,
+        store: StateStore | None,  # None: kept in memory only (simulation: never resumed)
         notifier: Notifier,
         clock: Clock,
         judge: Judge | None = None,
@@ -139,7 +139,7 @@ class RolloutRunner:
         must not be undone by replaying an older step; and when the live weights moved
         towards stable since the state was saved, the live weights win.
         """
-        saved = self.store.load()
+        saved = self.store.load() if self.store is not None else None
         previous = ""
         if saved is not None:
             state = RolloutState.from_dict(saved)
@@ -270,7 +270,8 @@ class RolloutRunner:
         # Memory first: if the save fails, the next turn still knows what was written (and
         # the controller's status write after the turn carries it).
         self.state = state
-        self.store.save(state.to_dict())
+        if self.store is not None:
+            self.store.save(state.to_dict())
         for a in announcements:
             self.notifier.notify(a)
         if finished:
