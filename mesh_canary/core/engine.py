@@ -684,7 +684,9 @@ class Canary:
         new = _enter_step(self, policy, state, now, carried)
         if promoting:
             return _finish(policy, new, now, weights_to_write=new.weights)
-        msg = f"step {nxt + 1}/{len(steps)}: {new.weights.candidate}% of traffic to {policy.candidate.version}"
+        msg = (
+            f"step {nxt + 1}/{len(steps)}: {new.weights.candidate}% of traffic to {policy.candidate.version}"
+        )
         return Decision(new, (SetWeights(new.weights, f"step {nxt + 1}"), Announce("StepAdvanced", msg)))
 
 

@@ -76,9 +76,7 @@ def simulate_rollout(
         mesh.reset(seed)
     clock = VirtualClock()
     simulated = SimulatedMesh(mesh, clock)
-    runner = RolloutRunner(
-        policy, simulated, simulated, None, _Silent(), clock, judge or default_judge()
-    )
+    runner = RolloutRunner(policy, simulated, simulated, None, _Silent(), clock, judge or default_judge())
     state = runner.run(timeout_s=scenario.duration_s + _EPS).state
     return _result(state, scenario, seed, mesh)
 
