@@ -1,6 +1,6 @@
 """The thin driver that runs one rollout: read metrics, call the engine, carry out its
 actions, save the state. Used by `mesh-canary run`, the demo, and (one per rollout) the
-controller; `simulate` drives the engine the same way in virtual time.
+controller, and by `simulate` on a virtual clock.
 
 This is the one layer that owns retries and deadlines: routers make one bounded attempt
 per call; the runner retries with backoff under a total deadline per turn, so
