@@ -336,17 +336,7 @@ def tick(
 
     strategy = strategy_of(policy)
     state = strategy.observed(replace(state, last_data_at=now), observation)
-    ctx = _context(policy, state, judge)
-    results = _judge_safely(judge, checks, observation, ctx)
-    if _carries_evidence(policy, judge) and _last_judged_step(strategy, policy, state):
-        alone = replace(
-            ctx,
-            earlier_windows=(),
-            own_window=True,
-            alpha=(1.0 - policy.analysis.confidence) * OWN_WINDOW_BUDGET,
-        )
-        own = _judge_safely(judge, checks, observation, alone)
-        results = tuple(_with_own_window(r, o, c) for r, o, c in zip(results, own, checks, strict=True))
+    results = _judge_step(strategy, policy, state, observation, judge)
     state = replace(state, checks=results)
 
     failed = [r for r in results if r.verdict is Verdict.FAIL]
@@ -365,6 +355,26 @@ def tick(
     if not ready:
         return _check_step_deadline(policy, state, now) or Decision(state)
     return strategy.advance(policy, state, now, observation)
+
+
+def _judge_step(
+    strategy: Strategy, policy: Policy, state: RolloutState, observation: Observation, judge: Judge
+) -> tuple[CheckResult, ...]:
+    """Every check's verdict on the step's window (and, in the last judged step with evidence
+    carried forward, on its own window too)."""
+    checks = policy.analysis.checks
+    ctx = _context(policy, state, judge)
+    results = _judge_safely(judge, checks, observation, ctx)
+    if _carries_evidence(policy, judge) and _last_judged_step(strategy, policy, state):
+        alone = replace(
+            ctx,
+            earlier_windows=(),
+            own_window=True,
+            alpha=(1.0 - policy.analysis.confidence) * OWN_WINDOW_BUDGET,
+        )
+        own = _judge_safely(judge, checks, observation, alone)
+        results = tuple(_with_own_window(r, o, c) for r, o, c in zip(results, own, checks, strict=True))
+    return results
 
 
 def _judge_safely(
