@@ -11,6 +11,22 @@ from typing import Any
 NS = "models"  # the namespace of the tests' rollouts and routes
 
 
+def minimal_rollout(name: str = "fraud-scorer", subsets: tuple[str, str] = ("v1", "v2")) -> dict[str, Any]:
+    """The smallest valid ModelRollout: only the required fields, every default left to the
+    policy loader."""
+    stable_subset, candidate_subset = subsets
+    return {
+        "apiVersion": "mesh-canary.io/v1alpha1",
+        "kind": "ModelRollout",
+        "metadata": {"name": name},
+        "spec": {
+            "virtualService": {"name": name},
+            "stable": {"destination": {"host": name, "subset": stable_subset}},
+            "candidate": {"destination": {"host": name, "subset": candidate_subset}},
+        },
+    }
+
+
 def model_rollout(
     name: str = "fraud-scorer",
     candidate: str = "2.0",
@@ -21,7 +37,8 @@ def model_rollout(
     namespace: str = NS,
     **spec: Any,
 ) -> dict[str, Any]:
-    """A valid ModelRollout for the VirtualService ``name`` (route ``primary``).
+    """A runnable ModelRollout for the VirtualService ``name`` (route ``primary``): the minimal
+    one with short steps and an error-rate check.
 
     ``candidate``: the candidate's version; ``subsets``: stable's and the candidate's
     VirtualService subsets, also their ``metricsVersion`` with ``metrics_versions``;
@@ -30,22 +47,17 @@ def model_rollout(
     anything else replaces it.
     """
     stable_subset, candidate_subset = subsets
-    doc: dict[str, Any] = {
-        "apiVersion": "mesh-canary.io/v1alpha1",
-        "kind": "ModelRollout",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "virtualService": {"name": name, "routes": ["primary"]},
-            "stable": {"destination": {"host": name, "subset": stable_subset}, "version": "1.0"},
-            "candidate": {"destination": {"host": name, "subset": candidate_subset}, "version": candidate},
-            "canary": {"steps": [20, 50, 100], "minStepDuration": "1s", "maxStepDuration": "60s"},
-            "analysis": {
-                "interval": "1s",
-                "minRequests": 10,
-                "noDataTimeout": "60s",
-                "checks": [{"metric": "errorRate", "max": 0.05}],
-            },
-        },
+    doc = minimal_rollout(name, subsets)
+    doc["metadata"]["namespace"] = namespace
+    doc["spec"]["virtualService"]["routes"] = ["primary"]
+    doc["spec"]["stable"]["version"] = "1.0"
+    doc["spec"]["candidate"]["version"] = candidate
+    doc["spec"]["canary"] = {"steps": [20, 50, 100], "minStepDuration": "1s", "maxStepDuration": "60s"}
+    doc["spec"]["analysis"] = {
+        "interval": "1s",
+        "minRequests": 10,
+        "noDataTimeout": "60s",
+        "checks": [{"metric": "errorRate", "max": 0.05}],
     }
     if metrics_versions:
         doc["spec"]["stable"]["metricsVersion"] = stable_subset
