@@ -1,12 +1,18 @@
-"""Shared test helpers: the one ModelRollout (policy) document builder.
+"""Shared test helpers: the one policy builder, as a document and as a model.
 
-Every test that needs a policy document starts from :func:`model_rollout` and states only
-what differs (a test module may keep a short wrapper that names its differences)."""
+Every test that needs a policy starts from these and states only what differs (a test
+module may keep a short wrapper that names its differences): :func:`minimal_rollout` (the
+required fields only), :func:`model_rollout` (a runnable document), :func:`make_policy`
+(a :class:`Policy` built directly, for the layers below the policy loader)."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
+
+from mesh_canary.core.model import AnalysisSpec, Check, Destination, Policy, VersionSpec, VirtualServiceRef
 
 NS = "models"  # the namespace of the tests' rollouts and routes
 
@@ -70,3 +76,31 @@ def model_rollout(
         else:
             doc["spec"][key] = copy.deepcopy(value)
     return doc
+
+
+def make_policy(
+    checks: Sequence[Check] = (),
+    *,
+    versions: tuple[str, str] = ("1.4.2", "1.5.0"),
+    metrics_versions: tuple[str, str] = ("v1", "v2"),
+    subsets: tuple[str, str] = ("v1", "v2"),
+    hosts: tuple[str, str | None] = ("fraud-scorer", None),
+    namespace: str = NS,
+    **fields: Any,
+) -> Policy:
+    """The rollout ``fraud-scorer`` as a Policy, without the loader (its defaults are the
+    model's). ``versions``, ``metrics_versions``, ``subsets`` and ``hosts``: stable's and
+    the candidate's (the candidate's host None: stable's); ``fields``: other Policy fields
+    (``canary=``, ``analysis=``, ``metrics=``...), replacing the defaults."""
+    host, candidate_host = hosts
+    policy = Policy(
+        name="fraud-scorer",
+        namespace=namespace,
+        virtual_service=VirtualServiceRef(name="fraud-scorer", namespace=namespace),
+        stable=VersionSpec(Destination(host, subsets[0]), versions[0], metrics_versions[0]),
+        candidate=VersionSpec(
+            Destination(candidate_host or host, subsets[1]), versions[1], metrics_versions[1]
+        ),
+        analysis=AnalysisSpec(checks=tuple(checks)),
+    )
+    return replace(policy, **fields)

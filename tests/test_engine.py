@@ -15,14 +15,12 @@ from mesh_canary.core.model import (
     BlueGreenSpec,
     CanarySpec,
     Check,
-    Destination,
     Policy,
-    VersionSpec,
-    VirtualServiceRef,
 )
 from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.verdicts import CheckResult, JudgeContext, Verdict
 from mesh_canary.core.weights import ALL_STABLE, Weights
+from tests.conftest import make_policy as shared_policy
 
 CHECKS = (
     Check(metric="errorRate", name="errorRate", max_increase=0.01),
@@ -31,18 +29,14 @@ CHECKS = (
 
 
 def make_policy(**kw: object) -> Policy:
-    base = Policy(
-        name="fraud-scorer",
-        namespace="models",
-        virtual_service=VirtualServiceRef(name="fraud-scorer", namespace="models"),
-        stable=VersionSpec(Destination("fraud-scorer", "v1"), "1.0", "v1"),
-        candidate=VersionSpec(Destination("fraud-scorer", "v2"), "2.0", "v2"),
-        canary=CanarySpec(steps=(10, 50, 100), min_step_duration_s=60, max_step_duration_s=300),
-        analysis=AnalysisSpec(
+    """The shared Policy with this module's versions, steps and analysis; ``kw`` replaces fields."""
+    fields: dict[str, object] = {
+        "canary": CanarySpec(steps=(10, 50, 100), min_step_duration_s=60, max_step_duration_s=300),
+        "analysis": AnalysisSpec(
             interval_s=30, confidence=0.99, min_requests=10, no_data_timeout_s=120, checks=CHECKS
         ),
-    )
-    return replace(base, **kw)  # type: ignore[arg-type]
+    }
+    return shared_policy(versions=("1.0", "2.0"), **{**fields, **kw})
 
 
 class ScriptedJudge:
