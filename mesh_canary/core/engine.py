@@ -241,11 +241,11 @@ def schedule(policy: Policy) -> tuple[int, ...]:
 OWN_WINDOW_BUDGET = 0.1
 
 
-def _carries_evidence(policy: Policy, judge: Judge) -> bool:
+def _carries_evidence(strategy: Strategy, policy: Policy, judge: Judge) -> bool:
     """Does the judge carry evidence across canary steps (so the last one's own window is
     judged too)? Judges that judge every window alone lack or clear ``carries_evidence``."""
     carries = getattr(judge, "carries_evidence", False) is True
-    return carries and strategy_of(policy).carries_evidence(policy)
+    return carries and strategy.carries_evidence(policy)
 
 
 def start(policy: Policy, now: float) -> Decision:
@@ -313,6 +313,7 @@ def tick(
         return retry_rollback(state)  # decided: nothing to judge, only the write to finish
     if state.terminal:
         return Decision(state)
+    strategy = strategy_of(policy)  # chosen once per call, from the registry
     state = replace(state, last_tick_at=now, ticks=state.ticks + 1)
     checks = policy.analysis.checks
 
@@ -332,9 +333,8 @@ def tick(
                 f"(noDataTimeout {format_duration(policy.analysis.no_data_timeout_s)})",
                 ("noData",),
             )
-        return _check_step_deadline(policy, state, now) or Decision(state)
+        return _check_step_deadline(strategy, policy, state, now) or Decision(state)
 
-    strategy = strategy_of(policy)
     state = strategy.observed(replace(state, last_data_at=now), observation)
     results = _judge_step(strategy, policy, state, observation, judge)
     state = replace(state, checks=results)
@@ -353,7 +353,7 @@ def tick(
         _ready(r, c, final_window) for r, c in zip(results, checks, strict=True)
     )
     if not ready:
-        return _check_step_deadline(policy, state, now) or Decision(state)
+        return _check_step_deadline(strategy, policy, state, now) or Decision(state)
     return strategy.advance(policy, state, now, observation)
 
 
@@ -363,9 +363,9 @@ def _judge_step(
     """Every check's verdict on the step's window (and, in the last judged step with evidence
     carried forward, on its own window too)."""
     checks = policy.analysis.checks
-    ctx = _context(policy, state, judge)
+    ctx = _context(strategy, policy, state, judge)
     results = _judge_safely(judge, checks, observation, ctx)
-    if _carries_evidence(policy, judge) and _last_judged_step(strategy, policy, state):
+    if _carries_evidence(strategy, policy, judge) and _last_judged_step(strategy, policy, state):
         alone = replace(
             ctx,
             earlier_windows=(),
@@ -405,19 +405,18 @@ def _no_data_reason(obs: Observation) -> str | None:
     return None
 
 
-def _budget(policy: Policy, judge: Judge) -> float:
+def _budget(strategy: Strategy, policy: Policy, judge: Judge) -> float:
     """The false-rollback budget of the windows (the last step's own window's set apart)."""
     budget = 1.0 - policy.analysis.confidence
-    return budget * (1.0 - OWN_WINDOW_BUDGET) if _carries_evidence(policy, judge) else budget
+    return budget * (1.0 - OWN_WINDOW_BUDGET) if _carries_evidence(strategy, policy, judge) else budget
 
 
-def _context(policy: Policy, state: RolloutState, judge: Judge) -> JudgeContext:
-    strategy = strategy_of(policy)
+def _context(strategy: Strategy, policy: Policy, state: RolloutState, judge: Judge) -> JudgeContext:
     mirrored = strategy.mirrored(state.step_index)
     share = 0.5 if mirrored else state.weights.candidate / 100.0
     return JudgeContext(
         candidate_share=share,
-        alpha=_budget(policy, judge) / strategy.judged_windows(policy),
+        alpha=_budget(strategy, policy, judge) / strategy.judged_windows(policy),
         min_requests=policy.analysis.min_requests,
         mirrored=mirrored,
         step_index=state.step_index,
@@ -481,12 +480,14 @@ def _ready(result: CheckResult, check: Check, final_window: bool) -> bool:
     return check.metric in _LABEL_METRICS and not final_window
 
 
-def _check_step_deadline(policy: Policy, state: RolloutState, now: float) -> Decision | None:
+def _check_step_deadline(
+    strategy: Strategy, policy: Policy, state: RolloutState, now: float
+) -> Decision | None:
     """Still undecided past maxStepDuration: roll back (fail closed)."""
     if state.paused or state.at_gate:
         return None
     in_step = now - state.step_started_at
-    limit = strategy_of(policy).max_duration_s(policy, state.step_index)
+    limit = strategy.max_duration_s(policy, state.step_index)
     if in_step < limit:
         return None
     holding = [r.name for r in state.checks if r.verdict is not Verdict.PASS]
