@@ -15,14 +15,12 @@ from mesh_canary.core.model import (
     BlueGreenSpec,
     CanarySpec,
     Check,
-    Destination,
     Policy,
-    VersionSpec,
-    VirtualServiceRef,
 )
 from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.verdicts import CheckResult, JudgeContext, Verdict
 from mesh_canary.core.weights import ALL_STABLE, Weights
+from tests.conftest import make_policy as shared_policy
 
 CHECKS = (
     Check(metric="errorRate", name="errorRate", max_increase=0.01),
@@ -31,18 +29,14 @@ CHECKS = (
 
 
 def make_policy(**kw: object) -> Policy:
-    base = Policy(
-        name="fraud-scorer",
-        namespace="models",
-        route=VirtualServiceRef(name="fraud-scorer", namespace="models"),
-        stable=VersionSpec(Destination("fraud-scorer", "v1"), "1.0", "v1"),
-        candidate=VersionSpec(Destination("fraud-scorer", "v2"), "2.0", "v2"),
-        canary=CanarySpec(steps=(10, 50, 100), min_step_duration_s=60, max_step_duration_s=300),
-        analysis=AnalysisSpec(
+    """The shared Policy with this module's versions, steps and analysis; ``kw`` replaces fields."""
+    fields: dict[str, object] = {
+        "canary": CanarySpec(steps=(10, 50, 100), min_step_duration_s=60, max_step_duration_s=300),
+        "analysis": AnalysisSpec(
             interval_s=30, confidence=0.99, min_requests=10, no_data_timeout_s=120, checks=CHECKS
         ),
-    )
-    return replace(base, **kw)  # type: ignore[arg-type]
+    }
+    return shared_policy(versions=("1.0", "2.0"), **{**fields, **kw})
 
 
 class ScriptedJudge:
@@ -385,3 +379,57 @@ def test_a_recorded_rollback_is_adopted_as_rolled_back() -> None:
     d = engine.recorded_rollback(state, 50.0, "aborted by a person (manual rollback)", ("manual",))
     assert d.state.phase is Phase.ROLLED_BACK and d.state.failed_checks == ("manual",)
     assert d.weight_writes == [] and d.state.weights == ALL_STABLE
+
+
+# ---- strategies: chosen once from a registry, never by comparing names ---------------
+
+
+def test_every_strategy_of_the_model_has_one_object_and_an_unknown_one_is_named() -> None:
+    assert set(engine.STRATEGIES) == {"canary", "blueGreen"}
+    for name, strategy in engine.STRATEGIES.items():
+        assert strategy.name == name
+        assert engine.strategy_of(replace(make_policy(), strategy=name)) is strategy  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"no strategy 'rainbow'; known strategies: blueGreen, canary"):
+        engine.start(replace(make_policy(), strategy="rainbow"), 0.0)  # type: ignore[arg-type]
+
+
+def test_the_engine_compares_no_strategy_names() -> None:
+    """A new strategy is one class and one registry line: no `policy.strategy == ...` left."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(engine))
+    compared = [
+        ast.unparse(node)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Compare)
+        and any(
+            isinstance(side, ast.Constant) and side.value in engine.STRATEGIES
+            for side in (node.left, *node.comparators)
+        )
+    ]
+    assert compared == []
+
+
+class Straight(engine.Canary):
+    """A throw-away strategy: all traffic at once, judged for one window."""
+
+    name = "straight"
+
+    def schedule(self, policy: Policy) -> tuple[int, ...]:
+        return (100,)
+
+    def weights(self, policy: Policy, index: int) -> Weights:
+        return Weights.candidate_at(100)
+
+    def started(self, weights: Weights) -> str:
+        return "everything at once"
+
+
+def test_a_registered_strategy_drives_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(engine.STRATEGIES, "straight", Straight())
+    policy = replace(make_policy(), strategy="straight")  # type: ignore[arg-type]
+    d = engine.start(policy, 0.0)
+    assert d.weight_writes[0].weights == Weights.candidate_at(100)
+    assert d.announcements[0].message.endswith("everything at once")
+    assert engine.schedule(policy) == (100,)

@@ -27,6 +27,7 @@ from mesh_canary.notify import (
     notifier_for_policy,
 )
 from mesh_canary.protocols import Announcement
+from tests.conftest import minimal_rollout
 
 ROLLED_BACK = Announcement(
     rollout="fraud-scorer",
@@ -168,22 +169,12 @@ def test_a_policys_webhooks_with_url_from_env_receive_every_announcement(
     receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ROLLOUT_HOOK", f"{receiver.url}/ok")
-    policy = load_policy(
-        {
-            "apiVersion": "mesh-canary.io/v1alpha1",
-            "kind": "ModelRollout",
-            "metadata": {"name": "fraud-scorer"},
-            "spec": {
-                "virtualService": {"name": "fraud-scorer"},
-                "stable": {"destination": {"host": "fraud-scorer", "subset": "v1"}},
-                "candidate": {"destination": {"host": "fraud-scorer", "subset": "v2"}},
-                "notifications": [
-                    {"webhook": {"urlFrom": {"env": "ROLLOUT_HOOK"}, "format": "slack"}},
-                    {"webhook": {"url": f"{receiver.url}/ok", "format": "json"}},
-                ],
-            },
-        }
-    )
+    doc = minimal_rollout()
+    doc["spec"]["notifications"] = [
+        {"webhook": {"urlFrom": {"env": "ROLLOUT_HOOK"}, "format": "slack"}},
+        {"webhook": {"url": f"{receiver.url}/ok", "format": "json"}},
+    ]
+    policy = load_policy(doc)
     notifier = notifier_for_policy(policy.notifications)
     try:
         notifier.notify(ROLLED_BACK)

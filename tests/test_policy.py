@@ -30,21 +30,13 @@ from mesh_canary.core.policy import (
     validate_text,
 )
 from mesh_canary.core.policy import schema as policy_schema_module
+from tests.conftest import minimal_rollout
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = sorted((ROOT / "policies").glob("*.yaml"))
 INVALID = sorted((ROOT / "tests" / "data" / "invalid").glob("*.yaml"))
 
-MINIMAL: dict[str, Any] = {
-    "apiVersion": "mesh-canary.io/v1alpha1",
-    "kind": "ModelRollout",
-    "metadata": {"name": "fraud-scorer"},
-    "spec": {
-        "virtualService": {"name": "fraud-scorer"},
-        "stable": {"destination": {"host": "fraud-scorer", "subset": "v1"}},
-        "candidate": {"destination": {"host": "fraud-scorer", "subset": "v2"}},
-    },
-}
+MINIMAL: dict[str, Any] = minimal_rollout()
 HOSTILE = '"} or vector(1) #'
 
 

@@ -12,18 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh_canary.core.model import (
-    AnalysisSpec,
     Check,
-    Destination,
     MetricsSpec,
     Policy,
-    VersionSpec,
-    VirtualServiceRef,
 )
 from mesh_canary.core.observations import INF
 from mesh_canary.core.policy import load_policy_text
 from mesh_canary.metrics import promql
 from mesh_canary.metrics.promql import PromQLError, Query, Reading, interpret, plan_queries, render_custom
+from tests.conftest import make_policy
 
 ERROR_RATE = Check(metric="errorRate", name="errorRate", max_increase=0.005)
 LATENCY = Check(metric="latency", name="latency", quantile=0.99, max_increase_ratio=0.1)
@@ -52,15 +49,11 @@ def policy(
     model_version_label: str = "version",
     variables: Mapping[str, str] | None = None,
 ) -> Policy:
-    return Policy(
-        name="fraud-scorer",
-        namespace="models",
-        route=VirtualServiceRef(name="fraud-scorer", namespace="models"),
-        stable=VersionSpec(Destination(host, subset="v1"), version="1.4.2", metrics_version=stable),
-        candidate=VersionSpec(
-            Destination(candidate_host or host, subset="v2"), version="1.5.0", metrics_version=candidate
-        ),
-        analysis=AnalysisSpec(checks=tuple(checks)),
+    """The shared Policy with these metrics versions, hosts and query settings."""
+    return make_policy(
+        checks,
+        metrics_versions=(stable, candidate),
+        hosts=(host, candidate_host),
         metrics=MetricsSpec(
             profile=profile,  # type: ignore[arg-type]
             version_label=version_label,

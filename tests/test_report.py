@@ -34,6 +34,7 @@ from mesh_canary.run.clock import VirtualClock
 from mesh_canary.run.runner import RolloutRunner
 from mesh_canary.run.stores import FileStateStore
 from mesh_canary.simulation.traffic import SyntheticMesh, load_scenario
+from tests.conftest import model_rollout
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
 from tests.kube_standin import KubeStandIn
 
@@ -44,23 +45,18 @@ HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
 def policy_doc(steps: list[int] | None = None, labels: bool = True, **spec: Any) -> dict[str, Any]:
+    """The shared document with the report's versions, minutes-long steps, and an accuracy check."""
     checks: list[dict[str, Any]] = [{"metric": "errorRate", "maxIncreaseRatio": 0.5, "max": 0.05}]
     if labels:
         checks.append({"metric": "accuracy", "maxDecrease": 0.05, "minLabeled": 100})
-    doc: dict[str, Any] = {
-        "apiVersion": "mesh-canary.io/v1alpha1",
-        "kind": "ModelRollout",
-        "metadata": {"name": "fraud-scorer", "namespace": "models"},
-        "spec": {
-            "virtualService": {"name": "fraud-scorer"},
-            "stable": {"destination": {"host": "fraud-scorer", "subset": "v1"}, "version": "1.4.2"},
-            "candidate": {"destination": {"host": "fraud-scorer", "subset": "v2"}, "version": "1.5.0"},
-            "canary": {"steps": steps or [10, 50, 100], "minStepDuration": "2m", "maxStepDuration": "20m"},
-            "analysis": {"interval": "30s", "minRequests": 100, "checks": checks},
-        },
-    }
-    doc["spec"].update(spec)
-    return doc
+    return model_rollout(
+        "fraud-scorer",
+        "1.5.0",
+        stable={"version": "1.4.2"},
+        canary={"steps": steps or [10, 50, 100], "minStepDuration": "2m", "maxStepDuration": "20m"},
+        analysis={"interval": "30s", "minRequests": 100, "noDataTimeout": "5m", "checks": checks},
+        **spec,
+    )
 
 
 def scenario(candidate: dict[str, Any] | None = None, labels_missing: float = 0.2) -> Any:

@@ -20,7 +20,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from mesh_canary.checks import REGISTRY
 from mesh_canary.core.durations import format_duration
@@ -266,23 +266,7 @@ def policy_fingerprint(policy: Policy) -> str:
 
 def schedule(policy: Policy) -> tuple[int, ...]:
     """Candidate weight per step. blueGreen: 0 while previewing (mirrored), then 100."""
-    if policy.strategy == "blueGreen":
-        return (0, 100)
-    return policy.canary.steps
-
-
-def _weights_for_step(policy: Policy, index: int) -> Weights:
-    weight = schedule(policy)[index]
-    if policy.strategy == "blueGreen" and index == 0:
-        return Weights.candidate_at(0, mirror_percent=policy.blue_green.mirror_percent)
-    return Weights.candidate_at(weight)
-
-
-def _judged_windows(policy: Policy) -> int:
-    """How many windows share the rollout's false-rollback budget."""
-    if policy.strategy == "blueGreen":
-        return 2
-    return max(sum(1 for w in policy.canary.steps if w < 100), 1)
+    return strategy_of(policy).schedule(policy)
 
 
 # With evidence carried across steps, the last judged step is also judged on its own window
@@ -292,16 +276,16 @@ def _judged_windows(policy: Policy) -> int:
 OWN_WINDOW_BUDGET = 0.1
 
 
-def _carries_evidence(policy: Policy, judge: Judge) -> bool:
+def _carries_evidence(strategy: Strategy, policy: Policy, judge: Judge) -> bool:
     """Does the judge carry evidence across canary steps (so the last one's own window is
     judged too)? Judges that judge every window alone lack or clear ``carries_evidence``."""
-    judged = sum(1 for w in policy.canary.steps if w < 100)
     carries = getattr(judge, "carries_evidence", False) is True
-    return carries and policy.strategy == "canary" and judged >= 2
+    return carries and strategy.carries_evidence(policy)
 
 
 def start(policy: Policy, now: float) -> Decision:
-    weights = _weights_for_step(policy, 0)
+    strategy = strategy_of(policy)
+    weights = strategy.weights(policy, 0)
     state = RolloutState(
         name=policy.name,
         strategy=policy.strategy,
@@ -311,14 +295,10 @@ def start(policy: Policy, now: float) -> Decision:
         started_at=now,
         step_started_at=now,
         last_data_at=now,
-        steps=(StepRecord(weight=schedule(policy)[0], start_s=0.0),),
+        steps=(StepRecord(weight=strategy.schedule(policy)[0], start_s=0.0),),
         policy_fingerprint=policy_fingerprint(policy),
     )
-    what = (
-        f"mirroring {weights.mirror_percent}% of traffic to the candidate"
-        if policy.strategy == "blueGreen"
-        else f"{weights.candidate}% of traffic to the candidate"
-    )
+    what = strategy.started(weights)
     msg = f"started rolling out {policy.candidate.version} over {policy.stable.version}: {what}"
     return Decision(state, (SetWeights(weights, "start"), Announce("Started", msg)))
 
@@ -368,6 +348,7 @@ def tick(
         return retry_rollback(state)  # decided: nothing to judge, only the write to finish
     if state.terminal:
         return Decision(state)
+    strategy = strategy_of(policy)  # chosen once per call, from the registry
     state = replace(state, last_tick_at=now, ticks=state.ticks + 1)
     checks = policy.analysis.checks
 
@@ -387,23 +368,10 @@ def tick(
                 f"(noDataTimeout {format_duration(policy.analysis.no_data_timeout_s)})",
                 ("noData",),
             )
-        return _check_step_deadline(policy, state, now) or Decision(state)
+        return _check_step_deadline(strategy, policy, state, now) or Decision(state)
 
-    state = replace(state, last_data_at=now)
-    if policy.strategy == "blueGreen" and state.step_index == 0:
-        # Relative checks after the switch compare with what stable did during preview.
-        state = replace(state, stable_baseline=observation)
-    ctx = _context(policy, state, judge)
-    results = _judge_safely(judge, checks, observation, ctx)
-    if _carries_evidence(policy, judge) and _last_judged_step(policy, state):
-        alone = replace(
-            ctx,
-            earlier_windows=(),
-            own_window=True,
-            alpha=(1.0 - policy.analysis.confidence) * OWN_WINDOW_BUDGET,
-        )
-        own = _judge_safely(judge, checks, observation, alone)
-        results = tuple(_with_own_window(r, o, c) for r, o, c in zip(results, own, checks, strict=True))
+    state = strategy.observed(replace(state, last_data_at=now), observation)
+    results = _judge_step(strategy, policy, state, observation, judge)
     state = replace(state, checks=results)
 
     failed = [r for r in results if r.verdict is Verdict.FAIL]
@@ -415,13 +383,33 @@ def tick(
         return Decision(state)
 
     in_step = now - state.step_started_at
-    final_window = state.step_index + 1 == len(schedule(policy)) - 1 or policy.strategy == "blueGreen"
-    ready = in_step >= _min_duration(policy, state) and all(
+    final_window = strategy.final_window(policy, state.step_index)
+    ready = in_step >= strategy.min_duration_s(policy, state.step_index) and all(
         _ready(r, c, final_window) for r, c in zip(results, checks, strict=True)
     )
     if not ready:
-        return _check_step_deadline(policy, state, now) or Decision(state)
-    return _advance(policy, state, now, observation)
+        return _check_step_deadline(strategy, policy, state, now) or Decision(state)
+    return strategy.advance(policy, state, now, observation)
+
+
+def _judge_step(
+    strategy: Strategy, policy: Policy, state: RolloutState, observation: Observation, judge: Judge
+) -> tuple[CheckResult, ...]:
+    """Every check's verdict on the step's window (and, in the last judged step with evidence
+    carried forward, on its own window too)."""
+    checks = policy.analysis.checks
+    ctx = _context(strategy, policy, state, judge)
+    results = _judge_safely(judge, checks, observation, ctx)
+    if _carries_evidence(strategy, policy, judge) and _last_judged_step(strategy, policy, state):
+        alone = replace(
+            ctx,
+            earlier_windows=(),
+            own_window=True,
+            alpha=(1.0 - policy.analysis.confidence) * OWN_WINDOW_BUDGET,
+        )
+        own = _judge_safely(judge, checks, observation, alone)
+        results = tuple(_with_own_window(r, o, c) for r, o, c in zip(results, own, checks, strict=True))
+    return results
 
 
 def _judge_safely(
@@ -452,23 +440,23 @@ def _no_data_reason(obs: Observation) -> str | None:
     return None
 
 
-def _budget(policy: Policy, judge: Judge) -> float:
+def _budget(strategy: Strategy, policy: Policy, judge: Judge) -> float:
     """The false-rollback budget of the windows (the last step's own window's set apart)."""
     budget = 1.0 - policy.analysis.confidence
-    return budget * (1.0 - OWN_WINDOW_BUDGET) if _carries_evidence(policy, judge) else budget
+    return budget * (1.0 - OWN_WINDOW_BUDGET) if _carries_evidence(strategy, policy, judge) else budget
 
 
-def _context(policy: Policy, state: RolloutState, judge: Judge) -> JudgeContext:
-    mirrored = policy.strategy == "blueGreen" and state.step_index == 0
+def _context(strategy: Strategy, policy: Policy, state: RolloutState, judge: Judge) -> JudgeContext:
+    mirrored = strategy.mirrored(state.step_index)
     share = 0.5 if mirrored else state.weights.candidate / 100.0
     return JudgeContext(
         candidate_share=share,
-        alpha=_budget(policy, judge) / _judged_windows(policy),
+        alpha=_budget(strategy, policy, judge) / strategy.judged_windows(policy),
         min_requests=policy.analysis.min_requests,
         mirrored=mirrored,
         step_index=state.step_index,
-        step_count=len(schedule(policy)),
-        stable_baseline=state.stable_baseline if policy.strategy == "blueGreen" else None,
+        step_count=len(strategy.schedule(policy)),
+        stable_baseline=strategy.baseline(state),
         earlier_windows=state.earlier_windows,
     )
 
@@ -479,7 +467,7 @@ def _label_based(check: Check) -> bool:
     return kind is not None and kind.label_based
 
 
-def _last_judged_step(policy: Policy, state: RolloutState) -> bool:
+def _last_judged_step(strategy: Strategy, policy: Policy, state: RolloutState) -> bool:
     """Is this the last judged canary step, with evidence carried from earlier steps?
 
     Then its own window is judged too: a candidate that collapses in it (4 requests, all
@@ -487,8 +475,7 @@ def _last_judged_step(policy: Policy, state: RolloutState) -> bool:
     judge that judges every window on its own (the benchmark's stateful rules) already
     does that, and is asked once per tick.
     """
-    final = state.step_index + 1 == len(schedule(policy)) - 1
-    return policy.strategy == "canary" and final and bool(state.earlier_windows)
+    return strategy.final_window(policy, state.step_index) and bool(state.earlier_windows)
 
 
 def _with_own_window(carried: CheckResult, own: CheckResult, check: Check) -> CheckResult:
@@ -531,25 +518,14 @@ def _ready(result: CheckResult, check: Check, final_window: bool) -> bool:
     return _label_based(check) and not final_window
 
 
-def _min_duration(policy: Policy, state: RolloutState) -> float:
-    if policy.strategy == "blueGreen":
-        bg = policy.blue_green
-        return bg.preview_duration_s if state.step_index == 0 else bg.post_switch_window_s
-    return policy.canary.min_step_duration_s
-
-
-def _max_duration(policy: Policy, state: RolloutState) -> float:
-    if policy.strategy == "blueGreen":
-        return max(_min_duration(policy, state), policy.canary.max_step_duration_s)
-    return policy.canary.max_step_duration_s
-
-
-def _check_step_deadline(policy: Policy, state: RolloutState, now: float) -> Decision | None:
+def _check_step_deadline(
+    strategy: Strategy, policy: Policy, state: RolloutState, now: float
+) -> Decision | None:
     """Still undecided past maxStepDuration: roll back (fail closed)."""
     if state.paused or state.at_gate:
         return None
     in_step = now - state.step_started_at
-    limit = _max_duration(policy, state)
+    limit = strategy.max_duration_s(policy, state.step_index)
     if in_step < limit:
         return None
     holding = [r.name for r in state.checks if r.verdict is not Verdict.PASS]
@@ -574,43 +550,36 @@ def _close_step(state: RolloutState, now: float, verdict: str) -> tuple[StepReco
     return (*state.steps[:-1], last)
 
 
-def _advance(policy: Policy, state: RolloutState, now: float, window: Observation) -> Decision:
-    sched = schedule(policy)
+def _at_gate(state: RolloutState) -> Decision:
+    """Ready to promote but not approved yet: wait at the gate (announced once)."""
+    if state.at_gate:
+        return Decision(state)
+    new = replace(state, phase=Phase.WAITING_FOR_APPROVAL, at_gate=True)
+    return Decision(
+        new,
+        (Announce("WaitingForApproval", "all checks ready: waiting for `mesh-canary rollout approve`"),),
+    )
+
+
+def _enter_step(
+    strategy: Strategy,
+    policy: Policy,
+    state: RolloutState,
+    now: float,
+    earlier: tuple[tuple[float, Observation], ...],
+) -> RolloutState:
+    """The state in the next step: its weights, the closed step's record, a new window."""
     nxt = state.step_index + 1
-    promoting = sched[nxt] == 100 if nxt < len(sched) else True
-    if policy.strategy == "blueGreen" and state.step_index == 1:
-        # The post-switch window passed with no failure: stable may be retired.
-        return _finish(policy, state, now)
-    if promoting and _waiting_for_approval(policy, state):
-        if state.at_gate:
-            return Decision(state)
-        new = replace(state, phase=Phase.WAITING_FOR_APPROVAL, at_gate=True)
-        return Decision(
-            new,
-            (Announce("WaitingForApproval", "all checks ready: waiting for `mesh-canary rollout approve`"),),
-        )
-    weights = _weights_for_step(policy, nxt)
-    steps = (*_close_step(state, now, "pass"), StepRecord(weight=sched[nxt], start_s=now - state.started_at))
-    earlier = state.earlier_windows
-    if policy.strategy == "canary":
-        earlier = (*earlier, (state.weights.candidate / 100.0, window))
-    new = replace(
+    record = StepRecord(weight=strategy.schedule(policy)[nxt], start_s=now - state.started_at)
+    return replace(
         state,
         phase=Phase.PROGRESSING,
         step_index=nxt,
-        weights=weights,
+        weights=strategy.weights(policy, nxt),
         step_started_at=now,
-        steps=steps,
+        steps=(*_close_step(state, now, "pass"), record),
         earlier_windows=earlier,
     )
-    if policy.strategy == "blueGreen":
-        watch = format_duration(policy.blue_green.post_switch_window_s)
-        msg = f"switched 100% of traffic to {policy.candidate.version}; watching for {watch}"
-        return Decision(new, (SetWeights(weights, "switch"), Announce("Switched", msg)))
-    if promoting:
-        return _finish(policy, new, now, weights_to_write=weights)
-    msg = f"step {nxt + 1}/{len(sched)}: {weights.candidate}% of traffic to {policy.candidate.version}"
-    return Decision(new, (SetWeights(weights, f"step {nxt + 1}"), Announce("StepAdvanced", msg)))
 
 
 def _finish(
@@ -652,6 +621,194 @@ def _roll_back(state: RolloutState, now: float, reason: str, failed: Sequence[st
             Announce("RolledBack", f"rolled back to 100% stable: {reason}", severity="warning"),
         ),
     )
+
+
+# ---- strategies: how a rollout moves traffic, one object each ----------------------
+
+
+class Strategy(Protocol):
+    """What differs between rollout strategies; the engine asks, never compares names.
+
+    A strategy is stateless (everything it needs is in the policy and the state) and is
+    chosen once per call from ``STRATEGIES`` by the policy's ``strategy``. A new strategy
+    is one class here plus one line in ``STRATEGIES`` (and its name in the schema)."""
+
+    name: str
+
+    def schedule(self, policy: Policy) -> tuple[int, ...]:
+        """The candidate's weight in every step; the last one is 100."""
+        ...
+
+    def weights(self, policy: Policy, index: int) -> Weights:
+        """The weights to write on entering step ``index``."""
+        ...
+
+    def min_duration_s(self, policy: Policy, index: int) -> float: ...
+
+    def max_duration_s(self, policy: Policy, index: int) -> float: ...
+
+    def judged_windows(self, policy: Policy) -> int:
+        """How many windows share the rollout's false-rollback budget."""
+        ...
+
+    def carries_evidence(self, policy: Policy) -> bool:
+        """May a judge carry evidence across steps (so the last one's own window is judged too)?"""
+        ...
+
+    def final_window(self, policy: Policy, index: int) -> bool:
+        """Is step ``index`` the last one judged before promotion?"""
+        ...
+
+    def mirrored(self, index: int) -> bool:
+        """Is step ``index`` judged on mirrored (shadow) traffic rather than a live share?"""
+        ...
+
+    def baseline(self, state: RolloutState) -> Observation | None:
+        """Stable's window that relative checks compare with, when not the same window's."""
+        ...
+
+    def observed(self, state: RolloutState, observation: Observation) -> RolloutState:
+        """What a window with data leaves in the state before it is judged."""
+        ...
+
+    def started(self, weights: Weights) -> str:
+        """What the first step does, for people."""
+        ...
+
+    def advance(self, policy: Policy, state: RolloutState, now: float, window: Observation) -> Decision:
+        """Every check is ready in ``state``'s step (judged on ``window``): move on."""
+        ...
+
+
+def _judged_steps(policy: Policy) -> int:
+    return sum(1 for w in policy.canary.steps if w < 100)
+
+
+class Canary:
+    """Live traffic in steps (``canary.steps``), each judged on its window with the earlier
+    steps' evidence carried forward; entering the last step (100%) is the promotion."""
+
+    name = "canary"
+
+    def schedule(self, policy: Policy) -> tuple[int, ...]:
+        return policy.canary.steps
+
+    def weights(self, policy: Policy, index: int) -> Weights:
+        return Weights.candidate_at(policy.canary.steps[index])
+
+    def min_duration_s(self, policy: Policy, index: int) -> float:
+        return policy.canary.min_step_duration_s
+
+    def max_duration_s(self, policy: Policy, index: int) -> float:
+        return policy.canary.max_step_duration_s
+
+    def judged_windows(self, policy: Policy) -> int:
+        return max(_judged_steps(policy), 1)
+
+    def carries_evidence(self, policy: Policy) -> bool:
+        return _judged_steps(policy) >= 2
+
+    def final_window(self, policy: Policy, index: int) -> bool:
+        return index + 1 == len(policy.canary.steps) - 1
+
+    def mirrored(self, index: int) -> bool:
+        return False
+
+    def baseline(self, state: RolloutState) -> Observation | None:
+        return None
+
+    def observed(self, state: RolloutState, observation: Observation) -> RolloutState:
+        return state
+
+    def started(self, weights: Weights) -> str:
+        return f"{weights.candidate}% of traffic to the candidate"
+
+    def advance(self, policy: Policy, state: RolloutState, now: float, window: Observation) -> Decision:
+        steps = policy.canary.steps
+        nxt = state.step_index + 1
+        promoting = steps[nxt] == 100 if nxt < len(steps) else True
+        if promoting and _waiting_for_approval(policy, state):
+            return _at_gate(state)
+        carried = (*state.earlier_windows, (state.weights.candidate / 100.0, window))
+        new = _enter_step(self, policy, state, now, carried)
+        if promoting:
+            return _finish(policy, new, now, weights_to_write=new.weights)
+        msg = (
+            f"step {nxt + 1}/{len(steps)}: {new.weights.candidate}% of traffic to {policy.candidate.version}"
+        )
+        return Decision(new, (SetWeights(new.weights, f"step {nxt + 1}"), Announce("StepAdvanced", msg)))
+
+
+class BlueGreen:
+    """The candidate previews on mirrored traffic (step 0, 0% live), then takes 100% at once
+    (step 1); stable stays ready through a post-switch window, judged against stable's
+    preview window, in which a failed check switches back."""
+
+    name = "blueGreen"
+
+    def schedule(self, policy: Policy) -> tuple[int, ...]:
+        return (0, 100)
+
+    def weights(self, policy: Policy, index: int) -> Weights:
+        if index == 0:
+            return Weights.candidate_at(0, mirror_percent=policy.blue_green.mirror_percent)
+        return Weights.candidate_at(100)
+
+    def min_duration_s(self, policy: Policy, index: int) -> float:
+        bg = policy.blue_green
+        return bg.preview_duration_s if index == 0 else bg.post_switch_window_s
+
+    def max_duration_s(self, policy: Policy, index: int) -> float:
+        return max(self.min_duration_s(policy, index), policy.canary.max_step_duration_s)
+
+    def judged_windows(self, policy: Policy) -> int:
+        return 2
+
+    def carries_evidence(self, policy: Policy) -> bool:
+        return False
+
+    def final_window(self, policy: Policy, index: int) -> bool:
+        return True  # the preview decides the switch, the post-switch window the retirement
+
+    def mirrored(self, index: int) -> bool:
+        return index == 0
+
+    def baseline(self, state: RolloutState) -> Observation | None:
+        return state.stable_baseline
+
+    def observed(self, state: RolloutState, observation: Observation) -> RolloutState:
+        if state.step_index == 0:
+            # Relative checks after the switch compare with what stable did during preview.
+            return replace(state, stable_baseline=observation)
+        return state
+
+    def started(self, weights: Weights) -> str:
+        return f"mirroring {weights.mirror_percent}% of traffic to the candidate"
+
+    def advance(self, policy: Policy, state: RolloutState, now: float, window: Observation) -> Decision:
+        if state.step_index == 1:
+            # The post-switch window passed with no failure: stable may be retired.
+            return _finish(policy, state, now)
+        if _waiting_for_approval(policy, state):
+            return _at_gate(state)
+        new = _enter_step(self, policy, state, now, state.earlier_windows)
+        watch = format_duration(policy.blue_green.post_switch_window_s)
+        msg = f"switched 100% of traffic to {policy.candidate.version}; watching for {watch}"
+        return Decision(new, (SetWeights(new.weights, "switch"), Announce("Switched", msg)))
+
+
+_ALL_STRATEGIES: tuple[Strategy, ...] = (Canary(), BlueGreen())
+# The strategies by the policy's ``strategy`` (its schema enum lists the same names).
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in _ALL_STRATEGIES}
+
+
+def strategy_of(policy: Policy) -> Strategy:
+    """The policy's strategy; ValueError naming the known ones otherwise."""
+    found = STRATEGIES.get(policy.strategy)
+    if found is None:
+        known = ", ".join(sorted(STRATEGIES))
+        raise ValueError(f"no strategy {policy.strategy!r}; known strategies: {known}")
+    return found
 
 
 # ---- what the driver found when carrying out a decision -------------------------------

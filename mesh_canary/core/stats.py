@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import lfilter
 from scipy.special import betaln, ndtri
 
 FloatArray = npt.NDArray[np.float64]
@@ -479,6 +478,9 @@ def _geometric_mixtures(log_lik: FloatArray, step: float, scale: float) -> tuple
     """For every grid point i, the log of ``sum_{j>=i} w_{j-i} L_j / L_i`` and of
     ``sum_{j<=i} w_{i-j} L_j / L_i`` with ``w_d = (1 - q) q^d``, ``q = exp(-step / scale)``
     (weights summing to at most 1: a valid mixture). One linear recursion each way."""
+    # Imported here: scipy.signal takes ~0.7 s to import, and most commands never get here.
+    from scipy.signal import lfilter
+
     q = math.exp(-step / scale)
     top = np.max(log_lik, axis=-1, keepdims=True)
     x = np.exp(log_lik - top)

@@ -1,6 +1,6 @@
 """The thin driver that runs one rollout: read metrics, call the engine, carry out its
 actions, save the state. Used by `mesh-canary run`, the demo, and (one per rollout) the
-controller; `simulate` drives the engine the same way in virtual time.
+controller, and by `simulate` on a virtual clock.
 
 This is the one layer that owns retries and deadlines: routers make one bounded attempt
 per call; the runner retries with backoff under a total deadline per turn, so
@@ -96,7 +96,7 @@ class RolloutRunner:
         policy: Policy,
         router: TrafficRouter,
         metrics: MetricsSource,
-        store: StateStore,
+        store: StateStore | None,  # None: kept in memory only (simulation: never resumed)
         notifier: Notifier,
         clock: Clock,
         judge: Judge | None = None,
@@ -144,7 +144,7 @@ class RolloutRunner:
         must not be undone by replaying an older step; and when the live weights moved
         towards stable since the state was saved, the live weights win.
         """
-        saved = self.store.load()
+        saved = self.store.load() if self.store is not None else None
         previous = ""
         if saved is not None:
             state = RolloutState.from_dict(saved)
@@ -277,7 +277,8 @@ class RolloutRunner:
         # Memory first: if the save fails, the next turn still knows what was written (and
         # the controller's status write after the turn carries it).
         self.state = state
-        self.store.save(state.to_dict())
+        if self.store is not None:
+            self.store.save(state.to_dict())
         for a in announcements:
             self.notifier.notify(a)
         if finished:

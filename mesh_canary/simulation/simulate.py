@@ -1,8 +1,11 @@
-"""`mesh-canary simulate`: the real engine and judge against synthetic traffic in virtual time.
+"""`mesh-canary simulate`: a rollout through the production runner, against synthetic traffic
+in virtual time.
 
-No sleeping and no network: each analysis interval the synthetic mesh draws the counts that
-routing every request at random would give, and the engine decides exactly as it would in
-production. The result fields are the contract of docs/simulation.md.
+No sleeping and no network: the runner that drives `mesh-canary run`, the demo and the
+controller drives the engine here too, on a :class:`~mesh_canary.run.clock.VirtualClock`;
+the synthetic mesh is its router (weights written at the clock's time) and its metrics
+source (traffic generated up to the time read), so a decision seen in `simulate` is the
+one production makes. The result fields are the contract of docs/simulation.md.
 """
 
 from __future__ import annotations
@@ -10,11 +13,50 @@ from __future__ import annotations
 from typing import Any
 
 from mesh_canary.core import engine
-from mesh_canary.core.engine import Decision, Outcome
-from mesh_canary.core.judge import AnytimeJudge
+from mesh_canary.core.engine import Outcome, RolloutState
 from mesh_canary.core.model import Policy
+from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import Judge
+from mesh_canary.core.weights import Weights
+from mesh_canary.protocols import Announcement, Clock
+from mesh_canary.run.clock import VirtualClock
+from mesh_canary.run.runner import RolloutRunner, default_judge
 from mesh_canary.simulation.traffic import Scenario, SyntheticMesh
+
+__all__ = ["SimulatedMesh", "simulate_rollout"]
+
+_EPS = 1e-9  # a tick this close to the scenario's end still happens
+
+
+class SimulatedMesh:
+    """The synthetic mesh as the runner sees a real one, on a virtual clock.
+
+    A `TrafficRouter`: a weight write takes effect at the clock's time (the traffic before
+    it is generated with the old weights). A `MetricsSource`: a read generates the traffic
+    up to the time it reads, then counts it as Prometheus would.
+    """
+
+    def __init__(self, mesh: SyntheticMesh, clock: Clock) -> None:
+        self.mesh = mesh
+        self.clock = clock
+
+    def set_weights(self, weights: Weights) -> None:
+        self.mesh.advance(self.clock.now())
+        self.mesh.set_weights(weights)
+
+    def get_weights(self) -> Weights:
+        return self.mesh.get_weights()
+
+    def read(self, since: float, now: float) -> Observation:
+        self.mesh.advance(now)
+        return self.mesh.read(since, now)
+
+
+class _Silent:
+    """A Notifier for a simulation: nobody to tell."""
+
+    def notify(self, announcement: Announcement) -> None:
+        return None
 
 
 def simulate_rollout(
@@ -24,32 +66,22 @@ def simulate_rollout(
     judge: Judge | None = None,
     mesh: SyntheticMesh | None = None,
 ) -> dict[str, Any]:
-    """One simulated rollout; returns the SIMULATION.md result object.
+    """One simulated rollout through the runner; returns the SIMULATION.md result object.
 
     ``mesh``: a SyntheticMesh of this scenario to reuse (it is reset with ``seed``), which
     is cheaper than building one per run when running many seeds."""
-    judge = judge or AnytimeJudge()
     if mesh is None or mesh.scenario is not scenario:
         mesh = SyntheticMesh(scenario, seed=seed)
     else:
         mesh.reset(seed)
+    clock = VirtualClock()
+    simulated = SimulatedMesh(mesh, clock)
+    runner = RolloutRunner(policy, simulated, simulated, None, _Silent(), clock, judge or default_judge())
+    state = runner.run(timeout_s=scenario.duration_s + _EPS).state
+    return _result(state, scenario, seed, mesh)
 
-    def apply(d: Decision) -> engine.RolloutState:
-        for write in d.weight_writes:
-            mesh.set_weights(write.weights)
-        return d.state
 
-    state = apply(engine.start(policy, 0.0))
-    interval = policy.analysis.interval_s
-    t = 0.0
-    while not state.terminal:
-        t_next = t + interval
-        if t_next > scenario.duration_s + 1e-9:
-            break
-        mesh.advance(t_next)
-        t = t_next
-        state = apply(engine.tick(policy, state, mesh.read(state.window_start, t), t, judge))
-
+def _result(state: RolloutState, scenario: Scenario, seed: int, mesh: SyntheticMesh) -> dict[str, Any]:
     outcome = (engine.outcome_of(state) or Outcome.TIMED_OUT).value
     decided = state.finished_at if state.finished_at is not None else scenario.duration_s
     if outcome == "timed_out":

@@ -31,6 +31,7 @@ import pytest
 from mesh_canary.core.weights import Weights
 from mesh_canary.localmesh.mesh import HEALTHY, Degradation, LoadSettings, LocalMesh
 from mesh_canary.localmesh.prometheus import PrometheusServer, free_port
+from tests.conftest import model_rollout as shared_rollout
 from tests.crd_schema import ISTIO_CRDS, MODELROLLOUT_CRD, load_yaml
 from tests.istiod_helper import IstiodHelper
 from tests.kube_standin import KubeStandIn
@@ -64,35 +65,21 @@ def virtual_service(name: str, stable: str, candidate: str) -> dict[str, Any]:
 
 
 def model_rollout(name: str, stable: str, candidate: str, prometheus_url: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "mesh-canary.io/v1alpha1",
-        "kind": "ModelRollout",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "virtualService": {"name": name, "routes": ["primary"]},
-            "stable": {
-                "destination": {"host": name, "subset": stable},
-                "version": "1.0",
-                "metricsVersion": stable,
-            },
-            "candidate": {
-                "destination": {"host": name, "subset": candidate},
-                "version": "2.0",
-                "metricsVersion": candidate,
-            },
-            "canary": {"steps": [25, 50, 100], "minStepDuration": "6s", "maxStepDuration": "90s"},
-            "analysis": {
-                "interval": "1s",
-                "minRequests": 20,
-                "noDataTimeout": "60s",
-                "checks": [
-                    {"metric": "errorRate", "max": 0.05, "maxIncrease": 0.03},
-                    {"metric": "latency", "quantile": 0.99, "max": "500ms"},
-                ],
-            },
-            "metrics": {"provider": "prometheus", "profile": "envoy", "address": prometheus_url},
+    """The shared document for the local mesh's versions, judged on errors and p99 latency."""
+    return shared_rollout(
+        name,
+        subsets=(stable, candidate),
+        metrics_versions=True,
+        prometheus=prometheus_url,
+        canary={"steps": [25, 50, 100], "minStepDuration": "6s", "maxStepDuration": "90s"},
+        analysis={
+            "minRequests": 20,
+            "checks": [
+                {"metric": "errorRate", "max": 0.05, "maxIncrease": 0.03},
+                {"metric": "latency", "quantile": 0.99, "max": "500ms"},
+            ],
         },
-    }
+    )
 
 
 class ControllerProcess:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import copy
 import json
 import os
 import pathlib
@@ -37,6 +36,7 @@ from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.kube.status import condition
 from mesh_canary.localmesh.prometheus import free_port
 from mesh_canary.routing.istio import IstioRouter
+from tests.conftest import model_rollout as shared_rollout
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
 from tests.kube_standin import KubeStandIn
 from tests.waiting import wait_for
@@ -180,29 +180,9 @@ def virtual_service(name: str, namespace: str = NS) -> dict[str, Any]:
 
 
 def model_rollout(name: str, candidate: str = "2.0", **spec: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "apiVersion": "mesh-canary.io/v1alpha1",
-        "kind": "ModelRollout",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "virtualService": {"name": name, "routes": ["primary"]},
-            "stable": {"destination": {"host": name, "subset": "v1"}, "version": "1.0"},
-            "candidate": {"destination": {"host": name, "subset": "v2"}, "version": candidate},
-            "canary": {"steps": [20, 50, 100], "minStepDuration": "1s", "maxStepDuration": "60s"},
-            "analysis": {
-                "interval": "1s",
-                "minRequests": 10,
-                "noDataTimeout": "120s",
-                "checks": [{"metric": "errorRate", "max": 0.05}],
-            },
-        },
-    }
-    for key, value in spec.items():
-        if isinstance(value, dict) and isinstance(doc["spec"].get(key), dict):
-            doc["spec"][key] = {**doc["spec"][key], **copy.deepcopy(value)}
-        else:
-            doc["spec"][key] = copy.deepcopy(value)
-    return doc
+    """The shared document, with a noDataTimeout that outlasts this module's slow servers."""
+    analysis = {"noDataTimeout": "120s", **spec.pop("analysis", {})}
+    return shared_rollout(name, candidate, analysis=analysis, **spec)
 
 
 class Cluster:

@@ -39,6 +39,7 @@ from mesh_canary.protocols import Announcement
 from mesh_canary.run.clock import VirtualClock
 from mesh_canary.run.runner import RolloutRunner
 from mesh_canary.run.stores import MemoryStateStore
+from tests.conftest import model_rollout as shared_rollout
 from tests.crd_schema import ISTIO_CRDS, MODELROLLOUT_CRD, load_yaml
 from tests.e2e.test_cluster_e2e import MESH_CANARY, NS, virtual_service
 from tests.integration.prom_fixtures import DEFAULT_CHECKS, backfilled_prometheus, make_policy, openmetrics
@@ -187,27 +188,23 @@ def test_a_trickling_model_server_cannot_hold_a_local_scrape() -> None:
 
 
 def rollout_policy(address: str, hook: str | None = None, **spec: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "apiVersion": "mesh-canary.io/v1alpha1",
-        "kind": "ModelRollout",
-        "metadata": {"name": "scorer", "namespace": NS},
-        "spec": {
-            "virtualService": {"name": "scorer", "routes": ["primary"]},
-            "stable": {"destination": {"host": "scorer", "subset": "v1"}, "version": "1.0", "metricsVersion": "v1"},
-            "candidate": {"destination": {"host": "scorer", "subset": "v2"}, "version": "2.0", "metricsVersion": "v2"},
-            "canary": {"steps": [50, 100], "minStepDuration": "5s", "maxStepDuration": "60s"},
-            "analysis": {
-                "interval": "3s",
-                "minRequests": 20,
-                "noDataTimeout": "9s",
-                "checks": [{"metric": "errorRate", "max": 0.05, "maxIncrease": 0.03}],
-            },
-            "metrics": {"provider": "prometheus", "profile": "envoy", "address": address, "timeout": "2s"},
+    """The shared document for ``scorer``: one 50% step, short deadlines, Prometheus at ``address``."""
+    doc = shared_rollout(
+        "scorer",
+        metrics_versions=True,
+        prometheus=address,
+        canary={"steps": [50, 100], "minStepDuration": "5s"},
+        analysis={
+            "interval": "3s",
+            "minRequests": 20,
+            "noDataTimeout": "9s",
+            "checks": [{"metric": "errorRate", "max": 0.05, "maxIncrease": 0.03}],
         },
-    }  # fmt: skip
+        metrics={"timeout": "2s"},
+        **spec,
+    )
     if hook is not None:
         doc["spec"]["notifications"] = [{"webhook": {"url": hook, "format": "json"}}]
-    doc["spec"].update(spec)
     return doc
 
 

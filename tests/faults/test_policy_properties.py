@@ -28,17 +28,9 @@ from mesh_canary.core.observations import Histogram, Observation, VersionCounts
 from mesh_canary.core.policy import PolicyError
 from mesh_canary.core.verdicts import Verdict
 from mesh_canary.run.policy_loading import load_policy_file
+from tests.conftest import minimal_rollout
 
-BASE: dict[str, Any] = {
-    "apiVersion": "mesh-canary.io/v1alpha1",
-    "kind": "ModelRollout",
-    "metadata": {"name": "scorer"},
-    "spec": {
-        "virtualService": {"name": "scorer"},
-        "stable": {"destination": {"host": "scorer", "subset": "v1"}},
-        "candidate": {"destination": {"host": "scorer", "subset": "v2"}},
-    },
-}
+BASE: dict[str, Any] = minimal_rollout("scorer")
 
 ODD_NUMBERS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),

@@ -22,15 +22,12 @@ from pathlib import Path
 import pytest
 
 from mesh_canary.core.model import (
-    AnalysisSpec,
     Check,
-    Destination,
     MetricsSpec,
     Policy,
-    VersionSpec,
-    VirtualServiceRef,
 )
 from mesh_canary.localmesh.prometheus import INSTALL_HINT, PrometheusServer, ScrapeJob
+from tests.conftest import make_policy as shared_policy
 
 __all__ = [
     "DEFAULT_CHECKS",
@@ -118,17 +115,13 @@ def make_policy(
     timeout_s: float = 5.0,
     variables: Mapping[str, str] | None = None,
 ) -> Policy:
-    return Policy(
-        name="fraud-scorer",
+    """The shared Policy (subsets ``stable`` / ``candidate``) reading this Prometheus."""
+    return shared_policy(
+        checks,
+        metrics_versions=(stable, candidate),
+        subsets=("stable", "candidate"),
+        hosts=(host, candidate_host),
         namespace=namespace,
-        route=VirtualServiceRef(name="fraud-scorer", namespace=namespace),
-        stable=VersionSpec(Destination(host, subset="stable"), version="1.4.2", metrics_version=stable),
-        candidate=VersionSpec(
-            Destination(candidate_host or host, subset="candidate"),
-            version="1.5.0",
-            metrics_version=candidate,
-        ),
-        analysis=AnalysisSpec(checks=tuple(checks)),
         metrics=MetricsSpec(
             profile=profile,  # type: ignore[arg-type]
             address=address,

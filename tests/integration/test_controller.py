@@ -8,7 +8,6 @@ so that a test decides whether a candidate is healthy. Intervals are 1 s.
 from __future__ import annotations
 
 import contextlib
-import copy
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,13 +24,13 @@ from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.weights import ALL_STABLE, Weights
 from mesh_canary.kube.status import FINALIZER, condition
 from mesh_canary.routing.istio import IstioRouter
+from tests.conftest import NS, model_rollout
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
 from tests.kube_standin import KubeStandIn
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
-NS = "models"
 MR = ("mesh-canary.io", "v1alpha1")
 VS = ("networking.istio.io", "v1")
 
@@ -155,28 +154,6 @@ def virtual_service(name: str) -> dict[str, Any]:
             ],
         },
     }
-
-
-def model_rollout(name: str = "fraud-scorer", candidate: str = "2.0", **spec: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "apiVersion": "mesh-canary.io/v1alpha1",
-        "kind": "ModelRollout",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "virtualService": {"name": name, "routes": ["primary"]},
-            "stable": {"destination": {"host": name, "subset": "v1"}, "version": "1.0"},
-            "candidate": {"destination": {"host": name, "subset": "v2"}, "version": candidate},
-            "canary": {"steps": [20, 50, 100], "minStepDuration": "1s", "maxStepDuration": "60s"},
-            "analysis": {
-                "interval": "1s",
-                "minRequests": 10,
-                "noDataTimeout": "60s",
-                "checks": [{"metric": "errorRate", "max": 0.05}],
-            },
-        },
-    }
-    doc["spec"].update(copy.deepcopy(spec))
-    return doc
 
 
 @pytest.fixture
