@@ -602,17 +602,29 @@ def _finish(
     return Decision(new, actions)
 
 
-def _roll_back(state: RolloutState, now: float, reason: str, failed: Sequence[str]) -> Decision:
-    new = replace(
+def _ended(
+    state: RolloutState,
+    now: float,
+    phase: Phase,
+    reason: str,
+    failed: Sequence[str],
+    weights: Weights | None = None,
+) -> RolloutState:
+    """``state`` ended unpromoted: its step closed as failed, the reason and checks recorded."""
+    return replace(
         state,
-        phase=Phase.ROLLED_BACK,
-        weights=ALL_STABLE,
+        phase=phase,
+        weights=state.weights if weights is None else weights,
         paused=False,
         finished_at=now,
         reason=reason,
         failed_checks=tuple(failed),
         steps=_close_step(state, now, "fail"),
     )
+
+
+def _roll_back(state: RolloutState, now: float, reason: str, failed: Sequence[str]) -> Decision:
+    new = _ended(state, now, Phase.ROLLED_BACK, reason, failed, ALL_STABLE)
     # The write of 100% stable comes first: nothing may delay it.
     return Decision(
         new,
@@ -860,45 +872,19 @@ def moved_outside(state: RolloutState, now: float, live: Weights, where: str) ->
         f"(mesh-canary had {state.weights.stable}/{state.weights.candidate}): a person took over; "
         "nothing written"
     )
-    new = replace(
-        state,
-        phase=Phase.ABORTED,
-        weights=live,
-        paused=False,
-        finished_at=now,
-        reason=reason,
-        failed_checks=("outsideChange",),
-        steps=_close_step(state, now, "fail"),
-    )
+    new = _ended(state, now, Phase.ABORTED, reason, ("outsideChange",), live)
     return Decision(new, (Announce("Aborted", f"stopped: {reason}", severity="warning"),))
 
 
 def recorded_rollback(state: RolloutState, now: float, reason: str, failed: Sequence[str] = ()) -> Decision:
     """On resume: the route already holds our own rollback (recorded with its write), which
     the saved state missed (a crash or a second Ctrl-C before the save): adopt it."""
-    new = replace(
-        state,
-        phase=Phase.ROLLED_BACK,
-        weights=ALL_STABLE,
-        paused=False,
-        finished_at=now,
-        reason=reason,
-        failed_checks=tuple(failed) or state.failed_checks,
-        steps=_close_step(state, now, "fail"),
-    )
+    new = _ended(state, now, Phase.ROLLED_BACK, reason, tuple(failed) or state.failed_checks, ALL_STABLE)
     msg = f"rolled back to 100% stable (found on the route when resuming): {reason}"
     return Decision(new, (Announce("RolledBack", msg, severity="warning"),))
 
 
 def taken_over(state: RolloutState, now: float, reason: str) -> Decision:
     """Another rollout took the route over: stop, write nothing over its weights."""
-    new = replace(
-        state,
-        phase=Phase.ABORTED,
-        paused=False,
-        finished_at=now,
-        reason=reason,
-        failed_checks=("outsideChange",),
-        steps=_close_step(state, now, "fail"),
-    )
+    new = _ended(state, now, Phase.ABORTED, reason, ("outsideChange",))
     return Decision(new, (Announce("Aborted", f"stopped: {reason}", severity="warning"),))
