@@ -259,8 +259,7 @@ class Controller:
             h.removed = True
             if self.handlers.get(h.key) is h:
                 del self.handlers[h.key]
-        with contextlib.suppress(KeyError):
-            self.metrics.weight.remove(h.key[1], h.key[0])
+        self.metrics.forget(h.key)
         log.info("forgot %s (deleted)", h.ref, extra=h.log_extra)
 
     # -- one turn -----------------------------------------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mesh_canary.controller.metrics import Stopwatch
 from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import PolicyError, load_policy
 from mesh_canary.kube.events import KubeEventNotifier
@@ -49,6 +50,7 @@ class RolloutHandler:
     due: float | None = None
     phase: str = "Pending"
     finalized: bool = False  # traffic already restored after a deletion
+    stopwatch: Stopwatch = field(default_factory=Stopwatch)  # one analysis's read + judge time
 
     @property
     def ref(self) -> str:

@@ -29,7 +29,7 @@ from mesh_canary.controller.handler import (
     meta,
     policy_from_spec,
 )
-from mesh_canary.controller.metrics import ControllerMetrics
+from mesh_canary.controller.metrics import ControllerMetrics, TimedJudge, TimedSource
 from mesh_canary.core import engine
 from mesh_canary.core.engine import Command, Phase, RolloutState
 from mesh_canary.core.model import Policy
@@ -41,14 +41,13 @@ from mesh_canary.kube.status import (
     COMMAND_ANNOTATIONS,
     KubeStatusStore,
     history_entry,
-    rollback_category,
     saved_state,
 )
 from mesh_canary.notify import notifier_for_policy
 from mesh_canary.protocols import Clock, MetricsSource, TrafficRouter
 from mesh_canary.redact import redact, register_secret
 from mesh_canary.run.policy_loading import load_checked_policy
-from mesh_canary.run.runner import RolloutRunner
+from mesh_canary.run.runner import RolloutRunner, default_judge
 
 log = logging.getLogger("mesh_canary.controller")
 
@@ -114,6 +113,7 @@ class Reconciler:
             # Deleted and created again between two looks: the old rollout is over.
             self.finalizer.finish_deleted(h, None)
             h.reset()
+            self.metrics.forget(h.key)
         if deleted or m.get("deletionTimestamp"):
             self.finalizer.finish_deleted(h, obj)
             return None
@@ -158,6 +158,7 @@ class Reconciler:
         state = h.runner.state if h.runner else saved_state(store.status)
         if target is None or state is None or state.terminal:
             h.phase = str(state.phase.value if state else "Invalid")
+            self.metrics.show_rollout(h.key, h.phase, state, target)
             store.write(state)
             return None
         return target
@@ -173,13 +174,16 @@ class Reconciler:
             runner.request(cmd)
         state = before
         if not before.terminal and (commands or self.clock.now() >= before.next_tick_at(target)):
+            h.stopwatch.reset()
             state = runner.tick_once()
             self.metrics.ticks.inc(max(state.ticks - before.ticks, 0))
+            if h.stopwatch.reads:
+                self.metrics.analysed(h.key, h.stopwatch.seconds)
             if state.phase is Phase.ROLLED_BACK and before.phase is not Phase.ROLLED_BACK:
-                self.metrics.rollbacks.labels(rollback_category(state.failed_checks)).inc()
+                self.metrics.rolled_back(h.key, state.failed_checks)
         store.write(state)  # a no-op unless something shown changed (generation, commands, drift)
         h.phase = state.phase.value
-        self.metrics.weight.labels(h.key[1], h.key[0]).set(state.weights.candidate)
+        self.metrics.show_rollout(h.key, h.phase, state, target)
         self.finalizer.ensure(h, present=not state.terminal)
         return None if state.terminal else state.next_tick_at(target)
 
@@ -217,7 +221,10 @@ class Reconciler:
         if old_state is not None and old_state.policy_fingerprint != fingerprint and not old_state.terminal:
             self._supersede(h, old_state, old_policy, target, store)
         h.drop_runner()
-        router, metrics = self.backend(target)
+        router, source = self.backend(target)
+        # Read and judge through a stopwatch: the analysis duration per rollout (metrics.py).
+        metrics = TimedSource(source, h.stopwatch)
+        judge = TimedJudge(self.judge or default_judge(), h.stopwatch)
         h.notifier = notifier_for_policy(
             target.notifications,
             extra=[h.events] if h.events else [],
@@ -226,7 +233,7 @@ class Reconciler:
         applied = copy.deepcopy(dict(obj.get("spec") or {})) if spec_valid else h.facts.applied_spec
         h.facts = dataclasses.replace(h.facts, policy=target, applied_spec=applied)
         runner = RolloutRunner(
-            target, router, metrics, store, RedactingNotifier(h.notifier), self.clock, judge=self.judge
+            target, router, metrics, store, RedactingNotifier(h.notifier), self.clock, judge=judge
         )
         try:
             state = runner.start_or_resume()
@@ -264,7 +271,7 @@ class Reconciler:
             )
         )
         if restored:
-            self.metrics.rollbacks.labels("superseded").inc()
+            self.metrics.rolled_back(h.key, ("superseded",))
         h.announce(
             "Restarted",
             f"the spec changed while {old_candidate} was at {old_state.weights.candidate}%: "
