@@ -18,6 +18,7 @@ from mesh_canary.core.durations import parse_duration
 from mesh_canary.core.engine import Outcome
 from mesh_canary.core.model import Policy
 from mesh_canary.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_UNFINISHED, BadInput, MeshCanaryError
+from mesh_canary.kube.errors import KubeError
 from mesh_canary.kube.names import KIND
 from mesh_canary.kube.rollouts import RolloutClient, api_client
 from mesh_canary.logs import setup_logging
@@ -908,7 +909,8 @@ def controller(
     "--output",
     "old_out_path",
     type=click.Path(dir_okay=False),
-    help="Deprecated spelling of --out (-o becomes the output format, as in every other command).",
+    help="The output format: html, the page (json and yaml are `rollout status -o`). "
+    "A path here is the deprecated spelling of --out.",
 )
 @click.option(
     "-f",
@@ -959,7 +961,13 @@ def report(
         elif path.suffix in (".json", ".yaml", ".yml") or "/" in target or path.exists():
             raise BadInput(f"no state file {target}")
         else:
-            client = RolloutClient(kubeconfig, kube_context, namespace)
+            try:
+                client = RolloutClient(kubeconfig, kube_context, namespace)
+            except KubeError as e:
+                # Not a file, and no cluster to look it up in: the missing file is the news.
+                raise BadInput(
+                    f"no state file {target} (nor a cluster to read a ModelRollout from: {e})"
+                ) from e
             obj = client.get(target)
             page = render_resource_report(obj, source=client.ref(target), generated_at=now)
             name = target
@@ -974,10 +982,26 @@ def report(
     click.echo(str(out))
 
 
+# Output formats of any command: `report -o WORD` with one of these is a format, not a path.
+REPORT_FORMAT_WORDS = frozenset({"text", "json", "yaml", "yml", "wide", "name", "html"})
+
+
 def _report_out(out_path: str | None, old_out_path: str | None) -> str | None:
-    """The page's path from --out, or from the deprecated `-o FILE` (kept for one release)."""
+    """The page's path from --out, or from the deprecated `-o FILE` (kept for one release).
+
+    `-o` is the output format in every other command, so a format word is taken as one: the
+    page is `html`; any other (json, yaml, ...) is an error, never a file of that name."""
     if old_out_path is None:
         return out_path
+    if old_out_path.lower() == "html":
+        return out_path
+    if old_out_path.lower() in REPORT_FORMAT_WORDS:
+        raise BadInput(
+            f"report has no -o {old_out_path} output: it writes an HTML page (-o html), to --out FILE; "
+            f"for the rollout as {old_out_path} use `mesh-canary rollout status NAME -o {old_out_path}`"
+            if old_out_path.lower() in ("json", "yaml")
+            else f"report has no -o {old_out_path} output: it writes an HTML page (-o html), to --out FILE"
+        )
     if out_path is not None:
         raise BadInput("give the page's path once, with --out (-o FILE is its deprecated spelling)")
     click.echo(

@@ -109,7 +109,8 @@ def kube_error(e: BaseException, what: str) -> KubeError:
             bad_input=status == 422,
             transient=status in TRANSIENT_STATUSES or status >= 500,
         )
-    detail = f"cannot reach the Kubernetes API: {e}"
+    reason = getattr(e, "reason", None)  # urllib3's MaxRetryError: the failure itself
+    detail = f"cannot reach the Kubernetes API: {reason if isinstance(reason, Exception) else e}"
     return KubeError(f"{what}: {detail}", detail=detail, transient=True)
 
 

@@ -27,10 +27,20 @@ def api_client(kubeconfig: str | None, context: str | None) -> Any:
 
     config: Any = importlib.import_module("kubernetes.config")  # untyped
     default = Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser()
+    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    if not (kubeconfig or context or default.exists() or in_cluster):
+        raise KubeError(
+            f"no Kubernetes configuration: give --kubeconfig, set KUBECONFIG, or create {default}"
+        )
+    configuration = kubernetes.client.Configuration()
+    # One attempt per call: callers own retries and deadlines (the runner, the informer),
+    # and urllib3's own retries print a warning per attempt before the one-line error.
+    configuration.retries = 0
     try:
         if kubeconfig or context or default.exists():
-            return config.new_client_from_config(config_file=kubeconfig, context=context)
-        configuration = kubernetes.client.Configuration()
+            return config.new_client_from_config(
+                config_file=kubeconfig, context=context, client_configuration=configuration
+            )
         config.load_incluster_config(client_configuration=configuration)
         return kubernetes.client.ApiClient(configuration)
     except Exception as e:

@@ -74,7 +74,8 @@ def _step_problems(spec: dict[str, Any]) -> list[Problem]:
     """Steps rise, end at 100, and judge the candidate before it takes all traffic."""
     out: list[Problem] = []
     steps = _dict(spec.get("canary")).get("steps")
-    if isinstance(steps, list) and steps and all(is_number(s) and 1 <= s <= 100 for s in steps):
+    if isinstance(steps, list) and steps and all(is_number(s) for s in steps):
+        # Order is checked even beside out-of-range steps: every problem in one pass.
         for i in range(1, len(steps)):
             if steps[i] == steps[i - 1]:
                 out.append(
@@ -90,7 +91,9 @@ def _step_problems(spec: dict[str, Any]) -> list[Problem]:
                         f"{number(steps[i])} is not above the previous step {number(steps[i - 1])}",
                     )
                 )
-        if steps == [100]:
+        # Out of range, the schema says so; the end is judged once every step is in range.
+        in_range = all(1 <= s <= 100 for s in steps)
+        if in_range and steps == [100]:
             # 100 at once would send every request to an unjudged candidate.
             out.append(
                 Problem(
@@ -99,7 +102,7 @@ def _step_problems(spec: dict[str, Any]) -> list[Problem]:
                     "takes all traffic (e.g. [10, 50, 100]); use strategy blueGreen to switch at once",
                 )
             )
-        elif steps[-1] != 100:
+        elif in_range and steps[-1] != 100:
             out.append(
                 Problem(
                     f"spec.canary.steps[{len(steps) - 1}]",

@@ -186,6 +186,10 @@ def _translate(error: Any) -> list[Problem]:
         msg = f"must be {words}, not {_describe(instance)}"
         if "string" in want and isinstance(instance, (bool, int, float)):
             msg += ' (quote it in YAML: "...")'
+        bare = isinstance(instance, (int, float)) and not isinstance(instance, bool)
+        if bare and str(schema.get("pattern", "")).endswith("(ms|s|m|h|d))+$"):
+            # A duration needs its unit; quoting the bare number would not make it one.
+            msg = f"{number(instance)} has no unit: write {number(instance)}s (a duration: e.g. 500ms, 30s, 5m, 1h)"
         return [Problem(path, msg)]
     if kind == "enum":
         return [Problem(path, f"must be one of {', '.join(map(str, value))}, not {_describe(instance)}")]
