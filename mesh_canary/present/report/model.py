@@ -13,7 +13,8 @@ from typing import Any
 from mesh_canary.core.durations import format_duration
 from mesh_canary.core.engine import Outcome, Phase, RolloutState, StepRecord, outcome_of
 from mesh_canary.core.model import Policy
-from mesh_canary.core.observations import Histogram, Observation, VersionCounts
+from mesh_canary.core.observations import Observation, VersionCounts
+from mesh_canary.core.timeline import quantile
 
 NONE = "\N{EN DASH}"  # shown for a missing value
 
@@ -67,22 +68,7 @@ def dur(seconds: float | None) -> str:
     return NONE if seconds is None else format_duration(max(seconds, 0.0))
 
 
-def histogram_quantile(q: float, h: Histogram) -> float | None:
-    """Prometheus's histogram_quantile: linear within the bucket holding the q-th observation."""
-    total = h.total
-    if total <= 0 or not h.bounds:
-        return None
-    rank = q * total
-    prev_bound, prev_count = 0.0, 0.0
-    for bound, count in zip(h.bounds, h.counts, strict=True):
-        if count >= rank:
-            if math.isinf(bound):
-                return prev_bound  # beyond the last finite bound: the best known lower bound
-            if count == prev_count:
-                return bound
-            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
-        prev_bound, prev_count = bound, count
-    return prev_bound
+histogram_quantile = quantile  # one implementation: the timeline's
 
 
 @dataclass(frozen=True)
