@@ -112,9 +112,10 @@ def test_a_point_holds_readable_window_values_and_each_checks_tolerance() -> Non
         "errorRate", "errorRate", Verdict.INCONCLUSIVE, "x", 0.01, None, -0.002, 0.031234567,
         bound="<= stable + 0.50%", quantity="candidate - stable (error rate)",
     )  # fmt: skip
-    assert timeline.check_point(r) == ["inconclusive", 0.01, -0.002, 0.03123]
+    assert timeline.check_point(r) == ["inconclusive", 0.01, -0.002, 0.03123, "diff"]
     assert timeline.check_info(check, r) == {
         "quantity": "candidate - stable (error rate)",
+        "tag": "diff",
         "unit": "rate",
         "tolerance": [None, 0.005],
     }

@@ -121,16 +121,34 @@ def tolerance(check: Check | None, result: CheckResult) -> list[float | None] | 
     return [None, _round(limit)] if upper else [_round(limit), None]
 
 
+def quantity_tag(quantity: str) -> str:
+    """What a result's numbers measure, in one word: a check with several bounds shows
+    the most telling one, so this may change from tick to tick."""
+    for prefix, tag in (
+        ("candidate - stable", "diff"),
+        ("candidate / stable", "ratio"),
+        ("candidate", "value"),
+    ):
+        if quantity.startswith(prefix):
+            return tag
+    return "other"
+
+
 def check_point(r: CheckResult) -> list[Any]:
-    """A check at one tick: [verdict, estimate, lower, upper] (its unit and tolerance are
-    kept once per check, in the history's ``checks``)."""
-    return [r.verdict.value, _round(r.estimate), _round(r.lower), _round(r.upper)]
+    """A check at one tick: [verdict, estimate, lower, upper, what they measure] (the unit
+    and tolerance of what they measure are kept once per check, in the history's ``checks``)."""
+    return [r.verdict.value, _round(r.estimate), _round(r.lower), _round(r.upper), quantity_tag(r.quantity)]
 
 
 def check_info(check: Check | None, r: CheckResult) -> dict[str, Any]:
     """What stays the same for a check across ticks: what its bounds measure, their unit
     and the tolerated region."""
-    return {"quantity": r.quantity, "unit": check_unit(check, r), "tolerance": tolerance(check, r)}
+    return {
+        "quantity": r.quantity,
+        "tag": quantity_tag(r.quantity),
+        "unit": check_unit(check, r),
+        "tolerance": tolerance(check, r),
+    }
 
 
 def point(
@@ -227,6 +245,7 @@ def after_tick(policy: Policy, before: Ticked, after: Ticked, observation: Obser
     infos: dict[str, Any] = dict(known) if isinstance(known, Mapping) else {}
     by_name = {c.name: c for c in policy.analysis.checks}
     for r in after.checks:
-        if r.name not in infos or (r.bound and not infos[r.name].get("tolerance")):
+        # The latest numbers' quantity wins (a check with several bounds shows the most telling).
+        if r.quantity and (r.name not in infos or infos[r.name].get("quantity") != r.quantity):
             infos[r.name] = check_info(by_name.get(r.name), r)
     return {"checks": infos, "points": list(appended(points_of(after.timeline), new))}
