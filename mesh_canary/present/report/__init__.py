@@ -30,8 +30,12 @@ __all__ = [
     "ReportError",
     "default_report_name",
     "policy_of_resource",
+    "render_main",
+    "render_page",
     "render_report",
     "render_resource_report",
+    "resource_page",
+    "state_page",
 ]
 
 
@@ -54,6 +58,41 @@ def default_report_name(name: str) -> str:
     return f"{safe or 'rollout'}-report.html"
 
 
+def state_page(
+    state: Mapping[str, Any],
+    *,
+    policy: Policy | None = None,
+    status: Mapping[str, Any] | None = None,
+    source: str = "",
+    generated_at: float | None = None,
+) -> Page:
+    """What the page of one rollout shows (see `render_report`); ReportError for a state
+    that cannot be read."""
+    try:
+        parsed = RolloutState.from_dict(dict(state))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ReportError(f"not a readable rollout state ({type(e).__name__}: {e})") from e
+    return Page.of(parsed, policy, dict(status or {}), source, generated_at)
+
+
+def resource_page(obj: Mapping[str, Any], *, source: str = "", generated_at: float | None = None) -> Page:
+    """What the page of a ModelRollout read from the API shows (its ``status.rollout`` and spec)."""
+    meta = mapping(obj.get("metadata"))
+    status = mapping(obj.get("status"))
+    name = f"{meta.get('namespace') or 'default'}/{meta.get('name') or '?'}"
+    state = status.get("rollout")
+    if not isinstance(state, Mapping):
+        phase = status.get("phase") or "Pending"
+        raise ReportError(f"ModelRollout {name} has no rollout recorded in its status yet (phase {phase})")
+    return state_page(
+        state,
+        policy=policy_of_resource(obj, str(state.get("policyFingerprint") or "")),
+        status=status,
+        source=source or f"ModelRollout {name}",
+        generated_at=generated_at,
+    )
+
+
 def render_report(
     state: Mapping[str, Any],
     *,
@@ -70,31 +109,15 @@ def render_report(
     came from, shown in the footer. ``generated_at``: epoch seconds shown as the page's
     time (the renderer has no clock).
     """
-    try:
-        parsed = RolloutState.from_dict(dict(state))
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ReportError(f"not a readable rollout state ({type(e).__name__}: {e})") from e
-    return render_page(Page.of(parsed, policy, dict(status or {}), source, generated_at))
+    page = state_page(state, policy=policy, status=status, source=source, generated_at=generated_at)
+    return render_page(page)
 
 
 def render_resource_report(
     obj: Mapping[str, Any], *, source: str = "", generated_at: float | None = None
 ) -> str:
     """The page for a ModelRollout read from the API (its ``status.rollout`` and spec)."""
-    meta = mapping(obj.get("metadata"))
-    status = mapping(obj.get("status"))
-    name = f"{meta.get('namespace') or 'default'}/{meta.get('name') or '?'}"
-    state = status.get("rollout")
-    if not isinstance(state, Mapping):
-        phase = status.get("phase") or "Pending"
-        raise ReportError(f"ModelRollout {name} has no rollout recorded in its status yet (phase {phase})")
-    return render_report(
-        state,
-        policy=policy_of_resource(obj, str(state.get("policyFingerprint") or "")),
-        status=status,
-        source=source or f"ModelRollout {name}",
-        generated_at=generated_at,
-    )
+    return render_page(resource_page(obj, source=source, generated_at=generated_at))
 
 
 def policy_of_resource(obj: Mapping[str, Any], fingerprint: str = "") -> Policy | None:
@@ -167,7 +190,7 @@ def render_main(page: Page, controls: str = "") -> str:
     return "\n".join(p for p in parts if p)
 
 
-def render_page(page: Page, *, nav: str = "", controls: str = "", script: str = "") -> str:
+def render_page(page: Page, *, nav: str = "", controls: str = "", script: str = "", src: str = "") -> str:
     """The whole HTML document for one rollout: frozen (the report) unless the dashboard
     adds its navigation, buttons and the script that keeps it up to date."""
     parts = [
@@ -181,7 +204,9 @@ def render_page(page: Page, *, nav: str = "", controls: str = "", script: str = 
         "</head>",
         "<body>",
         nav,
-        f'<main id="page">{render_main(page, controls)}</main>',
+        f'<main id="page" data-src="{esc(src)}">{render_main(page, controls)}</main>'
+        if src
+        else f'<main id="page">{render_main(page, controls)}</main>',
         script,
         "</body>",
         "</html>",

@@ -4,6 +4,7 @@ latest verdict of every check, and a ModelRollout's conditions and history."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from mesh_canary.checks import REGISTRY, tolerance_words
 from mesh_canary.core import timeline
@@ -167,6 +168,8 @@ def check_unit(page: Page, c: CheckResult) -> str:
     """The unit of a check's numbers: from the history, else from its kind and the policy."""
     infos = page.state.timeline.get("checks")
     info = infos.get(c.name) if isinstance(infos, Mapping) else None
+    if isinstance(info, Mapping) and info.get("quantity") != c.quantity:
+        info = None  # the history's unit is of another quantity
     if isinstance(info, Mapping) and isinstance(info.get("unit"), str):
         return str(info["unit"])
     policy_check = (
@@ -185,7 +188,8 @@ def checks_table(page: Page) -> str:
     for c in checks:
         unit = check_unit(page, c)
         signed = c.quantity.startswith("candidate - stable")
-        stable_unit = "value" if unit == "ratio" else unit
+        # A ratio's stable estimate is in the check's own unit (ms for latency).
+        stable_unit = check_unit(page, replace(c, quantity="candidate")) if unit == "ratio" else unit
         stable = numbers.in_unit(c.stable_estimate, stable_unit) if c.stable_estimate is not None else NONE
         tol = c.bound or (tolerance_words(tolerances[c.name], num) if c.name in tolerances else "")
         samples = numbers.count(c.samples) + ("" if c.enough_data else " (not enough yet)")
@@ -261,7 +265,7 @@ def history(page: Page) -> str:
 
 
 def footer(page: Page) -> str:
-    bits = ["made by mesh-canary report"]
+    bits = ["served live by mesh-canary dashboard" if page.live else "made by mesh-canary report"]
     if page.source:
         bits.append(f"from {page.source}")
     if page.generated_at is not None:

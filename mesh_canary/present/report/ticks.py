@@ -131,38 +131,29 @@ def _field(name: str) -> Callable[[Mapping[str, Any] | None], float | None]:
     return get
 
 
+def _both(
+    page: Page, value: Callable[[Mapping[str, Any] | None], float | None], suffix: str = "", cls: str = ""
+) -> list[tuple[str, str, Line]]:
+    """The stable and the candidate line of one value."""
+    return [
+        (f"{which}{cls}", f"{which} {version}{suffix}", _version_line(page, which, value))
+        for which, version in (("stable", page.stable_version), ("candidate", page.candidate_version))
+    ]
+
+
 def version_charts(page: Page) -> str:
     """Each version's error rate, p50/p99 latency and accuracy at every analysis."""
-    s, c = page.stable_version, page.candidate_version
+    latency = _both(page, _field("p99Ms"), " p99") + _both(page, _field("p50Ms"), " p50", " p50")
     charts = [
         version_chart(
-            page,
-            "error rate per analysis (the step's window so far)",
-            "rate",
-            [
-                ("stable", f"stable {s}", _version_line(page, "stable", error_rate)),
-                ("candidate", f"candidate {c}", _version_line(page, "candidate", error_rate)),
-            ],
+            page, "error rate per analysis (the step's window so far)", "rate", _both(page, error_rate)
         ),
-        version_chart(
-            page,
-            "latency per analysis (p99 solid, p50 dashed)",
-            "ms",
-            [
-                ("stable", f"stable {s} p99", _version_line(page, "stable", _field("p99Ms"))),
-                ("candidate", f"candidate {c} p99", _version_line(page, "candidate", _field("p99Ms"))),
-                ("stable p50", f"stable {s} p50", _version_line(page, "stable", _field("p50Ms"))),
-                ("candidate p50", f"candidate {c} p50", _version_line(page, "candidate", _field("p50Ms"))),
-            ],
-        ),
+        version_chart(page, "latency per analysis (p99 solid, p50 dashed)", "ms", latency),
         version_chart(
             page,
             "accuracy per analysis (labels that arrived)",
             "rate",
-            [
-                ("stable", f"stable {s}", _version_line(page, "stable", accuracy)),
-                ("candidate", f"candidate {c}", _version_line(page, "candidate", accuracy)),
-            ],
+            _both(page, accuracy),
             from_zero=False,
         ),
     ]
