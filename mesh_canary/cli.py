@@ -1060,15 +1060,8 @@ def dashboard(
     import signal
     import threading
 
-    from mesh_canary.present.dashboard import (
-        Dashboard,
-        DashboardServer,
-        ModelRollouts,
-        Poller,
-        StateFiles,
-        serve,
-    )
-    from mesh_canary.present.dashboard.sources import Source
+    from mesh_canary.present.dashboard import Dashboard, DashboardServer, Poller, Source, serve
+    from mesh_canary.run.dashboard_sources import ModelRollouts, StateFiles
 
     host, sep, port_text = address.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:

@@ -20,9 +20,9 @@ from click.testing import CliRunner
 from mesh_canary.cli import main
 from mesh_canary.core import engine
 from mesh_canary.kube.status import ANNOTATION_PAUSE
-from mesh_canary.present.dashboard import Dashboard, DashboardServer, Entry, ModelRollouts, Poller, StateFiles
+from mesh_canary.present.dashboard import Dashboard, DashboardServer, Entry, Poller, Source
 from mesh_canary.present.dashboard.server import ORDER_HEADER
-from mesh_canary.present.dashboard.sources import Source
+from mesh_canary.run.dashboard_sources import ModelRollouts, StateFiles
 from tests.conftest import NS, make_policy, model_rollout
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
 from tests.kube_standin import KubeStandIn

@@ -8,15 +8,14 @@ pause/resume/approve/abort orders only when started with ``--allow-writes``.
 from __future__ import annotations
 
 from mesh_canary.present.dashboard.server import Dashboard, DashboardServer, serve
-from mesh_canary.present.dashboard.sources import Entry, ModelRollouts, Poller, Snapshot, StateFiles
+from mesh_canary.present.dashboard.sources import Entry, Poller, Snapshot, Source
 
 __all__ = [
     "Dashboard",
     "DashboardServer",
     "Entry",
-    "ModelRollouts",
     "Poller",
     "Snapshot",
-    "StateFiles",
+    "Source",
     "serve",
 ]

@@ -30,7 +30,6 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from mesh_canary.core.engine import RolloutState
-from mesh_canary.kube.orders import VERBS
 from mesh_canary.present import numbers
 from mesh_canary.present.dashboard.sources import Entry, Poller, Snapshot
 from mesh_canary.present.report import ReportError, render_main, render_page, state_page
@@ -77,6 +76,7 @@ SCRIPT = """<script>
 </script>"""
 
 ORDER_HEADER = "X-Mesh-Canary"
+ORDERS = ("pause", "resume", "approve", "abort")  # the buttons (`mesh-canary rollout VERB`)
 READ_ONLY = "this dashboard is read-only: start it with --allow-writes to give orders"
 
 
@@ -99,7 +99,7 @@ def _controls(entry: Entry, allow_writes: bool) -> str:
     url = f"/api/r/{quote(entry.key)}/"
     buttons = "".join(
         f'<button type="button" class="{v}" data-verb="{v}" data-url="{html.escape(url + v)}">{v}</button>'
-        for v in ("pause", "resume", "approve", "abort")
+        for v in ORDERS
     )
     return f'<div class="controls">{buttons}<span id="order" class="note"></span></div>'
 
@@ -213,8 +213,8 @@ class Dashboard:
     def order(self, entry: Entry, verb: str) -> tuple[int, dict[str, Any]]:
         if not self.allow_writes:
             return 403, {"error": READ_ONLY}
-        if verb not in VERBS:
-            return 404, {"error": f"no order {verb!r}; orders: {', '.join(VERBS)}"}
+        if verb not in ORDERS:
+            return 404, {"error": f"no order {verb!r}; orders: {', '.join(ORDERS)}"}
         source = entry.origin
         if source is None:
             return 404, {"error": f"no rollout {entry.key}"}
