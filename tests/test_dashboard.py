@@ -175,3 +175,18 @@ def test_bad_dashboard_arguments_are_one_sentence_and_exit_2(tmp_path: Path) -> 
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
+
+
+def test_the_demo_serves_its_rollouts_from_memory() -> None:
+    from mesh_canary.run.dashboard_sources import MemoryStores, serving
+    from mesh_canary.run.stores import MemoryStateStore
+
+    policy = make_policy()
+    stores = {"healthy": MemoryStateStore(), "degraded": MemoryStateStore()}
+    stores["healthy"].save(engine.start(policy, 1_700_000_000.0).state.to_dict())
+    with serving([MemoryStores(stores, policy)], ("127.0.0.1", 0)) as url:
+        listing = wait_for(
+            "a read", lambda: (t := httpx.get(url, timeout=10).text) and "Progressing" in t and t
+        )
+        assert "fraud-scorer (healthy)" in listing and "not started yet" in listing
+        assert "Rollout fraud-scorer" in httpx.get(url + "r/demo/healthy", timeout=10).text

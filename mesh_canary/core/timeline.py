@@ -27,7 +27,7 @@ from mesh_canary.core.observations import Histogram, Observation, VersionCounts
 from mesh_canary.core.verdicts import CheckResult
 from mesh_canary.core.weights import Weights
 
-MAX_POINTS = 240
+MAX_POINTS = 120  # ~0.5-0.8 kB each: <= 100 kB in a status for 9 checks (docs/dashboard.md)
 
 Point = Mapping[str, Any]
 

@@ -5,9 +5,10 @@ never writes it; its orders go through the controller, as `rollout pause` etc. d
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from mesh_canary.core.engine import policy_fingerprint
@@ -128,3 +129,54 @@ class ModelRollouts:
         client.namespace = ns
         client.annotate(name, annotation(word), value)
         return f"{verb} requested ({annotation(word)}={value}); the controller handles it at its next turn"
+
+
+class MemoryStores:
+    """The states a process keeps in memory (the demo's rollouts), by label."""
+
+    def __init__(self, stores: Mapping[str, Any], policy: Policy) -> None:
+        self.stores = stores  # label -> a MemoryStateStore
+        self.policy = policy
+
+    def read(self) -> list[Entry]:
+        out = []
+        for label, store in self.stores.items():
+            doc = store.load()
+            key, source = f"demo/{label}", f"the demo's {label} candidate"
+            if doc is None:
+                out.append(Entry(key, label, source, problem="not started yet", origin=self))
+            else:
+                out.append(
+                    Entry(
+                        key,
+                        f"{doc.get('name')} ({label})",
+                        source,
+                        state=doc,
+                        policy=self.policy,
+                        origin=self,
+                    )
+                )
+        return out
+
+    def order(self, entry: Entry, verb: str) -> str:
+        raise PermissionError("the demo takes no orders")
+
+
+@contextlib.contextmanager
+def serving(sources: Sequence[Any], address: tuple[str, int], allow_writes: bool = False) -> Iterator[str]:
+    """A dashboard on ``address`` while the block runs; its URL."""
+    import threading
+
+    from mesh_canary.present.dashboard import Dashboard, DashboardServer, Poller
+
+    poller = Poller(sources)
+    server = DashboardServer(address, Dashboard(poller, allow_writes))
+    poller.start()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    thread.start()
+    try:
+        yield server.url
+    finally:
+        server.shutdown()
+        server.server_close()
+        poller.stop()
