@@ -262,8 +262,15 @@ def test_a_promoted_rollout_shows_every_step_its_windows_and_the_decision(
         "error rate per analysis (the step's window so far)",
         "latency per analysis (p99 solid, p50 dashed)",
         "accuracy per analysis (labels that arrived)",
-        *(f"{c['name']}: {c['quantity']}" for c in state["checks"]),
+        *(
+            f"{name}: {info['quantity']}"
+            for c in state["checks"]
+            for name, kept in [(c["name"], state["timeline"]["checks"][c["name"]])]
+            for info in kept.values()
+        ),
     ]
+    # one chart per quantity a check's numbers measured, the latest among them
+    assert all(f"{c['name']}: {c['quantity']}" in labels for c in state["checks"])
     assert len(state["timeline"]["points"]) == state["ticks"]
 
     # The latest checks, with verdict, estimate, bounds and reason.
@@ -275,7 +282,8 @@ def test_a_promoted_rollout_shows_every_step_its_windows_and_the_decision(
         assert row[2] == check["verdict"]
         # Readable numbers in the check's unit (a ratio as "1.2x", a difference of rates in
         # signed percent), bounds as one interval.
-        unit = state["timeline"]["checks"][check["name"]]["unit"]
+        tag = "ratio" if check["quantity"].startswith("candidate / stable") else "diff"
+        unit = state["timeline"]["checks"][check["name"]][tag]["unit"]
         signed = check["quantity"].startswith("candidate - stable")
         assert unit == ("ratio" if check["quantity"].startswith("candidate / stable") else "rate")
         assert row[3] == numbers.in_unit(check["estimate"], unit, signed) and row[5] == check["quantity"]

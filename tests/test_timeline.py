@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from mesh_canary.core import engine, timeline
@@ -138,3 +139,35 @@ def test_a_point_holds_readable_window_values_and_each_checks_tolerance() -> Non
         (),
     )
     assert no_data["stable"] is None and no_data["candidate"] is None
+
+
+class TwoBoundsJudge:
+    """errorRate shows its absolute bound first, then its relative one (the most telling)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def evaluate(self, checks: Any, window: Observation, ctx: Any) -> list[CheckResult]:
+        self.calls += 1
+        quantity, bound = (
+            ("candidate (error rate)", "<= 5.00%")
+            if self.calls == 1
+            else ("candidate - stable (error rate)", "<= stable + 1.00%")
+        )
+        return [
+            CheckResult(c.name, c.metric, Verdict.INCONCLUSIVE, "x", 0.01, 0.0, 0.0, 0.02, bound, quantity)
+            for c in checks
+        ]
+
+
+def test_each_quantity_a_check_shows_is_kept_with_its_tolerance() -> None:
+    check = Check(metric="errorRate", name="errorRate", max=0.05, max_increase=0.01)
+    policy = make_policy(analysis=replace(make_policy().analysis, checks=(check,)))
+    state = engine.start(policy, 0.0).state
+    judge = TwoBoundsJudge()
+    for t in (30.0, 40.0):
+        state = engine.tick(policy, state, obs(0.0, t), t, judge).state
+    infos = state.timeline["checks"]["errorRate"]
+    assert list(infos) == ["value", "diff"]
+    assert infos["value"]["tolerance"] == [None, 0.05] and infos["diff"]["tolerance"] == [None, 0.01]
+    assert [p["checks"]["errorRate"][4] for p in timeline.points_of(state.timeline)] == ["value", "diff"]

@@ -233,7 +233,7 @@ class Ticked(Protocol):
 
 
 def after_tick(policy: Policy, before: Ticked, after: Ticked, observation: Observation) -> Mapping[str, Any]:
-    """The history after a tick: ``{"checks": {name: info}, "points": [...]}`` with one more
+    """The history after a tick: ``{"checks": {name: {tag: info}}, "points": [...]}`` with one more
     point when the tick judged (counted a tick), unchanged when it only retried a rollback
     or found the rollout finished."""
     if after.ticks == before.ticks or after.last_tick_at is None:
@@ -245,7 +245,11 @@ def after_tick(policy: Policy, before: Ticked, after: Ticked, observation: Obser
     infos: dict[str, Any] = dict(known) if isinstance(known, Mapping) else {}
     by_name = {c.name: c for c in policy.analysis.checks}
     for r in after.checks:
-        # The latest numbers' quantity wins (a check with several bounds shows the most telling).
-        if r.quantity and (r.name not in infos or infos[r.name].get("quantity") != r.quantity):
-            infos[r.name] = check_info(by_name.get(r.name), r)
+        # A check with several bounds shows the most telling one: each quantity its numbers
+        # measured is kept (with its unit and tolerated region), in the order first seen.
+        tag = quantity_tag(r.quantity)
+        found = infos.get(r.name)
+        seen: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+        if r.quantity and tag not in seen:
+            infos[r.name] = {**seen, tag: check_info(by_name.get(r.name), r)}
     return {"checks": infos, "points": list(appended(points_of(after.timeline), new))}

@@ -167,9 +167,8 @@ def steps_table(page: Page) -> str:
 def check_unit(page: Page, c: CheckResult) -> str:
     """The unit of a check's numbers: from the history, else from its kind and the policy."""
     infos = page.state.timeline.get("checks")
-    info = infos.get(c.name) if isinstance(infos, Mapping) else None
-    if isinstance(info, Mapping) and info.get("quantity") != c.quantity:
-        info = None  # the history's unit is of another quantity
+    kept = infos.get(c.name) if isinstance(infos, Mapping) else None
+    info = kept.get(timeline.quantity_tag(c.quantity)) if isinstance(kept, Mapping) else None
     if isinstance(info, Mapping) and isinstance(info.get("unit"), str):
         return str(info["unit"])
     policy_check = (

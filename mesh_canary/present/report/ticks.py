@@ -233,12 +233,17 @@ def _num(x: object) -> float | None:
 
 
 def check_charts(page: Page) -> str:
-    """Every check with a history, in the policy's order."""
+    """Every check with a history, in the policy's order: one chart per quantity its
+    numbers measured (a check with several bounds shows the most telling one at each tick)."""
     infos = page.state.timeline.get("checks")
     if not isinstance(infos, Mapping):
         return ""
-    order = [c.name for c in page.state.checks] + [
-        str(n) for n in infos if n not in {c.name for c in page.state.checks}
-    ]
-    charts = (check_chart(page, n, infos[n]) for n in order if isinstance(infos.get(n), Mapping))
+    names = [c.name for c in page.state.checks]
+    names += [str(n) for n in infos if n not in set(names)]
+    charts = []
+    for name in names:
+        kept = infos.get(name)
+        for info in kept.values() if isinstance(kept, Mapping) else ():
+            if isinstance(info, Mapping):
+                charts.append(check_chart(page, name, info))
     return "\n".join(x for x in charts if x)
