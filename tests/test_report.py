@@ -591,3 +591,27 @@ def test_a_rollback_in_the_first_step_still_shows_every_analysis(tmp_path: Path)
     rate = last["candidate"]["errors"] / last["candidate"]["requests"]
     assert f"candidate 1.5.0: {numbers.percent(rate)}" in text
     assert "..." not in text  # nothing is cut
+
+
+def test_a_check_with_two_bounds_gets_a_chart_per_quantity_each_captioned_by_its_own_numbers() -> None:
+    from dataclasses import replace as replaced
+
+    from mesh_canary.core import engine
+    from mesh_canary.core.model import Check
+    from tests.test_engine import make_policy, obs
+    from tests.test_timeline import TwoBoundsJudge
+
+    check = Check(metric="errorRate", name="errorRate", max=0.05, max_increase=0.01)
+    policy = make_policy(analysis=replaced(make_policy().analysis, checks=(check,)))
+    state = engine.start(policy, T0).state
+    judge = TwoBoundsJudge()
+    for t in (30.0, 40.0):
+        state = engine.tick(policy, state, obs(T0, T0 + t), T0 + t, judge).state
+    parsed = parse(render_report(state.to_dict(), policy=policy))
+    labels = [a.get("aria-label") for t, a in parsed.tags if t == "svg"]
+    assert "errorRate: candidate (error rate)" in labels
+    assert "errorRate: candidate - stable (error rate)" in labels
+    text = " ".join(parsed.text)
+    # the absolute bound's chart is captioned by its own last numbers, not the gap after them
+    assert "estimate 1%, bounds 0%-2%; tolerated at most 5%" in text
+    assert "estimate +1%, bounds 0% to +2%; tolerated at most +1%" in text

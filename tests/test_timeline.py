@@ -171,3 +171,11 @@ def test_each_quantity_a_check_shows_is_kept_with_its_tolerance() -> None:
     assert list(infos) == ["value", "diff"]
     assert infos["value"]["tolerance"] == [None, 0.05] and infos["diff"]["tolerance"] == [None, 0.01]
     assert [p["checks"]["errorRate"][4] for p in timeline.points_of(state.timeline)] == ["value", "diff"]
+
+
+def test_a_damaged_history_is_read_around_not_trusted() -> None:
+    assert timeline.points_of({"points": [{"at": "soon"}, 5, {"at": 3.0}]}) == ({"at": 3.0},)
+    assert timeline.points_of({"points": "x"}) == ()
+    d = engine.start(make_policy(), 0.0).state.to_dict()
+    d["timeline"] = 5
+    assert RolloutState.from_dict(d).timeline == {}

@@ -176,7 +176,9 @@ def point(
 def points_of(history: Mapping[str, Any]) -> tuple[Point, ...]:
     """The points of a history (a state's ``timeline``), oldest first; unreadable ones left out."""
     raw = history.get("points")
-    return tuple(p for p in raw if isinstance(p, Mapping)) if isinstance(raw, (list, tuple)) else ()
+    if not isinstance(raw, (list, tuple)):
+        return ()
+    return tuple(p for p in raw if isinstance(p, Mapping) and isinstance(p.get("at"), (int, float)))
 
 
 def _changes(points: Sequence[Point]) -> set[int]:

@@ -180,7 +180,8 @@ def check_chart(page: Page, name: str, info: Mapping[str, Any]) -> str:
     # The axis spans the estimates, the limits and the latest bounds: early bounds are wide
     # (few samples) and are cut at the chart's edge rather than flattening everything else.
     values = [r[2] for r in rows if r[2] is not None] + limits
-    values += [v for v in rows[-1][3:] if v is not None] if rows else []
+    measured = [r for r in rows if any(v is not None for v in r[2:])]
+    values += [v for v in measured[-1][3:] if v is not None] if measured else []
     if not rows or not values:
         return ""
     signed = str(info.get("quantity") or "").startswith("candidate - stable")
@@ -220,7 +221,8 @@ def check_chart(page: Page, name: str, info: Mapping[str, Any]) -> str:
                 f'<circle class="dot {esc(verdict)}" cx="{page.x(t, W):.1f}" cy="{y(e):.1f}" r="2.5"><title>{esc(tip)}</title></circle>'
             )
     svg.append("</svg>")
-    t, verdict, e, low, up = rows[-1]
+    # The caption: the last analysis that measured this quantity.
+    t, verdict, e, low, up = next((r for r in reversed(rows) if any(v is not None for v in r[2:])), rows[-1])
     caption = (
         f'<span class="badge {esc(verdict)}">{esc(verdict)}</span> estimate {esc(fmt(e) if e is not None else numbers.NONE)}, '
         f"bounds {esc(numbers.interval(low, up, unit, signed))}" + (f"; {esc(words)}" if words else "")
