@@ -15,10 +15,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-# The real Prometheus the integration tests start (Debian package; no service is started).
+# The real Prometheus the integration tests start (Debian package; no service is started),
+# and the headless chromium the dashboard's browser test drives.
 system-deps:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 	  ( $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus )
+	@command -v chromium >/dev/null || \
+	  ( $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium )
 
 demo: install
 	$(BIN)/mesh-canary demo

@@ -428,13 +428,6 @@ def kube_options(fn: F) -> F:
     return fn
 
 
-def _request_id() -> str:
-    import time
-    import uuid
-
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-
-
 def rollout_view(obj: dict[str, Any]) -> dict[str, Any]:
     """What `rollout status` shows, as a plain document (the json/yaml output): the one view."""
     return RolloutView.from_resource(obj).to_document()
@@ -716,8 +709,9 @@ def _command_verb(word: str, verb: str, doc: str) -> None:
         kube_context: str | None,
         fmt: str,
     ) -> None:
-        rid = _request_id()
-        value = {"pause": f"true@{rid}", "resume": f"false@{rid}"}.get(verb, rid)
+        from mesh_canary.kube.orders import order
+
+        _, value = order(verb)  # the same order the dashboard's buttons give
         _command(word, value, name, namespace, kubeconfig, kube_context, wait, timeout, fmt)
 
 
@@ -1029,3 +1023,87 @@ def _read_report_input(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise BadInput(f"{path} does not hold a rollout state (a JSON object) or a ModelRollout")
     return doc
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+@main.command()
+@click.option(
+    "--state",
+    "state_paths",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="A `mesh-canary run --state FILE` file to show (repeat for several; it may not exist yet).",
+)
+@click.option(
+    "-f",
+    "--filename",
+    "policy_paths",
+    multiple=True,
+    type=click.Path(),
+    help="With --state: the policy a state file runs (versions, plan, tolerances; repeat).",
+)
+@click.option("-A", "--all-namespaces", is_flag=True, help="ModelRollouts of every namespace.")
+@click.option(
+    "--address",
+    default="127.0.0.1:8080",
+    show_default=True,
+    help="Serve here (HOST:PORT; port 0 picks a free one).",
+)
+@click.option(
+    "--allow-writes",
+    is_flag=True,
+    help="Offer pause/resume/approve/abort buttons (ModelRollouts); without it every order answers 403.",
+)
+@kube_options
+@friendly_errors
+def dashboard(
+    state_paths: tuple[str, ...],
+    policy_paths: tuple[str, ...],
+    all_namespaces: bool,
+    address: str,
+    allow_writes: bool,
+    namespace: str | None,
+    kubeconfig: str | None,
+    kube_context: str | None,
+) -> None:
+    """A live web page of rollouts: weights, per-version metrics and every check at every
+    analysis, the reasons, the steps and Events; it follows a running rollout (stop: Ctrl-C).
+
+    With --state FILE it shows those files (a `run` in progress); otherwise, or with
+    --namespace as well, the ModelRollouts of the namespace (or -A: every namespace).
+
+    \b
+    Examples:
+      mesh-canary run -f policy.yaml --backend local --state st.json &
+      mesh-canary dashboard --state st.json -f policy.yaml
+      mesh-canary dashboard -n models --allow-writes --address 0.0.0.0:8080
+    """
+    import signal
+    import threading
+
+    from mesh_canary.present.dashboard import Dashboard, DashboardServer, Poller, Source, serve
+    from mesh_canary.run.dashboard_sources import ModelRollouts, StateFiles
+
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise BadInput(f"--address {address!r} is not HOST:PORT (for example 127.0.0.1:8080)")
+    policies = [read_policy(p) for p in policy_paths]
+    sources: list[Source] = []
+    if state_paths:
+        sources.append(StateFiles(state_paths, policies))
+    if not state_paths or namespace or all_namespaces:
+        sources.append(ModelRollouts(kubeconfig, kube_context, namespace, all_namespaces))
+    poller = Poller(sources)
+    try:
+        server = DashboardServer((host or "127.0.0.1", int(port_text)), Dashboard(poller, allow_writes))
+    except OSError as e:
+        fail(f"cannot serve on {address}: {e.strerror or e}")
+    poller.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    mode = "orders allowed" if allow_writes else "read-only (--allow-writes adds pause/resume/approve/abort)"
+    click.echo(f"dashboard: open {server.url} ({mode}; Ctrl-C stops)", err=True)
+    serve(server, stop)  # until Ctrl-C or SIGTERM

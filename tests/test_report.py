@@ -29,6 +29,7 @@ from mesh_canary.core.observations import Observation
 from mesh_canary.core.policy import load_policy
 from mesh_canary.kube.status import KubeStatusStore, render_status
 from mesh_canary.notify import LogNotifier
+from mesh_canary.present import numbers
 from mesh_canary.present.report import ReportError, render_report, render_resource_report
 from mesh_canary.run.clock import VirtualClock
 from mesh_canary.run.runner import RolloutRunner
@@ -240,11 +241,12 @@ def test_a_promoted_rollout_shows_every_step_its_windows_and_the_decision(
     # The completed steps' windows: each version's requests and error rate, and accuracy from labels.
     for row, kept in zip(steps, state["earlierWindows"], strict=False):
         stable, candidate = kept["window"]["stable"], kept["window"]["candidate"]
-        assert row[5] == str(int(stable["requests"])) and row[11] == str(int(candidate["requests"]))
-        assert row[7] == f"{stable['errors'] / stable['requests'] * 100:.3f}%"
+        # Readable numbers: counts as integers, rates as percentages (present/numbers.py).
+        assert row[5] == f"{round(stable['requests']):,}" and row[11] == f"{round(candidate['requests']):,}"
+        assert row[7] == numbers.percent(stable["errors"] / stable["requests"])
         correct = sum(c for p, a, c in candidate["confusion"] if p == a)
         labeled = sum(c for _, _, c in candidate["confusion"])
-        assert row[15] == f"{correct / labeled * 100:.2f}%"
+        assert row[15] == numbers.percent(correct / labeled)
     assert len(state["earlierWindows"]) == 2
 
     # The chart: one segment per step, each marked with its verdict; the decision line says why.
@@ -253,8 +255,23 @@ def test_a_promoted_rollout_shows_every_step_its_windows_and_the_decision(
     assert any(t.startswith("promoted: all checks passed") for t in parsed.titles)
     assert {"step 1 at 10%: pass (0s to 2m)", "step 2 at 50%: pass (2m to 4m)"} <= set(parsed.titles)
     # Per-version metrics over time, one chart per metric with data.
+    # Per-version metrics at every analysis (the state's per-tick history), then every check.
     labels = [a.get("aria-label") for t, a in parsed.tags if t == "svg"]
-    assert labels == ["candidate weight over time", "error rate", "accuracy (labelled)", "p99 latency (ms)"]
+    assert labels == [
+        "candidate weight over time",
+        "error rate per analysis (the step's window so far)",
+        "latency per analysis (p99 solid, p50 dashed)",
+        "accuracy per analysis (labels that arrived)",
+        *(
+            f"{name}: {info['quantity']}"
+            for c in state["checks"]
+            for name, kept in [(c["name"], state["timeline"]["checks"][c["name"]])]
+            for info in kept.values()
+        ),
+    ]
+    # one chart per quantity a check's numbers measured, the latest among them
+    assert all(f"{c['name']}: {c['quantity']}" in labels for c in state["checks"])
+    assert len(state["timeline"]["points"]) == state["ticks"]
 
     # The latest checks, with verdict, estimate, bounds and reason.
     checks = table_rows(page, "Latest verdict of every check")
@@ -263,8 +280,14 @@ def test_a_promoted_rollout_shows_every_step_its_windows_and_the_decision(
     assert {a.get("title") for t, a in parsed.tags if t == "td"} >= {"error rate", "accuracy"}
     for row, check in zip(checks, state["checks"], strict=True):
         assert row[2] == check["verdict"]
-        assert row[3] == f"{check['estimate']:.4g}" and row[5] == check["quantity"]
-        assert row[6] == f"[{check['lower']:.4g}, {check['upper']:.4g}]"
+        # Readable numbers in the check's unit (a ratio as "1.2x", a difference of rates in
+        # signed percent), bounds as one interval.
+        tag = "ratio" if check["quantity"].startswith("candidate / stable") else "diff"
+        unit = state["timeline"]["checks"][check["name"]][tag]["unit"]
+        signed = check["quantity"].startswith("candidate - stable")
+        assert unit == ("ratio" if check["quantity"].startswith("candidate / stable") else "rate")
+        assert row[3] == numbers.in_unit(check["estimate"], unit, signed) and row[5] == check["quantity"]
+        assert row[6] == numbers.interval(check["lower"], check["upper"], unit, signed)
         assert (row[7], row[9]) == (check["bound"], check["reason"])
 
 
@@ -525,7 +548,7 @@ def test_a_blue_green_rollout_shows_its_preview_window(tmp_path: Path) -> None:
     assert preview[1] == "0% (preview, mirrored)" and preview[4] == "pass"
     # The preview's window is stable's baseline for the post-switch checks: its counts are shown.
     baseline = state["stableBaseline"]
-    assert preview[5] == str(int(baseline["stable"]["requests"]))
+    assert preview[5] == f"{round(baseline['stable']['requests']):,}"
     assert switched[1] == "100%" and switched[4] == "pass"
 
 
@@ -546,3 +569,49 @@ def test_the_default_page_name_is_one_plain_file_name(name: str, expected: str) 
     from mesh_canary.present.report import default_report_name
 
     assert default_report_name(name) == expected
+
+
+def test_a_rollback_in_the_first_step_still_shows_every_analysis(tmp_path: Path) -> None:
+    """The usual failure: rolled back in step 1, before any step window was kept. The
+    per-tick history still draws each version and each check, with readable numbers."""
+    policy = load_policy(policy_doc())
+    state = run_rollout(policy, scenario({"errorRate": 0.2}), tmp_path)
+    assert state["phase"] == "RolledBack" and state["stepIndex"] == 0, state["reason"]
+    assert state["earlierWindows"] == []
+    page = render_report(state, policy=policy)
+    parsed = parse(page)
+    assert_self_contained(page, parsed)
+    assert "No completed step window" not in page
+    labels = [a.get("aria-label") for t, a in parsed.tags if t == "svg"]
+    assert "error rate per analysis (the step's window so far)" in labels
+    assert any(str(label).startswith("errorRate: ") for label in labels)
+    # the error-rate lines end at the last analysis; their legend gives the values in percent
+    text = " ".join(parsed.text)
+    last = state["timeline"]["points"][-1]
+    rate = last["candidate"]["errors"] / last["candidate"]["requests"]
+    assert f"candidate 1.5.0: {numbers.percent(rate)}" in text
+    assert "..." not in text  # nothing is cut
+
+
+def test_a_check_with_two_bounds_gets_a_chart_per_quantity_each_captioned_by_its_own_numbers() -> None:
+    from dataclasses import replace as replaced
+
+    from mesh_canary.core import engine
+    from mesh_canary.core.model import Check
+    from tests.test_engine import make_policy, obs
+    from tests.test_timeline import TwoBoundsJudge
+
+    check = Check(metric="errorRate", name="errorRate", max=0.05, max_increase=0.01)
+    policy = make_policy(analysis=replaced(make_policy().analysis, checks=(check,)))
+    state = engine.start(policy, T0).state
+    judge = TwoBoundsJudge()
+    for t in (30.0, 40.0):
+        state = engine.tick(policy, state, obs(T0, T0 + t), T0 + t, judge).state
+    parsed = parse(render_report(state.to_dict(), policy=policy))
+    labels = [a.get("aria-label") for t, a in parsed.tags if t == "svg"]
+    assert "errorRate: candidate (error rate)" in labels
+    assert "errorRate: candidate - stable (error rate)" in labels
+    text = " ".join(parsed.text)
+    # the absolute bound's chart is captioned by its own last numbers, not the gap after them
+    assert "estimate 1%, bounds 0%-2%; tolerated at most 5%" in text
+    assert "estimate +1%, bounds 0% to +2%; tolerated at most +1%" in text

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
 from mesh_canary.checks import REGISTRY
+from mesh_canary.core import timeline
 from mesh_canary.core.durations import format_duration
 from mesh_canary.core.model import Check, Policy
 from mesh_canary.core.observations import Observation
@@ -158,6 +159,8 @@ class RolloutState:
     # Who owns the route (an annotation on the VirtualService, a lock for the local mesh);
     # kept so that a resume with the same state keeps the ownership.
     run_id: str = ""
+    # The bounded per-tick history the dashboard and the report draw (core/timeline.py).
+    timeline: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
@@ -201,6 +204,7 @@ class RolloutState:
             "rollbackPending": self.rollback_pending,
             "retryAt": self.retry_at,
             "runId": self.run_id,
+            "timeline": dict(self.timeline),
         }
 
     @classmethod
@@ -233,6 +237,7 @@ class RolloutState:
             rollback_pending=bool(d.get("rollbackPending", False)),
             retry_at=d.get("retryAt"),
             run_id=str(d.get("runId") or ""),
+            timeline=d["timeline"] if isinstance(d.get("timeline"), Mapping) else {},
         )
 
 
@@ -344,6 +349,15 @@ def tick(
     judge: Judge,
 ) -> Decision:
     """One analysis: judge the step's window and decide to hold, advance or roll back."""
+    decision = _tick(policy, state, observation, now, judge)
+    # Every judged tick leaves a point in the bounded history (core/timeline.py).
+    points = timeline.after_tick(policy, state, decision.state, observation)
+    return replace(decision, state=replace(decision.state, timeline=points))
+
+
+def _tick(
+    policy: Policy, state: RolloutState, observation: Observation, now: float, judge: Judge
+) -> Decision:
     if state.rollback_pending:
         return retry_rollback(state)  # decided: nothing to judge, only the write to finish
     if state.terminal:

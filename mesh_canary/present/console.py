@@ -14,6 +14,7 @@ from mesh_canary.core.engine import RolloutState, schedule
 from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import CheckResult
+from mesh_canary.present import numbers
 
 _VERDICT_STYLE = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}
 
@@ -29,7 +30,7 @@ def checks_table(checks: tuple[CheckResult, ...] | list[CheckResult]) -> Table:
         t.add_row(
             c.name,
             Text(c.verdict.value, style=_VERDICT_STYLE.get(c.verdict.value, "")),
-            f"{c.samples:.0f}",
+            numbers.count(c.samples),  # the one readable-number module
             c.reason,
         )
     return t

@@ -8,6 +8,7 @@ stable. Every process it starts is stopped before it returns.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from importlib import resources
 from typing import Any
@@ -18,6 +19,7 @@ from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import load_policy_text
 from mesh_canary.present.console import render_state
 from mesh_canary.present.view import check_document
+from mesh_canary.run.dashboard_sources import MemoryStores, serving
 from mesh_canary.run.stores import MemoryStateStore
 from mesh_canary.run.wiring import drive, local_backend, prometheus_available
 
@@ -30,12 +32,19 @@ def demo_policy() -> Policy:
 
 
 def run_one(
-    policy: Policy, degraded: bool, rps: float, console: Console, live: bool, metrics_mode: str
+    policy: Policy,
+    degraded: bool,
+    rps: float,
+    console: Console,
+    live: bool,
+    metrics_mode: str,
+    store: MemoryStateStore | None = None,
 ) -> dict[str, Any]:
     label = "degraded" if degraded else "healthy"
     started = time.monotonic()
     with local_backend(policy, degraded, rps, metrics_mode, seed=1) as (router, metrics, mesh):
-        result = drive(policy, router, metrics, MemoryStateStore(), timeout_s=150, live=live, console=console)
+        store = store or MemoryStateStore()
+        result = drive(policy, router, metrics, store, timeout_s=150, live=live, console=console)
         run: dict[str, Any] = {
             "candidate": label,
             "outcome": result.outcome,
@@ -68,7 +77,24 @@ def count_after_rollback(mesh: Any, policy: Policy) -> dict[str, Any]:
     }
 
 
-def run_demo(rps: float = 100.0, live: bool = True, metrics_mode: str = "direct") -> dict[str, Any]:
+def run_demo(
+    rps: float = 100.0, live: bool = True, metrics_mode: str = "direct", dashboard: bool | None = None
+) -> dict[str, Any]:
+    """Both rollouts; ``dashboard`` (default: with the live display) serves the live web
+    page of both on a free local port while they run, and says where."""
+    stores = {"healthy": MemoryStateStore(), "degraded": MemoryStateStore()}
+    with contextlib.ExitStack() as stack:
+        if live if dashboard is None else dashboard:
+            url = stack.enter_context(serving([MemoryStores(stores, demo_policy())], ("127.0.0.1", 0)))
+            Console(stderr=not live).print(
+                f"Watch it live in a browser: [bold]{url}[/bold] (while the demo runs)"
+            )
+        return _run_demo(rps, live, metrics_mode, stores)
+
+
+def _run_demo(
+    rps: float, live: bool, metrics_mode: str, stores: dict[str, MemoryStateStore]
+) -> dict[str, Any]:
     console = Console(stderr=not live)
     policy = demo_policy()
     if live:
@@ -86,7 +112,8 @@ def run_demo(rps: float = 100.0, live: bool = True, metrics_mode: str = "direct"
         if live:
             kind = "a degraded candidate (errors, latency, accuracy)" if degraded else "a healthy candidate"
             console.rule(f"[bold]Rolling out {kind}")
-        runs.append(run_one(policy, degraded, rps, console, live, metrics_mode))
+        label = "degraded" if degraded else "healthy"
+        runs.append(run_one(policy, degraded, rps, console, live, metrics_mode, stores[label]))
     healthy, degraded_run = runs
     ok = (
         healthy["outcome"] == "promoted"

@@ -68,19 +68,19 @@ def time_ticks(span: float, most: int = 8) -> list[float]:
     return [i * float(step) for i in range(int(span // step) + 1)]
 
 
-def time_axis(page: Page, height: float, bottom: float) -> list[str]:
+def time_axis(page: Page, height: float, bottom: float, width: float = W) -> list[str]:
     out: list[str] = []
     for t in time_ticks(page.span / 1.06 if page.state.terminal else page.span):
-        x = page.x(t)
+        x = page.x(t, width)
         out.append(f'<line class="grid" x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{height - bottom}"/>')
         out.append(
             f'<text class="tick" x="{x:.1f}" y="{height - bottom + 16}" text-anchor="middle">{esc(dur(t))}</text>'
         )
     out.append(
-        f'<line class="axis" x1="{LEFT}" y1="{height - bottom}" x2="{W - RIGHT}" y2="{height - bottom}"/>'
+        f'<line class="axis" x1="{LEFT}" y1="{height - bottom}" x2="{width - RIGHT}" y2="{height - bottom}"/>'
     )
     out.append(
-        f'<text class="tick" x="{W - RIGHT}" y="{height - 4}" text-anchor="end">time since start</text>'
+        f'<text class="tick" x="{width - RIGHT}" y="{height - 4}" text-anchor="end">time since start</text>'
     )
     return out
 
@@ -90,7 +90,7 @@ def time_axis(page: Page, height: float, bottom: float) -> list[str]:
 
 def weight_chart(page: Page) -> str:
     svg = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" '
         f'role="img" aria-label="{esc("candidate weight over time")}">',
     ]
     for w in (0, 25, 50, 75, 100):
@@ -164,10 +164,6 @@ def decision_marker(page: Page, last: StepView | None) -> list[str]:
     out.append(
         f'<text class="{cls}" x="{x + dx:.1f}" y="{TOP - 16}" text-anchor="{anchor}">{esc(f"{word} at {dur(t)}")}'
         f"<title>{esc(st.reason)}</title></text>"
-    )
-    reason = st.reason if len(st.reason) <= 110 else st.reason[:107] + "..."
-    out.append(
-        f'<text class="tick" x="{x + dx:.1f}" y="{TOP - 2}" text-anchor="{anchor}">{esc(reason)}</text>'
     )
     return out
 
@@ -245,8 +241,8 @@ def series_chart(
         return TOP + (height - TOP - bottom) * (1.0 - (v - lo) / (hi - lo))
 
     svg = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {height}" width="{W}" '
-        f'height="{height}" role="img" aria-label="{esc(title)}">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {height}" '
+        f'role="img" aria-label="{esc(title)}">',
         f'<text x="{LEFT}" y="16" font-weight="600">{esc(title)}</text>',
     ]
     for v in ticks:

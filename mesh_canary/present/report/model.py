@@ -3,22 +3,21 @@ span) and the formatting helpers. Every string shown goes through `esc`."""
 
 from __future__ import annotations
 
-import datetime
 import html
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mesh_canary.core.durations import format_duration
 from mesh_canary.core.engine import Outcome, Phase, RolloutState, StepRecord, outcome_of
 from mesh_canary.core.model import Policy
-from mesh_canary.core.observations import Histogram, Observation, VersionCounts
+from mesh_canary.core.observations import Observation, VersionCounts
+from mesh_canary.core.timeline import Point, points_of, quantile
+from mesh_canary.present import numbers
 
-NONE = "\N{EN DASH}"  # shown for a missing value
+NONE = numbers.NONE  # shown for a missing value
 
 # The weight chart's geometry (SVG user units).
-W, H = 900, 300
+W, H = 1200, 300
 LEFT, RIGHT, TOP, BOTTOM = 52, 20, 30, 40
 
 _VERDICT_CLASS = {"pass": "pass", "fail": "fail"}
@@ -43,46 +42,18 @@ def esc(value: object) -> str:
 
 
 def num(x: float | None, digits: int = 4) -> str:
-    if x is None:
-        return NONE
-    if not math.isfinite(x):
-        return str(x)
-    if x == int(x) and abs(x) < 1e12:
-        return f"{int(x)}"
-    return f"{x:.{digits}g}"
+    return numbers.value(x)
 
 
 def pct(x: float | None, digits: int = 2) -> str:
-    return NONE if x is None else f"{x * 100:.{digits}f}%"
+    return numbers.percent(x)
 
 
-def when(t: float) -> str:
-    """A time of the driver's clock: UTC for wall-clock times, else seconds (virtual time)."""
-    if t > 1e9:
-        return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f"t={num(t)}s"
+when = numbers.when
+dur = numbers.duration
 
 
-def dur(seconds: float | None) -> str:
-    return NONE if seconds is None else format_duration(max(seconds, 0.0))
-
-
-def histogram_quantile(q: float, h: Histogram) -> float | None:
-    """Prometheus's histogram_quantile: linear within the bucket holding the q-th observation."""
-    total = h.total
-    if total <= 0 or not h.bounds:
-        return None
-    rank = q * total
-    prev_bound, prev_count = 0.0, 0.0
-    for bound, count in zip(h.bounds, h.counts, strict=True):
-        if count >= rank:
-            if math.isinf(bound):
-                return prev_bound  # beyond the last finite bound: the best known lower bound
-            if count == prev_count:
-                return bound
-            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
-        prev_bound, prev_count = bound, count
-    return prev_bound
+histogram_quantile = quantile  # one implementation: the timeline's
 
 
 @dataclass(frozen=True)
@@ -147,6 +118,9 @@ class Page:
     candidate_version: str
     steps: tuple[StepView, ...]
     span: float  # seconds shown on the time axes
+    points: tuple[Point, ...] = ()  # the per-tick history, oldest first
+    events: tuple[Mapping[str, Any], ...] = ()  # a ModelRollout's Events (the dashboard reads them)
+    live: bool = False  # served by the dashboard (updates itself), not a frozen page
 
     @classmethod
     def of(
@@ -158,7 +132,8 @@ class Page:
         generated_at: float | None,
     ) -> Page:
         steps = step_views(state)
-        ends = [s.end for s in steps]
+        points = points_of(state.timeline)
+        ends = [s.end for s in steps] + [float(p.get("at") or 0.0) - state.started_at for p in points[-1:]]
         if state.finished_at is not None:
             ends.append(state.finished_at - state.started_at)
         if state.last_tick_at is not None:
@@ -174,6 +149,7 @@ class Page:
                 policy.candidate.version if policy else str(status.get("candidateVersion") or "candidate")
             ),
             steps=steps,
+            points=points,
             # A little room after a decision shows where the traffic went.
             span=max([*ends, 1.0]) * (1.06 if state.terminal else 1.0),
         )
@@ -188,8 +164,8 @@ class Page:
             return outcome.value.replace("_", " "), _OUTCOME_CLASS.get(outcome, "open")
         return _PHASE_WORDS.get(st.phase, st.phase.value), "open"
 
-    def x(self, t: float) -> float:
-        return LEFT + (W - LEFT - RIGHT) * min(max(t, 0.0), self.span) / self.span
+    def x(self, t: float, width: float = W) -> float:
+        return LEFT + (width - LEFT - RIGHT) * min(max(t, 0.0), self.span) / self.span
 
     @staticmethod
     def y(weight: float) -> float:

@@ -5,7 +5,7 @@ CSS = """
         --muted: #57606a; --line: #d0d7de; }
 * { box-sizing: border-box; }
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1f2328;
-       margin: 0 auto; max-width: 1100px; padding: 24px; line-height: 1.45; }
+       margin: 0; padding: 16px 24px; line-height: 1.45; }
 h1 { font-size: 1.6em; margin: 0 0 4px; }
 h2 { font-size: 1.2em; margin: 28px 0 8px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
 .sub { color: var(--muted); margin: 0 0 16px; }
@@ -25,9 +25,33 @@ table { border-collapse: collapse; width: 100%; font-size: 0.9em; margin: 8px 0;
 th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.why { max-width: 480px; }
+.why { min-width: 28em; overflow-wrap: anywhere; }
+.badge, td.nw { white-space: nowrap; }
+.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 560px), 1fr)); gap: 8px 24px; }
+figure.chart { margin: 0; }
+figure.chart figcaption { font-size: 0.9em; }
+.legend span { white-space: nowrap; }
+.legend span i { display: inline-block; width: 18px; height: 3px; vertical-align: middle; margin-right: 4px;
+                 background: var(--muted); }
+.legend span.stable i { background: var(--stable); }
+.legend span.candidate i { background: var(--cand); }
+.table-wrap { overflow-x: auto; }
+nav.top { display: flex; gap: 16px; align-items: baseline; flex-wrap: wrap; }
+.controls button { font: inherit; padding: 4px 14px; margin-right: 8px; border: 1px solid var(--line);
+                   border-radius: 6px; background: #f6f8fa; cursor: pointer; }
+.controls button.abort { color: var(--fail); border-color: var(--fail); }
+#live { color: var(--muted); font-size: 0.85em; }
+svg path.series { fill: none; stroke-width: 2; }
+svg .series.p50 { stroke-dasharray: 5 3; stroke-width: 1.5; }
+svg .stepline { stroke: #8c959f; stroke-dasharray: 2 3; }
+svg .ci { fill: var(--cand); fill-opacity: 0.18; stroke: none; }
+svg .tolerated { fill: var(--pass); fill-opacity: 0.10; }
+svg .limit { stroke: var(--pass); stroke-dasharray: 6 3; }
+svg .dot.fail { fill: var(--fail); stroke: var(--fail); }
+svg .dot.pass { fill: var(--pass); stroke: var(--pass); }
+svg .dot.inconclusive { fill: var(--cand); }
 .note { color: var(--muted); font-size: 0.9em; }
-svg { display: block; max-width: 100%; height: auto; font-size: 11px; }
+svg { display: block; width: 100%; height: auto; font-size: 13px; }
 svg .grid { stroke: #eaeef2; }
 svg .axis { stroke: #8c959f; }
 svg .tick { fill: var(--muted); }

@@ -4,11 +4,15 @@ latest verdict of every check, and a ModelRollout's conditions and history."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from mesh_canary.checks import REGISTRY, tolerance_words
+from mesh_canary.core import timeline
 from mesh_canary.core.engine import policy_fingerprint, schedule
 from mesh_canary.core.observations import VersionCounts
-from mesh_canary.present.report.model import NONE, Page, Rates, StepView, dur, esc, num, pct, when
+from mesh_canary.core.verdicts import CheckResult
+from mesh_canary.present import numbers
+from mesh_canary.present.report.model import NONE, Page, Rates, StepView, dur, esc, num, when
 from mesh_canary.present.view import outcome_word
 
 
@@ -16,7 +20,9 @@ def _table(head: list[str], rows: list[str], title: str = "") -> str:
     """A table with one header row (``head``: escaped already) and rendered rows."""
     top = [title] if title else []
     head_row = "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>"
-    return "\n".join([*top, "<table>", head_row, "<tbody>", *rows, "</tbody>", "</table>"])
+    return "\n".join(
+        [*top, '<div class="table-wrap"><table>', head_row, "<tbody>", *rows, "</tbody>", "</table></div>"]
+    )
 
 
 def decision(page: Page) -> str:
@@ -97,11 +103,11 @@ def _columns(page: Page) -> tuple[bool, bool]:
 
 def _version_cells(counts: VersionCounts, labels: bool, latency: bool) -> list[str]:
     r = Rates.of(counts)
-    vals = [num(r.requests), num(r.errors), pct(r.error_rate, 3)]
+    vals = [numbers.count(r.requests), numbers.count(r.errors), numbers.percent(r.error_rate)]
     if labels:
-        vals += [num(r.labeled), pct(r.accuracy, 2)]
+        vals += [numbers.count(r.labeled), numbers.percent(r.accuracy)]
     if latency:
-        vals += [num(r.p99_ms, 4)]
+        vals += [numbers.millis(r.p99_ms)]
     return [f'<td class="n">{esc(v)}</td>' for v in vals]
 
 
@@ -138,7 +144,7 @@ def steps_table(page: Page) -> str:
     labels, latency = _columns(page)
     per_version = ["requests", "errors", "error rate"]
     per_version += ["labelled", "accuracy"] if labels else []
-    per_version += ["p99 ms"] if latency else []
+    per_version += ["p99 latency"] if latency else []
     n = len(per_version)
     head = [
         "<table>",
@@ -158,6 +164,19 @@ def steps_table(page: Page) -> str:
 # --------------------------------------------------------------------------- checks, conditions, history
 
 
+def check_unit(page: Page, c: CheckResult) -> str:
+    """The unit of a check's numbers: from the history, else from its kind and the policy."""
+    infos = page.state.timeline.get("checks")
+    kept = infos.get(c.name) if isinstance(infos, Mapping) else None
+    info = kept.get(timeline.quantity_tag(c.quantity)) if isinstance(kept, Mapping) else None
+    if isinstance(info, Mapping) and isinstance(info.get("unit"), str):
+        return str(info["unit"])
+    policy_check = (
+        next((k for k in page.policy.analysis.checks if k.name == c.name), None) if page.policy else None
+    )
+    return timeline.check_unit(policy_check, c)
+
+
 def checks_table(page: Page) -> str:
     checks = page.state.checks
     if not checks:
@@ -166,19 +185,24 @@ def checks_table(page: Page) -> str:
     failed = set(page.state.failed_checks)
     rows = []
     for c in checks:
-        bounds = NONE if c.lower is None and c.upper is None else f"[{num(c.lower)}, {num(c.upper)}]"
+        unit = check_unit(page, c)
+        signed = c.quantity.startswith("candidate - stable")
+        # A ratio's stable estimate is in the check's own unit (ms for latency).
+        stable_unit = check_unit(page, replace(c, quantity="candidate")) if unit == "ratio" else unit
+        stable = numbers.in_unit(c.stable_estimate, stable_unit) if c.stable_estimate is not None else NONE
         tol = c.bound or (tolerance_words(tolerances[c.name], num) if c.name in tolerances else "")
+        samples = numbers.count(c.samples) + ("" if c.enough_data else " (not enough yet)")
         rows.append(
             "<tr>"
             f"<td>{esc(c.name + (' ✗' if c.name in failed else ''))}</td>"
             f"{_metric_cell(c.metric)}"
             f'<td><span class="badge {esc(c.verdict.value)}">{esc(c.verdict.value)}</span></td>'
-            f'<td class="n">{esc(num(c.estimate))}</td>'
-            f'<td class="n">{esc(num(c.stable_estimate))}</td>'
+            f'<td class="n">{esc(numbers.in_unit(c.estimate, unit, signed))}</td>'
+            f'<td class="n">{esc(stable)}</td>'
             f'<td class="note">{esc(c.quantity or NONE)}</td>'
-            f'<td class="n">{esc(bounds)}</td>'
-            f"<td>{esc(tol or NONE)}</td>"
-            f'<td class="n">{esc(num(c.samples))}{"" if c.enough_data else " (not enough yet)"}</td>'
+            f'<td class="n">{esc(numbers.interval(c.lower, c.upper, unit, signed))}</td>'
+            f'<td class="nw">{esc(tol or NONE)}</td>'
+            f'<td class="n">{esc(samples)}</td>'
             f'<td class="why">{esc(c.reason)}</td>'
             "</tr>"
         )
@@ -194,6 +218,18 @@ def checks_table(page: Page) -> str:
         "samples",
     ]
     return _table([*head, "reason"], rows)
+
+
+def events(page: Page) -> str:
+    """A ModelRollout's Kubernetes Events, newest first (the dashboard reads them)."""
+    if not page.events:
+        return ""
+    keys = ("lastTimestamp", "type", "reason", "count", "message")
+    rows = [
+        "<tr>" + "".join(f"<td>{esc(e.get(k) if e.get(k) is not None else '')}</td>" for k in keys) + "</tr>"
+        for e in page.events
+    ]
+    return _table(["last seen", "type", "reason", "count", "message"], rows, "<h2>Events</h2>")
 
 
 def conditions(page: Page) -> str:
@@ -228,7 +264,7 @@ def history(page: Page) -> str:
 
 
 def footer(page: Page) -> str:
-    bits = ["made by mesh-canary report"]
+    bits = ["served live by mesh-canary dashboard" if page.live else "made by mesh-canary report"]
     if page.source:
         bits.append(f"from {page.source}")
     if page.generated_at is not None:
