@@ -108,7 +108,7 @@ def test_healthy_candidate_advances_every_step_then_promotes() -> None:
     assert [s.weight for s in state.steps] == [10, 50, 100]
     # The scripted verdicts are inconclusive (ready, not proven): the steps advanced, unproven.
     assert all(s.verdict == "advanced" for s in state.steps)
-    assert state.reason.startswith("promoted: no check found a regression; not proven: ")
+    assert state.reason.startswith("no check found a regression; not proven: ")
     # Each step held at least minStepDuration.
     assert state.steps[0].end_s == 60.0 and state.steps[1].end_s == 120.0
 

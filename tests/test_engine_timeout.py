@@ -84,7 +84,7 @@ def test_an_unproven_promotion_says_what_was_not_ruled_out() -> None:
     assert state.phase is Phase.SUCCEEDED
     assert "all checks passed" not in state.reason
     assert state.reason == (
-        "promoted: no check found a regression; not proven: "
+        "no check found a regression; not proven: "
         "errorRate (a rise of up to 1.2 points is not ruled out), "
         "accuracy (a drop of up to 2.1 points is not ruled out) (at 99%)"
     )
@@ -113,7 +113,7 @@ def test_on_timeout_promote_advances_unproven_steps_and_counts_them() -> None:
     assert "advanced unproven at its timeout (step 1 at 10% still inconclusive" in advanced
     assert "not proven: errorRate" in advanced
     assert state.timeouts == 2
-    assert state.reason.startswith("promoted: no check found a regression; not proven: errorRate")
+    assert state.reason.startswith("no check found a regression; not proven: errorRate")
     assert state.reason.endswith("2 step(s) advanced unproven at their maxStepDuration")
 
 

@@ -703,7 +703,7 @@ def _finish(
         phase=Phase.SUCCEEDED,
         weights=weights,
         finished_at=now,
-        reason=words if words == "all checks passed" else f"promoted: {words}",
+        reason=words,
         steps=steps,
     )
     msg = f"promoted {policy.candidate.version}: 100% of traffic, {words}"
