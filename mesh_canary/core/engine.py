@@ -539,6 +539,34 @@ def _ready(result: CheckResult, check: Check, final_window: bool) -> bool:
     return _label_based(check) and not final_window
 
 
+def _label_wait(policy: Policy, state: RolloutState, window: Observation | None) -> str:
+    """What the promoting step waits for on label-based checks, and how long that should
+    take at the label rate observed in this step's window ("" when it waits for none)."""
+    have_rate = window is not None and window.at > window.since
+    rate = (
+        sum(window.candidate.confusion.values()) / (window.at - window.since) if have_rate and window else 0.0
+    )
+    parts = []
+    for r, c in zip(state.checks, policy.analysis.checks, strict=False):
+        if not _label_based(c) or r.verdict is not Verdict.INCONCLUSIVE:
+            continue
+        need = c.min_labeled or policy.analysis.min_requests
+        if r.enough_data:
+            continue
+        more = max(need - r.samples, 0.0)
+        what = f"{r.name}: {r.samples:.0f} of {need} labelled predictions"
+        eta = (
+            f"about {format_duration(more / rate)} at {rate:.3g} labels/s"
+            if rate > 0
+            else "no labels arriving"
+        )
+        parts.append(f"{what} ({eta})")
+    return _LABEL_WAIT + "; ".join(parts) if parts else ""
+
+
+_LABEL_WAIT = "waiting for labels before promotion: "
+
+
 def _check_step_deadline(
     strategy: Strategy,
     policy: Policy,
@@ -562,7 +590,11 @@ def _check_step_deadline(
         )
     deadline = limit if not paused_here else (state.timeout_paused_at or 0.0) - state.step_started_at + limit
     if in_step < deadline:
-        return None
+        waiting = (
+            _label_wait(policy, state, window) if strategy.final_window(policy, state.step_index) else ""
+        )
+        stale = state.reason.startswith(_LABEL_WAIT) and not waiting
+        return Decision(replace(state, reason=waiting)) if waiting or stale else None
     holding = [r.name for r in state.checks if r.verdict is not Verdict.PASS]
     why = ", ".join(holding) if holding else "no verdict"
     what = (

@@ -51,8 +51,9 @@ class CheckResult:
 
     @property
     def not_ruled_out(self) -> str:
-        """What effect size is still possible, in words ("" when the check is proven)."""
-        return "" if self.proven else evidence_words(self)[1]
+        """What effect size is still possible, in words ("" when the check is decided:
+        proven, or failed)."""
+        return "" if self.verdict is not Verdict.INCONCLUSIVE else evidence_words(self)[1]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
