@@ -382,7 +382,7 @@ def plan_command(
     console = Console()
     console.print(t)
     for c in doc["checks"]:
-        console.print(c["summary"], highlight=False)
+        click.echo(c["summary"])  # one line each, for grep
     for line in doc["warnings"]:
         click.echo(f"WARNING: {line}", err=True)
 

@@ -8,9 +8,9 @@ from dataclasses import replace
 from mesh_canary.core import engine
 from mesh_canary.core.engine import Announce, Command, Phase, RolloutState, SetWeights
 from mesh_canary.core.model import AnalysisSpec, Check, Policy
-from mesh_canary.core.observations import Observation
+from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.verdicts import CheckResult, JudgeContext, Verdict
-from tests.test_engine import CHECKS, make_policy, run_ticks
+from tests.test_engine import CHECKS, make_policy, obs, run_ticks
 
 ERR_DIFF = dict(bound="<= stable + 1.00%", quantity="candidate - stable (error rate)")
 ACC_DIFF = dict(bound=">= stable - 2.00%", quantity="candidate - stable (accuracy)")
@@ -173,3 +173,36 @@ def test_timeout_fields_survive_a_restart() -> None:
     p = policy(on_timeout="pause")
     state, _ = ticks(p, engine.start(p, 0.0).state, FakeJudge(lean=True), until=300)
     assert RolloutState.from_dict(state.to_dict()) == state
+
+
+class FewLabels(FakeJudge):
+    """Passes errorRate; accuracy has 40 of its 100 labels."""
+
+    def evaluate(self, checks: Sequence[Check], window: Observation, ctx: JudgeContext) -> list[CheckResult]:
+        out = super().evaluate(checks, window, ctx)
+        few = {"samples": 40, "enough_data": False, "verdict": Verdict.INCONCLUSIVE}
+        return [replace(r, **few) if r.metric == "accuracy" else r for r in out]  # type: ignore[arg-type]
+
+
+def test_the_promoting_step_says_how_many_labels_it_waits_for_and_how_long() -> None:
+    p = policy()
+    state = engine.start(p, 0.0).state
+    judge = FewLabels(Verdict.PASS)
+    # Step 1 advances without its labels (they are needed only before promotion).
+    state = engine.tick(p, state, obs(0, 60), 60, judge).state  # type: ignore[arg-type]
+    assert state.step_index == 1 and state.reason == ""
+    labelled = Observation(
+        since=60,
+        at=120,
+        stable=VersionCounts(requests=100),
+        candidate=VersionCounts(requests=100, confusion={("a", "a"): 25.0, ("a", "b"): 5.0}),
+    )
+    held = engine.tick(p, state, labelled, 120, judge).state  # type: ignore[arg-type]
+    assert held.step_index == 1 and held.phase is Phase.PROGRESSING
+    # 60 labels to go at the 30 labels / 60 s observed in this step's window.
+    assert held.reason == (
+        "waiting for labels before promotion: accuracy: 40 of 100 labelled predictions (about 2m at 0.5 labels/s)"
+    )
+    # Once the labels are in, the wait is no longer announced, and it promotes.
+    done = engine.tick(p, held, labelled, 180, FakeJudge(Verdict.PASS)).state  # type: ignore[arg-type]
+    assert done.phase is Phase.SUCCEEDED and done.reason == "all checks passed"

@@ -76,6 +76,11 @@ class CheckPower:
         """The first step by which the smallest regression is detectable (None: never)."""
         return next((s for s in self.steps if s.effect is not None and s.reachable), None)
 
+    def detects(self, effect: float) -> bool:
+        """Is a regression of ``effect`` (rate units) detected with 95% power by the end?"""
+        last = self.steps[-1] if self.steps else None
+        return last is not None and last.effect is not None and last.reachable and effect >= last.effect
+
     def words(self) -> str:
         """'errorRate: detects a rise of 0.42 points (1.84x) or more with 95% power by step 3'."""
         if not self.supported:
