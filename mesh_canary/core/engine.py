@@ -542,10 +542,8 @@ def _ready(result: CheckResult, check: Check, final_window: bool) -> bool:
 def _label_wait(policy: Policy, state: RolloutState, window: Observation | None) -> str:
     """What the promoting step waits for on label-based checks, and how long that should
     take at the label rate observed in this step's window ("" when it waits for none)."""
-    have_rate = window is not None and window.at > window.since
-    rate = (
-        sum(window.candidate.confusion.values()) / (window.at - window.since) if have_rate and window else 0.0
-    )
+    span = 0.0 if window is None else window.at - window.since
+    rate = sum(window.candidate.confusion.values()) / span if window is not None and span > 0 else 0.0
     parts = []
     for r, c in zip(state.checks, policy.analysis.checks, strict=False):
         if not _label_based(c) or r.verdict is not Verdict.INCONCLUSIVE:
@@ -590,9 +588,8 @@ def _check_step_deadline(
         )
     deadline = limit if not paused_here else (state.timeout_paused_at or 0.0) - state.step_started_at + limit
     if in_step < deadline:
-        waiting = (
-            _label_wait(policy, state, window) if strategy.final_window(policy, state.step_index) else ""
-        )
+        promoting = window is not None and strategy.final_window(policy, state.step_index)
+        waiting = _label_wait(policy, state, window) if promoting else ""
         stale = state.reason.startswith(_LABEL_WAIT) and not waiting
         return Decision(replace(state, reason=waiting)) if waiting or stale else None
     holding = [r.name for r in state.checks if r.verdict is not Verdict.PASS]
