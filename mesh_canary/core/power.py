@@ -228,8 +228,18 @@ def check_power(policy: Policy, check: Check, traffic: Traffic) -> CheckPower:
         effect = smallest_effect(check, p0, n_c, n_s, alpha) if supported else None
         ratio = None if effect is None or p0 <= 0 else (p0 + effect) / p0
         steps.append(StepPower(k + 1, w, n_c, n_s, minimum, reachable, effect, ratio))
-    note = "" if supported else "the smallest detectable effect is computed for errorRate and accuracy only"
+    note = "" if supported else _not_estimated(check)
     return CheckPower(check.name, check.metric, supported, label_based, tuple(steps), note)
+
+
+def _not_estimated(check: Check) -> str:
+    if check.metric == "latency" and check.quantile is not None:
+        return (
+            "not estimated: a quantile is bracketed by histogram buckets, so a rise that stays "
+            "inside one bucket is never proven (only a step timeout stops it); a slowerThan "
+            "check at a bucket bound is the provable form"
+        )
+    return "not estimated: the smallest detectable effect is computed for errorRate and accuracy"
 
 
 def plan(policy: Policy, traffic: Traffic) -> list[CheckPower]:
