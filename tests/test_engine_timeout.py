@@ -206,3 +206,13 @@ def test_the_promoting_step_says_how_many_labels_it_waits_for_and_how_long() -> 
     # Once the labels are in, the wait is no longer announced, and it promotes.
     done = engine.tick(p, held, labelled, 180, FakeJudge(Verdict.PASS)).state  # type: ignore[arg-type]
     assert done.phase is Phase.SUCCEEDED and done.reason == "all checks passed"
+
+
+def test_on_timeout_promote_never_promotes_without_the_labels() -> None:
+    """Label-aware pacing holds under onTimeout promote too: without minLabeled at the
+    promoting step's timeout it rolls back (fail closed), saying which labels are missing."""
+    p = policy(on_timeout="promote")
+    state, _ = ticks(p, engine.start(p, 0.0).state, FewLabels(), until=10_000)
+    assert state.phase is Phase.ROLLED_BACK and state.failed_checks == ("stepTimeout",)
+    assert state.reason.endswith("not promoted without labels: accuracy (40 of 100 labels)")
+    assert state.steps[0].verdict == "advanced"  # the early step did not need them

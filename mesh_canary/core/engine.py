@@ -599,11 +599,24 @@ def _check_step_deadline(
         f"{format_duration(in_step)} (maxStepDuration {format_duration(limit)}): {why}"
     )
     mode = policy.analysis.on_timeout
-    if mode == "promote" and window is not None:
+    unlabelled = _without_labels(policy, state) if strategy.final_window(policy, state.step_index) else []
+    if mode == "promote" and window is not None and not unlabelled:
         return _advance_at_timeout(strategy, policy, state, now, window, f"at its timeout ({what})")
+    if mode == "promote" and unlabelled:
+        # Label-aware pacing: never promote before label-based checks have minLabeled.
+        what += f"; not promoted without labels: {', '.join(unlabelled)}"
     if mode == "pause":
         return _pause_at_timeout(state, now, what)
     return _roll_back(state, now, what, ("stepTimeout",))
+
+
+def _without_labels(policy: Policy, state: RolloutState) -> list[str]:
+    """Label-based checks short of their minLabeled: "accuracy (40 of 100 labels)"."""
+    return [
+        f"{r.name} ({r.samples:.0f} of {c.min_labeled or policy.analysis.min_requests} labels)"
+        for r, c in zip(state.checks, policy.analysis.checks, strict=False)
+        if _label_based(c) and not r.enough_data and r.verdict is not Verdict.PASS
+    ]
 
 
 def _timeout_paused_in_step(state: RolloutState) -> bool:
