@@ -216,3 +216,40 @@ def test_on_timeout_promote_never_promotes_without_the_labels() -> None:
     assert state.phase is Phase.ROLLED_BACK and state.failed_checks == ("stepTimeout",)
     assert state.reason.endswith("not promoted without labels: accuracy (40 of 100 labels)")
     assert state.steps[0].verdict == "advanced"  # the early step did not need them
+
+
+def test_what_each_kind_of_bound_rules_out_in_words() -> None:
+    def words(quantity: str, bound: str, lo: float | None, hi: float | None) -> tuple[str, str]:
+        r = CheckResult(
+            "c", "m", Verdict.INCONCLUSIVE, "", lower=lo, upper=hi, bound=bound, quantity=quantity
+        )
+        return r.ruled_out, r.not_ruled_out
+
+    assert words("candidate - stable (error rate)", "<= stable + 0.50%", -0.001, 0.0042) == (
+        "a rise larger than 0.42 points",
+        "a rise of up to 0.42 points",
+    )
+    assert words("candidate - stable (accuracy)", ">= stable - 1.00%", -0.021, 0.01) == (
+        "a drop larger than 2.1 points",
+        "a drop of up to 2.1 points",
+    )
+    assert words("candidate / stable (p99 latency)", "<= stable x 1.2", 0.9, 1.31) == (
+        "a ratio to stable above 1.31x",
+        "a ratio to stable up to 1.31x",
+    )
+    assert words("candidate / stable (p99 latency)", "<= stable x 1.2", 0.04, None) == ("", "any rise")
+    assert words("candidate (p99 latency)", "<= 500ms", 100.0, 620.0) == (
+        "p99 latency above 620ms",
+        "p99 latency as high as 620ms",
+    )
+    assert words("PSI of the candidate's predictions against stable's", "PSI <= 0.2", 0.0, 0.43) == (
+        "PSI above 0.43",
+        "PSI as high as 0.43",
+    )
+    assert words("", "", None, None) == ("", "any effect")
+    # Decided checks have nothing "not ruled out": proven, or failed.
+    passed = CheckResult("c", "m", Verdict.PASS, "", lower=-0.001, upper=0.003, bound="<= stable + 0.50%",
+                         quantity="candidate - stable (error rate)")  # fmt: skip
+    assert (
+        passed.proven and passed.not_ruled_out == "" and passed.ruled_out == "a rise larger than 0.3 points"
+    )

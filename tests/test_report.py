@@ -425,7 +425,7 @@ def test_report_command_writes_the_page_of_a_state_file(
     assert stdout.strip() == str(out) and "deprecated" not in stderr
     page = out.read_text(encoding="utf-8")
     parse(page)
-    assert "1.4.2 → 1.5.0" in page and state["reason"] in page and str(state_file) in page
+    assert "1.4.2 → 1.5.0" in page and html.escape(state["reason"]) in page and str(state_file) in page
 
     # Without --out: NAME-report.html in the current directory; without -f: no versions known.
     monkeypatch.chdir(tmp_path)

@@ -108,30 +108,31 @@ def evidence_words(result: CheckResult) -> tuple[str, str]:
     A bound written ">= ..." guards against a drop (its lower end matters), any other bound
     against a rise (its upper end). E.g. accuracy with maxDecrease and a lower end of -0.021:
     ("", "a drop of up to 2.1 points") while the interval still reaches below 0."""
-    if not result.quantity or not result.bound:
-        return "", "any effect (no evidence yet)"
     drop = result.bound.startswith(">=")
+    what = "drop" if drop else "rise"
+    if not result.quantity or not result.bound:
+        return "", "any effect"
     end = result.lower if drop else result.upper
     if end is None:
-        return "", f"any {'drop' if drop else 'rise'} (no bound yet)"
-    diff = result.quantity.startswith("candidate - stable")
-    ratio = result.quantity.startswith("candidate / stable")
-    if diff:
+        return "", f"any {what}"
+    if result.quantity.startswith("candidate - stable"):
         size = -end if drop else end
         if size <= 0:
-            return f"any {'drop' if drop else 'rise'}", ""
-        what = "drop" if drop else "rise"
+            return f"any {what}", ""
         return f"a {what} larger than {_amount(size, result)}", f"a {what} of up to {_amount(size, result)}"
-    if ratio:
-        if (end >= 1.0) == (not drop) and end != 1.0:
-            what = "drop" if drop else "rise"
-            return f"a {what} beyond {_amount(end, result)} stable", f"up to {_amount(end, result)} stable"
-        return f"any {'drop' if drop else 'rise'}", ""
-    side = "below" if drop else "above"
-    return (
-        f"a value {side} {_amount(end, result)}",
-        f"a value as {'low' if drop else 'high'} as {_amount(end, result)}",
-    )
+    if result.quantity.startswith("candidate / stable"):
+        if (end > 1.0) if not drop else (end < 1.0):
+            x = _amount(end, result)
+            return (
+                f"a ratio to stable {'below' if drop else 'above'} {x}",
+                f"a ratio to stable {'down' if drop else 'up'} to {x}",
+            )
+        return f"any {what}", ""
+    # An absolute quantity: the candidate's value, or a distance such as PSI.
+    q = result.quantity
+    label = q.split(" (")[-1].rstrip(")") if " (" in q else q.split(" of ")[0]
+    side, far = ("below", "low") if drop else ("above", "high")
+    return f"{label} {side} {_amount(end, result)}", f"{label} as {far} as {_amount(end, result)}"
 
 
 @dataclass(frozen=True)
