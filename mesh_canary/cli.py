@@ -17,6 +17,7 @@ import click
 from mesh_canary.core.durations import parse_duration
 from mesh_canary.core.engine import Outcome
 from mesh_canary.core.model import Policy
+from mesh_canary.core.power import Traffic
 from mesh_canary.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_UNFINISHED, BadInput, MeshCanaryError
 from mesh_canary.kube.errors import KubeError
 from mesh_canary.kube.names import KIND
@@ -90,15 +91,23 @@ def main(debug: bool, log_format: str) -> None:
 
 @main.command()
 @click.argument("policies", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--rps",
+    type=float,
+    help="Also warn where the policy cannot reach its minimum samples at this rate (req/s).",
+)
 @output_option
 @friendly_errors
-def validate(policies: tuple[str, ...], fmt: str) -> None:
+def validate(policies: tuple[str, ...], rps: float | None, fmt: str) -> None:
     """Check policies against the schema and the rules; print every problem with its path."""
     results: list[dict[str, Any]] = []
     from mesh_canary.run.policy_loading import validate_policy_file
 
+    traffic = None if rps is None else _traffic(rps, 0.005, 0.9, None, 1.0)
     for path in policies:
         problems = validate_policy_file(path)
+        if traffic is not None and not problems:
+            _warn_unreachable(read_policy(path), traffic)
         results.append(
             {
                 "file": path,
@@ -295,6 +304,90 @@ def _print_result(policy: Policy, result: Any, fmt: str) -> None:
         )
 
 
+def _traffic(
+    rps: float, error_rate: float, accuracy: float, label_delay: str | None, labelled: float
+) -> Traffic:
+    """The traffic `plan` assumes; BadInput (exit 2) naming a value out of range."""
+    from mesh_canary.core.power import Traffic
+
+    if not rps > 0:
+        raise BadInput(f"--rps must be above 0 requests per second, got {rps:g}")
+    if not 0 <= error_rate < 1:
+        raise BadInput(f"--error-rate must be a share in [0, 1), got {error_rate:g}")
+    if not 0 < accuracy <= 1:
+        raise BadInput(f"--accuracy must be a share in (0, 1], got {accuracy:g}")
+    if not 0 < labelled <= 1:
+        raise BadInput(f"--labelled must be a share in (0, 1], got {labelled:g}")
+    delay = _duration_arg("--label-delay", label_delay) or 0.0
+    return Traffic(rps, error_rate, accuracy, delay, labelled)
+
+
+def _warn_unreachable(policy: Policy, traffic: Traffic) -> None:
+    """A WARNING on stderr for each check that cannot reach its minimum samples at ``traffic``."""
+    from mesh_canary.core.power import unreachable
+
+    for line in unreachable(policy, traffic):
+        click.echo(f"WARNING: {policy.name}: {line}", err=True)
+
+
+@main.command("plan")
+@click.option("-f", "--filename", "policy_path", required=True, type=click.Path(), help="Policy YAML.")
+@click.option("--rps", type=float, required=True, help="Requests per second to both versions together.")
+@click.option("--error-rate", type=float, default=0.005, show_default=True, help="Stable's error rate.")
+@click.option("--accuracy", type=float, default=0.9, show_default=True, help="Stable's accuracy.")
+@click.option("--label-delay", help="Mean delay of a label (exponential), e.g. 60s. Default: 0s.")
+@click.option("--labelled", type=float, default=1.0, show_default=True, help="Share of predictions labelled.")
+@output_option
+@friendly_errors
+def plan_command(
+    policy_path: str,
+    rps: float,
+    error_rate: float,
+    accuracy: float,
+    label_delay: str | None,
+    labelled: float,
+    fmt: str,
+) -> None:
+    """Per check and step: expected samples at --rps, whether the minimum samples are
+    reachable by maxStepDuration, and the smallest regression detectable with 95% power."""
+    from mesh_canary.present.plan import plan_document
+
+    traffic = _traffic(rps, error_rate, accuracy, label_delay, labelled)
+    doc = plan_document(read_policy(policy_path), traffic)
+    if fmt != "text":
+        click.echo(dump(doc, fmt))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{doc['policy']} at {rps:g} req/s: power {doc['power']:.0%}")
+    for col in (
+        "check",
+        "step",
+        "weight",
+        "candidate",
+        "stable",
+        "minimum",
+        "reachable",
+        "smallest regression",
+    ):
+        t.add_column(col)
+    for c in doc["checks"]:
+        for st in c["steps"]:
+            eff = st.get("smallestEffect")
+            words = "n/a" if not c["estimated"] else ("none" if eff is None else f"{100 * eff:.2g} points")
+            t.add_row(
+                c["name"], str(st["step"]), f"{st['weight']}%", f"{st['candidateSamples']:.0f}",
+                f"{st['stableSamples']:.0f}", str(st["minimum"]), "yes" if st["reachable"] else "NO", words,
+            )  # fmt: skip
+    console = Console()
+    console.print(t)
+    for c in doc["checks"]:
+        click.echo(c["summary"])  # one line each, for grep
+    for line in doc["warnings"]:
+        click.echo(f"WARNING: {line}", err=True)
+
+
 def _duration_arg(name: str, text: str | None) -> float | None:
     if text is None:
         return None
@@ -324,6 +417,14 @@ def simulate(policy_path: str, scenario_path: str, seed: int, runs: int, fmt: st
     except UnicodeDecodeError:
         raise BadInput(f"scenario {scenario_path} is not valid UTF-8 text; save it as UTF-8") from None
     scenario = load_scenario_text(text, source=scenario_path)  # ScenarioError: bad input
+    from mesh_canary.core.power import Traffic
+
+    st = scenario.stable
+    if scenario.traffic.rps > 0:
+        seen = Traffic(
+            scenario.traffic.rps, st.error_rate, st.accuracy, st.labels.delay_mean_s, 1 - st.labels.missing
+        )
+        _warn_unreachable(policy, seen)
     from rich.console import Console
     from rich.progress import Progress
 

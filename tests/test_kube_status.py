@@ -258,6 +258,7 @@ def test_check_view_keeps_what_a_person_needs() -> None:
         "bound": "<= 500ms",
         "samples": 900.0,
         "enoughData": True,
+        "proven": False,  # issue 10: what was proven (a failed check has nothing "not ruled out")
         "reason": "p99 610ms > 500ms",
     }
 

@@ -224,7 +224,11 @@ def test_a_promoted_rollout_shows_every_step_its_windows_and_the_decision(
     text = " ".join(parsed.text)
 
     assert "Rollout fraud-scorer: 1.4.2 → 1.5.0" in text
-    assert "promoted" in text and "all checks passed" in text
+    # "all checks passed" only when every check was proven; else what was not (issue 10).
+    proven = all(c["proven"] for c in state["checks"])
+    words = "all checks passed" if proven else "no check found a regression; not proven: "
+    assert "promoted" in text and words in text and state["reason"].startswith(words)
+    step_word, step_class = ("pass", "pass") if proven else ("advanced", "open")
     assert "10% → 50% → 100%" in text  # the plan from the policy
     assert "2023-11-14 22:13:20 UTC" in text  # started, on the wall clock
     assert "not the one this rollout ran" not in text
@@ -234,9 +238,9 @@ def test_a_promoted_rollout_shows_every_step_its_windows_and_the_decision(
     # One row per step, with the step's weight, times and verdict.
     steps = table_rows(page, "Steps")
     assert [(r[0], r[1], r[4]) for r in steps] == [
-        ("1", "10%", "pass"),
-        ("2", "50%", "pass"),
-        ("3", "100%", "pass"),
+        ("1", "10%", step_word),
+        ("2", "50%", step_word),
+        ("3", "100%", step_word),
     ]
     # The completed steps' windows: each version's requests and error rate, and accuracy from labels.
     for row, kept in zip(steps, state["earlierWindows"], strict=False):
@@ -251,9 +255,12 @@ def test_a_promoted_rollout_shows_every_step_its_windows_and_the_decision(
 
     # The chart: one segment per step, each marked with its verdict; the decision line says why.
     svg_steps = [a for t, a in parsed.tags if t == "line" and (a.get("class") or "").startswith("step ")]
-    assert [a["class"] for a in svg_steps] == ["step pass"] * 4  # three steps and the weight after
-    assert any(t.startswith("promoted: all checks passed") for t in parsed.titles)
-    assert {"step 1 at 10%: pass (0s to 2m)", "step 2 at 50%: pass (2m to 4m)"} <= set(parsed.titles)
+    # three steps and the weight after the decision (a promotion: pass)
+    assert [a["class"] for a in svg_steps] == [f"step {step_class}"] * 3 + ["step pass"]
+    assert any(t.startswith(f"promoted: {state['reason']}") for t in parsed.titles)
+    assert {f"step 1 at 10%: {step_word} (0s to 2m)", f"step 2 at 50%: {step_word} (2m to 4m)"} <= set(
+        parsed.titles
+    )
     # Per-version metrics over time, one chart per metric with data.
     # Per-version metrics at every analysis (the state's per-tick history), then every check.
     labels = [a.get("aria-label") for t, a in parsed.tags if t == "svg"]
@@ -303,7 +310,7 @@ def test_a_rolled_back_rollout_marks_the_failing_step_and_the_reason(
     assert "failed: errorRate" in text
 
     steps = table_rows(page, "Steps")
-    assert [(r[0], r[4]) for r in steps] == [("1", "pass"), ("2", "fail")]
+    assert [(r[0], r[4]) for r in steps] == [("1", "advanced"), ("2", "fail")]
     assert "judged by the latest checks below" in steps[1][5]
     classes = [a.get("class") for t, a in parsed.tags if t in ("line", "circle")]
     assert "step fail" in classes and "mark fail" in classes and "decide fail" in classes
@@ -379,7 +386,7 @@ def test_a_rollout_waiting_at_the_gate_has_no_decision_yet(tmp_path: Path) -> No
     assert "waiting for approval" in text and "step 2 at 50% of traffic" in text
     assert not [a for t, a in parsed.tags if (a.get("class") or "").startswith("decide")]
     steps = table_rows(page, "Steps")
-    assert [(r[0], r[4]) for r in steps] == [("1", "pass"), ("2", "running")]
+    assert [(r[0], r[4]) for r in steps] == [("1", "advanced"), ("2", "running")]
 
 
 def test_a_model_rollout_status_adds_conditions_history_and_the_policy_from_the_spec(
@@ -441,7 +448,7 @@ def test_report_command_writes_the_page_of_a_state_file(
     assert stdout.strip() == str(out) and "deprecated" not in stderr
     page = out.read_text(encoding="utf-8")
     parse(page)
-    assert "1.4.2 → 1.5.0" in page and "all checks passed" in page and str(state_file) in page
+    assert "1.4.2 → 1.5.0" in page and html.escape(state["reason"]) in page and str(state_file) in page
 
     # Without --out: NAME-report.html in the current directory; without -f: no versions known.
     monkeypatch.chdir(tmp_path)
@@ -545,11 +552,13 @@ def test_a_blue_green_rollout_shows_its_preview_window(tmp_path: Path) -> None:
     parse(page)
     assert "preview mirroring 100%, then switch to 100%" in page
     preview, switched = table_rows(page, "Steps")
-    assert preview[1] == "0% (preview, mirrored)" and preview[4] == "pass"
+    # Unproven checks (a short simulated window): the steps advanced, never "pass" (issue 10).
+    word = "pass" if all(c["proven"] for c in state["checks"]) else "advanced"
+    assert preview[1] == "0% (preview, mirrored)" and preview[4] == word
     # The preview's window is stable's baseline for the post-switch checks: its counts are shown.
     baseline = state["stableBaseline"]
     assert preview[5] == f"{round(baseline['stable']['requests']):,}"
-    assert switched[1] == "100%" and switched[4] == "pass"
+    assert switched[1] == "100%" and switched[4] == word
 
 
 @pytest.mark.parametrize(

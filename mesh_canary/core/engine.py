@@ -161,6 +161,13 @@ class RolloutState:
     run_id: str = ""
     # The bounded per-tick history the dashboard and the report draw (core/timeline.py).
     timeline: Mapping[str, Any] = field(default_factory=dict)
+    # onTimeout pause: when the current step paused at its maxStepDuration, or was resumed
+    # after it (its next deadline counts from there; None: it did not pause; a time before
+    # step_started_at belongs to an earlier step), and whether a person approved advancing
+    # past it. ``timeouts``: steps advanced unproven at their timeout.
+    timeout_paused_at: float | None = None
+    timeout_approved: bool = False
+    timeouts: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -205,6 +212,9 @@ class RolloutState:
             "retryAt": self.retry_at,
             "runId": self.run_id,
             "timeline": dict(self.timeline),
+            "timeoutPausedAt": self.timeout_paused_at,
+            "timeoutApproved": self.timeout_approved,
+            "timeouts": self.timeouts,
         }
 
     @classmethod
@@ -238,6 +248,9 @@ class RolloutState:
             retry_at=d.get("retryAt"),
             run_id=str(d.get("runId") or ""),
             timeline=d["timeline"] if isinstance(d.get("timeline"), Mapping) else {},
+            timeout_paused_at=d.get("timeoutPausedAt"),
+            timeout_approved=bool(d.get("timeoutApproved", False)),
+            timeouts=int(d.get("timeouts", 0)),
         )
 
 
@@ -330,7 +343,15 @@ def command(policy: Policy, state: RolloutState, cmd: Command | str, now: float)
         # Back to where the pause found it: at the gate only if it was waiting there.
         phase = Phase.WAITING_FOR_APPROVAL if state.at_gate else Phase.PROGRESSING
         new = replace(state, paused=False, phase=phase)
+        if _timeout_paused_in_step(state):
+            new = replace(new, timeout_paused_at=now)  # another maxStepDuration from now
         return Decision(new, (Announce("Resumed", f"resumed at {state.weights.candidate}%"),))
+    if _paused_at_timeout(state):
+        # Paused at the step's timeout (onTimeout pause): approval advances the step unproven.
+        new = replace(state, paused=False, phase=Phase.PROGRESSING, timeout_approved=True)
+        return Decision(
+            new, (Announce("Approved", "advancing past the step's timeout: approved by a person"),)
+        )
     # approve: opens the gate only where the rollout waits at it; an early approval
     # must not skip a gate the person has not seen yet.
     if not state.at_gate:
@@ -401,8 +422,8 @@ def _tick(
     ready = in_step >= strategy.min_duration_s(policy, state.step_index) and all(
         _ready(r, c, final_window) for r, c in zip(results, checks, strict=True)
     )
-    if not ready:
-        return _check_step_deadline(strategy, policy, state, now) or Decision(state)
+    if not ready or _held_for_proof(policy, final_window, results):
+        return _check_step_deadline(strategy, policy, state, now, observation) or Decision(state)
     return strategy.advance(policy, state, now, observation)
 
 
@@ -532,25 +553,156 @@ def _ready(result: CheckResult, check: Check, final_window: bool) -> bool:
     return _label_based(check) and not final_window
 
 
+def _label_wait(policy: Policy, state: RolloutState, window: Observation | None) -> str:
+    """What the promoting step waits for on label-based checks, and how long that should
+    take at the label rate observed in this step's window ("" when it waits for none)."""
+    span = 0.0 if window is None else window.at - window.since
+    rate = sum(window.candidate.confusion.values()) / span if window is not None and span > 0 else 0.0
+    parts = []
+    for r, c in zip(state.checks, policy.analysis.checks, strict=False):
+        if not _label_based(c) or r.verdict is not Verdict.INCONCLUSIVE:
+            continue
+        need = c.min_labeled or policy.analysis.min_requests
+        if r.enough_data:
+            continue
+        more = max(need - r.samples, 0.0)
+        what = f"{r.name}: {r.samples:.0f} of {need} labelled predictions"
+        eta = (
+            f"about {format_duration(more / rate)} at {rate:.3g} labels/s"
+            if rate > 0
+            else "no labels arriving"
+        )
+        parts.append(f"{what} ({eta})")
+    return _LABEL_WAIT + "; ".join(parts) if parts else ""
+
+
+_LABEL_WAIT = "waiting for labels before promotion: "
+
+
 def _check_step_deadline(
-    strategy: Strategy, policy: Policy, state: RolloutState, now: float
+    strategy: Strategy,
+    policy: Policy,
+    state: RolloutState,
+    now: float,
+    window: Observation | None = None,
 ) -> Decision | None:
-    """Still undecided past maxStepDuration: roll back (fail closed)."""
+    """Still undecided past maxStepDuration: what ``analysis.onTimeout`` says. rollback (fail
+    closed, the default); promote: advance (the last step promotes) when no check failed,
+    saying what was not proven; pause: wait for a person (resume: another maxStepDuration,
+    approve: advance unproven, abort: roll back). ``window``: the step's observation, None
+    when there is no data (then nothing advances: missing data is never a pass)."""
     if state.paused or state.at_gate:
         return None
     in_step = now - state.step_started_at
     limit = strategy.max_duration_s(policy, state.step_index)
-    if in_step < limit:
-        return None
+    paused_here = _timeout_paused_in_step(state)
+    if paused_here and state.timeout_approved and window is not None:
+        return _advance_at_timeout(
+            strategy, policy, state, now, window, "approved by a person after its timeout"
+        )
+    deadline = limit if not paused_here else (state.timeout_paused_at or 0.0) - state.step_started_at + limit
+    if in_step < deadline:
+        promoting = window is not None and strategy.final_window(policy, state.step_index)
+        waiting = _label_wait(policy, state, window) if promoting else ""
+        stale = state.reason.startswith(_LABEL_WAIT) and not waiting
+        return Decision(replace(state, reason=waiting)) if waiting or stale else None
     holding = [r.name for r in state.checks if r.verdict is not Verdict.PASS]
     why = ", ".join(holding) if holding else "no verdict"
-    return _roll_back(
-        state,
-        now,
+    what = (
         f"step {state.step_index + 1} at {state.weights.candidate}% still inconclusive after "
-        f"{format_duration(in_step)} (maxStepDuration {format_duration(limit)}): {why}",
-        ("stepTimeout",),
+        f"{format_duration(in_step)} (maxStepDuration {format_duration(limit)}): {why}"
     )
+    mode = policy.analysis.on_timeout
+    unlabelled = _without_labels(policy, state) if strategy.final_window(policy, state.step_index) else []
+    if mode == "promote" and window is not None and not unlabelled:
+        return _advance_at_timeout(strategy, policy, state, now, window, f"at its timeout ({what})")
+    if mode == "promote" and unlabelled:
+        # Label-aware pacing: never promote before label-based checks have minLabeled.
+        what += f"; not promoted without labels: {', '.join(unlabelled)}"
+    if mode == "pause":
+        return _pause_at_timeout(state, now, what)
+    return _roll_back(state, now, what, ("stepTimeout",))
+
+
+def _without_labels(policy: Policy, state: RolloutState) -> list[str]:
+    """Label-based checks short of their minLabeled: "accuracy (40 of 100 labels)"."""
+    return [
+        f"{r.name} ({r.samples:.0f} of {c.min_labeled or policy.analysis.min_requests} labels)"
+        for r, c in zip(state.checks, policy.analysis.checks, strict=False)
+        if _label_based(c) and not r.enough_data and r.verdict is not Verdict.PASS
+    ]
+
+
+def _timeout_paused_in_step(state: RolloutState) -> bool:
+    """Did the current step pause at its timeout (onTimeout pause)?"""
+    return state.timeout_paused_at is not None and state.timeout_paused_at >= state.step_started_at
+
+
+def _paused_at_timeout(state: RolloutState) -> bool:
+    """Paused now because the step timed out (not by a person's pause)?"""
+    return state.paused and _timeout_paused_in_step(state) and not state.timeout_approved
+
+
+def _pause_at_timeout(state: RolloutState, now: float, what: str) -> Decision:
+    """onTimeout pause: checks keep running (a failure still rolls back); a person decides."""
+    waited = format_duration(now - state.step_started_at)
+    reason = (
+        f"paused: {what}; the candidate holds {state.weights.candidate}% for {waited} so far and "
+        "waits for a person: `mesh-canary rollout resume` (wait another maxStepDuration), "
+        "`approve` (advance unproven) or `abort` (roll back)"
+    )
+    new = replace(state, paused=True, phase=Phase.PAUSED, timeout_paused_at=now, reason=reason)
+    return Decision(new, (Announce("Paused", reason, severity="warning"),))
+
+
+def _advance_at_timeout(
+    strategy: Strategy, policy: Policy, state: RolloutState, now: float, window: Observation, why: str
+) -> Decision:
+    """Advance a step no check failed, unproven: counted, and said in every message."""
+    counted = replace(state, timeouts=state.timeouts + 1, timeout_paused_at=None, timeout_approved=False)
+    decision = strategy.advance(policy, counted, now, window)
+    if decision.state.phase is Phase.SUCCEEDED:
+        return decision  # _finish says it: the reason counts the unproven steps and checks
+    note = f"advanced unproven {why}; {_not_proven_words(policy, state.checks)}"
+    actions = tuple(
+        replace(a, message=f"{a.message} ({note})") if isinstance(a, Announce) else a
+        for a in decision.actions
+    )
+    return Decision(replace(decision.state, reason=note), actions)
+
+
+def _held_for_proof(policy: Policy, final_window: bool, results: Sequence[CheckResult]) -> bool:
+    """promotion: proven: the step whose success promotes waits until every check passes."""
+    return policy.analysis.promotion == "proven" and final_window and not all(r.proven for r in results)
+
+
+def _not_proven_words(policy: Policy, results: Sequence[CheckResult]) -> str:
+    """ "not proven: accuracy (a drop of up to 2.1 points is not ruled out), ..." at the
+    policy's confidence; "" when every check is proven."""
+    unproven = [r for r in results if not r.proven]
+    if not unproven:
+        return ""
+    level = f"{100.0 * policy.analysis.confidence:g}%"
+    parts = [f"{r.name} ({r.not_ruled_out} is not ruled out)" for r in unproven]
+    return f"not proven: {', '.join(parts)} (at {level})"
+
+
+def promotion_words(policy: Policy, state: RolloutState) -> str:
+    """Why a promotion happened, honestly: "all checks passed" only when every check proved
+    the candidate within tolerance; otherwise what no check found and what was not proven,
+    and how many steps advanced unproven at their timeout."""
+    results = state.checks
+    if results and all(r.proven for r in results) and state.timeouts == 0:
+        return "all checks passed"
+    words = f"no check found a regression; {_not_proven_words(policy, results)}".rstrip("; ")
+    if state.timeouts:
+        words += f"; {state.timeouts} step(s) advanced unproven at their maxStepDuration"
+    return words
+
+
+def _step_verdict(state: RolloutState) -> str:
+    """A step record's verdict when it advances: pass only when every check was proven."""
+    return "pass" if state.checks and all(r.proven for r in state.checks) else "advanced"
 
 
 def _waiting_for_approval(policy: Policy, state: RolloutState) -> bool:
@@ -591,7 +743,7 @@ def _enter_step(
         step_index=nxt,
         weights=strategy.weights(policy, nxt),
         step_started_at=now,
-        steps=(*_close_step(state, now, "pass"), record),
+        steps=(*_close_step(state, now, _step_verdict(state)), record),
         earlier_windows=earlier,
     )
 
@@ -600,16 +752,17 @@ def _finish(
     policy: Policy, state: RolloutState, now: float, weights_to_write: Weights | None = None
 ) -> Decision:
     weights = weights_to_write or Weights.candidate_at(100)
-    steps = _close_step(state, now, "pass")
+    steps = _close_step(state, now, _step_verdict(state))
+    words = promotion_words(policy, state)
     new = replace(
         state,
         phase=Phase.SUCCEEDED,
         weights=weights,
         finished_at=now,
-        reason="all checks passed",
+        reason=words,
         steps=steps,
     )
-    msg = f"promoted {policy.candidate.version}: 100% of traffic, all checks passed"
+    msg = f"promoted {policy.candidate.version}: 100% of traffic, {words}"
     actions: tuple[Action, ...] = (Announce("Promoted", msg),)
     if weights_to_write is not None:
         actions = (SetWeights(weights, "promote"), *actions)

@@ -101,6 +101,11 @@ class AnalysisSpec:
     min_requests: int = 100
     no_data_timeout_s: float = 300.0
     checks: tuple[Check, ...] = ()
+    # What a step still undecided at maxStepDuration does: roll back (fail closed), advance
+    # (no check failed) or pause for a person.
+    on_timeout: Literal["rollback", "promote", "pause"] = "rollback"
+    # What promotion needs: no check found a regression, or every check proven within tolerance.
+    promotion: Literal["noRegression", "proven"] = "noRegression"
 
 
 @dataclass(frozen=True)

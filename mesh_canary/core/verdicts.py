@@ -39,12 +39,32 @@ class CheckResult:
     enough_data: bool = False  # minimum samples met (minRequests, minLabeled, ...)
     leaning_fail: bool = False  # estimate beyond tolerance, not yet proven: hold the step
 
+    @property
+    def proven(self) -> bool:
+        """Proved within tolerance (PASS): the only verdict that earns "passed"."""
+        return self.verdict is Verdict.PASS
+
+    @property
+    def ruled_out(self) -> str:
+        """What effect size the evidence rules out, in words ("" when none yet)."""
+        return evidence_words(self)[0]
+
+    @property
+    def not_ruled_out(self) -> str:
+        """What effect size is still possible, in words ("" when the check is decided:
+        proven, or failed)."""
+        return "" if self.verdict is not Verdict.INCONCLUSIVE else evidence_words(self)[1]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["verdict"] = self.verdict.value
         d["enoughData"] = d.pop("enough_data")
         d["leaningFail"] = d.pop("leaning_fail")
         d["stableEstimate"] = d.pop("stable_estimate")
+        # Derived from the fields above (not read back): what was proven, what is ruled out.
+        d["proven"] = self.proven
+        d["ruledOut"] = self.ruled_out
+        d["notRuledOut"] = self.not_ruled_out
         return d
 
     @classmethod
@@ -64,6 +84,55 @@ class CheckResult:
             enough_data=d.get("enoughData", False),
             leaning_fail=d.get("leaningFail", False),
         )
+
+
+def _amount(x: float, result: CheckResult) -> str:
+    """``x`` in the check's units: points of a percentage for a difference of rates, the
+    ratio for a ratio, ms for latency, the plain number otherwise."""
+    if result.quantity.startswith("candidate / stable"):
+        return f"{x:.3g}x"
+    if "%" in result.bound:
+        return (
+            f"{100.0 * x:.2g} points"
+            if result.quantity.startswith("candidate - stable")
+            else f"{100 * x:.3g}%"
+        )
+    if "ms" in result.bound:
+        return f"{x:.4g}ms"
+    return f"{x:.3g}"
+
+
+def evidence_words(result: CheckResult) -> tuple[str, str]:
+    """(what is ruled out, what is not) by a check's confidence sequence on its shown bound.
+
+    A bound written ">= ..." guards against a drop (its lower end matters), any other bound
+    against a rise (its upper end). E.g. accuracy with maxDecrease and a lower end of -0.021:
+    ("", "a drop of up to 2.1 points") while the interval still reaches below 0."""
+    drop = result.bound.startswith(">=")
+    what = "drop" if drop else "rise"
+    if not result.quantity or not result.bound:
+        return "", "any effect"
+    end = result.lower if drop else result.upper
+    if end is None:
+        return "", f"any {what}"
+    if result.quantity.startswith("candidate - stable"):
+        size = -end if drop else end
+        if size <= 0:
+            return f"any {what}", ""
+        return f"a {what} larger than {_amount(size, result)}", f"a {what} of up to {_amount(size, result)}"
+    if result.quantity.startswith("candidate / stable"):
+        if (end > 1.0) if not drop else (end < 1.0):
+            x = _amount(end, result)
+            return (
+                f"a ratio to stable {'below' if drop else 'above'} {x}",
+                f"a ratio to stable {'down' if drop else 'up'} to {x}",
+            )
+        return f"any {what}", ""
+    # An absolute quantity: the candidate's value, or a distance such as PSI.
+    q = result.quantity
+    label = q.split(" (")[-1].rstrip(")") if " (" in q else q.split(" of ")[0]
+    side, far = ("below", "low") if drop else ("above", "high")
+    return f"{label} {side} {_amount(end, result)}", f"{label} as {far} as {_amount(end, result)}"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ def checks_table(checks: tuple[CheckResult, ...] | list[CheckResult]) -> Table:
             c.name,
             Text(c.verdict.value, style=_VERDICT_STYLE.get(c.verdict.value, "")),
             numbers.count(c.samples),  # the one readable-number module
-            c.reason,
+            c.reason + (f"; not ruled out: {c.not_ruled_out}" if c.not_ruled_out else ""),
         )
     return t
 

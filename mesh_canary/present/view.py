@@ -136,6 +136,9 @@ def check_document(c: CheckResult) -> dict[str, Any]:
             "quantity": c.quantity or None,
             "samples": c.samples,
             "enoughData": c.enough_data,
+            "proven": c.proven,
+            "ruledOut": c.ruled_out or None,
+            "notRuledOut": c.not_ruled_out or None,
             "reason": c.reason or None,
         }
     )

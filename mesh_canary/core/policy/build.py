@@ -115,6 +115,8 @@ def _policy(d: dict[str, Any]) -> Policy:
             min_requests=int(analysis["minRequests"]),
             no_data_timeout_s=parse_duration(analysis["noDataTimeout"]),
             checks=tuple(_check(c) for c in analysis["checks"]),
+            on_timeout=analysis["onTimeout"],
+            promotion=analysis["promotion"],
         ),
         metrics=MetricsSpec(
             provider=metrics["provider"],

@@ -50,6 +50,8 @@ SPEC: dict[str, dict[str, Any]] = {
         "confidence": _analysis.confidence,
         "minRequests": _analysis.min_requests,
         "noDataTimeout": format_duration(_analysis.no_data_timeout_s),
+        "onTimeout": _analysis.on_timeout,
+        "promotion": _analysis.promotion,
     },
     "metrics": {
         "provider": _metrics.provider,

@@ -26,7 +26,7 @@ _NICE_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 
 _LEGEND = (
     '<p class="legend note"><span><i style="background: var(--pass)"></i>step passed</span>'
     '<span><i style="background: var(--fail)"></i>step failed</span>'
-    '<span><i style="background: var(--open)"></i>running / undecided</span>'
+    '<span><i style="background: var(--open)"></i>running / undecided / advanced unproven</span>'
     '<span><i style="background: #8c959f"></i>weight change</span></p>'
 )
 _BLUE_GREEN = (

@@ -20,7 +20,7 @@ dl.facts dd { margin: 0; }
          color: #fff; background: var(--muted); }
 .badge.pass { background: var(--pass); }
 .badge.fail { background: var(--fail); }
-.badge.open, .badge.inconclusive { background: var(--open); }
+.badge.open, .badge.inconclusive, .badge.advanced { background: var(--open); }
 table { border-collapse: collapse; width: 100%; font-size: 0.9em; margin: 8px 0; }
 th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; }
