@@ -37,11 +37,12 @@ from mesh_canary.checks.evidence import (
     gather_evidence,
     labelled,
     latency_histograms,
+    scale_counts,
     stable_counts,
 )
 from mesh_canary.core import stats
 from mesh_canary.core.model import Check
-from mesh_canary.core.observations import Histogram, Observation, VersionCounts
+from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.verdicts import CheckResult, JudgeContext, Verdict
 
 __all__ = [
@@ -142,21 +143,6 @@ def _largest_count(counts: VersionCounts) -> float:
     return max((abs(v) for v in values if math.isfinite(v)), default=0.0)
 
 
-def _scaled(counts: VersionCounts, f: float) -> VersionCounts:
-    def hist(h: Histogram) -> Histogram:
-        return Histogram(h.bounds, tuple(c * f for c in h.counts))
-
-    return replace(
-        counts,
-        requests=counts.requests * f,
-        errors=counts.errors * f,
-        latency_ms=hist(counts.latency_ms) if counts.latency_ms is not None else None,
-        confusion={k: v * f for k, v in counts.confusion.items()},
-        predictions={k: v * f for k, v in counts.predictions.items()},
-        features={k: hist(h) for k, h in counts.features.items()},
-    )
-
-
 def _within_judged_range(window: Observation, ctx: JudgeContext) -> tuple[Observation, JudgeContext]:
     """The window and the carried evidence with counts scaled into the judged range."""
     earlier = [w for _, w in ctx.earlier_windows]
@@ -168,7 +154,7 @@ def _within_judged_range(window: Observation, ctx: JudgeContext) -> tuple[Observ
     f = MAX_JUDGED_COUNT / top
 
     def scale(w: Observation) -> Observation:
-        return replace(w, stable=_scaled(w.stable, f), candidate=_scaled(w.candidate, f))
+        return replace(w, stable=scale_counts(w.stable, f), candidate=scale_counts(w.candidate, f))
 
     ctx = replace(
         ctx,
