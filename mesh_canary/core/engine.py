@@ -458,6 +458,7 @@ def _context(strategy: Strategy, policy: Policy, state: RolloutState, judge: Jud
         step_count=len(strategy.schedule(policy)),
         stable_baseline=strategy.baseline(state),
         earlier_windows=state.earlier_windows,
+        step_deadline_s=strategy.max_duration_s(policy, state.step_index),
     )
 
 

@@ -6,6 +6,7 @@ The engine depends only on this module; the statistics behind a verdict live in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -83,6 +84,9 @@ class JudgeContext:
     # The last judged step's own window, judged besides the carried evidence: it may hold
     # the step or fail it, but leans as an ordinary step does (its data is a fraction).
     own_window: bool = False
+    # When the step is rolled back if still undecided (its maxStepDuration), in seconds from
+    # its start: holding a healthy candidate that long is a false rollback too.
+    step_deadline_s: float = math.inf
 
 
 class Judge(Protocol):
