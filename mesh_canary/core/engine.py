@@ -753,9 +753,10 @@ class Canary:
 
 
 class BlueGreen:
-    """The candidate previews on mirrored traffic (step 0, 0% live), then takes 100% at once
-    (step 1); stable stays ready through a post-switch window, judged against stable's
-    preview window, in which a failed check switches back."""
+    """The candidate previews on mirrored traffic (step 0, 0% live), then takes all traffic
+    but ``holdbackPercent`` at once (step 1); through the post-switch window, in which a
+    failed check switches back, the holdback on stable is the concurrent control relative
+    checks compare with (without one, stable's preview window), then the candidate takes 100%."""
 
     name = "blueGreen"
 
@@ -765,7 +766,7 @@ class BlueGreen:
     def weights(self, policy: Policy, index: int) -> Weights:
         if index == 0:
             return Weights.candidate_at(0, mirror_percent=policy.blue_green.mirror_percent)
-        return Weights.candidate_at(100)
+        return Weights.candidate_at(100 - policy.blue_green.holdback_percent)
 
     def min_duration_s(self, policy: Policy, index: int) -> float:
         bg = policy.blue_green
@@ -787,6 +788,8 @@ class BlueGreen:
         return index == 0
 
     def baseline(self, state: RolloutState) -> Observation | None:
+        if state.step_index == 1 and state.weights.stable > 0:
+            return None  # the holdback on stable is a concurrent control: compare with it
         return state.stable_baseline
 
     def observed(self, state: RolloutState, observation: Observation) -> RolloutState:
@@ -801,12 +804,15 @@ class BlueGreen:
     def advance(self, policy: Policy, state: RolloutState, now: float, window: Observation) -> Decision:
         if state.step_index == 1:
             # The post-switch window passed with no failure: stable may be retired.
-            return _finish(policy, state, now)
+            holdback = policy.blue_green.holdback_percent > 0
+            return _finish(policy, state, now, Weights.candidate_at(100) if holdback else None)
         if _waiting_for_approval(policy, state):
             return _at_gate(state)
         new = _enter_step(self, policy, state, now, state.earlier_windows)
         watch = format_duration(policy.blue_green.post_switch_window_s)
-        msg = f"switched 100% of traffic to {policy.candidate.version}; watching for {watch}"
+        held = policy.blue_green.holdback_percent
+        kept = f", {held}% kept on stable to compare with" if held else ""
+        msg = f"switched {100 - held}% of traffic to {policy.candidate.version}{kept}; watching for {watch}"
         return Decision(new, (SetWeights(new.weights, "switch"), Announce("Switched", msg)))
 
 
