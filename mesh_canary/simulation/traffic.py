@@ -290,7 +290,9 @@ def load_scenario(doc: dict[str, Any], source: str = "scenario") -> Scenario:
 # Stands in for an invalid base so that what builds on it is still checked on its own;
 # _features knows its empty feature map means "any feature may exist".
 _ANY_FEATURES: dict[str, FeatureDistribution] = {}
-_PLACEHOLDER = Behaviour(0.0, Latency(1e-300, 1e300), 0.0, LabelDelay(0.0, 0.0), (0.5, 0.5), _ANY_FEATURES)
+_PLACEHOLDER = Behaviour(
+    0.0, Latency(1e-300, 1e300, Tail(0.0, 1.0)), 0.0, LabelDelay(0.0, 0.0), (0.5, 0.5), _ANY_FEATURES
+)
 _PLACEHOLDER_TRAFFIC = Traffic(rps=0.0)
 
 
