@@ -17,6 +17,9 @@ state (in a burst with chance ``duration / every``), so time 0 is not special.
 The schedule of a run is drawn once, at reset, from its own random stream: the traffic
 generator splits its chunks at burst edges (as at scenario changes), so the generator stays
 vectorised and exact, and a scenario without bursts draws exactly what it drew before.
+Burst edges are rounded to whole seconds: chunk lengths then come from a small set and the
+generator's probability tables are reused (random edges made a new table per edge, 3.7x
+slower per tick).
 """
 
 from __future__ import annotations
@@ -111,7 +114,9 @@ def draw_schedule(bursts: tuple[Burst, ...], until_s: float, rng: np.random.Gene
             # Stationary start: in a burst with chance d / every, with a uniform remainder.
             t = -d * rng.random() if rng.random() < d / burst.every_s else rng.exponential(gap_mean)
             while t < until_s:
-                spans.append((max(t, 0.0), min(t + d, until_s), index, on_stable, on_candidate))
+                start, end = max(round(t), 0.0), min(round(t + d), until_s)
+                if end > start:
+                    spans.append((start, end, index, on_stable, on_candidate))
                 t += d + rng.exponential(gap_mean)
     edges = sorted({x for s, e, *_ in spans for x in (s, e) if 0.0 < x < until_s} | {until_s})
     starts = [0.0, *edges]  # segment i runs from starts[i] to the next one

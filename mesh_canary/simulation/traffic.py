@@ -655,6 +655,10 @@ def _outages(v: _Validator, value: Any) -> tuple[Outage, ...]:
 _IntArray = npt.NDArray[np.int64]
 _FloatArray = npt.NDArray[np.float64]
 
+# A state's dt-independent probability tables: the latency and feature layers per stream, and
+# per stream what its outcome layer is made of (behaviour, error rate, ok x labelled, ok x missing).
+_TableParts = tuple[_FloatArray, dict[int, tuple["Behaviour", float, _FloatArray, _FloatArray]]]
+
 # Streams of requests, one row each in every array below.
 _STABLE, _CANDIDATE, _MIRROR = 0, 1, 2
 
@@ -741,6 +745,7 @@ class SyntheticMesh:
         self._history: _FloatArray = np.zeros((256, 3, self._columns))
         # Probability tables by (changes applied, chunk length): kept across resets.
         self._tables: dict[tuple[int, float, tuple[int, int]], tuple[_FloatArray, _FloatArray]] = {}
+        self._table_parts: dict[tuple[int, tuple[int, int]], _TableParts] = {}
 
         # Bursts: chunks are split at their edges too; the state is (stable's, candidate's)
         # burst index, NO_BURST when quiet. The schedule is drawn at reset.
@@ -904,33 +909,43 @@ class SyntheticMesh:
     def _build_tables(self, dt: float) -> tuple[_FloatArray, _FloatArray]:
         """For a chunk of ``dt`` seconds: the multinomial's probabilities per stream and
         layer, and the chance that a pending label arrives within it, per stream."""
-        prior = _padded(self._stable.predictions, self._k)
-        pvals = np.zeros((*self._draw_counts.shape, self._width))
+        # What does not depend on dt is built once per state (bursts make many states and
+        # chunk lengths); the arithmetic is the same as building it all at once.
+        state = (self._next_change, self._burst_state)
+        parts = self._table_parts.get(state)
+        if parts is None:
+            parts = self._table_parts[state] = self._build_table_parts()
+        base, outcome_parts = parts
+        pvals = base.copy()
         pending_p = np.zeros((3, 1))
-        stable, candidate = self._in_force()
-        for row, b in ((_STABLE, stable), (_CANDIDATE, candidate)):
+        for row, (b, error_rate, ok_labelled, ok_missing) in outcome_parts.items():
             within, later = _label_arrival(b.labels.delay_mean_s, dt)
             pending_p[row, 0] = later
-            confusion = _confusion(_padded(b.predictions, self._k), b.accuracy, prior).ravel()
-            ok = (1.0 - b.error_rate) * confusion
-            labelled = 1.0 - b.labels.missing
             outcome = np.concatenate(
-                (
-                    [b.error_rate],
-                    ok * labelled * within,
-                    ok * labelled * (1.0 - within),
-                    ok * b.labels.missing,
-                )
+                ([error_rate], ok_labelled * within, ok_labelled * (1.0 - within), ok_missing)
             )
-            shares = [outcome, _latency_shares(b.latency)]
-            shares += [np.asarray(b.features[name].shares) for name, _ in self._features]
-            for j, layer in enumerate(shares):
-                pvals[row, j, : len(layer)] = _exact_sum(layer)
+            pvals[row, 0, : len(outcome)] = _exact_sum(outcome)
             if self._merge_pending:
-                pvals[row, len(shares) :, :2] = _exact_sum([later, 1.0 - later])
+                pvals[row, self._request_layers :, :2] = _exact_sum([later, 1.0 - later])
         pvals[_MIRROR] = pvals[_CANDIDATE]  # mirrored copies are handled by the candidate
         pending_p[_MIRROR] = pending_p[_CANDIDATE]
         return pvals, pending_p
+
+    def _build_table_parts(self) -> _TableParts:
+        prior = _padded(self._stable.predictions, self._k)
+        base = np.zeros((*self._draw_counts.shape, self._width))
+        outcome_parts: dict[int, tuple[Behaviour, float, _FloatArray, _FloatArray]] = {}
+        stable, candidate = self._in_force()
+        for row, b in ((_STABLE, stable), (_CANDIDATE, candidate)):
+            confusion = _confusion(_padded(b.predictions, self._k), b.accuracy, prior).ravel()
+            ok = (1.0 - b.error_rate) * confusion
+            labelled = 1.0 - b.labels.missing
+            outcome_parts[row] = (b, b.error_rate, ok * labelled, ok * b.labels.missing)
+            shares = [_latency_shares(b.latency)]
+            shares += [np.asarray(b.features[name].shares) for name, _ in self._features]
+            for j, layer in enumerate(shares, start=1):
+                base[row, j, : len(layer)] = _exact_sum(layer)
+        return base, outcome_parts
 
     def _in_force(self) -> tuple[Behaviour, Behaviour]:
         """Stable's and the candidate's behaviour now, bursts included."""
