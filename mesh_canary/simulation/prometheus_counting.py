@@ -128,12 +128,16 @@ class PrometheusCounter:
         n = self.pods.count
         self._series = 2 * n  # version-major: series v * n + j is pod j of version v
         self._to_shown = to_shown
-        columns = to_shown.shape[0]
+        columns, shown = to_shown.shape
         self._failed = failed_column
         self._ok = ok_columns
         self._capacity = 64
-        self._times: _FloatArray = np.zeros((self._series, self._capacity))
-        self._values: _FloatArray = np.zeros((self._series, self._capacity, columns))
+        # Per series and scrape: its time (inf where none yet), the shown counters' values,
+        # and the running sum of their increases, each drop counted as a reset (so a window's
+        # increase with Prometheus's reset correction is a difference of two entries).
+        self._times: _FloatArray = np.full((self._series, self._capacity), np.inf)
+        self._values: _FloatArray = np.zeros((self._series, self._capacity, shown))
+        self._increases: _FloatArray = np.zeros((self._series, self._capacity, shown))
         self._true: _IntArray = np.zeros((self._series, columns), dtype=np.int64)
         self._base: _IntArray = np.zeros_like(self._true)
         self._at_last_scrape: _IntArray = np.zeros_like(self._true)
@@ -148,6 +152,7 @@ class PrometheusCounter:
         self._base[:] = 0
         self._at_last_scrape[:] = 0
         self._count[:] = 0
+        self._times[:] = np.inf
         spec, n = self.spec, self.pods.count
         phase = (
             rng.uniform(-spec.jitter_s, spec.jitter_s, self._series)
@@ -206,52 +211,68 @@ class PrometheusCounter:
                 lost = self._rng.binomial(since_last, self._rng.random(len(restarted))[:, None])
                 self._base[restarted] = self._at_last_scrape[restarted] + lost
         k = self._count[series]
+        values = (self._true[series] - self._base[series]) @ self._to_shown
+        previous = self._values[series, k - 1]  # row -1 (unused, zeros) for a first scrape
+        first = (k == 0)[:, None]
+        step = np.where(first | (values < previous), values, values - previous)  # a drop: a reset
+        self._increases[series, k] = np.where(first, 0.0, self._increases[series, k - 1] + step)
         self._times[series, k] = self._next[series]
-        self._values[series, k] = self._true[series] - self._base[series]
+        self._values[series, k] = values
         self._at_last_scrape[series] = self._true[series]
         self._count[series] = k + 1
 
     def _grow(self) -> None:
+        used = self._capacity
         self._capacity *= 2
-        times = np.zeros((self._series, self._capacity))
-        values = np.zeros((self._series, self._capacity, self._values.shape[2]))
-        used = self._times.shape[1]
+        times = np.full((self._series, self._capacity), np.inf)
         times[:, :used] = self._times
-        values[:, :used] = self._values
-        self._times, self._values = times, values
+        self._times = times
+        for name in ("_values", "_increases"):
+            old = getattr(self, name)
+            new = np.zeros((self._series, self._capacity, old.shape[2]))
+            new[:, :used] = old
+            setattr(self, name, new)
 
     def increase(self, since: float, now: float) -> _FloatArray:
         """Per version (rows) and shown series (columns): ``sum(increase(...[now - since]))``."""
-        out = np.zeros((2, self._to_shown.shape[1]))
-        n = self.pods.count
-        for s in range(self._series):
-            times = self._times[s, : self._count[s]]
-            lo = int(np.searchsorted(times, since, side="right"))
-            hi = int(np.searchsorted(times, now, side="right"))
-            if hi - lo < 2:
-                continue  # Prometheus needs two samples in the range: the series is absent
-            values = self._values[s, lo:hi] @ self._to_shown
-            out[s // n] += self._extrapolated(values, times[lo], times[hi - 1], hi - lo, since, now)
+        rows = np.arange(self._series)
+        lo = (self._times <= since).sum(axis=1)  # first sample in (since, now]
+        hi = (self._times <= now).sum(axis=1)  # one past the last
+        present = hi - lo >= 2  # Prometheus needs two samples in the range, else the series is absent
+        last = np.maximum(hi - 1, 0)
+        first = np.minimum(lo, last)
+        result = self._increases[rows, last] - self._increases[rows, first]
+        if self.spec.extrapolate:
+            result = self._extrapolated(
+                result, self._values[rows, first], self._times[rows, first], self._times[rows, last],
+                np.maximum(hi - lo, 2), since, now,
+            )  # fmt: skip
+        result[~present] = 0.0
+        out: _FloatArray = result.reshape(2, self.pods.count, -1).sum(axis=1)
         return out
 
+    @staticmethod
     def _extrapolated(
-        self, values: _FloatArray, first: float, last: float, samples: int, since: float, now: float
+        result: _FloatArray,
+        first_values: _FloatArray,
+        first: _FloatArray,
+        last: _FloatArray,
+        samples: _IntArray,
+        since: float,
+        now: float,
     ) -> _FloatArray:
-        """Prometheus's extrapolatedRate for a counter, every column at once."""
-        previous, current = values[:-1], values[1:]
-        result: _FloatArray = values[-1] - values[0] + np.where(current < previous, previous, 0.0).sum(axis=0)
-        if not self.spec.extrapolate:
-            return result
-        sampled = last - first
-        average = sampled / (samples - 1)
-        threshold = average * _EXTRAPOLATION_THRESHOLD
-        to_start = first - since
-        to_end = now - last
-        to_start = to_start if to_start < threshold else average / 2.0
-        to_end = to_end if to_end < threshold else average / 2.0
-        # Never extrapolate to before the counter would have been zero.
-        safe = np.where(result > 0.0, result, 1.0)
-        to_zero = np.where(result > 0.0, sampled * values[0] / safe, np.inf)
-        start = np.minimum(to_start, to_zero)
-        scaled: _FloatArray = result * (sampled + start + to_end) / sampled
-        return scaled
+        """Prometheus's extrapolatedRate for counters: every series (rows) and column at once."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sampled = np.where(last > first, last - first, 1.0)[:, None]
+            average = sampled / (samples[:, None] - 1)
+            threshold = average * _EXTRAPOLATION_THRESHOLD
+            to_start = (first - since)[:, None]
+            to_end = (now - last)[:, None]
+            to_start = np.where(to_start < threshold, to_start, average / 2.0)
+            to_end = np.where(to_end < threshold, to_end, average / 2.0)
+            # Never extrapolate to before the counter would have been zero.
+            to_zero = np.where(
+                result > 0.0, sampled * first_values / np.where(result > 0.0, result, 1.0), np.inf
+            )
+            scaled: _FloatArray = result * (sampled + np.minimum(to_start, to_zero) + to_end) / sampled
+        return np.where(np.isfinite(scaled), scaled, 0.0)
