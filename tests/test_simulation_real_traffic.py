@@ -360,3 +360,19 @@ def test_counter_resets_give_neither_negative_nor_huge_counts() -> None:
     assert np.all(seen[:, 0] <= 1.5 * truth[:, 0])
     lost = 1.0 - seen[:, 0].sum() / truth[:, 0].sum()
     assert 0.02 < lost < 0.5  # restarts lose the requests before them, since the last scrape
+
+
+def test_prometheus_counting_leaves_the_traffic_and_the_ground_truth_alone() -> None:
+    plain = SyntheticMesh(scenario(), seed=12, weights=Weights.candidate_at(25))
+    counted = SyntheticMesh(
+        scenario(pods={"count": 4, "errorSpread": 0.8}, prometheus={"counterResets": 0.1}),
+        seed=12,
+        weights=Weights.candidate_at(25),
+    )
+    for mesh in (plain, counted):
+        mesh.advance(1800.0)
+        mesh.set_weights(Weights.candidate_at(60))
+        mesh.advance(3600.0)
+    for name in ("candidate_served_requests", "candidate_served_errors", "candidate_served_wrong"):
+        assert getattr(plain, name) == getattr(counted, name) > 0
+    assert counted.read(0.0, 3600.0) != plain.read(0.0, 3600.0)
