@@ -147,9 +147,11 @@ def matched_stable(strata: Sequence[Observation]) -> VersionCounts:
     by_latency = matched(lambda vc: hist_total(vc.latency_ms))
     by_labels = matched(lambda vc: sum(num(v) for v in vc.confusion.values()))
     by_predictions = matched(lambda vc: sum(num(v) for v in vc.predictions.values()))
-    features = {}
-    for name in strata[-1].stable.features:
-        features[name] = matched(lambda vc, k=name: hist_total(vc.features.get(k))).features.get(name)
+
+    def feature_total(name: str) -> Callable[[VersionCounts], float]:
+        return lambda vc: hist_total(vc.features.get(name))
+
+    features = {name: matched(feature_total(name)).features.get(name) for name in strata[-1].stable.features}
     return replace(
         by_requests,
         latency_ms=by_latency.latency_ms,

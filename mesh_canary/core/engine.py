@@ -26,7 +26,7 @@ from mesh_canary.checks import REGISTRY
 from mesh_canary.core.durations import format_duration
 from mesh_canary.core.model import Check, Policy
 from mesh_canary.core.observations import Observation
-from mesh_canary.core.verdicts import CheckResult, Judge, JudgeContext, Verdict
+from mesh_canary.core.verdicts import CheckResult, Judge, JudgeContext, Tally, Verdict
 from mesh_canary.core.weights import ALL_STABLE, Weights
 from mesh_canary.errors import EXIT_OK, EXIT_ROLLED_BACK, EXIT_UNFINISHED
 
@@ -149,6 +149,8 @@ class RolloutState:
     stable_baseline: Observation | None = None  # blueGreen: stable's preview window
     # Completed canary steps' last windows with the candidate's share: evidence carried forward.
     earlier_windows: tuple[tuple[float, Observation], ...] = ()
+    # Each check's latest tally (how overdispersed its counts are), carried to the next tick.
+    tallies: tuple[Tally, ...] = ()
     policy_fingerprint: str = ""
     ticks: int = 0
     # The rollback was decided but its write of 100% stable has not gone through yet: the
@@ -196,6 +198,7 @@ class RolloutState:
             "steps": [s.to_dict() for s in self.steps],
             "stableBaseline": self.stable_baseline.to_dict() if self.stable_baseline else None,
             "earlierWindows": [{"share": sh, "window": w.to_dict()} for sh, w in self.earlier_windows],
+            "tallies": [t.to_dict() for t in self.tallies],
             "policyFingerprint": self.policy_fingerprint,
             "ticks": self.ticks,
             "rollbackPending": self.rollback_pending,
@@ -228,6 +231,7 @@ class RolloutState:
             earlier_windows=tuple(
                 (float(w["share"]), Observation.from_dict(w["window"])) for w in d.get("earlierWindows", ())
             ),
+            tallies=tuple(Tally.from_dict(t) for t in d.get("tallies", ())),
             policy_fingerprint=d.get("policyFingerprint", ""),
             ticks=int(d.get("ticks", 0)),
             rollback_pending=bool(d.get("rollbackPending", False)),
@@ -372,7 +376,7 @@ def tick(
 
     state = strategy.observed(replace(state, last_data_at=now), observation)
     results = _judge_step(strategy, policy, state, observation, judge)
-    state = replace(state, checks=results)
+    state = replace(state, checks=results, tallies=_tallies(state.tallies, results))
 
     failed = [r for r in results if r.verdict is Verdict.FAIL]
     if failed:
@@ -432,6 +436,13 @@ def _judge_safely(
     return results
 
 
+def _tallies(before: tuple[Tally, ...], results: Sequence[CheckResult]) -> tuple[Tally, ...]:
+    """The checks' tallies after this tick: the new ones, and the old where a check gave none."""
+    new = {r.name: r.tally for r in results if r.tally is not None}
+    kept = tuple(t for t in before if t.name not in new)
+    return (*kept, *new.values())
+
+
 def _no_data_reason(obs: Observation) -> str | None:
     if obs.problem:
         return obs.problem
@@ -459,6 +470,7 @@ def _context(strategy: Strategy, policy: Policy, state: RolloutState, judge: Jud
         stable_baseline=strategy.baseline(state),
         earlier_windows=state.earlier_windows,
         step_deadline_s=strategy.max_duration_s(policy, state.step_index),
+        tallies=state.tallies,
     )
 
 
