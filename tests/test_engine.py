@@ -235,9 +235,26 @@ def test_blue_green_previews_on_mirrored_traffic_then_switches_and_watches() -> 
     j = ScriptedJudge()
     s, actions = run_ticks(p, d.state, j, until=10_000)
     writes = [a.weights for a in actions if isinstance(a, SetWeights)]
-    assert writes == [Weights(0, 100)]
+    # The switch keeps the holdback (5% by default) on stable, the promotion retires it.
+    assert writes == [Weights(5, 95), Weights(0, 100)]
     assert s.phase is Phase.SUCCEEDED and s.finished_at == 120 + 90
     assert j.contexts[0].mirrored and not j.contexts[-1].mirrored
+    # After the switch relative checks compare with the holdback, at the same time.
+    assert j.contexts[-1].stable_baseline is None
+    assert j.contexts[-1].candidate_share == pytest.approx(0.95)
+
+
+def test_blue_green_without_holdback_compares_with_stables_preview() -> None:
+    p = make_policy(
+        strategy="blueGreen",
+        blue_green=BlueGreenSpec(
+            mirror_percent=100, preview_duration_s=120, post_switch_window_s=90, holdback_percent=0
+        ),
+    )
+    j = ScriptedJudge()
+    s, actions = run_ticks(p, engine.start(p, 0.0).state, j, until=10_000)
+    assert [a.weights for a in actions if isinstance(a, SetWeights)] == [Weights(0, 100)]
+    assert s.phase is Phase.SUCCEEDED
     assert j.contexts[-1].stable_baseline is not None
 
 
@@ -245,7 +262,7 @@ def test_blue_green_failure_after_switch_switches_back() -> None:
     p = make_policy(strategy="blueGreen", blue_green=BlueGreenSpec(100, 60, 300))
     s = engine.start(p, 0.0).state
     s, _ = run_ticks(p, s, ScriptedJudge(), until=61)
-    assert s.weights == Weights(0, 100)
+    assert s.weights == Weights(5, 95)
     d = engine.tick(p, s, obs(60, 120, errors=2), 120.0, ScriptedJudge())
     assert d.state.phase is Phase.ROLLED_BACK and d.actions[0].weights == ALL_STABLE  # type: ignore[union-attr]
 

@@ -769,7 +769,10 @@ def test_the_promoting_step_holds_on_weaker_evidence_and_a_long_hold_relaxes() -
     assert early.verdict is final.verdict is Verdict.INCONCLUSIVE
     assert not early.leaning_fail and final.leaning_fail
     long_hold = Observation(0, 900, windows[0].stable, windows[0].candidate)
-    assert not JUDGE.evaluate([RATIO], long_hold, step_ctx(3, ()))[0].leaning_fail
+    # The ramp ends at the step's maxStepDuration: there only near-proof keeps holding.
+    near_deadline = replace(step_ctx(3, ()), step_deadline_s=900.0)
+    assert JUDGE.evaluate([RATIO], windows[0], replace(near_deadline, step_deadline_s=1e9))[0].leaning_fail
+    assert not JUDGE.evaluate([RATIO], long_hold, near_deadline)[0].leaning_fail
 
 
 def test_drift_evidence_adds_up_even_when_a_class_first_appears_later() -> None:
@@ -784,7 +787,7 @@ def test_drift_evidence_adds_up_even_when_a_class_first_appears_later() -> None:
         60,
         120,
         VersionCounts(predictions={"a": 7_000, "b": 2_000, "c": 1_000}),
-        VersionCounts(predictions={"a": 600, "b": 600, "c": 300}),
+        VersionCounts(predictions={"a": 500, "b": 700, "c": 300}),
     )
     alone = JUDGE.evaluate([check], second, step_ctx(0, ()))[0]
     assert alone.verdict is Verdict.INCONCLUSIVE and alone.leaning_fail

@@ -109,7 +109,12 @@ def test_the_filled_document_writes_every_default_in_camel_case() -> None:
         "minStepDuration": "1m",
         "maxStepDuration": "15m",
     }
-    assert spec["blueGreen"] == {"mirrorPercent": 100, "previewDuration": "10m", "postSwitchWindow": "15m"}
+    assert spec["blueGreen"] == {
+        "mirrorPercent": 100,
+        "previewDuration": "10m",
+        "postSwitchWindow": "15m",
+        "holdbackPercent": 5,
+    }
     assert spec["analysis"]["checks"] == [
         {**DEFAULT_CHECKS[0], "name": "errorRate"},
         {**DEFAULT_CHECKS[1], "name": "latency-p99"},

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mesh_canary.core.model import Check
@@ -91,11 +91,92 @@ def gather_evidence(window: Observation, ctx: JudgeContext) -> Evidence:
         total = Observation(
             earlier[0].since,
             window.at,
-            _sum_counts([w.stable for w in strata]),
+            matched_stable(strata),
             _sum_counts([w.candidate for w in strata]),
         )
     # Steps are rising percentages ending at 100, and every step but the last is judged.
     return Evidence(window, total, strata, max(ctx.step_count - 1, 1))
+
+
+def _profile_weights(cand: Sequence[float], stable: Sequence[float]) -> tuple[list[float], float]:
+    """Post-stratification weights that give stable's strata the candidate's time profile,
+    and the factor that shrinks stable's counts to their Kish effective sample size.
+
+    Stratum k gets w_k = (c_k / C) / (s_k / S): reweighted, stable's counts come from the
+    same mix of time as the candidate's (strata with no stable data are left out and the
+    rest renormalised). Unequal weights leave less information than S requests, so the
+    counts are scaled by n_eff / S, with n_eff = (sum w_k s_k)^2 / sum w_k^2 s_k (Kish 1965).
+    """
+    pairs = [(num(c), num(s)) for c, s in zip(cand, stable, strict=True)]
+    c_total = sum(c for c, s in pairs if s > 0)
+    s_total = sum(s for _, s in pairs)
+    if c_total <= 0 or s_total <= 0:
+        return [1.0] * len(pairs), 1.0
+    weights = [(c / c_total) / (s / s_total) if s > 0 else 0.0 for c, s in pairs]
+    weighted = sum(w * s for w, (_, s) in zip(weights, pairs, strict=True))
+    squares = sum(w * w * s for w, (_, s) in zip(weights, pairs, strict=True))
+    n_eff = weighted * weighted / squares if squares > 0 else s_total
+    return weights, min(n_eff / s_total, 1.0)
+
+
+def matched_stable(strata: Sequence[Observation]) -> VersionCounts:
+    """Stable's counts over the strata, time-matched to the candidate's.
+
+    The candidate's traffic share rises step by step, so most of its requests come late and
+    most of stable's early: pooled per version, a change both versions share (a feature
+    store degrading, the input mix shifting) would look like a difference between them
+    (Simpson's paradox). Post-stratified, stable is compared over the same time mix. Each
+    signal has its own profile (labels arrive later than requests). One stratum: unchanged.
+    """
+    if len(strata) == 1:
+        return strata[0].stable
+    cand = [w.candidate for w in strata]
+    stab = [w.stable for w in strata]
+
+    def hist_total(h: Histogram | None) -> float:
+        return num(h.total) if h is not None and h.counts else 0.0
+
+    def scaled(parts: Sequence[VersionCounts], weights: list[float], g: float) -> list[VersionCounts]:
+        return [scale_counts(p, w * g) for p, w in zip(parts, weights, strict=True)]
+
+    def matched(total: Callable[[VersionCounts], float]) -> VersionCounts:
+        weights, g = _profile_weights([total(c) for c in cand], [total(s) for s in stab])
+        return _sum_counts(scaled(stab, weights, g))
+
+    by_requests = matched(lambda vc: vc.requests)
+    by_latency = matched(lambda vc: hist_total(vc.latency_ms))
+    by_labels = matched(lambda vc: sum(num(v) for v in vc.confusion.values()))
+    by_predictions = matched(lambda vc: sum(num(v) for v in vc.predictions.values()))
+
+    def feature_total(name: str) -> Callable[[VersionCounts], float]:
+        return lambda vc: hist_total(vc.features.get(name))
+
+    features = {name: matched(feature_total(name)).features.get(name) for name in strata[-1].stable.features}
+    return replace(
+        by_requests,
+        latency_ms=by_latency.latency_ms,
+        confusion=by_labels.confusion,
+        predictions=by_predictions.predictions,
+        features={k: h for k, h in features.items() if h is not None},
+    )
+
+
+def scale_counts(counts: VersionCounts, f: float) -> VersionCounts:
+    """Every count multiplied by ``f``, as it is (a broken count stays broken, to be
+    reported); custom values are not counts and are kept."""
+
+    def hist(h: Histogram) -> Histogram:
+        return Histogram(h.bounds, tuple(c * f for c in h.counts))
+
+    return replace(
+        counts,
+        requests=counts.requests * f,
+        errors=counts.errors * f,
+        latency_ms=hist(counts.latency_ms) if counts.latency_ms is not None else None,
+        confusion={k: v * f for k, v in counts.confusion.items()},
+        predictions={k: v * f for k, v in counts.predictions.items()},
+        features={k: hist(h) for k, h in counts.features.items()},
+    )
 
 
 def _sum_counts(parts: Sequence[VersionCounts]) -> VersionCounts:

@@ -10,9 +10,10 @@ test over the rollout's steps (each with its own traffic share).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from mesh_canary.checks import dispersion
 from mesh_canary.checks.base import Judging
 from mesh_canary.checks.bounds import (
     Est,
@@ -30,7 +31,7 @@ from mesh_canary.checks.bounds import (
 from mesh_canary.checks.evidence import Evidence, concurrent, labelled, min_samples, stable_counts
 from mesh_canary.core import stats
 from mesh_canary.core.model import Check
-from mesh_canary.core.observations import VersionCounts
+from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.verdicts import CheckResult, JudgeContext
 
 INF = math.inf
@@ -111,9 +112,15 @@ def evaluate_rate(
     if not bounds:
         return inconclusive(check, "no bound to judge", samples=n_c, enough=True)
     stable_ok = n_s > 0
-    plan = _plan(judge, kind, check, ev, ctx, bounds, stable_ok)
+    disp = _dispersion(kind, check, ev, ctx)
+    aside = _set_aside(disp, ev, ctx)
+    # Candidate events set aside as bursts are not judged against it (see checks/dispersion).
+    s_c = min(s_c + sum(aside), n_c) if kind.complement else max(s_c - sum(aside), 0.0)
+    plan = _plan(judge, kind, check, ev, ctx, bounds, stable_ok, disp.split, aside)
     point = div(s_c / n_c, s_s / n_s) if stable_ok else math.nan
-    case = _Case(judge, kind, plan, subject.unit, s_c, n_c, s_s, n_s, point)
+    # Overdispersed counts carry less evidence than their size: discounted (rates kept).
+    f = 1.0 / disp.own
+    case = _Case(judge, kind, plan, subject.unit, s_c * f, n_c * f, s_s * f, n_s * f, point)
     cand, stable, outcomes = case.judged_at(alpha)
     p_lean = judge.lean_threshold(ctx, ev.current)
     outcomes = judge.lean(outcomes, lambda a: case.judged_at(a, True)[2], p_lean)
@@ -131,7 +138,37 @@ def evaluate_rate(
     if not stable_ok and (plan.has_diff or plan.has_ratio):
         notes.append("no data for stable in this window")
     need = min_samples(check, ctx, kind.labels)
-    return combine(check, subject, outcomes, cand, stable, samples_c, samples_s, need, notes)
+    note = disp.note()
+    if note is not None:
+        notes.append(note)
+    result = combine(check, subject, outcomes, cand, stable, samples_c, samples_s, need, notes)
+    return replace(result, tally=disp.tally)
+
+
+def _set_aside(disp: dispersion.Dispersion, ev: Evidence, ctx: JudgeContext) -> tuple[float, ...]:
+    """Candidate events set aside as bursts, per stratum of the evidence."""
+    if len(ev.strata) == ctx.step_index + 1:
+        return tuple(disp.set_aside(k) for k in range(len(ev.strata)))
+    return (*(0.0,) * (len(ev.strata) - 1), disp.set_aside(ctx.step_index))
+
+
+def _dispersion(kind: RateKind, check: Check, ev: Evidence, ctx: JudgeContext) -> dispersion.Dispersion:
+    """How overdispersed this check's counts are (see checks/dispersion)."""
+    before = ctx.tally_of(check.name)
+    if not concurrent(ev.current, ctx):  # compared with a frozen window: nothing to split
+        return dispersion.unchanged(check.name, ctx.step_index, before)
+
+    def tested(w: Observation) -> dispersion.Counts:
+        s_c, n_c = kind.counts(check, w.candidate)
+        s_s, n_s = kind.counts(check, w.stable)
+        if kind.complement:
+            return n_c - s_c, n_c, n_s - s_s, n_s
+        return s_c, n_c, s_s, n_s
+
+    finished = None
+    if before is not None and before.step != ctx.step_index and len(ev.strata) >= 2:
+        finished = tested(ev.strata[-2])  # the step the tally was in has ended
+    return dispersion.measure(check.name, ctx.step_index, tested(ev.current), before, finished)
 
 
 def _plan(
@@ -142,6 +179,8 @@ def _plan(
     ctx: JudgeContext,
     bounds: list[tuple[str, float]],
     stable_ok: bool,
+    split_dispersion: float = 1.0,
+    aside: Sequence[float] = (),
 ) -> _Plan:
     """Relative bounds of a proportion with a concurrent stable arm: the two-arm test over
     the rollout's steps, one profile per direction. A difference is then bounded twice, by
@@ -160,9 +199,11 @@ def _plan(
     up = down = None
     if has_ratio or "maxIncrease" in kinds:
         r0 = next((1.0 + v for k, v in bounds if k == "maxIncreaseRatio"), 1.0)
-        up = ratio_profile(judge, kind, check, ev, r0)
+        up = ratio_profile(judge, kind, check, ev, r0, discount=split_dispersion, aside=aside)
     if "maxDecrease" in kinds:
-        down = ratio_profile(judge, kind, check, ev, 1.0, complement=True)
+        down = ratio_profile(
+            judge, kind, check, ev, 1.0, complement=True, discount=split_dispersion, aside=aside
+        )
     objects = int(has_abs or has_diff) + int(has_diff) + int(up is not None) + int(down is not None)
     return _Plan(bounds, True, has_diff, has_diff, has_ratio, objects, up, down)
 
@@ -211,18 +252,27 @@ class _Case:
 
 
 def ratio_profile(
-    judge: Judging, kind: RateKind, check: Check, ev: Evidence, r0: float, complement: bool = False
+    judge: Judging,
+    kind: RateKind,
+    check: Check,
+    ev: Evidence,
+    r0: float,
+    complement: bool = False,
+    discount: float = 1.0,
+    aside: Sequence[float] = (),
 ) -> stats.RatioProfile:
     """The two-arm test of a rate check over the evidence's strata: of its events, or
     with ``complement`` of the trials that are not events (wrong predictions for
-    accuracy, where lower is worse)."""
+    accuracy, where lower is worse); events divided by ``discount`` (overdispersion), the
+    candidate's without those set ``aside`` as bursts (per stratum; the tested events)."""
     e_c, e_s, shares = [], [], []
-    for w in ev.strata:
+    for k, w in enumerate(ev.strata):
         s_c, n_c = kind.counts(check, w.candidate)
         s_s, n_s = kind.counts(check, w.stable)
         if n_c > 0 and n_s > 0:
-            e_c.append(n_c - s_c if complement else s_c)
-            e_s.append(n_s - s_s if complement else s_s)
+            burst = aside[k] if k < len(aside) and complement == kind.complement else 0.0
+            e_c.append(max((n_c - s_c if complement else s_c) - burst, 0.0) / discount)
+            e_s.append((n_s - s_s if complement else s_s) / discount)
             shares.append(n_c / (n_c + n_s))
     return stats.ratio_profile(e_c, e_s, shares, r0, scale=judge.ratio_scale)
 

@@ -27,7 +27,7 @@ from mesh_canary.core import timeline
 from mesh_canary.core.durations import format_duration
 from mesh_canary.core.model import Check, Policy
 from mesh_canary.core.observations import Observation
-from mesh_canary.core.verdicts import CheckResult, Judge, JudgeContext, Verdict
+from mesh_canary.core.verdicts import CheckResult, Judge, JudgeContext, Tally, Verdict
 from mesh_canary.core.weights import ALL_STABLE, Weights
 from mesh_canary.errors import EXIT_OK, EXIT_ROLLED_BACK, EXIT_UNFINISHED
 
@@ -150,6 +150,8 @@ class RolloutState:
     stable_baseline: Observation | None = None  # blueGreen: stable's preview window
     # Completed canary steps' last windows with the candidate's share: evidence carried forward.
     earlier_windows: tuple[tuple[float, Observation], ...] = ()
+    # Each check's latest tally (how overdispersed its counts are), carried to the next tick.
+    tallies: tuple[Tally, ...] = ()
     policy_fingerprint: str = ""
     ticks: int = 0
     # The rollback was decided but its write of 100% stable has not gone through yet: the
@@ -206,6 +208,7 @@ class RolloutState:
             "steps": [s.to_dict() for s in self.steps],
             "stableBaseline": self.stable_baseline.to_dict() if self.stable_baseline else None,
             "earlierWindows": [{"share": sh, "window": w.to_dict()} for sh, w in self.earlier_windows],
+            "tallies": [t.to_dict() for t in self.tallies],
             "policyFingerprint": self.policy_fingerprint,
             "ticks": self.ticks,
             "rollbackPending": self.rollback_pending,
@@ -242,6 +245,7 @@ class RolloutState:
             earlier_windows=tuple(
                 (float(w["share"]), Observation.from_dict(w["window"])) for w in d.get("earlierWindows", ())
             ),
+            tallies=tuple(Tally.from_dict(t) for t in d.get("tallies", ())),
             policy_fingerprint=d.get("policyFingerprint", ""),
             ticks=int(d.get("ticks", 0)),
             rollback_pending=bool(d.get("rollbackPending", False)),
@@ -407,7 +411,7 @@ def _tick(
 
     state = strategy.observed(replace(state, last_data_at=now), observation)
     results = _judge_step(strategy, policy, state, observation, judge)
-    state = replace(state, checks=results)
+    state = replace(state, checks=results, tallies=_tallies(state.tallies, results))
 
     failed = [r for r in results if r.verdict is Verdict.FAIL]
     if failed:
@@ -467,6 +471,13 @@ def _judge_safely(
     return results
 
 
+def _tallies(before: tuple[Tally, ...], results: Sequence[CheckResult]) -> tuple[Tally, ...]:
+    """The checks' tallies after this tick: the new ones, and the old where a check gave none."""
+    new = {r.name: r.tally for r in results if r.tally is not None}
+    kept = tuple(t for t in before if t.name not in new)
+    return (*kept, *new.values())
+
+
 def _no_data_reason(obs: Observation) -> str | None:
     if obs.problem:
         return obs.problem
@@ -493,6 +504,8 @@ def _context(strategy: Strategy, policy: Policy, state: RolloutState, judge: Jud
         step_count=len(strategy.schedule(policy)),
         stable_baseline=strategy.baseline(state),
         earlier_windows=state.earlier_windows,
+        step_deadline_s=strategy.max_duration_s(policy, state.step_index),
+        tallies=state.tallies,
     )
 
 
@@ -919,9 +932,10 @@ class Canary:
 
 
 class BlueGreen:
-    """The candidate previews on mirrored traffic (step 0, 0% live), then takes 100% at once
-    (step 1); stable stays ready through a post-switch window, judged against stable's
-    preview window, in which a failed check switches back."""
+    """The candidate previews on mirrored traffic (step 0, 0% live), then takes all traffic
+    but ``holdbackPercent`` at once (step 1); through the post-switch window, in which a
+    failed check switches back, the holdback on stable is the concurrent control relative
+    checks compare with (without one, stable's preview window), then the candidate takes 100%."""
 
     name = "blueGreen"
 
@@ -931,7 +945,7 @@ class BlueGreen:
     def weights(self, policy: Policy, index: int) -> Weights:
         if index == 0:
             return Weights.candidate_at(0, mirror_percent=policy.blue_green.mirror_percent)
-        return Weights.candidate_at(100)
+        return Weights.candidate_at(100 - policy.blue_green.holdback_percent)
 
     def min_duration_s(self, policy: Policy, index: int) -> float:
         bg = policy.blue_green
@@ -953,6 +967,8 @@ class BlueGreen:
         return index == 0
 
     def baseline(self, state: RolloutState) -> Observation | None:
+        if state.step_index == 1 and state.weights.stable > 0:
+            return None  # the holdback on stable is a concurrent control: compare with it
         return state.stable_baseline
 
     def observed(self, state: RolloutState, observation: Observation) -> RolloutState:
@@ -967,12 +983,15 @@ class BlueGreen:
     def advance(self, policy: Policy, state: RolloutState, now: float, window: Observation) -> Decision:
         if state.step_index == 1:
             # The post-switch window passed with no failure: stable may be retired.
-            return _finish(policy, state, now)
+            holdback = policy.blue_green.holdback_percent > 0
+            return _finish(policy, state, now, Weights.candidate_at(100) if holdback else None)
         if _waiting_for_approval(policy, state):
             return _at_gate(state)
         new = _enter_step(self, policy, state, now, state.earlier_windows)
         watch = format_duration(policy.blue_green.post_switch_window_s)
-        msg = f"switched 100% of traffic to {policy.candidate.version}; watching for {watch}"
+        held = policy.blue_green.holdback_percent
+        kept = f", {held}% kept on stable to compare with" if held else ""
+        msg = f"switched {100 - held}% of traffic to {policy.candidate.version}{kept}; watching for {watch}"
         return Decision(new, (SetWeights(new.weights, "switch"), Announce("Switched", msg)))
 
 

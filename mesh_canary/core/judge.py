@@ -37,11 +37,12 @@ from mesh_canary.checks.evidence import (
     gather_evidence,
     labelled,
     latency_histograms,
+    scale_counts,
     stable_counts,
 )
 from mesh_canary.core import stats
 from mesh_canary.core.model import Check
-from mesh_canary.core.observations import Histogram, Observation, VersionCounts
+from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.verdicts import CheckResult, JudgeContext, Verdict
 
 __all__ = [
@@ -76,14 +77,15 @@ DEFAULT_FINAL_LEAN_PROBABILITY = 0.35
 # mass within 0.5x..2x) keeps such noise near "no difference" and lets a few dozen events
 # speak; 0.5 also discounted real 5x regressions seen through unlucky data.
 DEFAULT_LEAN_PRIOR_SD = 1.0
-# Holding a step is worth it only while more traffic can settle the question. At low
-# traffic a healthy candidate whose estimate drifted past tolerance may stay there for the
-# whole maxStepDuration and be rolled back at the deadline; a regressed one at realistic
-# traffic is proven within minutes of holding. So the evidence needed to keep holding rises
-# with the time the step has run, to this posterior probability after this long (the
-# default maxStepDuration is 15m). Chosen by the benchmark (docs/benchmarks.md).
-DEFAULT_HOLD_RAMP_S = 600.0
-DEFAULT_HOLD_RELEASE_PROBABILITY = 0.97
+# Holding a step is worth it only while more traffic can settle the question, and a step
+# still held at its maxStepDuration is rolled back: for a healthy candidate, that is a false
+# rollback like any other. So the evidence needed to keep holding rises with the share of
+# the step's maxStepDuration that has passed (quadratically: holding is cheap early, while a
+# real regression at realistic traffic gets proven), until, at the deadline, only a
+# candidate beyond tolerance with probability 1 - (the window's false-rollback budget) is
+# still held: the timeout's share of the budget is the window's own, whatever the step's
+# duration and traffic (no constant tuned to a default duration).
+DEFAULT_HOLD_RAMP_SHARE = 1.0
 
 
 def rate_counts(check: Check, counts: VersionCounts) -> tuple[float, float]:
@@ -142,21 +144,6 @@ def _largest_count(counts: VersionCounts) -> float:
     return max((abs(v) for v in values if math.isfinite(v)), default=0.0)
 
 
-def _scaled(counts: VersionCounts, f: float) -> VersionCounts:
-    def hist(h: Histogram) -> Histogram:
-        return Histogram(h.bounds, tuple(c * f for c in h.counts))
-
-    return replace(
-        counts,
-        requests=counts.requests * f,
-        errors=counts.errors * f,
-        latency_ms=hist(counts.latency_ms) if counts.latency_ms is not None else None,
-        confusion={k: v * f for k, v in counts.confusion.items()},
-        predictions={k: v * f for k, v in counts.predictions.items()},
-        features={k: hist(h) for k, h in counts.features.items()},
-    )
-
-
 def _within_judged_range(window: Observation, ctx: JudgeContext) -> tuple[Observation, JudgeContext]:
     """The window and the carried evidence with counts scaled into the judged range."""
     earlier = [w for _, w in ctx.earlier_windows]
@@ -168,7 +155,7 @@ def _within_judged_range(window: Observation, ctx: JudgeContext) -> tuple[Observ
     f = MAX_JUDGED_COUNT / top
 
     def scale(w: Observation) -> Observation:
-        return replace(w, stable=_scaled(w.stable, f), candidate=_scaled(w.candidate, f))
+        return replace(w, stable=scale_counts(w.stable, f), candidate=scale_counts(w.candidate, f))
 
     ctx = replace(
         ctx,
@@ -193,8 +180,7 @@ class AnytimeJudge:
         final_lean_probability: float = DEFAULT_FINAL_LEAN_PROBABILITY,
         ratio_scale: float = stats.RATIO_PRIOR_SCALE,
         lean_prior_sd: float = DEFAULT_LEAN_PRIOR_SD,
-        hold_ramp_s: float = DEFAULT_HOLD_RAMP_S,
-        hold_release_probability: float = DEFAULT_HOLD_RELEASE_PROBABILITY,
+        hold_ramp_share: float = DEFAULT_HOLD_RAMP_SHARE,
         accumulate: bool = True,
     ) -> None:
         """Knobs of holding versus advancing (never of failing) and of the two-arm tests.
@@ -205,9 +191,9 @@ class AnytimeJudge:
         bounds, on the posterior under ``lean_prior_sd`` for relative bounds of rates; None:
         whenever the point estimate is beyond tolerance. ``final_lean_probability``: the
         probability that holds the step whose success promotes (the last before 100%).
-        ``hold_ramp_s``, ``hold_release_probability``: the longer a step has run, the more
-        probable "beyond tolerance" must be to keep holding it, rising quadratically to
-        ``hold_release_probability`` over ``hold_ramp_s`` (0: no ramp). ``ratio_scale``: the
+        ``hold_ramp_share``: the longer a step has run, the more probable "beyond tolerance"
+        must be to keep holding it, rising quadratically to 1 - ``ctx.alpha`` over this
+        share of the step's maxStepDuration (0: no ramp). ``ratio_scale``: the
         prior scale of the two-arm tests' grid mixture (:data:`stats.RATIO_PRIOR_SCALE`;
         speed only, never validity). ``accumulate=False`` judges every step on its own
         window at ``ctx.alpha``, as before evidence was carried across steps (for comparison).
@@ -218,8 +204,7 @@ class AnytimeJudge:
         self.final_lean_probability = final_lean_probability
         self.ratio_scale = ratio_scale
         self.lean_prior_sd = lean_prior_sd
-        self.hold_ramp_s = hold_ramp_s
-        self.hold_release_probability = hold_release_probability
+        self.hold_ramp_share = hold_ramp_share
         self.accumulate = accumulate
 
     @property
@@ -235,8 +220,8 @@ class AnytimeJudge:
         (None: on the point estimate alone, the judge built with ``lean_alpha=None``).
 
         ``final_lean_probability`` in the canary step whose success promotes, else that of
-        ``lean_alpha`` (or of ``level``), raised towards ``hold_release_probability`` the
-        longer the step has run (``hold_ramp_s``).
+        ``lean_alpha`` (or of ``level``), raised towards 1 - ``ctx.alpha`` as the step
+        nears its deadline (``hold_ramp_share`` of ``ctx.step_deadline_s``).
         """
         if level is None:
             if self.lean_alpha is None:
@@ -250,12 +235,14 @@ class AnytimeJudge:
             p0 = self.final_lean_probability if final else self.lean_probability(self.lean_alpha)
         else:
             p0 = self.lean_probability(level)
-        if self.hold_ramp_s <= 0:
+        ramp = self.hold_ramp_share * ctx.step_deadline_s
+        if not 0.0 < ramp < math.inf:
             return p0
-        held = min(max(window.at - window.since, 0.0) / self.hold_ramp_s, 1.0)
+        held = min(max(window.at - window.since, 0.0) / ramp, 1.0)
+        release = 1.0 - min(max(ctx.alpha, 1e-12), 0.5)
         # Quadratic: barely stricter in a step's first minutes, where holding is cheap and a
-        # regression at realistic traffic gets proven; strict near the end of the ramp.
-        return p0 + max(self.hold_release_probability - p0, 0.0) * held * held
+        # regression at realistic traffic gets proven; strict near the deadline.
+        return p0 + max(release - p0, 0.0) * held * held
 
     @staticmethod
     def lean_probability(level: float | None) -> float:

@@ -62,6 +62,9 @@ class BlueGreenSpec:
     mirror_percent: int = 100
     preview_duration_s: float = 600.0
     post_switch_window_s: float = 900.0
+    # Live traffic kept on stable after the switch: the concurrent control that relative
+    # checks compare with in the post-switch window (0: compare with stable's preview).
+    holdback_percent: int = 5
 
 
 @dataclass(frozen=True)

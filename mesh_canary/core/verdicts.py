@@ -6,8 +6,9 @@ The engine depends only on this module; the statistics behind a verdict live in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -19,6 +20,51 @@ class Verdict(StrEnum):
     PASS = "pass"  # evidence that the candidate is within tolerance
     FAIL = "fail"  # evidence that it is worse than tolerated, or breaks an absolute SLO
     INCONCLUSIVE = "inconclusive"  # not enough evidence either way yet
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What a check carries from tick to tick to see whether its counts are overdispersed:
+    the step's cumulative counts at the last tick (to take this interval's increments) and
+    the Pearson statistics of the intervals so far (see checks/dispersion.py). Opaque to the
+    engine, which keeps the latest tally of each check in the state."""
+
+    name: str  # the check's
+    step: int  # the step whose cumulative counts ``last`` are
+    last: tuple[float, ...] = ()
+    seen: tuple[float, ...] = ()  # the closed intervals' counts added up, in all steps
+    x2_split: float = 0.0  # Pearson statistic of how events split between the versions
+    df_split: int = 0
+    x2_own: float = 0.0  # Pearson statistic of each version's own rate
+    df_own: int = 0
+    clipped: tuple[float, ...] = ()  # candidate events set aside as bursts, per step
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "step": self.step,
+            "last": list(self.last),
+            "seen": list(self.seen),
+            "x2Split": self.x2_split,
+            "dfSplit": self.df_split,
+            "x2Own": self.x2_own,
+            "dfOwn": self.df_own,
+            "clipped": list(self.clipped),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Tally:
+        return cls(
+            name=str(d["name"]),
+            step=int(d["step"]),
+            last=tuple(float(x) for x in d.get("last", ())),
+            seen=tuple(float(x) for x in d.get("seen", ())),
+            x2_split=float(d.get("x2Split", 0.0)),
+            df_split=int(d.get("dfSplit", 0)),
+            x2_own=float(d.get("x2Own", 0.0)),
+            df_own=int(d.get("dfOwn", 0)),
+            clipped=tuple(float(x) for x in d.get("clipped", ())),
+        )
 
 
 @dataclass(frozen=True)
@@ -38,6 +84,7 @@ class CheckResult:
     samples: float = 0.0  # candidate samples the verdict rests on
     enough_data: bool = False  # minimum samples met (minRequests, minLabeled, ...)
     leaning_fail: bool = False  # estimate beyond tolerance, not yet proven: hold the step
+    tally: Tally | None = None  # carried to the next tick (kept by the engine, not shown)
 
     @property
     def proven(self) -> bool:
@@ -56,7 +103,8 @@ class CheckResult:
         return "" if self.verdict is not Verdict.INCONCLUSIVE else evidence_words(self)[1]
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, tally=None))
+        d.pop("tally")
         d["verdict"] = self.verdict.value
         d["enoughData"] = d.pop("enough_data")
         d["leaningFail"] = d.pop("leaning_fail")
@@ -152,6 +200,14 @@ class JudgeContext:
     # The last judged step's own window, judged besides the carried evidence: it may hold
     # the step or fail it, but leans as an ordinary step does (its data is a fraction).
     own_window: bool = False
+    # When the step is rolled back if still undecided (its maxStepDuration), in seconds from
+    # its start: holding a healthy candidate that long is a false rollback too.
+    step_deadline_s: float = math.inf
+    # Each check's tally from the previous tick (see Tally), by check name.
+    tallies: tuple[Tally, ...] = ()
+
+    def tally_of(self, name: str) -> Tally | None:
+        return next((t for t in self.tallies if t.name == name), None)
 
 
 class Judge(Protocol):

@@ -55,7 +55,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any
 
@@ -68,18 +68,31 @@ from mesh_canary.core.durations import format_duration, parse_duration
 from mesh_canary.core.observations import INF, Histogram, Observation, VersionCounts
 from mesh_canary.core.weights import ALL_STABLE, Weights
 from mesh_canary.errors import BadInput
+from mesh_canary.simulation.bursts import NO_BURST, Burst, draw_schedule, parse_bursts
+from mesh_canary.simulation.latency_shapes import Tail, bucket_shares
+from mesh_canary.simulation.prometheus_counting import (
+    Pods,
+    PrometheusCounter,
+    PrometheusCounting,
+    parse_pods,
+    parse_prometheus,
+)
 
 __all__ = [
     "ISTIO_LATENCY_BUCKETS_MS",
     "Behaviour",
+    "Burst",
     "Change",
     "FeatureDistribution",
     "LabelDelay",
     "Latency",
     "Outage",
+    "Pods",
+    "PrometheusCounting",
     "Scenario",
     "ScenarioError",
     "SyntheticMesh",
+    "Tail",
     "Traffic",
     "load_scenario",
     "load_scenario_text",
@@ -99,6 +112,7 @@ PRODUCED_SIGNALS: frozenset[Signal] = frozenset(
     {"requests", "errors", "latency", "confusion", "predictions", "features"}
 )
 _EPS = 1e-9  # times closer than this are the same instant
+_MAX_TABLES = 4096  # probability tables kept at most (each a few kB)
 _SUM_TOLERANCE = 1e-3  # shares must add up to 1 within this (then they are normalised)
 
 # Defaults for the optional fields of `versions.stable` (the contract's example values).
@@ -138,7 +152,8 @@ class Traffic:
 @dataclass(frozen=True)
 class Latency:
     median_ms: float
-    p99_ms: float
+    p99_ms: float  # of the lognormal body (a tail moves the overall p99 up)
+    tail: Tail | None = None
 
     @property
     def sigma(self) -> float:
@@ -200,6 +215,9 @@ class Scenario:
     changes: tuple[Change, ...] = ()
     outages: tuple[Outage, ...] = ()
     source: str = "scenario"
+    bursts: tuple[Burst, ...] = ()
+    pods: Pods | None = None
+    prometheus: PrometheusCounting | None = None
     document: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -226,7 +244,9 @@ def load_scenario_text(text: str, source: str = "scenario") -> Scenario:
 def load_scenario(doc: dict[str, Any], source: str = "scenario") -> Scenario:
     """Validate a parsed scenario document; raise ScenarioError naming every problem."""
     v = _Validator()
-    top = v.mapping(doc, "", {"duration", "traffic", "versions", "changes", "outages"})
+    top = v.mapping(
+        doc, "", {"duration", "traffic", "versions", "changes", "outages", "bursts", "pods", "prometheus"}
+    )
     if top is None:
         raise ScenarioError(v.problems, source)
 
@@ -246,6 +266,9 @@ def load_scenario(doc: dict[str, Any], source: str = "scenario") -> Scenario:
 
     changes = _changes(v, top.get("changes"), duration, stable, candidate, traffic)
     outages = _outages(v, top.get("outages"))
+    bursts = parse_bursts(v, top.get("bursts"))
+    pods = parse_pods(v, top.get("pods"))
+    prometheus = parse_prometheus(v, top.get("prometheus"))
 
     if v.problems or duration is None or traffic is None or stable is None or candidate is None:
         raise ScenarioError(v.problems, source)
@@ -258,13 +281,18 @@ def load_scenario(doc: dict[str, Any], source: str = "scenario") -> Scenario:
         outages=outages,
         source=source,
         document=doc,
+        bursts=bursts,
+        pods=pods,
+        prometheus=prometheus,
     )
 
 
 # Stands in for an invalid base so that what builds on it is still checked on its own;
 # _features knows its empty feature map means "any feature may exist".
 _ANY_FEATURES: dict[str, FeatureDistribution] = {}
-_PLACEHOLDER = Behaviour(0.0, Latency(1e-300, 1e300), 0.0, LabelDelay(0.0, 0.0), (0.5, 0.5), _ANY_FEATURES)
+_PLACEHOLDER = Behaviour(
+    0.0, Latency(1e-300, 1e300, Tail(0.0, 1.0)), 0.0, LabelDelay(0.0, 0.0), (0.5, 0.5), _ANY_FEATURES
+)
 _PLACEHOLDER_TRAFFIC = Traffic(rps=0.0)
 
 
@@ -419,7 +447,7 @@ def _latency(v: _Validator, doc: dict[str, Any], path: str, base: Latency | None
         if base is None:
             v.bad(lpath, "is required (e.g. {medianMs: 80, p99Ms: 250})")
         return base
-    sub = v.mapping(doc["latency"], lpath, {"medianMs", "p99Ms"})
+    sub = v.mapping(doc["latency"], lpath, {"medianMs", "p99Ms", "tail"})
     if sub is None:
         return None
     values: dict[str, float | None] = {}
@@ -432,13 +460,38 @@ def _latency(v: _Validator, doc: dict[str, Any], path: str, base: Latency | None
             v.bad(_join(lpath, key), "is required")
             values[key] = None
     median, p99 = values["medianMs"], values["p99Ms"]
-    if median is None or p99 is None:
+    n_problems = len(v.problems)
+    tail = _tail(v, sub["tail"], _join(lpath, "tail"), base.tail if base else None) if "tail" in sub else None
+    if "tail" not in sub and base is not None:
+        tail = base.tail
+    if median is None or p99 is None or len(v.problems) > n_problems:
         return None
     if p99 <= median:
         where = "p99Ms" if "p99Ms" in sub else "medianMs"
         v.bad(_join(lpath, where), f"p99Ms ({p99:g}) must be above medianMs ({median:g})")
         return None
-    return Latency(median, p99)
+    return Latency(median, p99, tail)
+
+
+def _tail(v: _Validator, value: Any, path: str, base: Tail | None) -> Tail | None:
+    """``latency.tail``: null removes an inherited tail; missing keys copy the inherited ones."""
+    if value is None:
+        return None
+    doc = v.mapping(value, path, {"share", "alpha"})
+    if doc is None:
+        return None
+    share = v.share(doc["share"], _join(path, "share")) if "share" in doc else (base.share if base else None)
+    alpha = (
+        v.number(doc["alpha"], _join(path, "alpha"), low=0.0, low_open=True)
+        if "alpha" in doc
+        else (base.alpha if base else None)
+    )
+    for key, got in (("share", share), ("alpha", alpha)):
+        if key not in doc and got is None:
+            v.bad(_join(path, key), "is required (e.g. tail: {share: 0.01, alpha: 1.5})")
+    if share is None or alpha is None:
+        return None
+    return Tail(share, alpha)
 
 
 def _labels(v: _Validator, doc: dict[str, Any], path: str, base: LabelDelay | None) -> LabelDelay | None:
@@ -602,6 +655,10 @@ def _outages(v: _Validator, value: Any) -> tuple[Outage, ...]:
 _IntArray = npt.NDArray[np.int64]
 _FloatArray = npt.NDArray[np.float64]
 
+# A state's dt-independent probability tables: the latency and feature layers per stream, and
+# per stream what its outcome layer is made of (behaviour, error rate, ok x labelled, ok x missing).
+_TableParts = tuple[_FloatArray, dict[int, tuple["Behaviour", float, _FloatArray, _FloatArray]]]
+
 # Streams of requests, one row each in every array below.
 _STABLE, _CANDIDATE, _MIRROR = 0, 1, 2
 
@@ -687,7 +744,23 @@ class SyntheticMesh:
         # and fast to multiply); a window is the difference of two of them.
         self._history: _FloatArray = np.zeros((256, 3, self._columns))
         # Probability tables by (changes applied, chunk length): kept across resets.
-        self._tables: dict[tuple[int, float], tuple[_FloatArray, _FloatArray]] = {}
+        self._tables: dict[tuple[int, float, tuple[int, int]], tuple[_FloatArray, _FloatArray]] = {}
+        self._table_parts: dict[tuple[int, tuple[int, int]], _TableParts] = {}
+
+        # Bursts: chunks are split at their edges too; the state is (stable's, candidate's)
+        # burst index, NO_BURST when quiet. The schedule is drawn at reset.
+        self._burst_edges: tuple[float, ...] = ()
+        self._burst_states: tuple[tuple[int, int], ...] = ((NO_BURST, NO_BURST),)
+        self._burst_state = (NO_BURST, NO_BURST)
+        self._next_edge = 0
+        # Prometheus-style counting of every chunk (only when the scenario asks for it).
+        self._prom: PrometheusCounter | None = None
+        if scenario.prometheus is not None:
+            ok = np.zeros(self._columns, dtype=np.bool_)
+            ok[1 : 1 + 3 * cells] = True
+            ok[self._arrived] = True
+            shown_matrix = self._shown(np.eye(self._columns))
+            self._prom = PrometheusCounter(scenario.prometheus, scenario.pods, shown_matrix, 0, ok)
         self.reset(seed, weights)
 
     def reset(self, seed: int | None = None, weights: Weights = ALL_STABLE) -> None:
@@ -705,6 +778,19 @@ class SyntheticMesh:
         self._next_change = 0
         self._weights = ALL_STABLE
         self._route = (1.0, 0.0, 0.0)
+        self._burst_state = (NO_BURST, NO_BURST)
+        self._next_edge = 0
+        if self.scenario.bursts or self._prom is not None:
+            # Streams of their own: the traffic draws stay what they are without these.
+            burst_seed, prom_seed = np.random.SeedSequence(seed).spawn(2)
+            if self.scenario.bursts:
+                schedule = draw_schedule(
+                    self.scenario.bursts, self.scenario.duration_s, np.random.default_rng(burst_seed)
+                )
+                self._burst_edges, self._burst_states = schedule.edges, schedule.state
+                self._burst_state = schedule.state[0]
+            if self._prom is not None:
+                self._prom.reset(np.random.default_rng(prom_seed))
         self.set_weights(weights)
         self._apply_due_changes()
 
@@ -738,12 +824,18 @@ class SyntheticMesh:
         if to_t < self._now - _EPS:
             raise ValueError(f"cannot go back in virtual time from {self._now:g}s to {to_t:g}s")
         changes = self.scenario.changes
+        edges = self._burst_edges
         while to_t - self._now > _EPS:
             end = to_t
             if self._next_change < len(changes) and changes[self._next_change].at_s < end:
                 end = changes[self._next_change].at_s
+            if self._next_edge < len(edges) and edges[self._next_edge] < end:
+                end = edges[self._next_edge]
             self._chunk(end)
             self._apply_due_changes()
+            while self._next_edge < len(edges) and edges[self._next_edge] <= self._now + _EPS:
+                self._next_edge += 1
+                self._burst_state = self._burst_states[self._next_edge]
 
     def _apply_due_changes(self) -> None:
         changes = self.scenario.changes
@@ -755,9 +847,11 @@ class SyntheticMesh:
     def _chunk(self, end: float) -> None:
         start = self._now
         dt = end - start
-        key = (self._next_change, dt)
+        key = (self._next_change, dt, self._burst_state)
         tables = self._tables.get(key)
         if tables is None:
+            if len(self._tables) >= _MAX_TABLES:  # burst edges make chunk lengths of every size
+                self._tables.clear()
             tables = self._tables[key] = self._build_tables(dt)
         pvals, pending_p = tables
 
@@ -797,6 +891,11 @@ class SyntheticMesh:
         self._count = i + 1
         self._times.append(end)
         self._now = end
+        if self._prom is not None:
+            chunk = history[i] - history[i - 1]
+            counts = np.rint(np.stack((chunk[_STABLE], chunk[_CANDIDATE] + chunk[_MIRROR]))).astype(np.int64)
+            stable, candidate = self._in_force()
+            self._prom.record(start, end, counts, (stable.error_rate, candidate.error_rate))
 
     def _expected_requests(self, start: float, end: float) -> float:
         t = self._traffic
@@ -810,32 +909,58 @@ class SyntheticMesh:
     def _build_tables(self, dt: float) -> tuple[_FloatArray, _FloatArray]:
         """For a chunk of ``dt`` seconds: the multinomial's probabilities per stream and
         layer, and the chance that a pending label arrives within it, per stream."""
-        prior = _padded(self._stable.predictions, self._k)
-        pvals = np.zeros((*self._draw_counts.shape, self._width))
+        # What does not depend on dt is built once per state (bursts make many states and
+        # chunk lengths); the arithmetic is the same as building it all at once.
+        state = (self._next_change, self._burst_state)
+        parts = self._table_parts.get(state)
+        if parts is None:
+            parts = self._table_parts[state] = self._build_table_parts()
+        base, outcome_parts = parts
+        pvals = base.copy()
         pending_p = np.zeros((3, 1))
-        for row, b in ((_STABLE, self._stable), (_CANDIDATE, self._candidate)):
+        for row, (b, error_rate, ok_labelled, ok_missing) in outcome_parts.items():
             within, later = _label_arrival(b.labels.delay_mean_s, dt)
             pending_p[row, 0] = later
-            confusion = _confusion(_padded(b.predictions, self._k), b.accuracy, prior).ravel()
-            ok = (1.0 - b.error_rate) * confusion
-            labelled = 1.0 - b.labels.missing
             outcome = np.concatenate(
-                (
-                    [b.error_rate],
-                    ok * labelled * within,
-                    ok * labelled * (1.0 - within),
-                    ok * b.labels.missing,
-                )
+                ([error_rate], ok_labelled * within, ok_labelled * (1.0 - within), ok_missing)
             )
-            shares = [outcome, _latency_shares(b.latency)]
-            shares += [np.asarray(b.features[name].shares) for name, _ in self._features]
-            for j, layer in enumerate(shares):
-                pvals[row, j, : len(layer)] = _exact_sum(layer)
+            pvals[row, 0, : len(outcome)] = _exact_sum(outcome)
             if self._merge_pending:
-                pvals[row, len(shares) :, :2] = _exact_sum([later, 1.0 - later])
+                pvals[row, self._request_layers :, :2] = _exact_sum([later, 1.0 - later])
         pvals[_MIRROR] = pvals[_CANDIDATE]  # mirrored copies are handled by the candidate
         pending_p[_MIRROR] = pending_p[_CANDIDATE]
         return pvals, pending_p
+
+    def _build_table_parts(self) -> _TableParts:
+        prior = _padded(self._stable.predictions, self._k)
+        base = np.zeros((*self._draw_counts.shape, self._width))
+        outcome_parts: dict[int, tuple[Behaviour, float, _FloatArray, _FloatArray]] = {}
+        stable, candidate = self._in_force()
+        for row, b in ((_STABLE, stable), (_CANDIDATE, candidate)):
+            confusion = _confusion(_padded(b.predictions, self._k), b.accuracy, prior).ravel()
+            ok = (1.0 - b.error_rate) * confusion
+            labelled = 1.0 - b.labels.missing
+            outcome_parts[row] = (b, b.error_rate, ok * labelled, ok * b.labels.missing)
+            shares = [_latency_shares(b.latency)]
+            shares += [np.asarray(b.features[name].shares) for name, _ in self._features]
+            for j, layer in enumerate(shares, start=1):
+                base[row, j, : len(layer)] = _exact_sum(layer)
+        return base, outcome_parts
+
+    def _in_force(self) -> tuple[Behaviour, Behaviour]:
+        """Stable's and the candidate's behaviour now, bursts included."""
+        s, c = self._burst_state
+        return self._bursting(self._stable, s), self._bursting(self._candidate, c)
+
+    def _bursting(self, b: Behaviour, burst_index: int) -> Behaviour:
+        if burst_index == NO_BURST:
+            return b
+        burst = self.scenario.bursts[burst_index]
+        latency = b.latency
+        if burst.latency_factor != 1.0:
+            f = burst.latency_factor
+            latency = Latency(latency.median_ms * f, latency.p99_ms * f, latency.tail)
+        return replace(b, error_rate=burst.error_rate, latency=latency)
 
     # -- MetricsSource
 
@@ -851,13 +976,23 @@ class SyntheticMesh:
         for outage in self.scenario.outages:
             if outage.at_s <= now < outage.at_s + outage.for_s:
                 return Observation(since, now, problem="metrics unavailable (scenario outage)")
+        if self._prom is not None:
+            stable, candidate = self._prom.increase(since, now).tolist()
+            return Observation(since, now, self._version_counts(stable), self._version_counts(candidate))
         times = self._times
         first = max(bisect_right(times, since + _EPS) - 1, 0)
         last = bisect_right(times, now + _EPS) - 1
         diff = self._history[last] - self._history[first]
         counts = diff[:2]
         counts[1] += diff[2]  # the candidate handled its mirrored copies too
-        shown = np.empty((2, self._shown_width))
+        stable, candidate = self._shown(counts).tolist()
+        return Observation(since, now, self._version_counts(stable), self._version_counts(candidate))
+
+    def _shown(self, counts: _FloatArray) -> _FloatArray:
+        """Rows of kept columns -> the series the judge reads (errors | cumulative
+        histograms | confusion | predictions)."""
+        rows = counts.shape[0]
+        shown = np.empty((rows, self._shown_width))
         k, cells, buckets_end = self._k, self._cells, self._confusion_out[0]
         shown[:, 0] = counts[:, 0]
         np.matmul(counts[:, self._buckets], self._cumulative, out=shown[:, 1:buckets_end])
@@ -865,9 +1000,8 @@ class SyntheticMesh:
             counts[:, self._within], counts[:, self._arrived], out=shown[:, buckets_end : buckets_end + cells]
         )
         made = counts[:, self._within] + counts[:, self._later] + counts[:, self._never]
-        made.reshape(2, k, k).sum(axis=2, out=shown[:, buckets_end + cells :])
-        stable, candidate = shown.tolist()
-        return Observation(since, now, self._version_counts(stable), self._version_counts(candidate))
+        made.reshape(rows, k, k).sum(axis=2, out=shown[:, buckets_end + cells :])
+        return shown
 
     def _version_counts(self, shown: list[float]) -> VersionCounts:
         lat, conf, pred = self._latency_out, self._confusion_out, self._predictions_out
@@ -946,14 +1080,9 @@ def _label_arrival(delay_mean_s: float, dt: float) -> tuple[float, float]:
 
 
 def _latency_shares(latency: Latency) -> _FloatArray:
-    """Chance of each Istio bucket under the lognormal through the median and the p99."""
-    mu, sigma = math.log(latency.median_ms), latency.sigma
-    cdf = [
-        0.5 * math.erfc(-(math.log(b) - mu) / (sigma * math.sqrt(2.0))) if b != INF else 1.0
-        for b in ISTIO_LATENCY_BUCKETS_MS
-    ]
-    shares: _FloatArray = np.diff(np.asarray(cdf), prepend=0.0)
-    return shares
+    """Chance of each Istio bucket under the lognormal through the median and the p99
+    (and its heavy tail, if any)."""
+    return bucket_shares(ISTIO_LATENCY_BUCKETS_MS, latency.median_ms, latency.sigma, latency.tail)
 
 
 def _exact_sum(shares: Any) -> _FloatArray:

@@ -51,7 +51,7 @@ def test_blue_green_previews_on_mirrored_traffic(degraded: bool, outcome: str) -
             assert recording.writes[1:] == [Weights(100, 0)], "a bad candidate never took live traffic"
             assert result.state.steps[0].verdict == "fail"
         else:
-            assert recording.writes[1:] == [Weights(0, 100)]
+            assert recording.writes[1:] == [Weights(5, 95), Weights(0, 100)]
             assert router.get_weights() == Weights(0, 100)
         # The candidate did see the mirrored requests it was judged on.
         assert mesh.requests_served(policy.candidate.metrics_version) > 100  # type: ignore[attr-defined]

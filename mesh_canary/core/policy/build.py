@@ -108,6 +108,7 @@ def _policy(d: dict[str, Any]) -> Policy:
             mirror_percent=int(blue_green["mirrorPercent"]),
             preview_duration_s=parse_duration(blue_green["previewDuration"]),
             post_switch_window_s=parse_duration(blue_green["postSwitchWindow"]),
+            holdback_percent=int(blue_green["holdbackPercent"]),
         ),
         analysis=AnalysisSpec(
             interval_s=parse_duration(analysis["interval"]),

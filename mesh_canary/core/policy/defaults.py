@@ -44,6 +44,7 @@ SPEC: dict[str, dict[str, Any]] = {
         "mirrorPercent": _blue_green.mirror_percent,
         "previewDuration": format_duration(_blue_green.preview_duration_s),
         "postSwitchWindow": format_duration(_blue_green.post_switch_window_s),
+        "holdbackPercent": _blue_green.holdback_percent,
     },
     "analysis": {
         "interval": format_duration(_analysis.interval_s),

@@ -1,0 +1,173 @@
+"""Overdispersion: counts that vary more from interval to interval than independent
+requests would (see docs/statistics.md, "Bursts").
+
+The confidence sequences treat every request as an independent trial. Real errors come in
+bursts (a bad pod, a GC pause, a retry storm): a 60-second burst puts a dozen errors in one
+interval, and judged request by request it looks like proof that the version is worse,
+although its long-run rate is not. So each rate check measures, tick by tick, how much its
+counts vary between analysis intervals beyond what independent requests give, and
+discounts its evidence by that factor (quasi-likelihood: Wedderburn 1974; McCullagh and
+Nelder, *Generalized Linear Models*, 1989, section 4.5, as in quasi-binomial regression):
+
+* an interval closes once it holds at least :data:`MIN_INTERVAL_EVENTS` events (fewer make
+  Pearson's terms too skewed); the interval still open is looked at too, provisionally, so
+  a burst counts while it happens, and a step's last interval is closed when it ends;
+* each interval is compared with a *prediction from the intervals before it* (prequential,
+  Dawid 1984), shrunk towards "both versions alike" by :data:`PRIOR_EVENTS` pseudo-events:
+  fitted to all the data, a burst early in a rollout would explain itself away;
+* the *split* statistic: given the interval's events, how many came from the candidate,
+  against the share its requests and the predicted rates give (a burst in one version
+  shows here; a change both versions share does not);
+* the *own* statistic: each version's events against its predicted rate (shared bursts and
+  real changes show here too: an absolute bound should see those as variation);
+* an interval in which the candidate has far more events than predicted (beyond the
+  prediction plus :data:`BURST_SDS` standard deviations) is a burst: the excess is set
+  aside (never judged against the candidate). Under independent requests that almost never
+  happens; a real regression moves the prediction within a few intervals. Setting events
+  aside only ever makes a rollback harder, so it cannot add false rollbacks. A quasi-
+  likelihood discount alone is not enough: a burst's variance grows with the square of the
+  traffic, so at high traffic one burst outweighs any constant factor;
+* the dispersion is ``(X^2 + K) / (df + K)`` with :data:`PRIOR_INTERVALS` pseudo-intervals
+  at 1, never below 1: independent traffic keeps it near 1, a lone odd interval does not
+  swing it far, bursty traffic raises it.
+
+Dividing counts by the dispersion keeps the rates and shares and shrinks the evidence, as
+an effective sample size. It is an approximation (the dispersion is estimated, not known);
+the benchmark's burst scenarios measure what it holds and what it costs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from mesh_canary.core.verdicts import Tally
+
+MIN_INTERVAL_EVENTS = 10.0
+PRIOR_INTERVALS = 4.0
+PRIOR_EVENTS = 10.0
+BURST_SDS = 3.0
+# The interval still open is looked at once it has this many events.
+_MIN_OPEN_EVENTS = 3.0
+# An arm's own Pearson term needs this many expected events in the interval.
+_MIN_EXPECTED = 2.0
+
+Counts = tuple[float, float, float, float]  # events_c, trials_c, events_s, trials_s
+_ZERO: Counts = (0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Dispersion:
+    """How much to discount a check's evidence, and the tally to carry to the next tick."""
+
+    split: float  # for the two-arm tests (how events split between the versions)
+    own: float  # for each version's own sequences
+    tally: Tally
+    clipped: tuple[float, ...] = ()  # candidate events set aside as bursts, per step
+
+    def set_aside(self, step: int) -> float:
+        return self.clipped[step] if 0 <= step < len(self.clipped) else 0.0
+
+    def note(self) -> str | None:
+        """A sentence for the reason when the discount matters."""
+        worst = max(self.split, self.own)
+        if worst < 1.5:
+            return None
+        return (
+            f"counts vary {worst:.1f}x more between intervals than independent requests would "
+            "(bursts): the evidence is discounted by that factor"
+        )
+
+
+def unchanged(name: str, step: int, before: Tally | None) -> Dispersion:
+    return Dispersion(1.0, 1.0, before or Tally(name, step))
+
+
+def _phi(x2: float, df: int) -> float:
+    return max(1.0, (x2 + PRIOR_INTERVALS) / (df + PRIOR_INTERVALS))
+
+
+def _four(values: tuple[float, ...]) -> Counts:
+    return (values[0], values[1], values[2], values[3]) if len(values) == 4 else _ZERO
+
+
+def _minus(a: Counts, b: Counts) -> Counts:
+    return (a[0] - b[0], a[1] - b[1], a[2] - b[2], a[3] - b[3])
+
+
+def measure(
+    name: str, step: int, counts: Counts, before: Tally | None, finished: Counts | None = None
+) -> Dispersion:
+    """The dispersion after this tick.
+
+    ``counts``: the step's cumulative ``(events_c, trials_c, events_s, trials_s)`` of the
+    events the check tests; ``before``: the previous tick's tally; ``finished``: the final
+    cumulative counts of the step ``before`` was in, when that step has ended (its last
+    interval, however short, is closed with them: a burst at a step's end counts).
+    """
+    tally = before if before is not None and before.name == name else Tally(name, step)
+    if finished is not None and tally.step != step and len(tally.last) == 4:
+        last = _minus(finished, _four(tally.last))
+        if _judgeable(last, _MIN_OPEN_EVENTS):
+            tally = _closed(tally, finished, last)
+    last_seen = _four(tally.last)
+    if tally.step != step or any(c < was for c, was in zip(counts, last_seen, strict=True)):
+        # A new step (or a window that started again): its counts start from zero.
+        tally = replace(tally, step=step, last=_ZERO)
+    interval = _minus(counts, _four(tally.last))
+    if not _judgeable(interval, _MIN_OPEN_EVENTS):
+        return _dispersion(tally, tally)
+    closed = _closed(tally, counts, interval)
+    # The open interval counts now (a burst cannot prove anything before it is seen), but
+    # is carried only once it has closed.
+    return _dispersion(closed, closed if interval[0] + interval[2] >= MIN_INTERVAL_EVENTS else tally)
+
+
+def _dispersion(now: Tally, keep: Tally) -> Dispersion:
+    return Dispersion(_phi(now.x2_split, now.df_split), _phi(now.x2_own, now.df_own), keep, now.clipped)
+
+
+def _judgeable(interval: Counts, min_events: float) -> bool:
+    de_c, dn_c, de_s, dn_s = interval
+    return dn_c > 0 and dn_s > 0 and de_c + de_s >= min_events
+
+
+def _predicted(seen: Counts, interval: Counts) -> tuple[float, float]:
+    """Each version's rate predicted from the closed intervals before this one, shrunk
+    towards their common rate by PRIOR_EVENTS pseudo-events each."""
+    e_c, n_c, e_s, n_s = seen
+    de_c, dn_c, de_s, dn_s = interval
+    common = (e_c + e_s + de_c + de_s) / (n_c + n_s + dn_c + dn_s)
+    if common <= 0.0:
+        return 0.0, 0.0
+    pseudo = PRIOR_EVENTS / common
+    return (e_c + PRIOR_EVENTS) / (n_c + pseudo), (e_s + PRIOR_EVENTS) / (n_s + pseudo)
+
+
+def _closed(tally: Tally, counts: Counts, interval: Counts) -> Tally:
+    """The tally with one more closed interval."""
+    de_c, dn_c, de_s, dn_s = interval
+    seen = _four(tally.seen)
+    p_c, p_s = (min(max(p, 0.0), 1.0) for p in _predicted(seen, interval))
+    x2_split, df_split, x2_own, df_own = tally.x2_split, tally.df_split, tally.x2_own, tally.df_own
+    m = de_c + de_s
+    expected_c, expected_s = dn_c * p_c, dn_s * p_s
+    excess = 0.0
+    if expected_c + expected_s > 0:
+        pi = expected_c / (expected_c + expected_s)
+        if 0.0 < pi < 1.0:
+            var = m * pi * (1.0 - pi)
+            x2_split += (de_c - m * pi) ** 2 / var
+            df_split += 1
+            excess = max(0.0, de_c - (m * pi + BURST_SDS * math.sqrt(var) + 1.0))
+    for de, dn, p in ((de_c, dn_c, p_c), (de_s, dn_s, p_s)):
+        var = dn * p * (1.0 - p)
+        if dn * p >= _MIN_EXPECTED and math.isfinite(var) and var > 0:
+            x2_own += (de - dn * p) ** 2 / var
+            df_own += 1
+    # The prediction sees everything: after a real, lasting change it catches up within a
+    # few intervals, so only what stands out against the recent past is set aside.
+    total = (seen[0] + de_c, seen[1] + dn_c, seen[2] + de_s, seen[3] + dn_s)
+    clipped = list(tally.clipped) + [0.0] * max(0, tally.step + 1 - len(tally.clipped))
+    clipped[tally.step] += excess
+    return Tally(tally.name, tally.step, counts, total, x2_split, df_split, x2_own, df_own, tuple(clipped))
