@@ -344,173 +344,134 @@ BURSTS: dict[str, Any] = {
 }
 PROMETHEUS: dict[str, Any] = {"prometheus": {"scrapeInterval": "15s", "jitter": "2s", "extrapolate": True}}
 
+
 # Issue 10's rows ("The benchmark grows"): healthy rows count as false rollbacks (statistical
 # and step timeouts shown apart), regressions as detection.
+def _row(name: str, title: str, doc: Callable[[float], dict[str, Any]], **kw: Any) -> Spec:
+    """A healthy row of issue 10 (500 seeds: a 0-of-500 result bounds the rate below 0.8%)."""
+    return Spec(name, title, "healthy", doc, issue10=True, **{"seeds": 500, **kw})
+
+
+def _regression(name: str, title: str, doc: Callable[[float], dict[str, Any]], **kw: Any) -> Spec:
+    """A regression of issue 10, at 200 requests/s unless ``rps`` says otherwise."""
+    return Spec(name, title, "regression", doc, issue10=True, **{"rps": (200.0,), **kw})
+
+
 ISSUE10: tuple[Spec, ...] = (
-    Spec(
+    _row(
         "shared-errors",
         "A/A, shared change: both 0.5% -> 3% errors at 13 min",
-        "healthy",
         lambda r: _doc(r, changes=[{"at": "13m", **_both(errorRate=0.03)}]),
-        seeds=500,
         rps=(200.0,),
         policy="errorRate +0.5 points, 5-min steps",
         service=SERVICE_05_ABS,
-        issue10=True,
     ),
-    Spec(
+    _row(
         "shared-accuracy",
         "A/A, shared change: both accuracy 90% -> 80% at 13 min",
-        "healthy",
         lambda r: _doc(r, changes=[{"at": "13m", **_both(accuracy=0.8)}]),
-        seeds=500,
         rps=(200.0,),
         policy="five checks, 5-min steps",
-        issue10=True,
     ),
-    Spec(
+    _row(
         "bg-shared-errors",
         "blue/green A/A, both 0.5% -> 1% errors after the switch (15 min)",
-        "healthy",
         lambda r: _doc(r, changes=[{"at": "15m", **_both(errorRate=0.01)}]),
-        seeds=500,
         rps=(200.0,),
         policy="five checks, blue/green",
-        issue10=True,
     ),
-    Spec(
+    _row(
         "bg-shared-latency",
         "blue/green A/A, both latency x1.5 after the switch (15 min; median 120 ms, p99 375 ms)",
-        "healthy",
         lambda r: _doc(r, changes=[{"at": "15m", **_both(latency={"medianMs": 120, "p99Ms": 375})}]),
-        seeds=500,
         rps=(200.0,),
         policy="five checks, blue/green",
-        issue10=True,
     ),
-    Spec(
+    _row(
         "bursts",
         "A/A, per-version error bursts (5% for 60 s about every 10 min; same long-run mean)",
-        "healthy",
         lambda r: _doc(r, **BURSTS),
-        seeds=500,
-        issue10=True,
     ),
-    Spec(
+    _row(
         "prometheus-counting",
         "A/A, Prometheus-style counting (15 s scrapes, 2 s jitter, extrapolated increase)",
-        "healthy",
         lambda r: _doc(r, **PROMETHEUS),
-        seeds=500,
-        issue10=True,
     ),
-    Spec(
+    _row(
         "traffic",
         "A/A, 0.5% errors, package defaults",
-        "healthy",
         lambda r: _doc(r),
-        seeds=500,
         rps=(2.0, 10.0, 20.0),
         policy="package defaults",
-        issue10=True,
     ),
-    Spec(
+    _row(
         "max-step-5m",
         "A/A, 0.5% errors, step limit 5 min",
-        "healthy",
         lambda r: _doc(r),
-        seeds=500,
         rps=(10.0,),
         policy="five checks, maxStepDuration 5m",
-        issue10=True,
     ),
-    Spec(
+    _row(
         "max-step-15m",
         "A/A, 0.5% errors, step limit 15 min (the default; = A/A 0.5% above)",
-        "healthy",
         lambda r: _doc(r),
         seeds=1000,
         rps=(10.0,),
-        issue10=True,
         same_as="aa-0.5",
     ),
-    Spec(
+    _row(
         "edge-accuracy",
         "tolerance edge: accuracy exactly -1 point (89%) against maxDecrease 0.01",
-        "healthy",
         lambda r: _doc(r, {"accuracy": 0.89}),
-        seeds=500,
-        issue10=True,
     ),
-    Spec(
+    _row(
         "edge-errors",
         "tolerance edge: errors exactly +0.5 points (0.5% -> 1%) against maxIncrease 0.005",
-        "healthy",
         lambda r: _doc(r, {"errorRate": 0.01}),
-        seeds=500,
         policy="errorRate +0.5 points",
         service=SERVICE_05_ABS,
-        issue10=True,
     ),
-    Spec(
+    _row(
         "better",
         "better candidate: errors 0.5% -> 0.25%",
-        "healthy",
         lambda r: _doc(r, {"errorRate": 0.0025}),
-        seeds=500,
-        issue10=True,
     ),
-    Spec(
+    _row(
         "late-labels-aa",
         "A/A, labels 30 min late, 70% never",
-        "healthy",
         lambda r: _doc(r, stable=LATE_LABELS),
-        seeds=500,
         rps=(200.0,),
-        issue10=True,
     ),
-    Spec(
+    _regression(
         "errors-x1.5",
         "errors 1.5x (0.5% -> 0.75%)",
-        "regression",
         lambda r: _doc(r, {"errorRate": 0.0075}),
         delta=0.0025,
-        rps=(200.0,),
-        issue10=True,
         hard=True,
     ),
-    Spec(
+    _regression(
         "p99+60%-defaults",
         "p99 +60% (250 -> 400 ms, median same), package defaults",
-        "regression",
         lambda r: _doc(r, {"latency": {"p99Ms": 400}}),
         bad="slow",
         delta=slow_share(80, 400) - 0.01,
-        rps=(200.0,),
         policy="package defaults",
-        issue10=True,
         hard=True,
     ),
-    Spec(
+    _regression(
         "accuracy-3-late",
         "accuracy -3 points, labels 30 min late, 70% never",
-        "regression",
         lambda r: _doc(r, {"accuracy": 0.87}, LATE_LABELS),
         bad="wrong",
         delta=0.03 * (1 - 0.005),
-        rps=(200.0,),
-        issue10=True,
         hard=True,
     ),
-    Spec(
+    _regression(
         "accuracy-3-slow",
         "accuracy -3 points, slow labels (10 min late, 20% never)",
-        "regression",
         lambda r: _doc(r, {"accuracy": 0.87}, {"labels": {"delayMeanS": 600, "missing": 0.2}}),
         bad="wrong",
         delta=0.03 * (1 - 0.005),
-        rps=(200.0,),
-        issue10=True,
     ),
 )
 SCENARIOS: tuple[Spec, ...] = CORE + ISSUE10
