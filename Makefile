@@ -35,7 +35,7 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(if $(filter-out 0,$(BENCH_QUICK)),--quick)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
