@@ -157,9 +157,11 @@ def _closed(tally: Tally, counts: Counts, interval: Counts) -> Tally:
         pi = expected_c / (expected_c + expected_s)
         if 0.0 < pi < 1.0:
             var = m * pi * (1.0 - pi)
+            excess = max(0.0, de_c - (m * pi + BURST_SDS * math.sqrt(var) + 1.0))
+            # Counted in full: a burst's variance grows with the square of the traffic, and
+            # setting aside its excess alone leaves the part within the cap to prove it.
             x2_split += (de_c - m * pi) ** 2 / var
             df_split += 1
-            excess = max(0.0, de_c - (m * pi + BURST_SDS * math.sqrt(var) + 1.0))
     for de, dn, p in ((de_c, dn_c, p_c), (de_s, dn_s, p_s)):
         var = dn * p * (1.0 - p)
         if dn * p >= _MIN_EXPECTED and math.isfinite(var) and var > 0:
