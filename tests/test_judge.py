@@ -787,7 +787,7 @@ def test_drift_evidence_adds_up_even_when_a_class_first_appears_later() -> None:
         60,
         120,
         VersionCounts(predictions={"a": 7_000, "b": 2_000, "c": 1_000}),
-        VersionCounts(predictions={"a": 500, "b": 700, "c": 300}),
+        VersionCounts(predictions={"a": 575, "b": 625, "c": 300}),
     )
     alone = JUDGE.evaluate([check], second, step_ctx(0, ()))[0]
     assert alone.verdict is Verdict.INCONCLUSIVE and alone.leaning_fail

@@ -155,7 +155,7 @@ def _set_aside(disp: dispersion.Dispersion, ev: Evidence, ctx: JudgeContext) -> 
 def _dispersion(kind: RateKind, check: Check, ev: Evidence, ctx: JudgeContext) -> dispersion.Dispersion:
     """How overdispersed this check's counts are (see checks/dispersion)."""
     before = ctx.tally_of(check.name)
-    if not concurrent(ev.current, ctx):  # compared with a frozen window: nothing to split
+    if not ctx.ticks or not concurrent(ev.current, ctx):  # one window, or nothing to split
         return dispersion.unchanged(check.name, ctx.step_index, before)
 
     def tested(w: Observation) -> dispersion.Counts:

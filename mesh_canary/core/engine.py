@@ -506,6 +506,7 @@ def _context(strategy: Strategy, policy: Policy, state: RolloutState, judge: Jud
         earlier_windows=state.earlier_windows,
         step_deadline_s=strategy.max_duration_s(policy, state.step_index),
         tallies=state.tallies,
+        ticks=True,
     )
 
 

@@ -203,8 +203,11 @@ class JudgeContext:
     # When the step is rolled back if still undecided (its maxStepDuration), in seconds from
     # its start: holding a healthy candidate that long is a false rollback too.
     step_deadline_s: float = math.inf
-    # Each check's tally from the previous tick (see Tally), by check name.
+    # Each check's tally from the previous tick (see Tally). ``ticks``: the judge is called
+    # at every tick of the rollout with the tallies it returned (the engine does), so it
+    # can measure how counts vary between intervals; a one-off call judges one window.
     tallies: tuple[Tally, ...] = ()
+    ticks: bool = False
 
     def tally_of(self, name: str) -> Tally | None:
         return next((t for t in self.tallies if t.name == name), None)
