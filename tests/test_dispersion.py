@@ -92,3 +92,18 @@ def test_bursty_identical_candidates_are_not_rolled_back() -> None:
     policy = load_checked_policy(yaml.safe_load((ROOT / "policies" / "minimal.yaml").read_text()))
     outcomes = [simulate_rollout(policy, scenario, seed)["outcome"] for seed in range(100)]
     assert outcomes.count("rolled_back") <= 2, outcomes
+
+
+def test_a_candidate_beyond_its_slo_is_rolled_back_at_the_first_look_burst_or_not() -> None:
+    """Absolute bounds judge the candidate's own counts as they are: 30% errors against the
+    default `max: 0.05` is rolled back as soon as its own requests prove it (at 1 candidate
+    request/s: 60-90 s, as before bursts were handled), never discounted as a burst."""
+    doc = (ROOT / "scenarios" / "aa.yaml").read_text()
+    scenario = load_scenario_text(doc.replace("candidate: {}", "candidate: {errorRate: 0.3}"))
+    assert scenario.candidate.error_rate == 0.3
+    policy = load_checked_policy(yaml.safe_load((ROOT / "policies" / "minimal.yaml").read_text()))
+    interval = policy.analysis.interval_s
+    for seed in range(5):
+        r = simulate_rollout(policy, scenario, seed)
+        assert r["outcome"] == "rolled_back" and r["failedChecks"] == ["errorRate"]
+        assert r["decidedAtS"] <= 3 * interval, r

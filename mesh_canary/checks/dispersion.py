@@ -47,6 +47,9 @@ MIN_INTERVAL_EVENTS = 10.0
 PRIOR_INTERVALS = 4.0
 PRIOR_EVENTS = 10.0
 BURST_SDS = 3.0
+# Intervals that only build the prediction: with nothing before them, a candidate broken
+# from its first request and a burst look the same, and a broken one must roll back at once.
+MIN_HISTORY = 0
 # The interval still open is looked at once it has this many events.
 _MIN_OPEN_EVENTS = 3.0
 # An arm's own Pearson term needs this many expected events in the interval.
@@ -153,7 +156,10 @@ def _closed(tally: Tally, counts: Counts, interval: Counts) -> Tally:
     m = de_c + de_s
     expected_c, expected_s = dn_c * p_c, dn_s * p_s
     excess = 0.0
-    if expected_c + expected_s > 0:
+    learning = tally.intervals < MIN_HISTORY
+    if learning:
+        pass  # nothing to predict from yet: this interval only teaches the prediction
+    elif expected_c + expected_s > 0:
         pi = expected_c / (expected_c + expected_s)
         if 0.0 < pi < 1.0:
             var = m * pi * (1.0 - pi)
@@ -164,7 +170,7 @@ def _closed(tally: Tally, counts: Counts, interval: Counts) -> Tally:
             df_split += 1
     for de, dn, p in ((de_c, dn_c, p_c), (de_s, dn_s, p_s)):
         var = dn * p * (1.0 - p)
-        if dn * p >= _MIN_EXPECTED and math.isfinite(var) and var > 0:
+        if not learning and dn * p >= _MIN_EXPECTED and math.isfinite(var) and var > 0:
             x2_own += (de - dn * p) ** 2 / var
             df_own += 1
     # The prediction sees everything: after a real, lasting change it catches up within a
@@ -172,4 +178,15 @@ def _closed(tally: Tally, counts: Counts, interval: Counts) -> Tally:
     total = (seen[0] + de_c, seen[1] + dn_c, seen[2] + de_s, seen[3] + dn_s)
     clipped = list(tally.clipped) + [0.0] * max(0, tally.step + 1 - len(tally.clipped))
     clipped[tally.step] += excess
-    return Tally(tally.name, tally.step, counts, total, x2_split, df_split, x2_own, df_own, tuple(clipped))
+    return Tally(
+        tally.name,
+        tally.step,
+        counts,
+        total,
+        x2_split,
+        df_split,
+        x2_own,
+        df_own,
+        tuple(clipped),
+        tally.intervals + 1,
+    )

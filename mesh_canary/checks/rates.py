@@ -114,16 +114,24 @@ def evaluate_rate(
     stable_ok = n_s > 0
     disp = _dispersion(kind, check, ev, ctx)
     aside = _set_aside(disp, ev, ctx)
-    # Candidate events set aside as bursts are not judged against it (see checks/dispersion).
-    s_c = min(s_c + sum(aside), n_c) if kind.complement else max(s_c - sum(aside), 0.0)
     plan = _plan(judge, kind, check, ev, ctx, bounds, stable_ok, disp.split, aside)
     point = div(s_c / n_c, s_s / n_s) if stable_ok else math.nan
-    # Overdispersed counts carry less evidence than their size: discounted (rates kept).
+    # Absolute bounds (max, min) judge the candidate's own counts as they are: a candidate
+    # beyond its SLO is rolled back at once, burst or not. Relative bounds compare the two
+    # versions: there, bursts are set aside and overdispersed counts discounted (rates kept).
+    raw = _Case(judge, kind, plan, subject.unit, s_c, n_c, s_s, n_s, point)
+    s_kept = min(s_c + sum(aside), n_c) if kind.complement else max(s_c - sum(aside), 0.0)
     f = 1.0 / disp.own
-    case = _Case(judge, kind, plan, subject.unit, s_c * f, n_c * f, s_s * f, n_s * f, point)
-    cand, stable, outcomes = case.judged_at(alpha)
+    discounted = _Case(judge, kind, plan, subject.unit, s_kept * f, n_c * f, s_s * f, n_s * f, point)
+
+    def judged_at(level: float, fixed: bool = False) -> tuple[Est, Est | None, list[Outcome]]:
+        cand, _, as_is = raw.judged_at(level, fixed)
+        _, stable, compared = discounted.judged_at(level, fixed)
+        return cand, stable, [c if c.relative else a for a, c in zip(as_is, compared, strict=True)]
+
+    cand, stable, outcomes = judged_at(alpha)
     p_lean = judge.lean_threshold(ctx, ev.current)
-    outcomes = judge.lean(outcomes, lambda a: case.judged_at(a, True)[2], p_lean)
+    outcomes = judge.lean(outcomes, lambda a: judged_at(a, True)[2], p_lean)
     if plan.two_arm and p_lean is not None and stable is not None:
         outcomes = [
             o

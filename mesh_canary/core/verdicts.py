@@ -38,6 +38,7 @@ class Tally:
     x2_own: float = 0.0  # Pearson statistic of each version's own rate
     df_own: int = 0
     clipped: tuple[float, ...] = ()  # candidate events set aside as bursts, per step
+    intervals: int = 0  # closed intervals, in all steps
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +51,7 @@ class Tally:
             "x2Own": self.x2_own,
             "dfOwn": self.df_own,
             "clipped": list(self.clipped),
+            "intervals": self.intervals,
         }
 
     @classmethod
@@ -64,6 +66,7 @@ class Tally:
             x2_own=float(d.get("x2Own", 0.0)),
             df_own=int(d.get("dfOwn", 0)),
             clipped=tuple(float(x) for x in d.get("clipped", ())),
+            intervals=int(d.get("intervals", 0)),
         )
 
 
