@@ -375,8 +375,12 @@ def tick(
 ) -> Decision:
     """One analysis: judge the step's window and decide to hold, advance or roll back."""
     decision = _tick(policy, state, observation, now, judge)
-    # Every judged tick leaves a point in the bounded history (core/timeline.py).
-    points = timeline.after_tick(policy, state, decision.state, observation)
+    # Every judged tick leaves a point in the bounded history (core/timeline.py). The
+    # history is for people: nothing in it may stop a decision (a rollback above all).
+    try:
+        points = timeline.after_tick(policy, state, decision.state, observation)
+    except Exception:  # pure code; a gap in the history is all a failure costs
+        return decision
     return replace(decision, state=replace(decision.state, timeline=points))
 
 

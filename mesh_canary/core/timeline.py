@@ -57,16 +57,23 @@ def quantile(q: float, h: Histogram) -> float | None:
     return prev_bound
 
 
+def _count(x: float) -> int | None:
+    """A count as an integer; None for what no count is (NaN, infinite, negative: a broken
+    source, which the judge fails the check for; the history only leaves a gap)."""
+    return round(x) if math.isfinite(x) and x >= 0 else None
+
+
 def version_point(c: VersionCounts) -> dict[str, Any]:
     """What one version's window holds, counts as integers (rates follow from them)."""
     lat = c.latency_ms
+    sane = lat is not None and all(math.isfinite(v) and v >= 0 for v in lat.counts)
     return {
-        "requests": round(c.requests),
-        "errors": round(c.errors),
-        "p50Ms": _round(quantile(0.5, lat)) if lat is not None else None,
-        "p99Ms": _round(quantile(0.99, lat)) if lat is not None else None,
-        "labeled": round(c.labeled),
-        "correct": round(c.correct),
+        "requests": _count(c.requests),
+        "errors": _count(c.errors),
+        "p50Ms": _round(quantile(0.5, lat)) if lat is not None and sane else None,
+        "p99Ms": _round(quantile(0.99, lat)) if lat is not None and sane else None,
+        "labeled": _count(c.labeled),
+        "correct": _count(c.correct),
     }
 
 
