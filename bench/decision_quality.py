@@ -36,12 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm, poisson
+from scipy.stats import norm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.baselines import FlaggerJudge, KayentaJudge, OracleSPRT  # noqa: E402
+from mesh_canary.core import power  # noqa: E402
 from mesh_canary.core.judge import AnytimeJudge  # noqa: E402
 from mesh_canary.core.model import Policy  # noqa: E402
 from mesh_canary.core.policy import load_policy_text  # noqa: E402
@@ -84,38 +85,48 @@ def load_policy_file(path: Path) -> Policy:
     return load_policy_text(path.read_text(), str(path))
 
 
-# --------------------------------------------------------------------------- plan (stand-in)
+# --------------------------------------------------------------------------- plan
 
 
-def min_samples_reachable(
-    rps: float, weights: Sequence[float], min_requests: int, max_step_s: float
-) -> tuple[bool, str]:
-    """Can each step's candidate reach ``min_requests`` within ``max_step_s`` at ``rps``?
-
-    A stand-in for `mesh-canary plan` (being written now; the lead swaps this for it):
-    expected candidate requests per step are rps x weight x maxStepDuration; a step whose
-    expectation falls short cannot reach its minimum samples. Returns (reachable, why)."""
-    for w in weights:
-        expected = rps * w / 100.0 * max_step_s
-        if expected < min_requests:
-            chance = float(poisson.sf(min_requests - 1, expected))
-            return False, (
-                f"{w:g}% step: {expected:.0f} of {min_requests} requests expected in "
-                f"{max_step_s / 60:g} min ({100 * chance:.0f}% chance to reach them)"
-            )
-    return True, ""
-
-
-def plan_reachability(policy: Policy, rps: float) -> tuple[bool, str]:
-    """The policy's minimum samples at this traffic (canary steps, or blue/green's mirrored
-    preview and post-switch window), through :func:`min_samples_reachable`."""
-    if policy.strategy == "blueGreen":
-        bg = policy.blue_green
-        limit = max(bg.preview_duration_s, policy.canary.max_step_duration_s)
-        return min_samples_reachable(rps, (bg.mirror_percent,), policy.analysis.min_requests, limit)
-    return min_samples_reachable(
-        rps, policy.canary.steps, policy.analysis.min_requests, policy.canary.max_step_duration_s
+def plan_traffic(scenario: Any, rps: float) -> power.Traffic:
+    """What `mesh-canary plan` is told about a row: its traffic and stable's behaviour."""
+    stable = scenario.stable
+    return power.Traffic(
+        rps=rps,
+        error_rate=stable.error_rate,
+        accuracy=stable.accuracy,
+        label_delay_s=stable.labels.delay_mean_s,
+        labelled=1.0 - stable.labels.missing,
     )
+
+
+def plan_flag(spec: Spec, policy: Policy, scenario: Any, rps: float) -> str | None:
+    """Why `mesh-canary plan` (mesh_canary.core.power) says beforehand that this row is out
+    of the policy's reach at this traffic, or None. Healthy rows: a step cannot reach its
+    minimum samples (every run would meet onTimeout). Regressions of the error rate or of
+    accuracy: no check of that metric detects the regression's size with 95% power by the
+    end of the schedule. Other regressions (latency, drift) are not estimated by plan, so
+    never flagged."""
+    traffic = plan_traffic(scenario, rps)
+    if spec.healthy:
+        problems = power.unreachable(policy, traffic)
+        return problems[0] if problems else None
+    metric, effect = _regression_size(spec, scenario)
+    if metric is None:
+        return None
+    powers = [cp for cp in power.plan(policy, traffic) if cp.metric == metric and cp.supported]
+    if not powers or any(cp.detects(effect) for cp in powers):
+        return None
+    return "; ".join(cp.words() for cp in powers)
+
+
+def _regression_size(spec: Spec, scenario: Any) -> tuple[str | None, float]:
+    """The metric a regression moves and by how much, in plan's units (rate points)."""
+    if spec.bad == "errors":
+        return "errorRate", spec.delta
+    if spec.bad == "wrong":
+        return "accuracy", scenario.stable.accuracy - scenario.candidate.accuracy
+    return None, 0.0
 
 
 def wilson_upper(p: float, n: int, z: float = 1.96) -> float:
@@ -867,10 +878,15 @@ def render_core(rep: Report) -> list[str]:
         ]
         for spec in (s for s in CORE if s.kind == "regression"):
             for i, v in enumerate(w for w in rep.variants if w.runs(spec)):
-                name = spec.title if i == 0 else ""
+                name = spec.title + _plan_mark(rep, spec, rps) if i == 0 else ""
                 lines.append(f"| {name} | {v.title} | {_regression_line(rep.cell(v, spec, rps), spec)}")
         lines += [""]
     return lines
+
+
+def _plan_mark(rep: Report, spec: Spec, rps: float) -> str:
+    """A regression `mesh-canary plan` says the policy cannot see at this traffic."""
+    return " — **plan: out of reach**" if (spec.name, rps) in rep.flags else ""
 
 
 def _issue10_variants(rep: Report) -> list[Variant]:
@@ -908,8 +924,11 @@ def render_issue10(rep: Report) -> list[str]:
         "",
         "False rollbacks: total (statistical + step timeout; ≤ the 95% Wilson upper bound over the seeds). "
         '"plan: minimum samples": whether every step\'s candidate can expect `minRequests` within '
-        "`maxStepDuration` at that traffic (`min_samples_reachable` in bench/decision_quality.py, a "
-        "stand-in for `mesh-canary plan`); a row that cannot is flagged and left out of the A/A target.",
+        "`maxStepDuration` at that traffic, as `mesh-canary plan` and `validate --rps` say "
+        "(mesh_canary.core.power); a row that cannot is flagged and left out of the A/A target.",
+        "",
+        'Regressions marked "plan: out of reach" are smaller than the smallest regression `mesh-canary '
+        "plan` says the policy detects with 95% power at that traffic, said before the rollout.",
         "",
         "### Issue 10: regressions",
         "",
@@ -925,7 +944,8 @@ def render_issue10(rep: Report) -> list[str]:
                 continue
             for i, v in enumerate(vs):
                 name = (
-                    f"{spec.title}{' (hard)' if spec.hard else ''} | {spec.policy} | {rps:g}"
+                    f"{spec.title}{' (hard)' if spec.hard else ''}{_plan_mark(rep, spec, rps)} | "
+                    f"{spec.policy} | {rps:g}"
                     if i == 0
                     else " | |"
                 )
@@ -1070,7 +1090,7 @@ def issue10_targets(rep: Report) -> tuple[list[str], dict[str, Any]]:
     flagged = [(s, r) for s, r in healthy if (s.name, r) in rep.flags]
     if flagged:
         lines.append(
-            "- Flagged by the plan stand-in (the policy cannot reach its minimum samples at that traffic), "
+            "- Flagged by `mesh-canary plan` (the policy cannot reach its minimum samples at that traffic), "
             "not counted above: "
             + "; ".join(f"{fr_text(s, r)}: {rep.flags[(s.name, r)]}" for s, r in flagged)
             + "."
@@ -1082,22 +1102,33 @@ def issue10_targets(rep: Report) -> tuple[list[str], dict[str, Any]]:
     regressions = [(s, r) for s in SCENARIOS if s.kind == "regression" for r in s.rps if rep.ran(s, r)]
     det = {where(s, r): rep.cell(ours, s, r).share("rolled_back") for s, r in regressions}
     low = [(s, r) for s, r in regressions if det[where(s, r)] < TARGET_DETECTION]
+    unflagged = [(s, r) for s, r in low if (s.name, r) not in rep.flags]
+    hard_unflagged = [(s, r) for s, r in unflagged if s.hard]
+
+    def det_text(s: Spec, r: float) -> str:
+        flag = " (flagged by plan)" if (s.name, r) in rep.flags else ""
+        return (
+            f"{where(s, r)}{' (hard)' if s.hard else ''} {_pct(det[where(s, r)])} "
+            f"({100 * (det[where(s, r)] - TARGET_DETECTION):+.1f} points){flag}"
+        )
+
     lines.append(
         f"- Detection >= 95% of every regression (mesh-canary defaults): {_verdict(not low)}; "
         f"{len(regressions) - len(low)} of {len(regressions)} rows x traffic at or above."
-        + (
-            " Below: "
-            + "; ".join(
-                f"{where(s, r)}{' (hard)' if s.hard else ''} {_pct(det[where(s, r)])} "
-                f"({100 * (det[where(s, r)] - TARGET_DETECTION):+.1f} points)"
-                for s, r in low
-            )
-            + ". The plan stand-in checks minimum samples only, not power: whether `mesh-canary plan` "
-            "says beforehand that the policy cannot see the hard ones is for its output."
-            if low
-            else ""
-        )
+        + (" Below: " + "; ".join(det_text(s, r) for s, r in low) + "." if low else "")
     )
+    if low:
+        lines.append(
+            "- Below 95% and not flagged beforehand by `mesh-canary plan` (its smallest regression "
+            f"detectable with 95% power, mesh_canary/core/power.py): {len(unflagged)} rows"
+            + (": " + ", ".join(where(s, r) for s, r in unflagged) if unflagged else "")
+            + f"; of the hard ones, {_verdict(not hard_unflagged)} (each >= 95% or flagged by plan). "
+            "Flagged by plan: "
+            + "; ".join(
+                f"{where(s, r)}: {rep.flags[(s.name, r)]}" for s, r in low if (s.name, r) in rep.flags
+            )
+            + "."
+        )
 
     harmful = [(s, r) for s, r in regressions if s.bad != "none"]
     mine = {where(s, r): rep.cell(ours, s, r).harm() for s, r in harmful}
@@ -1131,6 +1162,10 @@ def issue10_targets(rep: Report) -> tuple[list[str], dict[str, Any]]:
         "not_run": skipped,
         "worst_aa": {"row": where(worst_s, worst_r), **w},
         "detection": det,
+        "detection_flagged_by_plan": {
+            where(s, r): rep.flags[(s.name, r)] for s, r in low if (s.name, r) in rep.flags
+        },
+        "detection_low_not_flagged": [where(s, r) for s, r in unflagged],
         "median_harm": mine,
         "median_harm_flagger_per_service": theirs,
         "harm_ratio": ratio,
@@ -1160,11 +1195,12 @@ def check_rows(
     for spec in specs:
         for rps in spec.rps:
             try:
-                load_scenario(spec.doc(rps), f"{spec.name}@{rps:g}")
+                scenario = load_scenario(spec.doc(rps), f"{spec.name}@{rps:g}")
             except ScenarioError as e:
                 unavailable[(spec.name, rps)] = "; ".join(f"{p}: {m}" for p, m in e.problems)
-            reachable, why = plan_reachability(policies[spec.policy], rps)
-            if not reachable:
+                continue
+            why = plan_flag(spec, policies[spec.policy], scenario, rps)
+            if why is not None:
                 flags[(spec.name, rps)] = why
     return unavailable, flags
 
@@ -1327,10 +1363,13 @@ minutes late.
 
 **Minimum samples.** Each healthy row is checked, before it runs, for whether its policy
 can reach its minimum samples at that traffic: every step's candidate must expect
-`minRequests` within `maxStepDuration` (blue/green: the mirrored preview).
-`min_samples_reachable` in bench/decision_quality.py does this as a stand-in for
-`mesh-canary plan`. A row that cannot is flagged in the table and left out of the A/A
-target, its rate still shown.
+`minRequests` within `maxStepDuration` (blue/green: the mirrored preview), as
+`mesh-canary plan` computes it (mesh_canary.core.power, told the row's traffic, stable's
+error rate and accuracy, its label delay and labelled share). A row that cannot is flagged
+in the table and left out of the A/A target, its rate still shown. Each error-rate or
+accuracy regression is checked the same way against plan's smallest regression detectable
+with 95% power by the end of the schedule; one smaller than that is marked "plan: out of
+reach" (latency and drift are not estimated by plan, so never marked).
 
 **Seeds and bounds.** Every false-rollback rate is shown with the upper end of its 95%
 Wilson interval: with 1,000 seeds (every healthy row) it is 0.4% with none rolled back and

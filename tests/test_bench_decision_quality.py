@@ -1,5 +1,5 @@
-"""The decision-quality benchmark's own machinery (bench/decision_quality.py): the plan
-stand-in that flags rows whose policy cannot reach its minimum samples, rows skipped while a
+"""The decision-quality benchmark's own machinery (bench/decision_quality.py): the rows
+`mesh-canary plan` says are out of the policy's reach, rows skipped while a
 scenario field is missing, the memoised cells shared by tuning and tables, and the tuning
 rule. Real rollouts through `simulate_rollout` (the Flagger-style judge: a few ms each)."""
 
@@ -26,23 +26,33 @@ def pool() -> Iterator[Any]:
         yield p
 
 
-def test_a_step_that_cannot_expect_its_minimum_requests_is_unreachable() -> None:
-    # issue 10: 100 candidate requests cannot arrive at 5% of 2 req/s within 15 minutes.
-    ok, why = dq.min_samples_reachable(2.0, (5, 10, 25, 50, 100), 100, 900.0)
-    assert not ok
-    assert "5% step: 90 of 100 requests expected in 15 min" in why
-    assert dq.min_samples_reachable(10.0, (5, 10, 25, 50, 100), 100, 900.0) == (True, "")
-    assert dq.min_samples_reachable(10.0, (5, 10, 25, 50, 100), 100, 300.0) == (True, "")  # 150 expected
-
-
-def test_only_the_2_req_s_defaults_row_is_flagged_and_blue_green_counts_its_preview(
-    policies: dict[str, Any],
-) -> None:
+def test_plan_flags_the_rows_out_of_the_policys_reach_and_no_others(policies: dict[str, Any]) -> None:
+    """The bench asks `mesh-canary plan`'s own functions (mesh_canary.core.power): a healthy
+    row is flagged when a step cannot reach its minimum samples (100 candidate requests
+    cannot arrive at 5% of 2 req/s within 15 minutes), a regression when no check of its
+    metric detects its size with 95% power by the end of the schedule."""
     _, flags = dq.check_rows(dq.SCENARIOS, policies)
-    assert list(flags) == [("traffic", 2.0)]
+    healthy = sorted(k for k in flags if dq.SPECS[k[0]].healthy)
+    assert healthy == [("traffic", 2.0)]
+    assert "step 1 at 5% expects 90 candidate" in flags[("traffic", 2.0)]
+    regressions = sorted(k for k in flags if not dq.SPECS[k[0]].healthy)
+    # At 10 req/s the error and accuracy regressions are smaller than plan's detectable
+    # effect; at 200 req/s only the 1.5x error rise and accuracy with labels 30 min late.
+    assert ("errors-0.5-1", 10.0) in regressions and ("accuracy-3", 10.0) in regressions
+    assert ("errors-x1.5", 200.0) in regressions and ("accuracy-3-late", 200.0) in regressions
+    assert ("errors-0.5-1", 200.0) not in regressions and ("accuracy-3", 200.0) not in regressions
+    assert ("accuracy-3-slow", 200.0) not in regressions and ("breaks-halfway", 10.0) not in regressions
+    assert all(dq.SPECS[n].bad in ("errors", "wrong") for n, _ in regressions)  # latency: not estimated
+    assert "errorRate: detects a rise of" in flags[("errors-x1.5", 200.0)]
+
+
+def test_blue_green_counts_its_mirrored_preview(policies: dict[str, Any]) -> None:
     bg = policies["five checks, blue/green"]
-    assert dq.plan_reachability(bg, 2.0)[0]  # mirrored at 100% for 10-15 minutes
-    assert not dq.plan_reachability(replace(bg, blue_green=replace(bg.blue_green, mirror_percent=1)), 0.1)[0]
+    aa = dq.SPECS["aa-0.5"]
+    scenario = dq.load_scenario(aa.doc(2.0))
+    assert dq.plan_flag(aa, bg, scenario, 2.0) is None  # mirrored at 100% for 10-15 minutes
+    tiny = replace(bg, blue_green=replace(bg.blue_green, mirror_percent=1))
+    assert dq.plan_flag(aa, tiny, dq.load_scenario(aa.doc(0.1)), 0.1) is not None
 
 
 def test_a_row_whose_scenario_does_not_load_is_listed_not_failed(policies: dict[str, Any]) -> None:

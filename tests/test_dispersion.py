@@ -17,12 +17,18 @@ from mesh_canary.simulation.traffic import load_scenario_text
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_intervals(per_interval: list[tuple[float, float, float, float]]) -> list[dispersion.Dispersion]:
-    """Feed per-interval counts as one step's cumulative windows, one tick each."""
+INTERVAL_S = 30.0
+
+
+def run_intervals(
+    per_interval: list[tuple[float, float, float, float]], burst_s: float = 180.0
+) -> list[dispersion.Dispersion]:
+    """Feed per-interval counts as one step's cumulative windows, one 30-s tick each."""
     out, tally, cum = [], None, np.zeros(4)
-    for counts in per_interval:
+    for i, counts in enumerate(per_interval):
         cum = cum + np.array(counts)
-        d = dispersion.measure("errorRate", 0, (cum[0], cum[1], cum[2], cum[3]), tally)
+        clock = dispersion.Clock(at=INTERVAL_S * (i + 1), step_since=0.0, burst_s=burst_s)
+        d = dispersion.measure("errorRate", 0, (cum[0], cum[1], cum[2], cum[3]), tally, clock)
         tally = d.tally
         out.append(d)
     return out
@@ -55,21 +61,44 @@ def test_a_burst_in_the_candidate_is_set_aside_and_raises_the_dispersion() -> No
     assert "discounted" in (results[12].note() or "")
 
 
-def test_a_lasting_regression_is_no_burst_for_long() -> None:
-    """The prediction sees every interval, so after a real change it catches up: only the
-    first intervals of the change are set aside, the rest is judged."""
+def test_a_burst_within_burst_duration_stays_set_aside_and_the_prediction_does_not_learn_it() -> None:
+    rng = np.random.default_rng(5)
+    intervals = independent(rng, 10, 0.005, 0.005)
+    burst = [(30.0, 600.0, 57.0, 11_400.0)] * 3  # 90 s at 5%: inside the 3-minute default
+    results = run_intervals(intervals + burst + independent(rng, 10, 0.005, 0.005))
+    aside = results[12].set_aside(0)
+    assert aside > 3 * 20.0  # nearly all of the 3 x 27 excess events, not just what tops a cap
+    assert results[-1].set_aside(0) == aside  # a burst that ended stays set aside
+    # The prediction never took the burst for the new normal: each burst interval stood out.
+    assert results[10].set_aside(0) > 20.0 and results[12].set_aside(0) - results[11].set_aside(0) > 20.0
+
+
+def test_an_elevation_that_outlasts_burst_duration_is_judged_in_full() -> None:
+    """A real change is no burst: once the candidate has stood out longer than burstDuration,
+    everything set aside is given back, and the level shift is not taken for dispersion
+    (that would discount the very evidence of it)."""
     rng = np.random.default_rng(3)
     intervals = independent(rng, 10, 0.005, 0.005) + independent(rng, 30, 0.03, 0.005)
-    results = run_intervals(intervals)
-    aside_after_change = [r.set_aside(0) for r in results[10:]]
-    assert aside_after_change[-1] == aside_after_change[8]  # nothing more set aside late
-    assert aside_after_change[-1] < 0.5 * sum(c[0] for c in intervals[10:])
+    results = run_intervals(intervals, burst_s=180.0)
+    assert results[11].set_aside(0) > 20.0  # at first it looks like a burst
+    after = [r.set_aside(0) for r in results[17:]]  # 210 s after the change began
+    assert max(after) == 0.0
+    assert results[-1].split < 1.5 and results[-1].own < 1.5
+
+
+def test_burst_duration_zero_sets_nothing_aside() -> None:
+    rng = np.random.default_rng(2)
+    intervals = independent(rng, 20, 0.005, 0.005)
+    intervals[12] = (30.0, 600.0, 57.0, 11_400.0)
+    results = run_intervals(intervals, burst_s=0.0)
+    assert max(r.set_aside(0) for r in results) == 0.0
 
 
 def test_the_open_interval_counts_before_it_closes() -> None:
     before = Tally("errorRate", 0, (5.0, 6000.0, 60.0, 114_000.0), (5.0, 6000.0, 60.0, 114_000.0))
     # Too few events to close an interval, yet a burst's share already shows.
-    d = dispersion.measure("errorRate", 0, (10.0, 6300.0, 61.0, 119_700.0), before)
+    clock = dispersion.Clock(at=30.0, step_since=0.0, burst_s=180.0)
+    d = dispersion.measure("errorRate", 0, (10.0, 6300.0, 61.0, 119_700.0), before, clock)
     assert d.tally == before  # not carried until it closes
     assert d.split > 1.0
 
@@ -78,7 +107,8 @@ def test_a_tally_survives_a_restart_and_a_new_step_starts_from_zero() -> None:
     rng = np.random.default_rng(4)
     tally = run_intervals(independent(rng, 5, 0.005, 0.005))[-1].tally
     assert Tally.from_dict(tally.to_dict()) == tally
-    nxt = dispersion.measure("errorRate", 1, (1.0, 100.0, 10.0, 900.0), tally, finished=tally.last)
+    clock = dispersion.Clock(at=180.0, step_since=150.0, burst_s=180.0)
+    nxt = dispersion.measure("errorRate", 1, (1.0, 100.0, 10.0, 900.0), tally, clock, finished=tally.last)
     assert nxt.tally.step == 1 and nxt.tally.df_split >= tally.df_split
 
 
@@ -107,3 +137,22 @@ def test_a_candidate_beyond_its_slo_is_rolled_back_at_the_first_look_burst_or_no
         r = simulate_rollout(policy, scenario, seed)
         assert r["outcome"] == "rolled_back" and r["failedChecks"] == ["errorRate"]
         assert r["decidedAtS"] <= 3 * interval, r
+
+
+def test_a_jump_within_the_slo_is_rolled_back_soon_after_burst_duration() -> None:
+    """0.5% -> 5% errors (within the `max: 0.05` SLO, so only the relative bound can see it)
+    at 200 req/s looks like a burst at first; it is judged in full once it has lasted
+    burstDuration (3 minutes by default), with what was set aside given back, so it is
+    rolled back within a few ticks of that, not minutes later."""
+    doc = (ROOT / "scenarios" / "aa.yaml").read_text()
+    doc = doc.replace("candidate: {}", "candidate: {errorRate: 0.045}").replace("rps: 20", "rps: 200")
+    scenario = load_scenario_text(doc)
+    assert scenario.candidate.error_rate == 0.045 and scenario.traffic.rps == 200
+    policy = load_checked_policy(yaml.safe_load((ROOT / "policies" / "minimal.yaml").read_text()))
+    burst_s = policy.analysis.burst_duration_s
+    decided = []
+    for seed in range(10):
+        r = simulate_rollout(policy, scenario, seed)
+        assert r["outcome"] == "rolled_back" and r["failedChecks"] == ["errorRate"], r
+        decided.append(r["decidedAtS"])
+    assert sorted(decided)[5] <= burst_s + 4 * policy.analysis.interval_s, decided

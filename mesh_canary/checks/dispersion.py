@@ -21,10 +21,12 @@ Nelder, *Generalized Linear Models*, 1989, section 4.5, as in quasi-binomial reg
 * the *own* statistic: each version's events against its predicted rate (shared bursts and
   real changes show here too: an absolute bound should see those as variation);
 * an interval in which the candidate has far more events than predicted (beyond the
-  prediction plus :data:`BURST_SDS` standard deviations) is a burst: the excess is set
-  aside (never judged against the candidate). Under independent requests that almost never
-  happens; a real regression moves the prediction within a few intervals. Setting events
-  aside only ever makes a rollback harder, so it cannot add false rollbacks. A quasi-
+  prediction plus :data:`BURST_SDS` standard deviations) is part of a burst: its excess
+  over the prediction is set aside (not judged against the candidate), as long as the
+  candidate has stood out for at most the policy's ``analysis.burstDuration``. An
+  elevation that outlasts it is no burst: what was set aside is restored and the rest of
+  it is judged in full, so a real regression is delayed by at most ``burstDuration``.
+  Under independent requests an interval that far out almost never happens. A quasi-
   likelihood discount alone is not enough: a burst's variance grows with the square of the
   traffic, so at high traffic one burst outweighs any constant factor;
 * the dispersion is ``(X^2 + K) / (df + K)`` with :data:`PRIOR_INTERVALS` pseudo-intervals
@@ -98,8 +100,23 @@ def _minus(a: Counts, b: Counts) -> Counts:
     return (a[0] - b[0], a[1] - b[1], a[2] - b[2], a[3] - b[3])
 
 
+@dataclass(frozen=True)
+class Clock:
+    """When this tick's counts end, when the current step began (seconds on the driver's
+    clock), and the policy's burstDuration."""
+
+    at: float
+    step_since: float
+    burst_s: float
+
+
 def measure(
-    name: str, step: int, counts: Counts, before: Tally | None, finished: Counts | None = None
+    name: str,
+    step: int,
+    counts: Counts,
+    before: Tally | None,
+    clock: Clock,
+    finished: Counts | None = None,
 ) -> Dispersion:
     """The dispersion after this tick.
 
@@ -112,15 +129,15 @@ def measure(
     if finished is not None and tally.step != step and len(tally.last) == 4:
         last = _minus(finished, _four(tally.last))
         if _judgeable(last, _MIN_OPEN_EVENTS):
-            tally = _closed(tally, finished, last)
+            tally = _closed(tally, finished, last, replace(clock, at=clock.step_since))
     last_seen = _four(tally.last)
     if tally.step != step or any(c < was for c, was in zip(counts, last_seen, strict=True)):
         # A new step (or a window that started again): its counts start from zero.
-        tally = replace(tally, step=step, last=_ZERO)
+        tally = replace(tally, step=step, last=_ZERO, opened_at=clock.step_since)
     interval = _minus(counts, _four(tally.last))
     if not _judgeable(interval, _MIN_OPEN_EVENTS):
         return _dispersion(tally, tally)
-    closed = _closed(tally, counts, interval)
+    closed = _closed(tally, counts, interval, clock)
     # The open interval counts now (a burst cannot prove anything before it is seen), but
     # is carried only once it has closed.
     return _dispersion(closed, closed if interval[0] + interval[2] >= MIN_INTERVAL_EVENTS else tally)
@@ -147,15 +164,16 @@ def _predicted(seen: Counts, interval: Counts) -> tuple[float, float]:
     return (e_c + PRIOR_EVENTS) / (n_c + pseudo), (e_s + PRIOR_EVENTS) / (n_s + pseudo)
 
 
-def _closed(tally: Tally, counts: Counts, interval: Counts) -> Tally:
-    """The tally with one more closed interval."""
+def _closed(tally: Tally, counts: Counts, interval: Counts, clock: Clock) -> Tally:
+    """The tally with one more closed interval, ending at ``clock.at``."""
     de_c, dn_c, de_s, dn_s = interval
     seen = _four(tally.seen)
     p_c, p_s = (min(max(p, 0.0), 1.0) for p in _predicted(seen, interval))
-    x2_split, df_split, x2_own, df_own = tally.x2_split, tally.df_split, tally.x2_own, tally.df_own
+    x2_split, df_split, x2_own, df_own = 0.0, 0, 0.0, 0
     m = de_c + de_s
     expected_c, expected_s = dn_c * p_c, dn_s * p_s
     excess = 0.0
+    stands_out = False
     learning = tally.intervals < MIN_HISTORY
     if learning:
         pass  # nothing to predict from yet: this interval only teaches the prediction
@@ -163,30 +181,105 @@ def _closed(tally: Tally, counts: Counts, interval: Counts) -> Tally:
         pi = expected_c / (expected_c + expected_s)
         if 0.0 < pi < 1.0:
             var = m * pi * (1.0 - pi)
-            excess = max(0.0, de_c - (m * pi + BURST_SDS * math.sqrt(var) + 1.0))
+            stands_out = de_c > m * pi + BURST_SDS * math.sqrt(var) + 1.0
+            excess = de_c - m * pi if stands_out else 0.0
             # Counted in full: a burst's variance grows with the square of the traffic, and
             # setting aside its excess alone leaves the part within the cap to prove it.
-            x2_split += (de_c - m * pi) ** 2 / var
-            df_split += 1
+            x2_split = (de_c - m * pi) ** 2 / var
+            df_split = 1
     for de, dn, p in ((de_c, dn_c, p_c), (de_s, dn_s, p_s)):
         var = dn * p * (1.0 - p)
         if not learning and dn * p >= _MIN_EXPECTED and math.isfinite(var) and var > 0:
             x2_own += (de - dn * p) ** 2 / var
             df_own += 1
-    # The prediction sees everything: after a real, lasting change it catches up within a
-    # few intervals, so only what stands out against the recent past is set aside.
-    total = (seen[0] + de_c, seen[1] + dn_c, seen[2] + de_s, seen[3] + dn_s)
-    clipped = list(tally.clipped) + [0.0] * max(0, tally.step + 1 - len(tally.clipped))
-    clipped[tally.step] += excess
-    return Tally(
-        tally.name,
-        tally.step,
-        counts,
-        total,
-        x2_split,
-        df_split,
-        x2_own,
-        df_own,
-        tuple(clipped),
-        tally.intervals + 1,
+    burst = _burst(tally, stands_out, excess, (x2_split, df_split, x2_own, df_own), (de_c, dn_c), clock)
+    learn_e, learn_n = burst.learn
+    if burst.restart:  # a change point: the candidate is predicted from the change on
+        learn_e, learn_n = learn_e - seen[0], learn_n - seen[1]
+    total = (seen[0] + learn_e, seen[1] + learn_n, seen[2] + de_s, seen[3] + dn_s)
+    x2 = burst.pearson
+    return replace(
+        burst.tally,
+        last=counts,
+        seen=total,
+        x2_split=tally.x2_split + x2[0],
+        df_split=tally.df_split + round(x2[1]),
+        x2_own=tally.x2_own + x2[2],
+        df_own=tally.df_own + round(x2[3]),
+        intervals=tally.intervals + 1,
+        opened_at=clock.at,
     )
+
+
+Pearson = tuple[float, float, float, float]  # x2_split, df_split, x2_own, df_own
+_NO_PEARSON: Pearson = (0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class _BurstStep:
+    tally: Tally
+    learn: tuple[float, float]  # candidate events and trials the prediction learns from
+    pearson: Pearson  # what to add to the Pearson statistics (negative: taken back)
+    restart: bool = False  # the candidate's prediction starts again from ``learn``
+
+
+def _per_step(values: tuple[float, ...], step: int, add: float) -> tuple[float, ...]:
+    out = list(values) + [0.0] * max(0, step + 1 - len(values))
+    out[step] += add
+    return tuple(out)
+
+
+def _burst(
+    tally: Tally,
+    stands_out: bool,
+    excess: float,
+    pearson: Pearson,
+    candidate: tuple[float, float],
+    clock: Clock,
+) -> _BurstStep:
+    """The burst bookkeeping after an interval of ``candidate`` (events, trials).
+
+    While the candidate stands out for at most burstDuration, its excess over the prediction
+    is set aside and its variation counts as dispersion; the prediction does not learn from
+    it (it would otherwise take the burst for the new normal within an interval or two, and
+    the burst would seem to end). Once it stands out longer, it is no burst but a change:
+    what was set aside is given back, the candidate is predicted from the change on, and neither its
+    intervals nor later ones that still stand out count as dispersion (a level shift would
+    otherwise discount the very evidence of it); from then on nothing is set aside in this
+    rollout (the prediction, learning from all of history, takes a while to reach the new
+    level, and the intervals that stand out meanwhile are the change, not bursts). A burst
+    that ends stays set aside, and the prediction never learns from it."""
+    if tally.burst_outlasted:
+        return _BurstStep(tally, candidate, _NO_PEARSON if stands_out else pearson)
+    if not stands_out:
+        ended = replace(tally, burst_since=None, burst_clipped=(), burst_pearson=(), burst_seen=())
+        return _BurstStep(ended, candidate, pearson)
+    began = tally.opened_at if tally.opened_at is not None else clock.step_since
+    since = tally.burst_since if tally.burst_since is not None else began
+    run = tally.burst_pearson if len(tally.burst_pearson) == 4 else _NO_PEARSON
+    run_seen = tally.burst_seen if len(tally.burst_seen) == 2 else (0.0, 0.0)
+    if clock.at - since > clock.burst_s:
+        restored = tuple(
+            c - (tally.burst_clipped[k] if k < len(tally.burst_clipped) else 0.0)
+            for k, c in enumerate(tally.clipped)
+        )
+        outlasted = replace(
+            tally,
+            clipped=restored,
+            burst_since=since,
+            burst_clipped=(),
+            burst_outlasted=True,
+            burst_pearson=(),
+            burst_seen=(),
+        )
+        learn = (run_seen[0] + candidate[0], run_seen[1] + candidate[1])
+        return _BurstStep(outlasted, learn, (-run[0], -run[1], -run[2], -run[3]), restart=True)
+    set_aside = replace(
+        tally,
+        clipped=_per_step(tally.clipped, tally.step, excess),
+        burst_since=since,
+        burst_clipped=_per_step(tally.burst_clipped, tally.step, excess),
+        burst_pearson=tuple(a + b for a, b in zip(run, pearson, strict=True)),
+        burst_seen=(run_seen[0] + candidate[0], run_seen[1] + candidate[1]),
+    )
+    return _BurstStep(set_aside, (0.0, 0.0), pearson)

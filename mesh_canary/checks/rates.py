@@ -176,7 +176,8 @@ def _dispersion(kind: RateKind, check: Check, ev: Evidence, ctx: JudgeContext) -
     finished = None
     if before is not None and before.step != ctx.step_index and len(ev.strata) >= 2:
         finished = tested(ev.strata[-2])  # the step the tally was in has ended
-    return dispersion.measure(check.name, ctx.step_index, tested(ev.current), before, finished)
+    clock = dispersion.Clock(ev.current.at, ev.current.since, ctx.burst_duration_s)
+    return dispersion.measure(check.name, ctx.step_index, tested(ev.current), before, clock, finished)
 
 
 def _plan(

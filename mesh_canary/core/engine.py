@@ -511,6 +511,7 @@ def _context(strategy: Strategy, policy: Policy, state: RolloutState, judge: Jud
         step_deadline_s=strategy.max_duration_s(policy, state.step_index),
         tallies=state.tallies,
         ticks=True,
+        burst_duration_s=policy.analysis.burst_duration_s,
     )
 
 

@@ -109,6 +109,9 @@ class AnalysisSpec:
     on_timeout: Literal["rollback", "promote", "pause"] = "rollback"
     # What promotion needs: no check found a regression, or every check proven within tolerance.
     promotion: Literal["noRegression", "proven"] = "noRegression"
+    # How long a burst may last: a candidate's excess errors that stand out for at most this
+    # long are set aside as a burst; elevation that lasts longer is judged in full.
+    burst_duration_s: float = 180.0
 
 
 @dataclass(frozen=True)

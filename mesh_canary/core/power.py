@@ -5,9 +5,10 @@ regression it detects with 95% power (docs/statistics.md, "Power").
 Pure: a policy and a traffic description in, plain data out. The confidence sequences are
 the judge's own (:func:`mesh_canary.core.stats.rate_cs` with the judge's prior, at the share
 of the false-rollback budget the judge gives one sequence); only the power part is a normal
-approximation: each arm's event count is taken at its 2.5% quantile in the unlucky direction
-(candidate low, stable high), so both happen together with probability >= 95% (Bonferroni),
-and a regression is detectable when the judge's bound still fails at those counts.
+approximation: the difference between the arms' rates is taken at its 5% quantile in the
+unlucky direction (candidate low, stable high), split between the arms in proportion to
+their variances, and a regression is detectable when the judge's bound still fails at
+those counts.
 
 Supported: rate checks whose rate is the error rate or the wrong-prediction rate
 (``errorRate``; ``accuracy`` on labels), with ``max``/``min``, ``maxIncrease``/
@@ -30,8 +31,8 @@ from mesh_canary.core.stats import SMALL_RATE_PRIOR, rate_cs
 from mesh_canary.core.verdicts import JudgeContext
 
 POWER = 0.95
-# Each arm at its 2.5% quantile (two arms: >= 95% together).
-_Z = 1.959963984540054
+# The one-sided 95% quantile of the difference between the arms' rates.
+_Z = 1.6448536269514722
 # The engine's share of the budget for the last step's own window (engine.OWN_WINDOW_BUDGET).
 _OWN_WINDOW_BUDGET = 0.1
 _RATE_METRICS = {"errorRate": "error rate", "accuracy": "accuracy"}
@@ -183,8 +184,14 @@ def _durations(policy: Policy) -> tuple[float, float]:
 def _fails(check: Check, p0: float, p: float, n_c: float, n_s: float, alpha: float) -> bool:
     """Does some bound of ``check`` fail at the unlucky counts when the event rate (errors,
     or wrong predictions) is ``p`` for the candidate and ``p0`` for stable?"""
-    s_c = max(n_c * p - _Z * math.sqrt(n_c * p * (1 - p)), 0.0)
-    s_s = min(n_s * p0 + _Z * math.sqrt(n_s * p0 * (1 - p0)), n_s)
+    # The difference of the two rates at its 5% quantile, split between the arms in
+    # proportion to their variances (the most likely way to be that unlucky).
+    v_c = p * (1 - p) / n_c
+    v_s = p0 * (1 - p0) / n_s if n_s > 0 else 0.0
+    sd = math.sqrt(v_c + v_s)
+    shift = _Z / sd if sd > 0 else 0.0
+    s_c = max(n_c * (p - shift * v_c), 0.0)
+    s_s = min(n_s * (p0 + shift * v_s), n_s)
     c_lo, _ = rate_cs(s_c, n_c, alpha, SMALL_RATE_PRIOR)
     _, s_hi = rate_cs(s_s, n_s, alpha, SMALL_RATE_PRIOR)
     accuracy = check.metric == "accuracy"

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
-from mesh_canary.core.model import Check
+from mesh_canary.core.model import AnalysisSpec, Check
 from mesh_canary.core.observations import Observation
 
 
@@ -39,6 +39,15 @@ class Tally:
     df_own: int = 0
     clipped: tuple[float, ...] = ()  # candidate events set aside as bursts, per step
     intervals: int = 0  # closed intervals, in all steps
+    opened_at: float | None = None  # when the open interval began (the last close)
+    # The burst under way: since when the candidate's events stand out, what of them was set
+    # aside (per step), and whether an elevation has outlasted burstDuration in this rollout
+    # (a lasting change: then nothing is set aside any more).
+    burst_since: float | None = None
+    burst_clipped: tuple[float, ...] = ()
+    burst_outlasted: bool = False
+    burst_pearson: tuple[float, ...] = ()  # the burst's share of the Pearson statistics
+    burst_seen: tuple[float, ...] = ()  # the candidate's events and trials during the burst
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +61,12 @@ class Tally:
             "dfOwn": self.df_own,
             "clipped": list(self.clipped),
             "intervals": self.intervals,
+            "openedAt": self.opened_at,
+            "burstSince": self.burst_since,
+            "burstClipped": list(self.burst_clipped),
+            "burstOutlasted": self.burst_outlasted,
+            "burstPearson": list(self.burst_pearson),
+            "burstSeen": list(self.burst_seen),
         }
 
     @classmethod
@@ -67,7 +82,17 @@ class Tally:
             df_own=int(d.get("dfOwn", 0)),
             clipped=tuple(float(x) for x in d.get("clipped", ())),
             intervals=int(d.get("intervals", 0)),
+            opened_at=_optional_float(d.get("openedAt")),
+            burst_since=_optional_float(d.get("burstSince")),
+            burst_clipped=tuple(float(x) for x in d.get("burstClipped", ())),
+            burst_outlasted=bool(d.get("burstOutlasted", False)),
+            burst_pearson=tuple(float(x) for x in d.get("burstPearson", ())),
+            burst_seen=tuple(float(x) for x in d.get("burstSeen", ())),
         )
+
+
+def _optional_float(x: Any) -> float | None:
+    return None if x is None else float(x)
 
 
 @dataclass(frozen=True)
@@ -211,6 +236,8 @@ class JudgeContext:
     # can measure how counts vary between intervals; a one-off call judges one window.
     tallies: tuple[Tally, ...] = ()
     ticks: bool = False
+    # The policy's analysis.burstDuration (see checks/dispersion.py).
+    burst_duration_s: float = AnalysisSpec.burst_duration_s
 
     def tally_of(self, name: str) -> Tally | None:
         return next((t for t in self.tallies if t.name == name), None)

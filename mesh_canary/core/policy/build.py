@@ -118,6 +118,7 @@ def _policy(d: dict[str, Any]) -> Policy:
             checks=tuple(_check(c) for c in analysis["checks"]),
             on_timeout=analysis["onTimeout"],
             promotion=analysis["promotion"],
+            burst_duration_s=parse_duration(analysis["burstDuration"]),
         ),
         metrics=MetricsSpec(
             provider=metrics["provider"],

@@ -53,6 +53,7 @@ SPEC: dict[str, dict[str, Any]] = {
         "noDataTimeout": format_duration(_analysis.no_data_timeout_s),
         "onTimeout": _analysis.on_timeout,
         "promotion": _analysis.promotion,
+        "burstDuration": format_duration(_analysis.burst_duration_s),
     },
     "metrics": {
         "provider": _metrics.provider,

@@ -379,6 +379,7 @@ _DURATION_FIELDS = (
     ("blueGreen", "postSwitchWindow"),
     ("analysis", "interval"),
     ("analysis", "noDataTimeout"),
+    ("analysis", "burstDuration"),
     ("metrics", "timeout"),
 )
 
