@@ -682,6 +682,7 @@ def rollout_start(
         )
     client = RolloutClient(kubeconfig, kube_context, namespace or meta.get("namespace"))
     meta["namespace"] = client.namespace
+    _refuse_a_start_of_a_stable_not_live(client, doc, kubeconfig, kube_context)
     obj, what = client.apply(doc)
     if fmt == "text":
         click.echo(f"{client.ref(meta['name'])} {what}")
@@ -705,6 +706,31 @@ def rollout_start(
         }
         click.echo(f"outcome: {messages[why]}", err=why not in ("promoted",))
     sys.exit(_FOLLOW_EXIT[why])
+
+
+def _refuse_a_start_of_a_stable_not_live(
+    client: RolloutClient, doc: dict[str, Any], kubeconfig: str | None, context: str | None
+) -> None:
+    """A new spec whose stable is no longer live (the route sends 100% to its candidate, as
+    after a promotion) is refused before it reaches the cluster: exit 2, nothing changed.
+    Re-applying the spec already there is not a start, so it is never refused."""
+    import copy
+
+    from mesh_canary.run.policy_loading import load_checked_policy
+    from mesh_canary.run.verbs import live_route_problem
+
+    try:
+        existing: dict[str, Any] | None = client.get(doc["metadata"]["name"])
+    except KubeError as e:
+        if not e.not_found:
+            raise
+        existing = None
+    if existing is not None and existing.get("spec") == doc.get("spec"):
+        return
+    policy = load_checked_policy(copy.deepcopy(doc))  # in the namespace it is applied to
+    problem = live_route_problem(policy, kubeconfig, context)
+    if problem is not None:
+        raise BadInput(problem)
 
 
 @rollout.command("status")
@@ -733,9 +759,23 @@ def rollout_status(
         time.sleep(1.0)
 
 
-def _command(
-    word: str,
-    value: str,
+def order_options(fn: F) -> F:
+    """--wait/--timeout, the cluster options, -o and friendly errors: every order verb's."""
+    fn = friendly_errors(fn)
+    fn = output_option(fn)
+    fn = kube_options(fn)
+    fn = click.option("--timeout", "timeout", help="How long to wait for the controller (default 30s).")(fn)
+    fn = click.option(
+        "--wait/--no-wait",
+        default=True,
+        show_default=True,
+        help="Wait until the controller has handled the order.",
+    )(fn)
+    return fn
+
+
+def _order(
+    verb: str,
     name: str,
     namespace: str | None,
     kubeconfig: str | None,
@@ -744,15 +784,22 @@ def _command(
     timeout: str | None,
     fmt: str,
 ) -> None:
+    """Write the order ``verb`` (kube/orders.py, the same as the dashboard's buttons) after
+    checking the rollout's phase allows it (exit 2 otherwise, nothing written); with
+    ``wait``, until the controller has handled it (exit 4 if it has not in time)."""
     import time
 
-    from mesh_canary.kube.status import COMMAND_ANNOTATIONS
+    from mesh_canary.kube.orders import annotation, order, refusal
 
     client = RolloutClient(kubeconfig, kube_context, namespace)
     timeout_s = _duration_arg("--timeout", timeout) or 30.0
-    client.annotate(name, COMMAND_ANNOTATIONS[word], value)
+    problem = refusal(verb, name, client.get(name).get("status") or {})
+    if problem is not None:
+        raise BadInput(problem)
+    word, value = order(verb)
+    client.annotate(name, annotation(word), value)
     if fmt == "text":
-        click.echo(f"{client.ref(name)}: {word} requested ({COMMAND_ANNOTATIONS[word]}={value})")
+        click.echo(f"{client.ref(name)}: {verb.replace('-', ' --')} requested ({annotation(word)}={value})")
     view = None
     handled = False
     deadline = time.monotonic() + timeout_s
@@ -764,19 +811,8 @@ def _command(
             break
         time.sleep(0.5)
     if fmt != "text":
-        click.echo(
-            dump(
-                {
-                    "name": name,
-                    "namespace": client.namespace,
-                    "command": word,
-                    "request": value,
-                    "handled": handled if wait else None,
-                    "status": view,
-                },
-                fmt,
-            )
-        )
+        doc = {"name": name, "namespace": client.namespace, "command": word, "request": value}
+        click.echo(dump({**doc, "handled": handled if wait else None, "status": view}, fmt))
     elif wait and handled and view is not None:
         click.echo(f"handled by the controller: {view['phase']}: {view.get('message') or ''}")
     if wait and not handled:
@@ -785,22 +821,13 @@ def _command(
             f"{timeout_s:.0f}s (is it running?)",
             err=True,
         )
-        sys.exit(4)
+        sys.exit(EXIT_UNFINISHED)
 
 
-def _command_verb(word: str, verb: str, doc: str) -> None:
+def _order_verb(verb: str, doc: str) -> None:
     @rollout.command(verb, help=doc)
     @click.argument("name")
-    @click.option(
-        "--wait/--no-wait",
-        default=True,
-        show_default=True,
-        help="Wait until the controller has handled the order.",
-    )
-    @click.option("--timeout", "timeout", help="How long to wait for the controller (default 30s).")
-    @kube_options
-    @output_option
-    @friendly_errors
+    @order_options
     def command(
         name: str,
         wait: bool,
@@ -810,16 +837,371 @@ def _command_verb(word: str, verb: str, doc: str) -> None:
         kube_context: str | None,
         fmt: str,
     ) -> None:
-        from mesh_canary.kube.orders import order
-
-        _, value = order(verb)  # the same order the dashboard's buttons give
-        _command(word, value, name, namespace, kubeconfig, kube_context, wait, timeout, fmt)
+        _order(verb, name, namespace, kubeconfig, kube_context, wait, timeout, fmt)
 
 
-_command_verb("abort", "abort", "Snap to 100% stable now (recorded as a manual rollback).")
-_command_verb("approve", "approve", "Open the human gate: let the rollout promote.")
-_command_verb("pause", "pause", "Hold the current weight (checks still run; a failure still rolls back).")
-_command_verb("pause", "resume", "Release a paused rollout.")
+def _examples(*lines: str) -> str:
+    """A command's --help example block (click keeps a \b paragraph as written)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+_order_verb(
+    "abort",
+    "Snap to 100% stable now (recorded as a manual rollback).\n\n"
+    + _examples(
+        "mesh-canary rollout abort fraud-scorer -n models", "mesh-canary rollout abort fraud-scorer --no-wait"
+    ),
+)
+_order_verb(
+    "approve",
+    "Open the human gate: let the rollout promote.\n\n"
+    + _examples("mesh-canary rollout approve fraud-scorer -n models"),
+)
+_order_verb(
+    "pause",
+    "Hold the current weight (checks still run; a failure still rolls back).\n\n"
+    + _examples(
+        "mesh-canary rollout pause fraud-scorer -n models",
+        "mesh-canary rollout resume fraud-scorer -n models",
+    ),
+)
+_order_verb(
+    "resume",
+    "Release a paused rollout.\n\n" + _examples("mesh-canary rollout resume fraud-scorer -n models"),
+)
+
+
+@rollout.command("promote")
+@click.argument("name")
+@click.option("--full", is_flag=True, help="Skip the remaining steps (required: the only promotion order).")
+@order_options
+def rollout_promote(
+    name: str,
+    full: bool,
+    wait: bool,
+    timeout: str | None,
+    namespace: str | None,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    fmt: str,
+) -> None:
+    """Promote a running rollout now, skipping its remaining steps, pauses and gates.
+
+    Nothing is written by this command: the controller promotes at the rollout's next
+    analysis, after judging it. A check that fails in it still rolls back (--full never
+    overrides a failed check, and it is refused while a check shows failed); with no data
+    it waits for data (missing data is never a pass). If someone moved traffic towards
+    stable meanwhile, the rollout stops without writing over them.
+
+    \b
+    Examples:
+      mesh-canary rollout promote fraud-scorer --full -n models
+      mesh-canary rollout promote fraud-scorer --full --no-wait -o json
+    """
+    if not full:
+        raise BadInput(
+            "promote needs --full (skip the remaining steps); to let a rollout waiting at its gate "
+            f"promote, use `mesh-canary rollout approve {name}`"
+        )
+    _order("promote-full", name, namespace, kubeconfig, kube_context, wait, timeout, fmt)
+
+
+@rollout.command("retry")
+@click.argument("name", required=False)
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False),
+    help="A `run --state FILE` file: the next `run --state FILE` starts again from step 1.",
+)
+@order_options
+def rollout_retry(
+    name: str | None,
+    state_path: str | None,
+    wait: bool,
+    timeout: str | None,
+    namespace: str | None,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    fmt: str,
+) -> None:
+    """Restart a RolledBack or Aborted rollout from step 1 (refused in any other phase).
+
+    This command never moves traffic: the controller (or, with --state, the next
+    `mesh-canary run`) makes the first write, checks included.
+
+    \b
+    Examples:
+      mesh-canary rollout retry fraud-scorer -n models
+      mesh-canary rollout retry --state st.json && mesh-canary run -f policy.yaml --state st.json
+    """
+    if state_path is None:
+        if not name:
+            raise BadInput("give the ModelRollout's NAME, or --state FILE for a `run --state` file")
+        _order("retry", name, namespace, kubeconfig, kube_context, wait, timeout, fmt)
+        return
+    from mesh_canary.run.verbs import load_state, retry_state_file
+
+    state_name = load_state(state_path).name
+    if name and name != state_name:
+        raise BadInput(f"{state_path} holds the rollout {state_name!r}, not {name!r}")
+    kept = retry_state_file(state_path)
+    if fmt == "text":
+        click.echo(
+            f"{state_name}: the finished run is kept as {kept}; `mesh-canary run -f POLICY --state {state_path}` "
+            "starts it again from step 1"
+        )
+        return
+    doc = {"name": state_name, "namespace": None, "command": "retry", "request": None, "handled": True}
+    click.echo(dump({**doc, "status": None, "kept": str(kept)}, fmt))
+
+
+def state_options(fn: F) -> F:
+    """--state FILE and -f POLICY: a `run --state` file instead of the cluster."""
+    fn = click.option(
+        "-f", "--filename", "policy_path", type=click.Path(), help="With --state: the policy it runs."
+    )(fn)
+    fn = click.option(
+        "--state",
+        "state_path",
+        type=click.Path(dir_okay=False),
+        help="A `mesh-canary run --state FILE` file instead of a ModelRollout in the cluster.",
+    )(fn)
+    return fn
+
+
+def _state_object(state_path: str, policy_path: str | None) -> dict[str, Any]:
+    """The ModelRollout object of a state file (and the policy it runs, when given)."""
+    import time
+
+    import yaml
+
+    from mesh_canary.run.policy_loading import read_policy_file
+    from mesh_canary.run.verbs import load_state, resource_from_state
+
+    policy = read_policy(policy_path) if policy_path else None
+    spec = (yaml.safe_load(read_policy_file(policy_path)) or {}).get("spec") if policy_path else None
+    return resource_from_state(load_state(state_path), policy, spec, now=time.time())
+
+
+@rollout.command("get")
+@click.argument("name", required=False)
+@state_options
+@kube_options
+@output_option
+@friendly_errors
+def rollout_get(
+    name: str | None,
+    state_path: str | None,
+    policy_path: str | None,
+    namespace: str | None,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    fmt: str,
+) -> None:
+    """One rollout: for people, its phase, step, weights, checks and conditions; with
+    -o json|yaml the ModelRollout object as kubectl prints it (with --state FILE, the same
+    object built from a `run --state` file).
+
+    \b
+    Examples:
+      mesh-canary rollout get fraud-scorer -n models
+      mesh-canary rollout get fraud-scorer -n models -o yaml
+      mesh-canary rollout get --state st.json -f policy.yaml -o json
+    """
+    if state_path:
+        obj = _state_object(state_path, policy_path)
+        if name and name != obj["metadata"]["name"]:
+            raise BadInput(f"{state_path} holds the rollout {obj['metadata']['name']!r}, not {name!r}")
+    elif not name:
+        raise BadInput("give the ModelRollout's NAME, or --state FILE for a `run --state` file")
+    else:
+        obj = RolloutClient(kubeconfig, kube_context, namespace).get(name)
+    if fmt == "text":
+        _print_rollout_text(rollout_view(obj))
+    else:
+        click.echo(dump(obj, fmt))
+
+
+def _table_lines(rows: list[dict[str, str]], widths: dict[str, int] | None = None) -> list[str]:
+    """kubectl-style columns: each as wide as its widest cell (at least ``widths``)."""
+    from mesh_canary.run.verbs import LIST_COLUMNS
+
+    w = {c: max([len(c), *(len(r[c]) for r in rows), (widths or {}).get(c, 0)]) for c in LIST_COLUMNS}
+    if widths is not None:
+        widths.update(w)
+    return ["   ".join(r[c].ljust(w[c]) for c in LIST_COLUMNS).rstrip() for r in rows]
+
+
+@rollout.command("list")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
+@click.option("-w", "--watch", is_flag=True, help="Then print every change until Ctrl-C.")
+@kube_options
+@output_option
+@friendly_errors
+def rollout_list(
+    all_namespaces: bool,
+    watch: bool,
+    namespace: str | None,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    fmt: str,
+) -> None:
+    """Every ModelRollout of the namespace (or -A: all): phase, step, weight, versions, age.
+    -o json|yaml: a List of the objects, as kubectl prints it; with --watch, one object per
+    change (one JSON document per line).
+
+    \b
+    Examples:
+      mesh-canary rollout list -n models
+      mesh-canary rollout list -A --watch
+      mesh-canary rollout list -n models -w -o json | jq -c '.status.phase'
+    """
+    import time
+
+    from mesh_canary.run.verbs import LIST_COLUMNS, list_row, object_list
+
+    client = RolloutClient(kubeconfig, kube_context, namespace)
+    objs = client.list(all_namespaces)
+    if fmt != "text" and not watch:
+        click.echo(dump(object_list(objs), fmt))
+        return
+    widths: dict[str, int] = {}
+    seen: dict[tuple[str, str], Any] = {}
+
+    def show(items: list[dict[str, Any]]) -> None:
+        rows = []
+        now = time.time()
+        current = set()
+        for obj in items:
+            meta = obj.get("metadata") or {}
+            key = (str(meta.get("namespace")), str(meta.get("name")))
+            current.add(key)
+            # text: a line when the row changes; json: an object per new resourceVersion (kubectl -w)
+            mark = meta.get("resourceVersion") if fmt != "text" else list_row(obj, 0.0)
+            if seen.get(key) == mark:
+                continue
+            seen[key] = mark
+            if fmt == "text":
+                rows.append(list_row(obj, now))
+            else:
+                _emit_view(obj, fmt, stream=True)
+        for key in set(seen) - current:
+            del seen[key]
+            if fmt == "text":
+                click.echo(f"{key[0]}/{key[1]} deleted")
+        if rows:
+            header = not widths
+            lines = _table_lines([dict(zip(LIST_COLUMNS, LIST_COLUMNS, strict=True)), *rows], widths)
+            click.echo("\n".join(lines if header else lines[1:]))
+
+    if not objs and fmt == "text" and not watch:
+        click.echo(f"no ModelRollouts in {'any namespace' if all_namespaces else client.namespace}")
+        return
+    show(objs)
+    try:
+        while watch:
+            time.sleep(1.0)
+            show(client.list(all_namespaces))
+    except KeyboardInterrupt:
+        return  # Ctrl-C ends a watch: not an error
+
+
+@rollout.command("next")
+@click.argument("name", required=False)
+@click.option(
+    "--candidate", "candidate", required=True, metavar="VERSION", help="The next release's version."
+)
+@click.option(
+    "--metrics-version",
+    help="The label value the new candidate's metrics carry (default: the destination's, else VERSION).",
+)
+@click.option(
+    "-f",
+    "--filename",
+    "policy_path",
+    type=click.Path(),
+    help="Rewrite this policy file's release (printed; --out writes it) instead of a ModelRollout.",
+)
+@click.option(
+    "--out", "out_path", type=click.Path(dir_okay=False), help="With -f: write the new policy here."
+)
+@kube_options
+@output_option
+@friendly_errors
+def rollout_next(
+    name: str | None,
+    candidate: str,
+    metrics_version: str | None,
+    policy_path: str | None,
+    out_path: str | None,
+    namespace: str | None,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    fmt: str,
+) -> None:
+    """The release after a promotion: the promoted candidate becomes stable and the old
+    stable's destination takes the new --candidate version (deploy it there first).
+
+    For a ModelRollout NAME (it must have Succeeded), the new spec is applied and the
+    controller starts the next rollout; with -f POLICY the new policy is printed (or
+    written to --out) for `run` or `rollout start`. Without this swap, a start whose stable
+    is no longer live is refused (exit 2): it would move traffic back to the old model.
+
+    \b
+    Examples:
+      mesh-canary rollout next fraud-scorer --candidate 1.6.0 -n models
+      mesh-canary rollout next -f policy.yaml --candidate 1.6.0 --out policy.yaml
+      mesh-canary run -f policy.yaml --state st.json
+    """
+    import yaml
+
+    from mesh_canary.run.verbs import next_document, next_refusal
+
+    if policy_path:
+        from mesh_canary.run.policy_loading import read_policy_file
+
+        read_policy(policy_path)  # every problem of the file first
+        doc = next_document(yaml.safe_load(read_policy_file(policy_path)), candidate, metrics_version)
+        text = dump(doc, fmt) if fmt != "text" else str(yaml.safe_dump(doc, sort_keys=False))
+        if out_path:
+            try:
+                Path(out_path).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+            except OSError as e:
+                fail(f"cannot write {out_path}: {e.strerror}")
+        else:
+            click.echo(text.rstrip("\n"))
+        _say_next(doc, err=not out_path)
+        return
+    if not name:
+        raise BadInput("give the ModelRollout's NAME, or -f POLICY for a policy file")
+    client = RolloutClient(kubeconfig, kube_context, namespace)
+    obj = client.get(name)
+    problem = next_refusal(obj)
+    if problem is not None:
+        raise BadInput(problem)
+    doc = next_document(obj, candidate, metrics_version)
+    applied, what = client.apply(doc)
+    if fmt != "text":
+        click.echo(dump(applied, fmt))
+        return
+    click.echo(f"{client.ref(name)} {what}")
+    _say_next(doc)
+
+
+def _say_next(doc: dict[str, Any], err: bool = False) -> None:
+    spec = doc["spec"]
+    where = "{host}{sub}".format(
+        host=spec["candidate"]["destination"].get("host"),
+        sub=f" subset {spec['candidate']['destination']['subset']}"
+        if spec["candidate"]["destination"].get("subset")
+        else "",
+    )
+    click.echo(
+        f"next release: stable {spec['stable']['version']}, candidate {spec['candidate']['version']} "
+        f"(deploy it behind {where})",
+        err=err,
+    )
 
 
 @rollout.command("history")
