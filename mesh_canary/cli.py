@@ -85,7 +85,14 @@ def read_policy(path: str) -> Policy:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", help="Log line format.")
 @click.version_option(package_name="mesh-canary")
 def main(debug: bool, log_format: str) -> None:
-    """Safe canary and blue/green rollouts of ML model services behind a service mesh."""
+    """Safe canary and blue/green rollouts of ML model services behind a service mesh.
+
+    \b
+    Examples:
+      mesh-canary demo
+      mesh-canary validate policies/*.yaml
+      mesh-canary rollout start -f policy.yaml --wait
+    """
     setup_logging(logging.DEBUG if debug else logging.WARNING, json_lines=log_format == "json")
 
 
@@ -99,7 +106,14 @@ def main(debug: bool, log_format: str) -> None:
 @output_option
 @friendly_errors
 def validate(policies: tuple[str, ...], rps: float | None, fmt: str) -> None:
-    """Check policies against the schema and the rules; print every problem with its path."""
+    """Check policies against the schema and the rules; print every problem with its path.
+
+    \b
+    Examples:
+      mesh-canary validate policy.yaml
+      mesh-canary validate policies/*.yaml -o json
+      mesh-canary validate policy.yaml --rps 20
+    """
     results: list[dict[str, Any]] = []
     from mesh_canary.run.policy_loading import validate_policy_file
 
@@ -174,7 +188,15 @@ def run(
     rps: float,
     fmt: str,
 ) -> None:
-    """Run one rollout in this process, start to finish, and exit with its outcome."""
+    """Run one rollout in this process, start to finish, and exit with its outcome
+    (0 promoted, 3 rolled back, 4 timed out; 2 bad input, nothing changed).
+
+    \b
+    Examples:
+      mesh-canary run -f policy.yaml --state st.json
+      mesh-canary run -f policies/local-demo.yaml --backend local --candidate degraded
+      mesh-canary run -f policy.yaml --prometheus http://prometheus:9090 --timeout 30m -o json
+    """
     from mesh_canary.run import wiring
 
     policy = read_policy(policy_path)
@@ -349,7 +371,13 @@ def plan_command(
     fmt: str,
 ) -> None:
     """Per check and step: expected samples at --rps, whether the minimum samples are
-    reachable by maxStepDuration, and the smallest regression detectable with 95% power."""
+    reachable by maxStepDuration, and the smallest regression detectable with 95% power.
+
+    \b
+    Examples:
+      mesh-canary plan -f policy.yaml --rps 20
+      mesh-canary plan -f policy.yaml --rps 5 --label-delay 10m --labelled 0.3 -o json
+    """
     from mesh_canary.present.plan import plan_document
 
     traffic = _traffic(rps, error_rate, accuracy, label_delay, labelled)
@@ -405,7 +433,13 @@ def _duration_arg(name: str, text: str | None) -> float | None:
 @output_option
 @friendly_errors
 def simulate(policy_path: str, scenario_path: str, seed: int, runs: int, fmt: str) -> None:
-    """Run the policy against simulated traffic in virtual time (no network, no sleeping)."""
+    """Run the policy against simulated traffic in virtual time (no network, no sleeping).
+
+    \b
+    Examples:
+      mesh-canary simulate -f policy.yaml --scenario scenarios/aa.yaml
+      mesh-canary simulate -f policy.yaml --scenario scenarios/aa.yaml --runs 200 -o json
+    """
     from mesh_canary.simulation.simulate import simulate_rollout
     from mesh_canary.simulation.traffic import load_scenario_text
 
@@ -503,7 +537,13 @@ def _print_simulation_text(results: list[dict[str, Any]]) -> None:
 @friendly_errors
 def demo(rps: float, metrics_mode: str, fmt: str) -> None:
     """The whole loop on the embedded local mesh: a healthy candidate promoted, a degraded one
-    rolled back (about a minute)."""
+    rolled back (about a minute).
+
+    \b
+    Examples:
+      mesh-canary demo
+      mesh-canary demo --metrics direct -o json
+    """
     from mesh_canary.run.demo import run_demo
 
     report = run_demo(rps=rps, live=fmt == "text", metrics_mode=metrics_mode)
@@ -644,7 +684,14 @@ _FOLLOW_EXIT = {
 
 @main.group()
 def rollout() -> None:
-    """ModelRollout resources for the in-cluster controller: start, follow, steer, review."""
+    """ModelRollout resources for the in-cluster controller: start, follow, steer, review.
+
+    \b
+    Examples:
+      mesh-canary rollout start -f policy.yaml --wait
+      mesh-canary rollout list -A -w
+      mesh-canary rollout get fraud-scorer -n models -o yaml
+    """
 
 
 @rollout.command("start")
@@ -667,6 +714,11 @@ def rollout_start(
 
     Exit codes with --wait: 0 promoted, 3 rolled back, 4 timed out or waiting for a
     person (approval, pause), 2 the controller found the policy invalid.
+
+    \b
+    Examples:
+      mesh-canary rollout start -f policy.yaml
+      mesh-canary rollout start -f policy.yaml -n models --wait --timeout 30m -o json
     """
     import yaml
 
@@ -742,7 +794,13 @@ def _refuse_a_start_of_a_stable_not_live(
 def rollout_status(
     name: str, watch: bool, namespace: str | None, kubeconfig: str | None, kube_context: str | None, fmt: str
 ) -> None:
-    """Phase, step, weights, every check's latest estimate/bounds/verdict, conditions."""
+    """Phase, step, weights, every check's latest estimate/bounds/verdict, conditions.
+
+    \b
+    Examples:
+      mesh-canary rollout status fraud-scorer -n models
+      mesh-canary rollout status fraud-scorer -n models --watch -o json
+    """
     import time
 
     client = RolloutClient(kubeconfig, kube_context, namespace)
@@ -1218,7 +1276,13 @@ def rollout_history(
     kube_context: str | None,
     fmt: str,
 ) -> None:
-    """Past rollouts (and the one in progress): versions, outcome, reason, duration."""
+    """Past rollouts (and the one in progress): versions, outcome, reason, duration.
+
+    \b
+    Examples:
+      mesh-canary rollout history fraud-scorer -n models
+      mesh-canary rollout history -A -o json
+    """
     client = RolloutClient(kubeconfig, kube_context, namespace)
     objs = [client.get(name)] if name else client.list(all_namespaces)
     rows = [row for obj in objs for row in history_documents(obj)]
@@ -1313,6 +1377,17 @@ def rollout_history(
     help="A reconcile running this long is wedged: /livez fails, so Kubernetes restarts the controller.",
 )
 @click.option(
+    "--dashboard-address",
+    "dashboard_addr",
+    metavar="HOST:PORT",
+    help="Also serve the live dashboard of the watched ModelRollouts here (:PORT: on --bind-address).",
+)
+@click.option(
+    "--dashboard-allow-writes",
+    is_flag=True,
+    help="Offer the dashboard's pause/resume/approve/abort buttons (without it every order answers 403).",
+)
+@click.option(
     "--kubeconfig", type=click.Path(), help="kubeconfig file (default: in-cluster service account)."
 )
 @click.option("--context", "kube_context", help="kubeconfig context.")
@@ -1330,16 +1405,30 @@ def controller(
     max_workers: int | None,
     slow_after: str,
     stuck_after: str,
+    dashboard_addr: str | None,
+    dashboard_allow_writes: bool,
     kubeconfig: str | None,
     kube_context: str | None,
 ) -> None:
-    """The long-running in-cluster controller: reconciles every ModelRollout (stop: SIGTERM)."""
+    """The long-running in-cluster controller: reconciles every ModelRollout (stop: SIGTERM).
+
+    \b
+    Examples:
+      mesh-canary controller --namespace models --leader-elect --metrics-addr :8080 --bind-address 0.0.0.0
+      mesh-canary controller --kubeconfig ~/.kube/config --dashboard-address 127.0.0.1:8081
+    """
     from mesh_canary.controller import Controller, ControllerSettings, MetricsAddress, parse_addr
 
     debug = _debug()
     setup_logging(logging.DEBUG if debug else logging.INFO, json_lines=True)
     try:
         parse_addr(metrics_addr, bind_address)
+        if dashboard_addr is not None:
+            parse_addr(dashboard_addr, bind_address, "--dashboard-address")
+        elif dashboard_allow_writes:
+            raise ValueError(
+                "--dashboard-allow-writes needs --dashboard-address (where to serve the dashboard)"
+            )
         for url in (prometheus_url, *allowed_metrics):
             if url is not None:
                 MetricsAddress.parse(url)  # also registers its password as a secret
@@ -1366,6 +1455,8 @@ def controller(
         bind_address=bind_address,
         leader_elect=leader_elect,
         lease_namespace=lease_namespace,
+        dashboard_addr=dashboard_addr,
+        dashboard_allow_writes=dashboard_allow_writes,
     )
     Controller(api_client(kubeconfig, kube_context), settings).run()
 
@@ -1412,6 +1503,11 @@ def report(
 
     NAME|STATEFILE is a state file (`mesh-canary run --state FILE`, or a ModelRollout saved
     with `kubectl get -o yaml`) when such a file exists, else a ModelRollout in the cluster.
+
+    \b
+    Examples:
+      mesh-canary report fraud-scorer -n models --out fraud-scorer.html
+      mesh-canary report st.json -f policy.yaml --out report.html
     """
     import time
 

@@ -77,7 +77,10 @@ SCRIPT = """<script>
 
 ORDER_HEADER = "X-Mesh-Canary"
 ORDERS = ("pause", "resume", "approve", "abort")  # the buttons (`mesh-canary rollout VERB`)
-READ_ONLY = "this dashboard is read-only: start it with --allow-writes to give orders"
+READ_ONLY = (
+    "this dashboard is read-only: start it with --allow-writes (the controller: --dashboard-allow-writes) "
+    "to give orders"
+)
 
 
 def _nav(snapshot: Snapshot, here: str = "") -> str:
