@@ -9,6 +9,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -558,15 +559,37 @@ def demo(rps: float, metrics_mode: str, fmt: str) -> None:
 # docs/controller.md): the controller handles each new value once.
 
 
+@dataclass(frozen=True)
+class Kube:
+    """Where a command finds the cluster: the -n/--kubeconfig/--context options, as one value."""
+
+    namespace: str | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+
+    def client(self, namespace: str | None = None) -> RolloutClient:
+        """The ModelRollout client in ``namespace`` (default: -n, else the context's)."""
+        return RolloutClient(self.kubeconfig, self.context, self.namespace or namespace)
+
+
 def kube_options(fn: F) -> F:
-    fn = click.option("--context", "kube_context", help="kubeconfig context.")(fn)
-    fn = click.option(
+    """-n/--namespace, --kubeconfig and --context, given to the command as ``kube: Kube``."""
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any, namespace: str | None, kubeconfig: str | None, kube_context: str | None, **kw: Any
+    ) -> Any:
+        return fn(*args, kube=Kube(namespace, kubeconfig, kube_context), **kw)
+
+    out: Any = wrapper
+    out = click.option("--context", "kube_context", help="kubeconfig context.")(out)
+    out = click.option(
         "--kubeconfig",
         type=click.Path(),
         help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster).",
-    )(fn)
-    fn = click.option("-n", "--namespace", help="Namespace (default: the context's, else default).")(fn)
-    return fn
+    )(out)
+    out = click.option("-n", "--namespace", help="Namespace (default: the context's, else default).")(out)
+    return out  # type: ignore[no-any-return]
 
 
 def rollout_view(obj: dict[str, Any]) -> dict[str, Any]:
@@ -705,9 +728,7 @@ def rollout_start(
     policy_path: str,
     wait: bool,
     timeout: str | None,
-    namespace: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
+    kube: Kube,
     fmt: str,
 ) -> None:
     """Apply the policy as a ModelRollout (create or replace); --wait follows it to the end.
@@ -728,13 +749,13 @@ def rollout_start(
     doc = yaml.safe_load(read_policy_file(policy_path))
     timeout_s = _duration_arg("--timeout", timeout)
     meta = doc.setdefault("metadata", {})
-    if namespace and meta.get("namespace") and meta["namespace"] != namespace:
+    if kube.namespace and meta.get("namespace") and meta["namespace"] != kube.namespace:
         raise BadInput(
-            f"the policy's metadata.namespace {meta['namespace']!r} does not match --namespace {namespace!r}"
+            f"the policy's metadata.namespace {meta['namespace']!r} does not match --namespace {kube.namespace!r}"
         )
-    client = RolloutClient(kubeconfig, kube_context, namespace or meta.get("namespace"))
+    client = kube.client(meta.get("namespace"))
     meta["namespace"] = client.namespace
-    _refuse_a_start_of_a_stable_not_live(client, doc, kubeconfig, kube_context)
+    _refuse_a_start_of_a_stable_not_live(client, doc, kube)
     obj, what = client.apply(doc)
     if fmt == "text":
         click.echo(f"{client.ref(meta['name'])} {what}")
@@ -760,9 +781,7 @@ def rollout_start(
     sys.exit(_FOLLOW_EXIT[why])
 
 
-def _refuse_a_start_of_a_stable_not_live(
-    client: RolloutClient, doc: dict[str, Any], kubeconfig: str | None, context: str | None
-) -> None:
+def _refuse_a_start_of_a_stable_not_live(client: RolloutClient, doc: dict[str, Any], kube: Kube) -> None:
     """A new spec whose stable is no longer live (the route sends 100% to its candidate, as
     after a promotion) is refused before it reaches the cluster: exit 2, nothing changed.
     Re-applying the spec already there is not a start, so it is never refused."""
@@ -780,7 +799,7 @@ def _refuse_a_start_of_a_stable_not_live(
     if existing is not None and existing.get("spec") == doc.get("spec"):
         return
     policy = load_checked_policy(copy.deepcopy(doc))  # in the namespace it is applied to
-    problem = live_route_problem(policy, kubeconfig, context)
+    problem = live_route_problem(policy, kube.kubeconfig, kube.context)
     if problem is not None:
         raise BadInput(problem)
 
@@ -791,9 +810,7 @@ def _refuse_a_start_of_a_stable_not_live(
 @kube_options
 @output_option
 @friendly_errors
-def rollout_status(
-    name: str, watch: bool, namespace: str | None, kubeconfig: str | None, kube_context: str | None, fmt: str
-) -> None:
+def rollout_status(name: str, watch: bool, kube: Kube, fmt: str) -> None:
     """Phase, step, weights, every check's latest estimate/bounds/verdict, conditions.
 
     \b
@@ -803,7 +820,7 @@ def rollout_status(
     """
     import time
 
-    client = RolloutClient(kubeconfig, kube_context, namespace)
+    client = kube.client()
     last: Any = None
     while True:
         view = rollout_view(client.get(name))
@@ -835,9 +852,7 @@ def order_options(fn: F) -> F:
 def _order(
     verb: str,
     name: str,
-    namespace: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
+    kube: Kube,
     wait: bool,
     timeout: str | None,
     fmt: str,
@@ -849,7 +864,7 @@ def _order(
 
     from mesh_canary.kube.orders import annotation, order, refusal
 
-    client = RolloutClient(kubeconfig, kube_context, namespace)
+    client = kube.client()
     timeout_s = _duration_arg("--timeout", timeout) or 30.0
     problem = refusal(verb, name, client.get(name).get("status") or {})
     if problem is not None:
@@ -890,12 +905,10 @@ def _order_verb(verb: str, doc: str) -> None:
         name: str,
         wait: bool,
         timeout: str | None,
-        namespace: str | None,
-        kubeconfig: str | None,
-        kube_context: str | None,
+        kube: Kube,
         fmt: str,
     ) -> None:
-        _order(verb, name, namespace, kubeconfig, kube_context, wait, timeout, fmt)
+        _order(verb, name, kube, wait, timeout, fmt)
 
 
 def _examples(*lines: str) -> str:
@@ -938,9 +951,7 @@ def rollout_promote(
     full: bool,
     wait: bool,
     timeout: str | None,
-    namespace: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
+    kube: Kube,
     fmt: str,
 ) -> None:
     """Promote a running rollout now, skipping its remaining steps, pauses and gates.
@@ -961,7 +972,7 @@ def rollout_promote(
             "promote needs --full (skip the remaining steps); to let a rollout waiting at its gate "
             f"promote, use `mesh-canary rollout approve {name}`"
         )
-    _order("promote-full", name, namespace, kubeconfig, kube_context, wait, timeout, fmt)
+    _order("promote-full", name, kube, wait, timeout, fmt)
 
 
 @rollout.command("retry")
@@ -978,9 +989,7 @@ def rollout_retry(
     state_path: str | None,
     wait: bool,
     timeout: str | None,
-    namespace: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
+    kube: Kube,
     fmt: str,
 ) -> None:
     """Restart a RolledBack or Aborted rollout from step 1 (refused in any other phase).
@@ -996,7 +1005,7 @@ def rollout_retry(
     if state_path is None:
         if not name:
             raise BadInput("give the ModelRollout's NAME, or --state FILE for a `run --state` file")
-        _order("retry", name, namespace, kubeconfig, kube_context, wait, timeout, fmt)
+        _order("retry", name, kube, wait, timeout, fmt)
         return
     from mesh_canary.run.verbs import load_state, retry_state_file
 
@@ -1052,9 +1061,7 @@ def rollout_get(
     name: str | None,
     state_path: str | None,
     policy_path: str | None,
-    namespace: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
+    kube: Kube,
     fmt: str,
 ) -> None:
     """One rollout: for people, its phase, step, weights, checks and conditions; with
@@ -1074,7 +1081,7 @@ def rollout_get(
     elif not name:
         raise BadInput("give the ModelRollout's NAME, or --state FILE for a `run --state` file")
     else:
-        obj = RolloutClient(kubeconfig, kube_context, namespace).get(name)
+        obj = kube.client().get(name)
     if fmt == "text":
         _print_rollout_text(rollout_view(obj))
     else:
@@ -1100,9 +1107,7 @@ def _table_lines(rows: list[dict[str, str]], widths: dict[str, int] | None = Non
 def rollout_list(
     all_namespaces: bool,
     watch: bool,
-    namespace: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
+    kube: Kube,
     fmt: str,
 ) -> None:
     """Every ModelRollout of the namespace (or -A: all): phase, step, weight, versions, age.
@@ -1119,7 +1124,7 @@ def rollout_list(
 
     from mesh_canary.run.verbs import LIST_COLUMNS, list_row, object_list
 
-    client = RolloutClient(kubeconfig, kube_context, namespace)
+    client = kube.client()
     objs = client.list(all_namespaces)
     if fmt != "text" and not watch:
         click.echo(dump(object_list(objs), fmt))
@@ -1193,9 +1198,7 @@ def rollout_next(
     metrics_version: str | None,
     policy_path: str | None,
     out_path: str | None,
-    namespace: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
+    kube: Kube,
     fmt: str,
 ) -> None:
     """The release after a promotion: the promoted candidate becomes stable and the old
@@ -1233,7 +1236,7 @@ def rollout_next(
         return
     if not name:
         raise BadInput("give the ModelRollout's NAME, or -f POLICY for a policy file")
-    client = RolloutClient(kubeconfig, kube_context, namespace)
+    client = kube.client()
     obj = client.get(name)
     problem = next_refusal(obj)
     if problem is not None:
@@ -1271,9 +1274,7 @@ def _say_next(doc: dict[str, Any], err: bool = False) -> None:
 def rollout_history(
     name: str | None,
     all_namespaces: bool,
-    namespace: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
+    kube: Kube,
     fmt: str,
 ) -> None:
     """Past rollouts (and the one in progress): versions, outcome, reason, duration.
@@ -1283,7 +1284,7 @@ def rollout_history(
       mesh-canary rollout history fraud-scorer -n models
       mesh-canary rollout history -A -o json
     """
-    client = RolloutClient(kubeconfig, kube_context, namespace)
+    client = kube.client()
     objs = [client.get(name)] if name else client.list(all_namespaces)
     rows = [row for obj in objs for row in history_documents(obj)]
     if fmt != "text":
@@ -1494,9 +1495,7 @@ def report(
     out_path: str | None,
     old_out_path: str | None,
     policy_path: str | None,
-    namespace: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
+    kube: Kube,
 ) -> None:
     """A self-contained HTML page about one rollout: weights and per-version metrics over time,
     each decision marked with its reason.
@@ -1535,7 +1534,7 @@ def report(
             raise BadInput(f"no state file {target}")
         else:
             try:
-                client = RolloutClient(kubeconfig, kube_context, namespace)
+                client = kube.client()
             except KubeError as e:
                 # Not a file, and no cluster to look it up in: the missing file is the news.
                 raise BadInput(
@@ -1644,9 +1643,7 @@ def dashboard(
     all_namespaces: bool,
     address: str,
     allow_writes: bool,
-    namespace: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
+    kube: Kube,
 ) -> None:
     """A live web page of rollouts: weights, per-version metrics and every check at every
     analysis, the reasons, the steps and Events; it follows a running rollout (stop: Ctrl-C).
@@ -1673,8 +1670,8 @@ def dashboard(
     sources: list[Source] = []
     if state_paths:
         sources.append(StateFiles(state_paths, policies))
-    if not state_paths or namespace or all_namespaces:
-        sources.append(ModelRollouts(kubeconfig, kube_context, namespace, all_namespaces))
+    if not state_paths or kube.namespace or all_namespaces:
+        sources.append(ModelRollouts(kube.kubeconfig, kube.context, kube.namespace, all_namespaces))
     poller = Poller(sources)
     try:
         server = DashboardServer((host or "127.0.0.1", int(port_text)), Dashboard(poller, allow_writes))
