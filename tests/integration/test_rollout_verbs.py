@@ -244,3 +244,26 @@ def test_run_refuses_a_policy_whose_stable_is_no_longer_live(
     assert result.exit_code == 2, result.output
     assert "its stable 1.0 is no longer the live version" in result.stderr
     assert cluster.vs_history() == [[100, 0], [0, 100]] and not state.exists()  # nothing written since
+
+
+def test_the_controller_refuses_to_start_a_spec_whose_stable_is_no_longer_live(cluster: Cluster) -> None:
+    """A spec applied by kubectl (not `rollout start`) meets the same check in the runner."""
+    vs = cluster.custom.get_namespaced_custom_object(*VS, NS, "virtualservices", "fraud-scorer")
+    for route, weight in zip(vs["spec"]["http"][1]["route"], (0, 100), strict=True):
+        route["weight"] = weight
+    cluster.custom.replace_namespaced_custom_object(*VS, NS, "virtualservices", "fraud-scorer", vs)
+    cluster.add_rollout(model_rollout(candidate="3.0"))
+    with running(cluster.controller()):
+        ready = wait_for(
+            "the Ready=False condition",
+            lambda: next(
+                (
+                    c
+                    for c in cluster.status().get("conditions", [])
+                    if c["type"] == "Ready" and c["status"] == "False"
+                ),
+                None,
+            ),
+        )
+    assert "its stable 1.0 is no longer the live version" in ready["message"]
+    assert cluster.vs_history() == [[100, 0], [0, 100]] and cluster.writes == []
