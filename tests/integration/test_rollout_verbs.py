@@ -230,14 +230,19 @@ def test_next_of_a_policy_file_prints_the_swapped_policy(cluster: Cluster, tmp_p
     check_output(_json(printed), "modelRollout")
 
 
+def all_on_the_candidate(cluster: Cluster) -> None:
+    """The VirtualService as a promotion of 2.0 (subset v2) left it, written by someone else."""
+    vs = cluster.custom.get_namespaced_custom_object(*VS, NS, "virtualservices", "fraud-scorer")
+    for route, weight in zip(vs["spec"]["http"][1]["route"], (0, 100), strict=True):
+        route["weight"] = weight
+    cluster.custom.replace_namespaced_custom_object(*VS, NS, "virtualservices", "fraud-scorer", vs)
+
+
 def test_run_refuses_a_policy_whose_stable_is_no_longer_live(
     cluster: Cluster, tmp_path: pathlib.Path
 ) -> None:
     """The standalone path (`mesh-canary run` writing the VirtualService itself)."""
-    vs = cluster.custom.get_namespaced_custom_object(*VS, NS, "virtualservices", "fraud-scorer")
-    for route, weight in zip(vs["spec"]["http"][1]["route"], (0, 100), strict=True):
-        route["weight"] = weight  # as a promotion of 2.0 (subset v2) left it
-    cluster.custom.replace_namespaced_custom_object(*VS, NS, "virtualservices", "fraud-scorer", vs)
+    all_on_the_candidate(cluster)
     state = tmp_path / "st.json"
     args = ["run", "-f", policy_file(tmp_path, "3.0"), "--backend", "istio", "--state", str(state)]
     result = cli(cluster, *args, "--prometheus", "http://127.0.0.1:9", "-o", "json")
@@ -248,10 +253,7 @@ def test_run_refuses_a_policy_whose_stable_is_no_longer_live(
 
 def test_the_controller_refuses_to_start_a_spec_whose_stable_is_no_longer_live(cluster: Cluster) -> None:
     """A spec applied by kubectl (not `rollout start`) meets the same check in the runner."""
-    vs = cluster.custom.get_namespaced_custom_object(*VS, NS, "virtualservices", "fraud-scorer")
-    for route, weight in zip(vs["spec"]["http"][1]["route"], (0, 100), strict=True):
-        route["weight"] = weight
-    cluster.custom.replace_namespaced_custom_object(*VS, NS, "virtualservices", "fraud-scorer", vs)
+    all_on_the_candidate(cluster)
     cluster.add_rollout(model_rollout(candidate="3.0"))
     with running(cluster.controller()):
         ready = wait_for(
