@@ -124,10 +124,13 @@ class ModelRollouts:
         return sorted(rows, key=lambda r: str(r["lastTimestamp"]), reverse=True)
 
     def order(self, entry: Entry, verb: str) -> str:
-        from mesh_canary.kube.orders import annotation, order
+        from mesh_canary.kube.orders import annotation, order, refusal
 
-        word, value = order(verb)
         ns, name = entry.key.split("/", 1)
+        problem = refusal(verb, name, entry.status)  # the rule `rollout VERB` applies
+        if problem is not None:
+            raise ValueError(problem)
+        word, value = order(verb)
         client = copy.copy(self.client)  # the same API client, in the rollout's namespace
         client.namespace = ns
         client.annotate(name, annotation(word), value)

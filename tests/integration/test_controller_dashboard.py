@@ -112,6 +112,14 @@ def test_the_controller_process_serves_the_dashboard_and_its_buttons_with_writes
                 lambda: _listed(base)["rollouts"][0].get("phase") == "Paused",
                 timeout_s=30,
             )
+            # The rule the `rollout` verbs apply: a paused rollout cannot be retried.
+            retry = httpx.post(
+                f"{base}api/r/{NS}/fraud-scorer/retry", headers={"X-Mesh-Canary": "order"}, timeout=10
+            )
+            assert (
+                retry.status_code == 409
+                and "fraud-scorer is Paused: retry restarts only" in retry.json()["error"]
+            )
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
         finally:
