@@ -9,6 +9,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -85,7 +86,14 @@ def read_policy(path: str) -> Policy:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", help="Log line format.")
 @click.version_option(package_name="mesh-canary")
 def main(debug: bool, log_format: str) -> None:
-    """Safe canary and blue/green rollouts of ML model services behind a service mesh."""
+    """Safe canary and blue/green rollouts of ML model services behind a service mesh.
+
+    \b
+    Examples:
+      mesh-canary demo
+      mesh-canary validate policies/*.yaml
+      mesh-canary rollout start -f policy.yaml --wait
+    """
     setup_logging(logging.DEBUG if debug else logging.WARNING, json_lines=log_format == "json")
 
 
@@ -99,7 +107,14 @@ def main(debug: bool, log_format: str) -> None:
 @output_option
 @friendly_errors
 def validate(policies: tuple[str, ...], rps: float | None, fmt: str) -> None:
-    """Check policies against the schema and the rules; print every problem with its path."""
+    """Check policies against the schema and the rules; print every problem with its path.
+
+    \b
+    Examples:
+      mesh-canary validate policy.yaml
+      mesh-canary validate policies/*.yaml -o json
+      mesh-canary validate policy.yaml --rps 20
+    """
     results: list[dict[str, Any]] = []
     from mesh_canary.run.policy_loading import validate_policy_file
 
@@ -174,7 +189,15 @@ def run(
     rps: float,
     fmt: str,
 ) -> None:
-    """Run one rollout in this process, start to finish, and exit with its outcome."""
+    """Run one rollout in this process, start to finish, and exit with its outcome
+    (0 promoted, 3 rolled back, 4 timed out; 2 bad input, nothing changed).
+
+    \b
+    Examples:
+      mesh-canary run -f policy.yaml --state st.json
+      mesh-canary run -f policies/local-demo.yaml --backend local --candidate degraded
+      mesh-canary run -f policy.yaml --prometheus http://prometheus:9090 --timeout 30m -o json
+    """
     from mesh_canary.run import wiring
 
     policy = read_policy(policy_path)
@@ -349,7 +372,13 @@ def plan_command(
     fmt: str,
 ) -> None:
     """Per check and step: expected samples at --rps, whether the minimum samples are
-    reachable by maxStepDuration, and the smallest regression detectable with 95% power."""
+    reachable by maxStepDuration, and the smallest regression detectable with 95% power.
+
+    \b
+    Examples:
+      mesh-canary plan -f policy.yaml --rps 20
+      mesh-canary plan -f policy.yaml --rps 5 --label-delay 10m --labelled 0.3 -o json
+    """
     from mesh_canary.present.plan import plan_document
 
     traffic = _traffic(rps, error_rate, accuracy, label_delay, labelled)
@@ -405,7 +434,13 @@ def _duration_arg(name: str, text: str | None) -> float | None:
 @output_option
 @friendly_errors
 def simulate(policy_path: str, scenario_path: str, seed: int, runs: int, fmt: str) -> None:
-    """Run the policy against simulated traffic in virtual time (no network, no sleeping)."""
+    """Run the policy against simulated traffic in virtual time (no network, no sleeping).
+
+    \b
+    Examples:
+      mesh-canary simulate -f policy.yaml --scenario scenarios/aa.yaml
+      mesh-canary simulate -f policy.yaml --scenario scenarios/aa.yaml --runs 200 -o json
+    """
     from mesh_canary.simulation.simulate import simulate_rollout
     from mesh_canary.simulation.traffic import load_scenario_text
 
@@ -503,7 +538,13 @@ def _print_simulation_text(results: list[dict[str, Any]]) -> None:
 @friendly_errors
 def demo(rps: float, metrics_mode: str, fmt: str) -> None:
     """The whole loop on the embedded local mesh: a healthy candidate promoted, a degraded one
-    rolled back (about a minute)."""
+    rolled back (about a minute).
+
+    \b
+    Examples:
+      mesh-canary demo
+      mesh-canary demo --metrics direct -o json
+    """
     from mesh_canary.run.demo import run_demo
 
     report = run_demo(rps=rps, live=fmt == "text", metrics_mode=metrics_mode)
@@ -518,15 +559,37 @@ def demo(rps: float, metrics_mode: str, fmt: str) -> None:
 # docs/controller.md): the controller handles each new value once.
 
 
+@dataclass(frozen=True)
+class Kube:
+    """Where a command finds the cluster: the -n/--kubeconfig/--context options, as one value."""
+
+    namespace: str | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+
+    def client(self, namespace: str | None = None) -> RolloutClient:
+        """The ModelRollout client in ``namespace`` (default: -n, else the context's)."""
+        return RolloutClient(self.kubeconfig, self.context, self.namespace or namespace)
+
+
 def kube_options(fn: F) -> F:
-    fn = click.option("--context", "kube_context", help="kubeconfig context.")(fn)
-    fn = click.option(
+    """-n/--namespace, --kubeconfig and --context, given to the command as ``kube: Kube``."""
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any, namespace: str | None, kubeconfig: str | None, kube_context: str | None, **kw: Any
+    ) -> Any:
+        return fn(*args, kube=Kube(namespace, kubeconfig, kube_context), **kw)
+
+    out: Any = wrapper
+    out = click.option("--context", "kube_context", help="kubeconfig context.")(out)
+    out = click.option(
         "--kubeconfig",
         type=click.Path(),
         help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster).",
-    )(fn)
-    fn = click.option("-n", "--namespace", help="Namespace (default: the context's, else default).")(fn)
-    return fn
+    )(out)
+    out = click.option("-n", "--namespace", help="Namespace (default: the context's, else default).")(out)
+    return out  # type: ignore[no-any-return]
 
 
 def rollout_view(obj: dict[str, Any]) -> dict[str, Any]:
@@ -644,7 +707,14 @@ _FOLLOW_EXIT = {
 
 @main.group()
 def rollout() -> None:
-    """ModelRollout resources for the in-cluster controller: start, follow, steer, review."""
+    """ModelRollout resources for the in-cluster controller: start, follow, steer, review.
+
+    \b
+    Examples:
+      mesh-canary rollout start -f policy.yaml --wait
+      mesh-canary rollout list -A -w
+      mesh-canary rollout get fraud-scorer -n models -o yaml
+    """
 
 
 @rollout.command("start")
@@ -658,15 +728,18 @@ def rollout_start(
     policy_path: str,
     wait: bool,
     timeout: str | None,
-    namespace: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
+    kube: Kube,
     fmt: str,
 ) -> None:
     """Apply the policy as a ModelRollout (create or replace); --wait follows it to the end.
 
     Exit codes with --wait: 0 promoted, 3 rolled back, 4 timed out or waiting for a
     person (approval, pause), 2 the controller found the policy invalid.
+
+    \b
+    Examples:
+      mesh-canary rollout start -f policy.yaml
+      mesh-canary rollout start -f policy.yaml -n models --wait --timeout 30m -o json
     """
     import yaml
 
@@ -676,12 +749,13 @@ def rollout_start(
     doc = yaml.safe_load(read_policy_file(policy_path))
     timeout_s = _duration_arg("--timeout", timeout)
     meta = doc.setdefault("metadata", {})
-    if namespace and meta.get("namespace") and meta["namespace"] != namespace:
+    if kube.namespace and meta.get("namespace") and meta["namespace"] != kube.namespace:
         raise BadInput(
-            f"the policy's metadata.namespace {meta['namespace']!r} does not match --namespace {namespace!r}"
+            f"the policy's metadata.namespace {meta['namespace']!r} does not match --namespace {kube.namespace!r}"
         )
-    client = RolloutClient(kubeconfig, kube_context, namespace or meta.get("namespace"))
+    client = kube.client(meta.get("namespace"))
     meta["namespace"] = client.namespace
+    _refuse_a_start_of_a_stable_not_live(client, doc, kube)
     obj, what = client.apply(doc)
     if fmt == "text":
         click.echo(f"{client.ref(meta['name'])} {what}")
@@ -707,19 +781,46 @@ def rollout_start(
     sys.exit(_FOLLOW_EXIT[why])
 
 
+def _refuse_a_start_of_a_stable_not_live(client: RolloutClient, doc: dict[str, Any], kube: Kube) -> None:
+    """A new spec whose stable is no longer live (the route sends 100% to its candidate, as
+    after a promotion) is refused before it reaches the cluster: exit 2, nothing changed.
+    Re-applying the spec already there is not a start, so it is never refused."""
+    import copy
+
+    from mesh_canary.run.policy_loading import load_checked_policy
+    from mesh_canary.run.verbs import live_route_problem
+
+    try:
+        existing: dict[str, Any] | None = client.get(doc["metadata"]["name"])
+    except KubeError as e:
+        if not e.not_found:
+            raise
+        existing = None
+    if existing is not None and existing.get("spec") == doc.get("spec"):
+        return
+    policy = load_checked_policy(copy.deepcopy(doc))  # in the namespace it is applied to
+    problem = live_route_problem(policy, kube.kubeconfig, kube.context)
+    if problem is not None:
+        raise BadInput(problem)
+
+
 @rollout.command("status")
 @click.argument("name")
 @click.option("-w", "--watch", is_flag=True, help="Keep showing changes until the rollout ends.")
 @kube_options
 @output_option
 @friendly_errors
-def rollout_status(
-    name: str, watch: bool, namespace: str | None, kubeconfig: str | None, kube_context: str | None, fmt: str
-) -> None:
-    """Phase, step, weights, every check's latest estimate/bounds/verdict, conditions."""
+def rollout_status(name: str, watch: bool, kube: Kube, fmt: str) -> None:
+    """Phase, step, weights, every check's latest estimate/bounds/verdict, conditions.
+
+    \b
+    Examples:
+      mesh-canary rollout status fraud-scorer -n models
+      mesh-canary rollout status fraud-scorer -n models --watch -o json
+    """
     import time
 
-    client = RolloutClient(kubeconfig, kube_context, namespace)
+    client = kube.client()
     last: Any = None
     while True:
         view = rollout_view(client.get(name))
@@ -733,26 +834,45 @@ def rollout_status(
         time.sleep(1.0)
 
 
-def _command(
-    word: str,
-    value: str,
+def order_options(fn: F) -> F:
+    """--wait/--timeout, the cluster options, -o and friendly errors: every order verb's."""
+    fn = friendly_errors(fn)
+    fn = output_option(fn)
+    fn = kube_options(fn)
+    fn = click.option("--timeout", "timeout", help="How long to wait for the controller (default 30s).")(fn)
+    fn = click.option(
+        "--wait/--no-wait",
+        default=True,
+        show_default=True,
+        help="Wait until the controller has handled the order.",
+    )(fn)
+    return fn
+
+
+def _order(
+    verb: str,
     name: str,
-    namespace: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
+    kube: Kube,
     wait: bool,
     timeout: str | None,
     fmt: str,
 ) -> None:
+    """Write the order ``verb`` (kube/orders.py, the same as the dashboard's buttons) after
+    checking the rollout's phase allows it (exit 2 otherwise, nothing written); with
+    ``wait``, until the controller has handled it (exit 4 if it has not in time)."""
     import time
 
-    from mesh_canary.kube.status import COMMAND_ANNOTATIONS
+    from mesh_canary.kube.orders import annotation, order, refusal
 
-    client = RolloutClient(kubeconfig, kube_context, namespace)
+    client = kube.client()
     timeout_s = _duration_arg("--timeout", timeout) or 30.0
-    client.annotate(name, COMMAND_ANNOTATIONS[word], value)
+    problem = refusal(verb, name, client.get(name).get("status") or {})
+    if problem is not None:
+        raise BadInput(problem)
+    word, value = order(verb)
+    client.annotate(name, annotation(word), value)
     if fmt == "text":
-        click.echo(f"{client.ref(name)}: {word} requested ({COMMAND_ANNOTATIONS[word]}={value})")
+        click.echo(f"{client.ref(name)}: {verb.replace('-', ' --')} requested ({annotation(word)}={value})")
     view = None
     handled = False
     deadline = time.monotonic() + timeout_s
@@ -764,19 +884,8 @@ def _command(
             break
         time.sleep(0.5)
     if fmt != "text":
-        click.echo(
-            dump(
-                {
-                    "name": name,
-                    "namespace": client.namespace,
-                    "command": word,
-                    "request": value,
-                    "handled": handled if wait else None,
-                    "status": view,
-                },
-                fmt,
-            )
-        )
+        doc = {"name": name, "namespace": client.namespace, "command": word, "request": value}
+        click.echo(dump({**doc, "handled": handled if wait else None, "status": view}, fmt))
     elif wait and handled and view is not None:
         click.echo(f"handled by the controller: {view['phase']}: {view.get('message') or ''}")
     if wait and not handled:
@@ -785,41 +894,375 @@ def _command(
             f"{timeout_s:.0f}s (is it running?)",
             err=True,
         )
-        sys.exit(4)
+        sys.exit(EXIT_UNFINISHED)
 
 
-def _command_verb(word: str, verb: str, doc: str) -> None:
+def _order_verb(verb: str, doc: str) -> None:
     @rollout.command(verb, help=doc)
     @click.argument("name")
-    @click.option(
-        "--wait/--no-wait",
-        default=True,
-        show_default=True,
-        help="Wait until the controller has handled the order.",
-    )
-    @click.option("--timeout", "timeout", help="How long to wait for the controller (default 30s).")
-    @kube_options
-    @output_option
-    @friendly_errors
+    @order_options
     def command(
         name: str,
         wait: bool,
         timeout: str | None,
-        namespace: str | None,
-        kubeconfig: str | None,
-        kube_context: str | None,
+        kube: Kube,
         fmt: str,
     ) -> None:
-        from mesh_canary.kube.orders import order
-
-        _, value = order(verb)  # the same order the dashboard's buttons give
-        _command(word, value, name, namespace, kubeconfig, kube_context, wait, timeout, fmt)
+        _order(verb, name, kube, wait, timeout, fmt)
 
 
-_command_verb("abort", "abort", "Snap to 100% stable now (recorded as a manual rollback).")
-_command_verb("approve", "approve", "Open the human gate: let the rollout promote.")
-_command_verb("pause", "pause", "Hold the current weight (checks still run; a failure still rolls back).")
-_command_verb("pause", "resume", "Release a paused rollout.")
+def _examples(*lines: str) -> str:
+    """A command's --help example block (click keeps a \b paragraph as written)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+_order_verb(
+    "abort",
+    "Snap to 100% stable now (recorded as a manual rollback).\n\n"
+    + _examples(
+        "mesh-canary rollout abort fraud-scorer -n models", "mesh-canary rollout abort fraud-scorer --no-wait"
+    ),
+)
+_order_verb(
+    "approve",
+    "Open the human gate: let the rollout promote.\n\n"
+    + _examples("mesh-canary rollout approve fraud-scorer -n models"),
+)
+_order_verb(
+    "pause",
+    "Hold the current weight (checks still run; a failure still rolls back).\n\n"
+    + _examples(
+        "mesh-canary rollout pause fraud-scorer -n models",
+        "mesh-canary rollout resume fraud-scorer -n models",
+    ),
+)
+_order_verb(
+    "resume",
+    "Release a paused rollout.\n\n" + _examples("mesh-canary rollout resume fraud-scorer -n models"),
+)
+
+
+@rollout.command("promote")
+@click.argument("name")
+@click.option("--full", is_flag=True, help="Skip the remaining steps (required: the only promotion order).")
+@order_options
+def rollout_promote(
+    name: str,
+    full: bool,
+    wait: bool,
+    timeout: str | None,
+    kube: Kube,
+    fmt: str,
+) -> None:
+    """Promote a running rollout now, skipping its remaining steps, pauses and gates.
+
+    Nothing is written by this command: the controller promotes at the rollout's next
+    analysis, after judging it. A check that fails in it still rolls back (--full never
+    overrides a failed check, and it is refused while a check shows failed); with no data
+    it waits for data (missing data is never a pass). If someone moved traffic towards
+    stable meanwhile, the rollout stops without writing over them.
+
+    \b
+    Examples:
+      mesh-canary rollout promote fraud-scorer --full -n models
+      mesh-canary rollout promote fraud-scorer --full --no-wait -o json
+    """
+    if not full:
+        raise BadInput(
+            "promote needs --full (skip the remaining steps); to let a rollout waiting at its gate "
+            f"promote, use `mesh-canary rollout approve {name}`"
+        )
+    _order("promote-full", name, kube, wait, timeout, fmt)
+
+
+@rollout.command("retry")
+@click.argument("name", required=False)
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False),
+    help="A `run --state FILE` file: the next `run --state FILE` starts again from step 1.",
+)
+@order_options
+def rollout_retry(
+    name: str | None,
+    state_path: str | None,
+    wait: bool,
+    timeout: str | None,
+    kube: Kube,
+    fmt: str,
+) -> None:
+    """Restart a RolledBack or Aborted rollout from step 1 (refused in any other phase).
+
+    This command never moves traffic: the controller (or, with --state, the next
+    `mesh-canary run`) makes the first write, checks included.
+
+    \b
+    Examples:
+      mesh-canary rollout retry fraud-scorer -n models
+      mesh-canary rollout retry --state st.json && mesh-canary run -f policy.yaml --state st.json
+    """
+    if state_path is None:
+        if not name:
+            raise BadInput("give the ModelRollout's NAME, or --state FILE for a `run --state` file")
+        _order("retry", name, kube, wait, timeout, fmt)
+        return
+    from mesh_canary.run.verbs import load_state, retry_state_file
+
+    state_name = load_state(state_path).name
+    if name and name != state_name:
+        raise BadInput(f"{state_path} holds the rollout {state_name!r}, not {name!r}")
+    kept = retry_state_file(state_path)
+    if fmt == "text":
+        click.echo(
+            f"{state_name}: the finished run is kept as {kept}; `mesh-canary run -f POLICY --state {state_path}` "
+            "starts it again from step 1"
+        )
+        return
+    doc = {"name": state_name, "namespace": None, "command": "retry", "request": None, "handled": True}
+    click.echo(dump({**doc, "status": None, "kept": str(kept)}, fmt))
+
+
+def state_options(fn: F) -> F:
+    """--state FILE and -f POLICY: a `run --state` file instead of the cluster."""
+    fn = click.option(
+        "-f", "--filename", "policy_path", type=click.Path(), help="With --state: the policy it runs."
+    )(fn)
+    fn = click.option(
+        "--state",
+        "state_path",
+        type=click.Path(dir_okay=False),
+        help="A `mesh-canary run --state FILE` file instead of a ModelRollout in the cluster.",
+    )(fn)
+    return fn
+
+
+def _state_object(state_path: str, policy_path: str | None) -> dict[str, Any]:
+    """The ModelRollout object of a state file (and the policy it runs, when given)."""
+    import time
+
+    import yaml
+
+    from mesh_canary.run.policy_loading import read_policy_file
+    from mesh_canary.run.verbs import load_state, resource_from_state
+
+    policy = read_policy(policy_path) if policy_path else None
+    spec = (yaml.safe_load(read_policy_file(policy_path)) or {}).get("spec") if policy_path else None
+    return resource_from_state(load_state(state_path), policy, spec, now=time.time())
+
+
+@rollout.command("get")
+@click.argument("name", required=False)
+@state_options
+@kube_options
+@output_option
+@friendly_errors
+def rollout_get(
+    name: str | None,
+    state_path: str | None,
+    policy_path: str | None,
+    kube: Kube,
+    fmt: str,
+) -> None:
+    """One rollout: for people, its phase, step, weights, checks and conditions; with
+    -o json|yaml the ModelRollout object as kubectl prints it (with --state FILE, the same
+    object built from a `run --state` file).
+
+    \b
+    Examples:
+      mesh-canary rollout get fraud-scorer -n models
+      mesh-canary rollout get fraud-scorer -n models -o yaml
+      mesh-canary rollout get --state st.json -f policy.yaml -o json
+    """
+    if state_path:
+        obj = _state_object(state_path, policy_path)
+        if name and name != obj["metadata"]["name"]:
+            raise BadInput(f"{state_path} holds the rollout {obj['metadata']['name']!r}, not {name!r}")
+    elif not name:
+        raise BadInput("give the ModelRollout's NAME, or --state FILE for a `run --state` file")
+    else:
+        obj = kube.client().get(name)
+    if fmt == "text":
+        _print_rollout_text(rollout_view(obj))
+    else:
+        click.echo(dump(obj, fmt))
+
+
+def _table_lines(rows: list[dict[str, str]], widths: dict[str, int] | None = None) -> list[str]:
+    """kubectl-style columns: each as wide as its widest cell (at least ``widths``)."""
+    from mesh_canary.run.verbs import LIST_COLUMNS
+
+    w = {c: max([len(c), *(len(r[c]) for r in rows), (widths or {}).get(c, 0)]) for c in LIST_COLUMNS}
+    if widths is not None:
+        widths.update(w)
+    return ["   ".join(r[c].ljust(w[c]) for c in LIST_COLUMNS).rstrip() for r in rows]
+
+
+@rollout.command("list")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
+@click.option("-w", "--watch", is_flag=True, help="Then print every change until Ctrl-C.")
+@kube_options
+@output_option
+@friendly_errors
+def rollout_list(
+    all_namespaces: bool,
+    watch: bool,
+    kube: Kube,
+    fmt: str,
+) -> None:
+    """Every ModelRollout of the namespace (or -A: all): phase, step, weight, versions, age.
+    -o json|yaml: a List of the objects, as kubectl prints it; with --watch, one object per
+    change (one JSON document per line).
+
+    \b
+    Examples:
+      mesh-canary rollout list -n models
+      mesh-canary rollout list -A --watch
+      mesh-canary rollout list -n models -w -o json | jq -c '.status.phase'
+    """
+    import time
+
+    from mesh_canary.run.verbs import LIST_COLUMNS, list_row, object_list
+
+    client = kube.client()
+    objs = client.list(all_namespaces)
+    if fmt != "text" and not watch:
+        click.echo(dump(object_list(objs), fmt))
+        return
+    widths: dict[str, int] = {}
+    seen: dict[tuple[str, str], Any] = {}
+
+    def show(items: list[dict[str, Any]]) -> None:
+        rows = []
+        now = time.time()
+        current = set()
+        for obj in items:
+            meta = obj.get("metadata") or {}
+            key = (str(meta.get("namespace")), str(meta.get("name")))
+            current.add(key)
+            # text: a line when the row changes; json: an object per new resourceVersion (kubectl -w)
+            mark = meta.get("resourceVersion") if fmt != "text" else list_row(obj, 0.0)
+            if seen.get(key) == mark:
+                continue
+            seen[key] = mark
+            if fmt == "text":
+                rows.append(list_row(obj, now))
+            else:
+                _emit_view(obj, fmt, stream=True)
+        for key in set(seen) - current:
+            del seen[key]
+            if fmt == "text":
+                click.echo(f"{key[0]}/{key[1]} deleted")
+        if rows:
+            header = not widths
+            lines = _table_lines([dict(zip(LIST_COLUMNS, LIST_COLUMNS, strict=True)), *rows], widths)
+            click.echo("\n".join(lines if header else lines[1:]))
+
+    if not objs and fmt == "text" and not watch:
+        click.echo(f"no ModelRollouts in {'any namespace' if all_namespaces else client.namespace}")
+        return
+    show(objs)
+    try:
+        while watch:
+            time.sleep(1.0)
+            show(client.list(all_namespaces))
+    except KeyboardInterrupt:
+        return  # Ctrl-C ends a watch: not an error
+
+
+@rollout.command("next")
+@click.argument("name", required=False)
+@click.option(
+    "--candidate", "candidate", required=True, metavar="VERSION", help="The next release's version."
+)
+@click.option(
+    "--metrics-version",
+    help="The label value the new candidate's metrics carry (default: the destination's, else VERSION).",
+)
+@click.option(
+    "-f",
+    "--filename",
+    "policy_path",
+    type=click.Path(),
+    help="Rewrite this policy file's release (printed; --out writes it) instead of a ModelRollout.",
+)
+@click.option(
+    "--out", "out_path", type=click.Path(dir_okay=False), help="With -f: write the new policy here."
+)
+@kube_options
+@output_option
+@friendly_errors
+def rollout_next(
+    name: str | None,
+    candidate: str,
+    metrics_version: str | None,
+    policy_path: str | None,
+    out_path: str | None,
+    kube: Kube,
+    fmt: str,
+) -> None:
+    """The release after a promotion: the promoted candidate becomes stable and the old
+    stable's destination takes the new --candidate version (deploy it there first).
+
+    For a ModelRollout NAME (it must have Succeeded), the new spec is applied and the
+    controller starts the next rollout; with -f POLICY the new policy is printed (or
+    written to --out) for `run` or `rollout start`. Without this swap, a start whose stable
+    is no longer live is refused (exit 2): it would move traffic back to the old model.
+
+    \b
+    Examples:
+      mesh-canary rollout next fraud-scorer --candidate 1.6.0 -n models
+      mesh-canary rollout next -f policy.yaml --candidate 1.6.0 --out policy.yaml
+      mesh-canary run -f policy.yaml --state st.json
+    """
+    import yaml
+
+    from mesh_canary.run.verbs import next_document, next_refusal
+
+    if policy_path:
+        from mesh_canary.run.policy_loading import read_policy_file
+
+        read_policy(policy_path)  # every problem of the file first
+        doc = next_document(yaml.safe_load(read_policy_file(policy_path)), candidate, metrics_version)
+        text = dump(doc, fmt) if fmt != "text" else str(yaml.safe_dump(doc, sort_keys=False))
+        if out_path:
+            try:
+                Path(out_path).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+            except OSError as e:
+                fail(f"cannot write {out_path}: {e.strerror}")
+        else:
+            click.echo(text.rstrip("\n"))
+        _say_next(doc, err=not out_path)
+        return
+    if not name:
+        raise BadInput("give the ModelRollout's NAME, or -f POLICY for a policy file")
+    client = kube.client()
+    obj = client.get(name)
+    problem = next_refusal(obj)
+    if problem is not None:
+        raise BadInput(problem)
+    doc = next_document(obj, candidate, metrics_version)
+    applied, what = client.apply(doc)
+    if fmt != "text":
+        click.echo(dump(applied, fmt))
+        return
+    click.echo(f"{client.ref(name)} {what}")
+    _say_next(doc)
+
+
+def _say_next(doc: dict[str, Any], err: bool = False) -> None:
+    spec = doc["spec"]
+    where = "{host}{sub}".format(
+        host=spec["candidate"]["destination"].get("host"),
+        sub=f" subset {spec['candidate']['destination']['subset']}"
+        if spec["candidate"]["destination"].get("subset")
+        else "",
+    )
+    click.echo(
+        f"next release: stable {spec['stable']['version']}, candidate {spec['candidate']['version']} "
+        f"(deploy it behind {where})",
+        err=err,
+    )
 
 
 @rollout.command("history")
@@ -831,13 +1274,17 @@ _command_verb("pause", "resume", "Release a paused rollout.")
 def rollout_history(
     name: str | None,
     all_namespaces: bool,
-    namespace: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
+    kube: Kube,
     fmt: str,
 ) -> None:
-    """Past rollouts (and the one in progress): versions, outcome, reason, duration."""
-    client = RolloutClient(kubeconfig, kube_context, namespace)
+    """Past rollouts (and the one in progress): versions, outcome, reason, duration.
+
+    \b
+    Examples:
+      mesh-canary rollout history fraud-scorer -n models
+      mesh-canary rollout history -A -o json
+    """
+    client = kube.client()
     objs = [client.get(name)] if name else client.list(all_namespaces)
     rows = [row for obj in objs for row in history_documents(obj)]
     if fmt != "text":
@@ -931,6 +1378,17 @@ def rollout_history(
     help="A reconcile running this long is wedged: /livez fails, so Kubernetes restarts the controller.",
 )
 @click.option(
+    "--dashboard-address",
+    "dashboard_addr",
+    metavar="HOST:PORT",
+    help="Also serve the live dashboard of the watched ModelRollouts here (:PORT: on --bind-address).",
+)
+@click.option(
+    "--dashboard-allow-writes",
+    is_flag=True,
+    help="Offer the dashboard's pause/resume/approve/abort buttons (without it every order answers 403).",
+)
+@click.option(
     "--kubeconfig", type=click.Path(), help="kubeconfig file (default: in-cluster service account)."
 )
 @click.option("--context", "kube_context", help="kubeconfig context.")
@@ -948,16 +1406,30 @@ def controller(
     max_workers: int | None,
     slow_after: str,
     stuck_after: str,
+    dashboard_addr: str | None,
+    dashboard_allow_writes: bool,
     kubeconfig: str | None,
     kube_context: str | None,
 ) -> None:
-    """The long-running in-cluster controller: reconciles every ModelRollout (stop: SIGTERM)."""
+    """The long-running in-cluster controller: reconciles every ModelRollout (stop: SIGTERM).
+
+    \b
+    Examples:
+      mesh-canary controller --namespace models --leader-elect --metrics-addr :8080 --bind-address 0.0.0.0
+      mesh-canary controller --kubeconfig ~/.kube/config --dashboard-address 127.0.0.1:8081
+    """
     from mesh_canary.controller import Controller, ControllerSettings, MetricsAddress, parse_addr
 
     debug = _debug()
     setup_logging(logging.DEBUG if debug else logging.INFO, json_lines=True)
     try:
         parse_addr(metrics_addr, bind_address)
+        if dashboard_addr is not None:
+            parse_addr(dashboard_addr, bind_address, "--dashboard-address")
+        elif dashboard_allow_writes:
+            raise ValueError(
+                "--dashboard-allow-writes needs --dashboard-address (where to serve the dashboard)"
+            )
         for url in (prometheus_url, *allowed_metrics):
             if url is not None:
                 MetricsAddress.parse(url)  # also registers its password as a secret
@@ -984,6 +1456,8 @@ def controller(
         bind_address=bind_address,
         leader_elect=leader_elect,
         lease_namespace=lease_namespace,
+        dashboard_addr=dashboard_addr,
+        dashboard_allow_writes=dashboard_allow_writes,
     )
     Controller(api_client(kubeconfig, kube_context), settings).run()
 
@@ -1021,15 +1495,18 @@ def report(
     out_path: str | None,
     old_out_path: str | None,
     policy_path: str | None,
-    namespace: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
+    kube: Kube,
 ) -> None:
     """A self-contained HTML page about one rollout: weights and per-version metrics over time,
     each decision marked with its reason.
 
     NAME|STATEFILE is a state file (`mesh-canary run --state FILE`, or a ModelRollout saved
     with `kubectl get -o yaml`) when such a file exists, else a ModelRollout in the cluster.
+
+    \b
+    Examples:
+      mesh-canary report fraud-scorer -n models --out fraud-scorer.html
+      mesh-canary report st.json -f policy.yaml --out report.html
     """
     import time
 
@@ -1057,7 +1534,7 @@ def report(
             raise BadInput(f"no state file {target}")
         else:
             try:
-                client = RolloutClient(kubeconfig, kube_context, namespace)
+                client = kube.client()
             except KubeError as e:
                 # Not a file, and no cluster to look it up in: the missing file is the news.
                 raise BadInput(
@@ -1166,9 +1643,7 @@ def dashboard(
     all_namespaces: bool,
     address: str,
     allow_writes: bool,
-    namespace: str | None,
-    kubeconfig: str | None,
-    kube_context: str | None,
+    kube: Kube,
 ) -> None:
     """A live web page of rollouts: weights, per-version metrics and every check at every
     analysis, the reasons, the steps and Events; it follows a running rollout (stop: Ctrl-C).
@@ -1195,8 +1670,8 @@ def dashboard(
     sources: list[Source] = []
     if state_paths:
         sources.append(StateFiles(state_paths, policies))
-    if not state_paths or namespace or all_namespaces:
-        sources.append(ModelRollouts(kubeconfig, kube_context, namespace, all_namespaces))
+    if not state_paths or kube.namespace or all_namespaces:
+        sources.append(ModelRollouts(kube.kubeconfig, kube.context, kube.namespace, all_namespaces))
     poller = Poller(sources)
     try:
         server = DashboardServer((host or "127.0.0.1", int(port_text)), Dashboard(poller, allow_writes))

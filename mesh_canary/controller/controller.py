@@ -4,12 +4,14 @@ the probes and the metrics together, and owns the process's life cycle (start, s
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import kubernetes.client
 
@@ -91,6 +93,8 @@ class Controller:
             known=self.queue.known,
         )
         self._health = self._health_server()
+        self._dashboard = contextlib.ExitStack()
+        self.dashboard_url: str | None = None
         self._elector: LeaderElector | None = (
             elector_for(api_client, s, self._started_leading, self._stopped_leading)
             if s.leader_elect
@@ -109,6 +113,34 @@ class Controller:
             metrics=self._exposition,
             bind_address=s.bind_address,
         )
+
+    def _serve_dashboard(self) -> None:
+        """The live dashboard (`--dashboard-address`) of the ModelRollouts this controller
+        watches, read from the informer's copies; a bind failure is an error at start."""
+        from mesh_canary.controller.settings import parse_addr
+        from mesh_canary.run.dashboard_sources import WatchedRollouts, serving
+
+        s = self.settings
+        if not s.dashboard_addr:
+            return
+        source = WatchedRollouts(self.api, self._watched_objects)
+        address = parse_addr(s.dashboard_addr, s.bind_address, "--dashboard-address")
+        try:
+            self.dashboard_url = self._dashboard.enter_context(
+                serving([source], address, allow_writes=s.dashboard_allow_writes)
+            )
+        except OSError as e:
+            raise ControllerError(
+                f"cannot serve the dashboard on {s.dashboard_addr}: {e.strerror or e}"
+            ) from e
+        log.info(
+            "dashboard serving",
+            extra={"url": self.dashboard_url, "writes": s.dashboard_allow_writes},
+        )
+
+    def _watched_objects(self) -> list[dict[str, Any]]:
+        with self.queue.cond:
+            return [copy.deepcopy(h.obj) for h in self.handlers.values() if not h.deleted and h.obj]
 
     # -- what others read ---------------------------------------------------------------
 
@@ -145,6 +177,7 @@ class Controller:
             self._threads.append(t)
         if self._health is not None:
             self._health.start()
+        self._serve_dashboard()
         log.info(
             "controller started",
             extra={
@@ -175,6 +208,7 @@ class Controller:
             h.drop_runner()
         if self._health is not None:
             self._health.stop()
+        self._dashboard.close()
         log.info("controller stopped")
 
     def request_stop(self) -> None:

@@ -53,7 +53,7 @@ log = logging.getLogger("mesh_canary.controller")
 
 BackendFactory = Callable[[Policy], tuple[TrafficRouter, MetricsSource]]
 # Orders in the order they are applied: safety before anything else.
-COMMAND_ORDER = (Command.ABORT, Command.PAUSE, Command.RESUME, Command.APPROVE)
+COMMAND_ORDER = (Command.ABORT, Command.PAUSE, Command.RESUME, Command.APPROVE, Command.PROMOTE_FULL)
 
 
 def register_url_secrets(url: str) -> None:
@@ -169,6 +169,9 @@ class Reconciler:
         runner = h.runner
         assert runner is not None and runner.state is not None
         before = runner.state
+        retry = self._new_order(h, obj, store, "retry")
+        if retry is not None:
+            before = self._retry(h, runner, before)
         commands = self._new_commands(h, obj, store)
         for cmd in commands:
             runner.request(cmd)
@@ -285,9 +288,12 @@ class Reconciler:
         """Orders in annotations not handled yet (abort first: safety before anything else)."""
         found: list[Command] = []
         for word, value in command_values(obj).items():
-            if store.handled(word) == value:
-                continue
+            if word == "retry" or store.handled(word) == value:
+                continue  # a retry is handled before the others (`_retry`)
             store.mark_handled(word, value)  # saved with the status write that follows
+            if word == "promote":
+                found.append(Command.PROMOTE_FULL)  # "full@<id>": the only promotion order
+                continue
             if word != "pause":
                 found.append(Command(word))
                 continue
@@ -303,3 +309,30 @@ class Reconciler:
                     "warning",
                 )
         return sorted(found, key=COMMAND_ORDER.index)
+
+    def _new_order(
+        self, h: RolloutHandler, obj: Mapping[str, Any], store: KubeStatusStore, word: str
+    ) -> str | None:
+        """The value of an order ``word`` not handled yet (marked handled now), else None."""
+        value = command_values(obj).get(word)
+        if value is None or store.handled(word) == value:
+            return None
+        store.mark_handled(word, value)  # saved with the status write that follows
+        return value
+
+    def _retry(self, h: RolloutHandler, runner: RolloutRunner, before: RolloutState) -> RolloutState:
+        """`rollout retry`: a RolledBack or Aborted rollout starts again from step 0 (its first
+        write is the runner's); in any other phase the order is ignored and said so."""
+        if before.phase not in (Phase.ROLLED_BACK, Phase.ABORTED) or not before.terminal:
+            h.announce(
+                "InvalidCommand",
+                f"retry ignored: the rollout is {before.phase.value}; only a RolledBack or Aborted one restarts",
+                "warning",
+            )
+            return before
+        state = runner.restart()
+        h.announce(
+            "Retried",
+            f"retried by a person: restarted from step 1 ({state.weights.candidate}% to the candidate)",
+        )
+        return state

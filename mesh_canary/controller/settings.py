@@ -29,7 +29,9 @@ DEFAULT_STUCK_AFTER_S = 300.0
 DEFAULT_BIND_ADDRESS = "127.0.0.1"
 
 
-def parse_addr(addr: str, bind_address: str = DEFAULT_BIND_ADDRESS) -> tuple[str, int]:
+def parse_addr(
+    addr: str, bind_address: str = DEFAULT_BIND_ADDRESS, flag: str = "--metrics-addr"
+) -> tuple[str, int]:
     """``:8080`` -> (bind_address, 8080); ``127.0.0.1:0`` -> ("127.0.0.1", 0).
 
     Loopback by default: the probes and metrics are not for the whole network unless the
@@ -37,7 +39,7 @@ def parse_addr(addr: str, bind_address: str = DEFAULT_BIND_ADDRESS) -> tuple[str
     """
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--metrics-addr {addr!r} is not HOST:PORT or :PORT")
+        raise ValueError(f"{flag} {addr!r} is not HOST:PORT or :PORT")
     return host.strip("[]") or bind_address, int(port)
 
 
@@ -113,6 +115,10 @@ class ControllerSettings:
     metrics_addr: str | None = None
     bind_address: str = DEFAULT_BIND_ADDRESS
     leader_elect: bool = False
+    # The live dashboard of the rollouts it watches (None: not served); read-only unless
+    # ``dashboard_allow_writes`` (its buttons then write the same orders as `rollout pause`...).
+    dashboard_addr: str | None = None
+    dashboard_allow_writes: bool = False
     lease_name: str = DEFAULT_LEASE_NAME
     lease_namespace: str | None = None
     identity: str = field(default_factory=_identity)
@@ -130,6 +136,8 @@ class ControllerSettings:
             raise ValueError("the controller needs workers >= 1 and 0 < slow-after < stuck-after")
         if self.metrics_addr is not None:
             parse_addr(self.metrics_addr, self.bind_address)
+        if self.dashboard_addr is not None:
+            parse_addr(self.dashboard_addr, self.bind_address, "--dashboard-address")
         # What spec.metrics.address may name: the controller's own configuration, never the spec's.
         # --prometheus (else the policy's default address) first: it is also what a spec
         # that names no address gets, unless only --allow-metrics-address entries were given.

@@ -84,6 +84,8 @@ class Command(StrEnum):
     PAUSE = "pause"
     RESUME = "resume"
     APPROVE = "approve"
+    # Skip the remaining steps: promote at the next analysis unless a check fails in it.
+    PROMOTE_FULL = "promoteFull"
 
 
 # ---- actions: what the driver must do, in order ------------------------------------
@@ -170,6 +172,9 @@ class RolloutState:
     timeout_paused_at: float | None = None
     timeout_approved: bool = False
     timeouts: int = 0
+    # A person ordered a full promotion (`rollout promote --full`): the next analysis with
+    # data and no failed check promotes, skipping the remaining steps and gates.
+    promote_full: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -218,6 +223,7 @@ class RolloutState:
             "timeoutPausedAt": self.timeout_paused_at,
             "timeoutApproved": self.timeout_approved,
             "timeouts": self.timeouts,
+            "promoteFull": self.promote_full,
         }
 
     @classmethod
@@ -255,6 +261,7 @@ class RolloutState:
             timeout_paused_at=d.get("timeoutPausedAt"),
             timeout_approved=bool(d.get("timeoutApproved", False)),
             timeouts=int(d.get("timeouts", 0)),
+            promote_full=bool(d.get("promoteFull", False)),
         )
 
 
@@ -326,7 +333,7 @@ def start(policy: Policy, now: float) -> Decision:
 
 
 def command(policy: Policy, state: RolloutState, cmd: Command | str, now: float) -> Decision:
-    """A person's order: abort, pause, resume or approve."""
+    """A person's order: abort, pause, resume, approve or promote in full."""
     cmd = Command(cmd)
     if state.rollback_pending:
         return retry_rollback(state)
@@ -350,6 +357,13 @@ def command(policy: Policy, state: RolloutState, cmd: Command | str, now: float)
         if _timeout_paused_in_step(state):
             new = replace(new, timeout_paused_at=now)  # another maxStepDuration from now
         return Decision(new, (Announce("Resumed", f"resumed at {state.weights.candidate}%"),))
+    if cmd is Command.PROMOTE_FULL:
+        # Nothing is written now: the next analysis judges first (a failed check still rolls
+        # back, no data still holds), then promotes; a pause or a gate no longer holds it.
+        phase = Phase.PROGRESSING
+        new = replace(state, promote_full=True, paused=False, approved=True, at_gate=False, phase=phase)
+        words = "full promotion ordered by a person: the remaining steps are skipped at the next analysis"
+        return Decision(new, (Announce("PromoteFull", words + " unless a check fails in it"),))
     if _paused_at_timeout(state):
         # Paused at the step's timeout (onTimeout pause): approval advances the step unproven.
         new = replace(state, paused=False, phase=Phase.PROGRESSING, timeout_approved=True)
@@ -421,6 +435,9 @@ def _tick(
     if failed:
         reason = "; ".join(f"{r.name}: {r.reason}" for r in failed)
         return _roll_back(state, now, reason, tuple(r.name for r in failed))
+
+    if state.promote_full:
+        return _promote_full(policy, state, now)
 
     if state.paused:
         return Decision(state)
@@ -786,6 +803,18 @@ def _finish(
     if weights_to_write is not None:
         actions = (SetWeights(weights, "promote"), *actions)
     return Decision(new, actions)
+
+
+def _promote_full(policy: Policy, state: RolloutState, now: float) -> Decision:
+    """A person's full promotion, after an analysis with data in which no check failed."""
+    done = _finish(policy, state, now, Weights.candidate_at(100))
+    words = (
+        f"promoted by a person (rollout promote --full) at {state.weights.candidate}%, skipping the "
+        f"remaining steps; no check failed in the last analysis ({promotion_words(policy, state)})"
+    )
+    new = replace(done.state, reason=words, promote_full=False)
+    msg = f"promoted {policy.candidate.version}: 100% of traffic, {words}"
+    return Decision(new, (SetWeights(new.weights, "promote --full"), Announce("Promoted", msg)))
 
 
 def _ended(

@@ -63,11 +63,14 @@ def context_namespace(kubeconfig: str | None, context: str | None) -> str:
 class RolloutClient:
     """The ModelRollout calls the `rollout` verbs make (create/replace, read, list, annotate)."""
 
-    def __init__(self, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+    def __init__(
+        self, kubeconfig: str | None, context: str | None, namespace: str | None, *, client: Any = None
+    ) -> None:
+        """``client``: an ApiClient already made (the controller's), else one from the kubeconfig."""
         import kubernetes.client
 
-        self.api: Any = kubernetes.client.CustomObjectsApi(api_client(kubeconfig, context))
-        self.namespace = namespace or context_namespace(kubeconfig, context)
+        self.api: Any = kubernetes.client.CustomObjectsApi(client or api_client(kubeconfig, context))
+        self.namespace = namespace or ("default" if client else context_namespace(kubeconfig, context))
         self.gvp = (GROUP, VERSION)
         self.plural = PLURAL
 

@@ -56,7 +56,15 @@ iso, parse_iso, check_view, outcome_word = rfc3339, parse_rfc3339, check_documen
 ANNOTATION_ABORT = "mesh-canary.io/abort"
 ANNOTATION_APPROVE = "mesh-canary.io/approve"
 ANNOTATION_PAUSE = "mesh-canary.io/pause"  # "true" | "false", optionally "true@<request id>"
-COMMAND_ANNOTATIONS = {"abort": ANNOTATION_ABORT, "approve": ANNOTATION_APPROVE, "pause": ANNOTATION_PAUSE}
+ANNOTATION_PROMOTE = "mesh-canary.io/promote"  # "full@<request id>": skip the remaining steps
+ANNOTATION_RETRY = "mesh-canary.io/retry"  # restart a RolledBack or Aborted rollout from step 0
+COMMAND_ANNOTATIONS = {
+    "abort": ANNOTATION_ABORT,
+    "approve": ANNOTATION_APPROVE,
+    "pause": ANNOTATION_PAUSE,
+    "promote": ANNOTATION_PROMOTE,
+    "retry": ANNOTATION_RETRY,
+}
 
 # Present while a rollout is in progress, so that deleting the resource waits until the
 # controller has put every request back on stable.

@@ -134,7 +134,8 @@ def check_document(c: CheckResult) -> dict[str, Any]:
             "upper": c.upper,
             "bound": c.bound or None,
             "quantity": c.quantity or None,
-            "samples": c.samples,
+            # A count, so an integer (an effective count from discounted evidence is rounded).
+            "samples": round(c.samples) if math.isfinite(c.samples) else None,
             "enoughData": c.enough_data,
             "proven": c.proven,
             "ruledOut": c.ruled_out or None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from mesh_canary.core.engine import policy_fingerprint
@@ -64,11 +64,14 @@ class ModelRollouts:
         self.client = RolloutClient(kubeconfig, context, namespace)
         self.all_ns = all_ns
 
+    def objects(self) -> list[dict[str, Any]]:
+        return self.client.list(self.all_ns)
+
     def read(self) -> list[Entry]:
         from mesh_canary.present.report import policy_of_resource
 
         out = []
-        for obj in self.client.list(self.all_ns):
+        for obj in self.objects():
             meta = obj.get("metadata") or {}
             ns, name = str(meta.get("namespace") or self.client.namespace), str(meta.get("name") or "?")
             status = obj.get("status") or {}
@@ -121,14 +124,32 @@ class ModelRollouts:
         return sorted(rows, key=lambda r: str(r["lastTimestamp"]), reverse=True)
 
     def order(self, entry: Entry, verb: str) -> str:
-        from mesh_canary.kube.orders import annotation, order
+        from mesh_canary.kube.orders import annotation, order, refusal
 
-        word, value = order(verb)
         ns, name = entry.key.split("/", 1)
+        problem = refusal(verb, name, entry.status)  # the rule `rollout VERB` applies
+        if problem is not None:
+            raise ValueError(problem)
+        word, value = order(verb)
         client = copy.copy(self.client)  # the same API client, in the rollout's namespace
         client.namespace = ns
         client.annotate(name, annotation(word), value)
         return f"{verb} requested ({annotation(word)}={value}); the controller handles it at its next turn"
+
+
+class WatchedRollouts(ModelRollouts):
+    """The ModelRollouts a controller already watches: its informer's copies (no list call
+    per read), their Events and orders through the controller's own API client."""
+
+    def __init__(self, client: Any, objects: Callable[[], list[dict[str, Any]]]) -> None:
+        from mesh_canary.kube.rollouts import RolloutClient
+
+        self.client = RolloutClient(None, None, None, client=client)
+        self.all_ns = True
+        self._objects = objects
+
+    def objects(self) -> list[dict[str, Any]]:
+        return self._objects()
 
 
 class MemoryStores:

@@ -26,11 +26,11 @@ from dataclasses import dataclass, replace
 
 from mesh_canary.core import engine
 from mesh_canary.core.engine import Command, Decision, RolloutState
-from mesh_canary.core.model import Policy
+from mesh_canary.core.model import Destination, Policy
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import Judge
 from mesh_canary.core.weights import ALL_STABLE, Weights
-from mesh_canary.errors import EXIT_UNFINISHED, CouldNotWork
+from mesh_canary.errors import EXIT_UNFINISHED, BadInput, CouldNotWork
 from mesh_canary.protocols import (
     Announcement,
     Clock,
@@ -164,6 +164,22 @@ class RolloutRunner:
                     state = self._commit(replace(state, run_id=run_id), [])
                 return self._trust_live_weights(state)
             log.info("policy changed since the saved rollout; starting over")
+        return self._start(previous)
+
+    def restart(self) -> RolloutState:
+        """A person's retry (`rollout retry`) of a rollout that ended RolledBack or Aborted:
+        a new rollout of the same policy from step 0, whose first write is made here."""
+        state = self._require_state()
+        if state.phase not in (engine.Phase.ROLLED_BACK, engine.Phase.ABORTED) or not state.terminal:
+            raise ValueError(
+                f"{state.name} is {state.phase.value}: only a RolledBack or Aborted rollout restarts"
+            )
+        self.state = None  # a new rollout: its first write compares with nothing saved
+        self._pending.clear()
+        return self._start(state.run_id)
+
+    def _start(self, previous: str) -> RolloutState:
+        check_stable_is_live(self.policy, self.outside.live("check that stable is live"))
         run_id = _new_run_id()
         self.ownership.claim(run_id, previous)  # before the first write
         decision = engine.start(self.policy, self.clock.now())
@@ -405,6 +421,30 @@ class RolloutRunner:
         return self.state
 
 
+class StableNotLive(BadInput, ValueError):
+    """The route sends every request to what the policy calls the candidate: its stable is no
+    longer the live version (a rollout promoted it). Starting would move traffic back."""
+
+
+def check_stable_is_live(policy: Policy, live: Weights | None) -> None:
+    """Refuse to start a rollout whose stable is not live: after a promotion the route sends
+    100% to the old candidate, and a start would write 80/20 towards the old stable model.
+    Unknown live weights (unreadable route) do not refuse: every forward write still compares."""
+    if live is None or live.candidate < 100 or live.stable > 0:
+        return
+    raise StableNotLive(
+        f"{policy.namespace + '/' if policy.namespace else ''}{policy.name}: the route sends 100% of traffic "
+        f"to {_where(policy.candidate.destination)}, which this policy calls the candidate "
+        f"({policy.candidate.version}): its stable {policy.stable.version} is no longer the live version, "
+        "and starting would move traffic back to it; for the next release swap them "
+        "(`mesh-canary rollout next -f POLICY --candidate NEW`); nothing was changed"
+    )
+
+
+def _where(d: Destination) -> str:
+    return d.host + (f" subset {d.subset}" if d.subset else "")
+
+
 def _new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -439,7 +479,15 @@ def _same_split(a: Weights, b: Weights) -> bool:
     )
 
 
-__all__ = ["ALL_STABLE", "RolloutRunner", "RouterWriteError", "RunResult", "outcome_of"]
+__all__ = [
+    "ALL_STABLE",
+    "RolloutRunner",
+    "RouterWriteError",
+    "RunResult",
+    "StableNotLive",
+    "check_stable_is_live",
+    "outcome_of",
+]
 
 
 class Tries:

@@ -83,11 +83,24 @@ def test_start_wait_exits_3_on_a_rollback_and_history_shows_both(
         )
         cluster.metrics["3.0"] = Metrics()
         cluster.metrics["3.0"].error_rate = 0.4
-        bad = cli(cluster, "rollout", "start", "-f", policy_file(tmp_path, "3.0"), "--wait")
+        # The next release after a promotion: 2.0 (subset v2) is stable now (`rollout next`).
+        nxt = tmp_path / "next.yaml"
+        swap = [
+            "rollout",
+            "next",
+            "-f",
+            policy_file(tmp_path, "2.0"),
+            "--candidate",
+            "3.0",
+            "--out",
+            str(nxt),
+        ]
+        assert cli(cluster, *swap).exit_code == 0
+        bad = cli(cluster, "rollout", "start", "-f", str(nxt), "--wait")
     assert bad.exit_code == 3, bad.output
     assert "modelrollout models/fraud-scorer configured" in bad.output
     assert "outcome: rolled back: errorRate" in bad.output
-    assert cluster.vs_weights() == [100, 0]
+    assert cluster.vs_weights() == [0, 100]  # all on stable: 2.0, behind subset v2
 
     rows = json.loads(cli(cluster, "rollout", "history", "fraud-scorer", "-n", NS, "-o", "json").output)
     check_output(rows, "history")

@@ -76,8 +76,12 @@ SCRIPT = """<script>
 </script>"""
 
 ORDER_HEADER = "X-Mesh-Canary"
-ORDERS = ("pause", "resume", "approve", "abort")  # the buttons (`mesh-canary rollout VERB`)
-READ_ONLY = "this dashboard is read-only: start it with --allow-writes to give orders"
+# the buttons (`mesh-canary rollout VERB`; promote-full is `rollout promote --full`)
+ORDERS = ("pause", "resume", "approve", "abort", "promote-full", "retry")
+READ_ONLY = (
+    "this dashboard is read-only: start it with --allow-writes (the controller: --dashboard-allow-writes) "
+    "to give orders"
+)
 
 
 def _nav(snapshot: Snapshot, here: str = "") -> str:
@@ -222,6 +226,8 @@ class Dashboard:
             return 200, {"message": source.order(entry, verb)}
         except PermissionError as e:
             return 403, {"error": str(e)}
+        except ValueError as e:  # the rollout's phase cannot take this order (kube/orders.refusal)
+            return 409, {"error": str(e)}
         except Exception as e:
             return 502, {"error": redact(str(e))}
 
