@@ -114,7 +114,7 @@ class AnalysisSpec:
 @dataclass(frozen=True)
 class MetricsSpec:
     provider: Literal["prometheus", "local"] = "prometheus"
-    profile: Literal["istio", "envoy"] = "istio"
+    profile: Literal["istio", "envoy", "kserve"] = "istio"
     address: str = "http://prometheus.istio-system:9090"
     version_label: str = "destination_version"
     model_version_label: str = "version"  # label on the model metrics convention's series
