@@ -26,6 +26,7 @@ class VersionSpec:
     destination: Destination
     version: str
     metrics_version: str  # the label value metrics carry (defaults to `version`)
+    model: str | None = None  # in the model registry: models:/NAME@ALIAS or models:/NAME/VERSION
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,17 @@ class Webhook:
 
 
 @dataclass(frozen=True)
+class RegistrySpec:
+    """The model registry the versions' ``model`` URIs name (mesh_canary.registry)."""
+
+    tracking_uri: str
+    provider: str = "mlflow"
+    alias: str = "champion"  # moves to the candidate's version on promotion
+    timeout_s: float = 10.0
+    token_from_env: str | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     namespace: str
@@ -147,6 +159,7 @@ class Policy:
     notifications: tuple[Webhook, ...] = ()
     document: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """The validated YAML document with defaults filled in (camelCase, as written)."""
+    registry: RegistrySpec | None = None
 
     @property
     def virtual_service(self) -> RouteRef:

@@ -66,6 +66,7 @@ def _semantic_problems(doc: Any) -> list[Problem]:
         *_variable_problems(spec),
         *_route_problems(spec),
         *_destination_problems(spec),
+        *_registry_problems(spec),
         *_checks_problems(spec),
     ]
 
@@ -236,6 +237,19 @@ def _inference_service_problems(spec: dict[str, Any], field: str, parts: Any) ->
     if spec.get("strategy") == "blueGreen":
         out.append(Problem("spec.strategy", "an InferenceService canary cannot mirror traffic: use canary"))
     return out
+
+
+def _registry_problems(spec: dict[str, Any]) -> list[Problem]:
+    """A version named in the model registry needs the registry."""
+    if "registry" in spec:
+        return []
+    return [
+        Problem(
+            f"spec.{role}.model", "names a model registry version, but spec.registry (trackingUri) is not set"
+        )
+        for role in ("stable", "candidate")
+        if _dict(spec.get(role)).get("model") is not None
+    ]
 
 
 def _destination_problems(spec: dict[str, Any]) -> list[Problem]:
