@@ -1,5 +1,5 @@
 """What every router of a Kubernetes routing object shares (Istio's VirtualService, the
-Gateway API's HTTPRoute): one bounded attempt per call, read-then-replace with the
+Gateway API's HTTPRoute, KServe's InferenceService): one bounded attempt per call, read-then-replace with the
 resourceVersion read, 409 as a typed conflict, compare-and-swap on forward writes, the
 owner annotation, and the rollback record written in the same replace call.
 
