@@ -6,6 +6,7 @@ pure engine; the engine never sees them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,6 +18,8 @@ __all__ = [
     "Announcement",
     "Clock",
     "MetricsSource",
+    "ModelRegistry",
+    "ModelVersion",
     "Notifier",
     "StateStore",
     "TrafficRouter",
@@ -67,6 +70,27 @@ class Notifier(Protocol):
     def notify(self, announcement: Announcement) -> None:
         """Best effort: must not raise and must not block for long."""
         ...
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One version of a registered model, as the policy named it and as the registry resolved it."""
+
+    uri: str  # as written: models:/NAME@ALIAS or models:/NAME/VERSION
+    name: str
+    version: str
+
+
+class ModelRegistry(Protocol):
+    """A model registry (MLflow's): each call is one bounded attempt, raising on failure."""
+
+    def resolve(self, uri: str) -> ModelVersion:
+        """The version ``uri`` names now (an alias is looked up, a version checked to exist)."""
+        ...
+
+    def set_alias(self, model: ModelVersion, alias: str) -> None: ...
+
+    def set_tags(self, model: ModelVersion, tags: Mapping[str, str]) -> None: ...
 
 
 class Clock(Protocol):

@@ -39,6 +39,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # The status shows the one rollout view (a pure module of present/).
     "kube": (*ADAPTER_BASE, "mesh_canary.present.view"),
     "notify": ADAPTER_BASE,
+    # A model registry's REST client uses the metrics layer's deadline-bound HTTP client.
+    "registry": (*ADAPTER_BASE, "mesh_canary.metrics.deadline_http"),
     # Views read state and our resource's names; they never reach a backend or the runner.
     "present": (*CORE_LAYER, "mesh_canary.kube.names"),
     # Synthetic traffic and the simulator: the core, and the runner (phase 2 drives it on a virtual clock).
@@ -57,6 +59,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "mesh_canary.metrics",
         "mesh_canary.kube",
         "mesh_canary.notify",
+        "mesh_canary.registry",
         "mesh_canary.present",
         "mesh_canary.simulation",
         "mesh_canary.localmesh",

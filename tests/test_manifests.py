@@ -82,9 +82,11 @@ def test_rbac_is_least_privilege(installed: dict[tuple[str, str], Any]) -> None:
             ("gateway.networking.k8s.io", "httproutes"),
         )
         for verb in ("get", "list", "watch", "patch", "update")
-    } | {("mesh-canary.io", "modelrollouts", verb) for verb in ("get", "list", "watch", "patch")} | {
-        ("mesh-canary.io", "modelrollouts/status", verb) for verb in ("get", "update", "patch")
-    } | {(group, "events", verb) for group in ("", "events.k8s.io") for verb in ("create", "patch")}
+    } | {("serving.kserve.io", "inferenceservices", verb) for verb in ("get", "list", "watch", "patch")} | {
+        ("mesh-canary.io", "modelrollouts", verb) for verb in ("get", "list", "watch", "patch")
+    } | {("mesh-canary.io", "modelrollouts/status", verb) for verb in ("get", "update", "patch")} | {
+        (group, "events", verb) for group in ("", "events.k8s.io") for verb in ("create", "patch")
+    }
     role = installed["Role", "mesh-canary-leader-election"]
     assert role["metadata"]["namespace"] == SYSTEM_NS  # leases only in the controller's namespace
     assert rule_set(role["rules"]) == {

@@ -19,7 +19,7 @@ POLICY = load_policy_text(
 
 
 def test_every_router_and_provider_has_one_line() -> None:
-    assert set(ROUTERS) == {"istio", "gateway-api", "local"}
+    assert set(ROUTERS) == {"istio", "gateway-api", "kserve", "local"}
     assert set(PROVIDERS) == {"prometheus", "local"}
 
 
@@ -34,7 +34,9 @@ def test_the_local_factories_build_the_local_backends() -> None:
 
 
 def test_an_unknown_kind_is_refused_naming_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="no router 'linkerd'; known routers: gateway-api, istio, local"):
+    with pytest.raises(
+        ValueError, match="no router 'linkerd'; known routers: gateway-api, istio, kserve, local"
+    ):
         router_for("linkerd", POLICY, RouterTarget())
     with pytest.raises(ValueError, match="no metrics provider 'datadog'; known providers: local, prometheus"):
         metrics_for("datadog", POLICY, MetricsTarget())
@@ -47,7 +49,11 @@ def test_the_policys_route_kind_picks_the_cluster_router() -> None:
     from mesh_canary.routing.gateway import GatewayRouter
     from mesh_canary.routing.istio import IstioRouter
 
-    assert route_kinds() == {"VirtualService": "istio", "HTTPRoute": "gateway-api"}
+    assert route_kinds() == {
+        "VirtualService": "istio",
+        "HTTPRoute": "gateway-api",
+        "InferenceService": "kserve",
+    }
     assert router_name_for(POLICY) == "istio"
     http = load_policy_text(
         (Path(__file__).parent.parent / "policies" / "gateway-api.yaml").read_text(), "gateway-api.yaml"
@@ -81,4 +87,4 @@ def test_the_cli_offers_the_registrys_routers() -> None:
     from mesh_canary.cli import main
 
     result = CliRunner().invoke(main, ["run", "--help"])
-    assert result.exit_code == 0 and "[gateway-api|istio|local]" in result.output
+    assert result.exit_code == 0 and "[gateway-api|istio|kserve|local]" in result.output

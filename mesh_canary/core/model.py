@@ -26,6 +26,7 @@ class VersionSpec:
     destination: Destination
     version: str
     metrics_version: str  # the label value metrics carry (defaults to `version`)
+    model: str | None = None  # in the model registry: models:/NAME@ALIAS or models:/NAME/VERSION
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class AnalysisSpec:
 @dataclass(frozen=True)
 class MetricsSpec:
     provider: Literal["prometheus", "local"] = "prometheus"
-    profile: Literal["istio", "envoy"] = "istio"
+    profile: Literal["istio", "envoy", "kserve"] = "istio"
     address: str = "http://prometheus.istio-system:9090"
     version_label: str = "destination_version"
     model_version_label: str = "version"  # label on the model metrics convention's series
@@ -131,6 +132,17 @@ class Webhook:
     url_from_env: str | None = None
     url_from_secret: dict[str, str] | None = None  # {name, key}
     format: Literal["slack", "json"] = "json"
+
+
+@dataclass(frozen=True)
+class RegistrySpec:
+    """The model registry the versions' ``model`` URIs name (mesh_canary.registry)."""
+
+    tracking_uri: str
+    provider: str = "mlflow"
+    alias: str = "champion"  # moves to the candidate's version on promotion
+    timeout_s: float = 10.0
+    token_from_env: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +162,7 @@ class Policy:
     notifications: tuple[Webhook, ...] = ()
     document: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """The validated YAML document with defaults filled in (camelCase, as written)."""
+    registry: RegistrySpec | None = None
 
     @property
     def virtual_service(self) -> RouteRef:

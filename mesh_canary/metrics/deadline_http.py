@@ -97,7 +97,19 @@ class DeadlineClient:
         deadline: float,
         headers: Mapping[str, str] | None = None,
     ) -> Answer:
-        """The answer to ``GET url?params``, read whole by ``deadline``.
+        """The answer to ``GET url?params``, read whole by ``deadline`` (see `send`)."""
+        return self.send("GET", url, params, deadline, headers)
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        deadline: float,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> Answer:
+        """The answer to ``METHOD url?params`` (sending ``content``), read whole by ``deadline``.
 
         ``params`` None keeps the query already in ``url``. ``headers`` are sent too (the
         client's own ``headers`` win). Raises DeadlineExceeded, Unreachable, TooLarge, or
@@ -120,11 +132,12 @@ class DeadlineClient:
             extensions = {"timeout": {"connect": left, "read": left, "write": left, "pool": left}}
             pool = self._pool_for(target)
             with pool.stream(
-                "GET",
+                method,
                 httpcore.URL(
                     scheme=target.raw_scheme, host=target.raw_host, port=target.port, target=target.raw_path
                 ),
                 headers=list(headers.items()),
+                content=content,
                 extensions=extensions,
             ) as response:
                 body = bytearray()

@@ -54,6 +54,12 @@ ISTIO_DURATION = "istio_request_duration_milliseconds_bucket"
 ENVOY_RESPONSES = "envoy_cluster_upstream_rq_xx"
 ENVOY_DURATION = "envoy_cluster_upstream_rq_time_bucket"
 ENVOY_CLUSTER_LABEL = "envoy_cluster_name"
+# KServe (serverless mode): Knative's queue-proxy next to each predictor pod counts the
+# requests its model server answered, per revision (docs/kserve.md lists the labels used).
+KSERVE_REQUESTS = "revision_app_request_count"
+KSERVE_DURATION = "revision_app_request_latencies_bucket"
+KSERVE_REVISION_LABEL = "revision_name"
+KSERVE_NAMESPACE_LABEL = "namespace_name"
 MODEL_PREDICTIONS = "model_predictions_total"
 MODEL_FEEDBACK = "model_feedback_total"
 MODEL_SCORE = "model_prediction_score_bucket"
@@ -143,10 +149,13 @@ def version_label(policy: Policy) -> str:
 
     The envoy profile reads Envoy's per-cluster stats, where the cluster is named after the
     version; Istio's default ``destination_version`` there means "use envoy_cluster_name".
+    The kserve profile reads Knative's per-revision metrics: the default means "revision_name".
     """
     label = policy.metrics.version_label
     if policy.metrics.profile == "envoy" and label == "destination_version":
         label = ENVOY_CLUSTER_LABEL
+    if policy.metrics.profile == "kserve" and label == "destination_version":
+        label = KSERVE_REVISION_LABEL
     return label_name(label)
 
 
@@ -223,26 +232,27 @@ def plan_queries(policy: Policy, window: str) -> list[Query]:
     label = version_label(policy)
     by_version = matcher(label, "=~", versions)
 
+    # Each profile: its request counter, the label carrying the answer's code, its latency
+    # histogram, and the selectors that pick the policy's service out of them.
     if policy.metrics.profile == "istio":
         selectors = [['reporter="destination"', *scope, by_version] for scope in service_scope(policy)]
-        if families & {"requests", "errors"}:
-            # One query gives both: requests are the sum over codes, errors the 5xx codes.
-            expr = _sum_by([label, "response_code"], _increase(ISTIO_REQUESTS, selectors, window))
-            queries.append(Query("traffic", expr, label, ISTIO_REQUESTS))
-        if "latency" in families:
-            expr = _sum_by([label, "le"], _increase(ISTIO_DURATION, selectors, window))
-            queries.append(Query("latency", expr, label, ISTIO_DURATION))
+        # One query gives both: requests are the sum over codes, errors the 5xx codes.
+        profile = (ISTIO_REQUESTS, "response_code", ISTIO_DURATION)
+    elif policy.metrics.profile == "kserve":
+        selectors = [[matcher(KSERVE_NAMESPACE_LABEL, "=", policy.route.namespace), by_version]]
+        # Knative's response_code is the numeric code, read like Istio's (5xx: errors).
+        profile = (KSERVE_REQUESTS, "response_code", KSERVE_DURATION)
     else:
         selectors = [[by_version]]
-        if families & {"requests", "errors"}:
-            # One query gives both: requests are the sum over classes, errors class 5.
-            expr = _sum_by(
-                [label, "envoy_response_code_class"], _increase(ENVOY_RESPONSES, selectors, window)
-            )
-            queries.append(Query("traffic", expr, label, ENVOY_RESPONSES))
-        if "latency" in families:
-            expr = _sum_by([label, "le"], _increase(ENVOY_DURATION, selectors, window))
-            queries.append(Query("latency", expr, label, ENVOY_DURATION))
+        # One query gives both: requests are the sum over classes, errors class 5.
+        profile = (ENVOY_RESPONSES, "envoy_response_code_class", ENVOY_DURATION)
+    requests, code_label, duration = profile
+    if families & {"requests", "errors"}:
+        expr = _sum_by([label, code_label], _increase(requests, selectors, window))
+        queries.append(Query("traffic", expr, label, requests))
+    if "latency" in families:
+        expr = _sum_by([label, "le"], _increase(duration, selectors, window))
+        queries.append(Query("latency", expr, label, duration))
 
     model_label = label_name(policy.metrics.model_version_label)
     model_selector = [[matcher(model_label, "=~", versions)]]

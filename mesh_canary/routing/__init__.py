@@ -12,6 +12,7 @@ reference (``spec.route.kind``) picks its router with :func:`router_for_route`.
 - ``istio``: an Istio VirtualService through the Kubernetes API (:mod:`.istio`, its
   patching in :mod:`.istio_patch`).
 - ``gateway-api``: a Gateway API HTTPRoute's backendRefs weights (:mod:`.gateway`).
+- ``kserve``: a KServe InferenceService's ``canaryTrafficPercent`` (:mod:`.kserve`).
 - ``local``: the embedded local mesh's Envoy runtime (:mod:`.local`).
 
 The guards every Kubernetes router shares are in :mod:`.kube_route`.
@@ -69,6 +70,12 @@ def _gateway(policy: Policy, target: RouterTarget) -> TrafficRouter:
     return GatewayRouter(policy, target.api_client)
 
 
+def _kserve(policy: Policy, target: RouterTarget) -> TrafficRouter:
+    from mesh_canary.routing.kserve import KServeRouter
+
+    return KServeRouter(policy, target.api_client)
+
+
 def _local(policy: Policy, target: RouterTarget) -> TrafficRouter:
     from mesh_canary.routing.local import LocalRouter
 
@@ -82,6 +89,7 @@ def _local(policy: Policy, target: RouterTarget) -> TrafficRouter:
 ROUTERS: dict[str, Router] = {
     "istio": Router(_istio, "VirtualService"),
     "gateway-api": Router(_gateway, "HTTPRoute"),
+    "kserve": Router(_kserve, "InferenceService"),
     "local": Router(_local),
 }
 

@@ -1,5 +1,5 @@
 """What every router of a Kubernetes routing object shares (Istio's VirtualService, the
-Gateway API's HTTPRoute): one bounded attempt per call, read-then-replace with the
+Gateway API's HTTPRoute, KServe's InferenceService): one bounded attempt per call, read-then-replace with the
 resourceVersion read, 409 as a typed conflict, compare-and-swap on forward writes, the
 owner annotation, and the rollback record written in the same replace call.
 
@@ -180,18 +180,22 @@ class KubeRouteRouter:
             return None
         return self.drift_of(self.read(), expected)
 
+    def _send(self, desired: dict[str, Any]) -> None:
+        """The write call itself: a replace (a kind may send a patch instead, see routing.kserve)."""
+        # `desired` carries the resourceVersion we read: a stale one is a 409.
+        self._api.replace_namespaced_custom_object(
+            self.GROUP,
+            self.VERSION,
+            self.namespace,
+            self.PLURAL,
+            self.name,
+            desired,
+            _request_timeout=self._timeout,
+        )
+
     def _replace(self, desired: dict[str, Any], what: str) -> None:
         try:
-            # `desired` carries the resourceVersion we read: a stale one is a 409.
-            self._api.replace_namespaced_custom_object(
-                self.GROUP,
-                self.VERSION,
-                self.namespace,
-                self.PLURAL,
-                self.name,
-                desired,
-                _request_timeout=self._timeout,
-            )
+            self._send(desired)
         except ApiException as e:
             if e.status == 409:
                 self.conflicts += 1

@@ -215,9 +215,15 @@ def drive(
     """Run the rollout with a live display; the first Ctrl-C rolls back to stable, a second
     one quits (right after a write in progress and its save, never in the middle)."""
     from mesh_canary.present.console import LiveProgress
+    from mesh_canary.registry.announce import start_registry_run
 
     clock = SystemClock()
-    notifier = notifier_for_policy(policy.notifications)
+    # The model registry (if the policy names versions in it) is resolved before anything is
+    # written, and told the outcome afterwards, in the background like a webhook.
+    registry = start_registry_run(policy, store)
+    if registry is not None:
+        store = registry.store
+    notifier = notifier_for_policy(policy.notifications, extra=[registry.announcer] if registry else [])
     with LiveProgress(policy, console, enabled=live) as progress:
         runner = RolloutRunner(policy, router, metrics, store, notifier, clock, on_update=progress.update)
 
@@ -237,6 +243,8 @@ def drive(
             return RunResult(outcome, state)
         finally:
             notifier.close()
+            if registry is not None:
+                registry.announcer.wait(registry.announcer.budget_s)  # bounded, after every write
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from mesh_canary.core.model import (
     Destination,
     MetricsSpec,
     Policy,
+    RegistrySpec,
     RouteRef,
     VersionSpec,
     Webhook,
@@ -34,7 +35,22 @@ def _destination(d: dict[str, Any]) -> Destination:
 
 def _version(d: dict[str, Any]) -> VersionSpec:
     return VersionSpec(
-        destination=_destination(d["destination"]), version=d["version"], metrics_version=d["metricsVersion"]
+        destination=_destination(d["destination"]),
+        version=d["version"],
+        metrics_version=d["metricsVersion"],
+        model=d.get("model"),
+    )
+
+
+def _registry(d: dict[str, Any] | None) -> RegistrySpec | None:
+    if d is None:
+        return None
+    return RegistrySpec(
+        tracking_uri=d["trackingUri"],
+        provider=d["provider"],
+        alias=d["alias"],
+        timeout_s=parse_duration(d["timeout"]),
+        token_from_env=d.get("tokenFromEnv"),
     )
 
 
@@ -132,6 +148,7 @@ def _policy(d: dict[str, Any]) -> Policy:
         approval=spec["gates"]["approval"],
         notifications=tuple(_webhook(n["webhook"]) for n in spec["notifications"]),
         document=d,
+        registry=_registry(spec.get("registry")),
     )
 
 

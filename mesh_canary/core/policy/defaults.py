@@ -15,7 +15,15 @@ from typing import Any
 
 from mesh_canary.checks import REGISTRY
 from mesh_canary.core.durations import format_duration
-from mesh_canary.core.model import AnalysisSpec, BlueGreenSpec, CanarySpec, MetricsSpec, Policy, Webhook
+from mesh_canary.core.model import (
+    AnalysisSpec,
+    BlueGreenSpec,
+    CanarySpec,
+    MetricsSpec,
+    Policy,
+    RegistrySpec,
+    Webhook,
+)
 
 NAMESPACE = "default"
 
@@ -66,6 +74,12 @@ SPEC: dict[str, dict[str, Any]] = {
     },
     "gates": {"approval": _field_default(Policy, "approval")},
 }
+# spec.registry is optional: its defaults are written in only when the policy has one.
+MODEL_REGISTRY: dict[str, Any] = {
+    "provider": _field_default(RegistrySpec, "provider"),
+    "alias": _field_default(RegistrySpec, "alias"),
+    "timeout": format_duration(_field_default(RegistrySpec, "timeout_s")),
+}
 STRATEGY: str = _field_default(Policy, "strategy")
 WEBHOOK_FORMAT: str = _field_default(Webhook, "format")
 
@@ -107,6 +121,9 @@ def with_defaults(doc: dict[str, Any]) -> dict[str, Any]:
             check.setdefault("minLabeled", analysis["minRequests"])
     for section in ("metrics", "gates"):
         _fill(spec, section)
+    if "registry" in spec:
+        for key, value in MODEL_REGISTRY.items():
+            spec["registry"].setdefault(key, value)
     for notification in spec.setdefault("notifications", []):
         notification["webhook"].setdefault("format", WEBHOOK_FORMAT)
     return d

@@ -66,6 +66,7 @@ def _semantic_problems(doc: Any) -> list[Problem]:
         *_variable_problems(spec),
         *_route_problems(spec),
         *_destination_problems(spec),
+        *_registry_problems(spec),
         *_checks_problems(spec),
     ]
 
@@ -199,6 +200,8 @@ def _route_problems(spec: dict[str, Any]) -> list[Problem]:
             what = "route" if field == "virtualService" else "rule"
             out.append(Problem(at, f"the {what} {part!r} is listed twice"))
         seen.add(part)
+    if kind == "InferenceService":
+        out += _inference_service_problems(spec, field, parts)
     if kind == "HTTPRoute":
         for role in ("stable", "candidate", "fallback"):
             if _dict(_dict(spec.get(role)).get("destination")).get("subset") is not None:
@@ -210,6 +213,43 @@ def _route_problems(spec: dict[str, Any]) -> list[Problem]:
                     )
                 )
     return out
+
+
+def _inference_service_problems(spec: dict[str, Any], field: str, parts: Any) -> list[Problem]:
+    """A KServe canary splits one InferenceService between two predictor revisions, nothing more."""
+    out: list[Problem] = []
+    if parts:
+        out.append(
+            Problem(f"spec.{field}.rules", "an InferenceService has no rules to choose; leave rules out")
+        )
+    for role in ("stable", "candidate"):
+        if _dict(_dict(spec.get(role)).get("destination")).get("subset") is not None:
+            out.append(
+                Problem(
+                    f"spec.{role}.destination.subset",
+                    "an InferenceService's versions are its predictor revisions: name the revision as the host",
+                )
+            )
+    if spec.get("fallback") is not None:
+        out.append(
+            Problem("spec.fallback", "an InferenceService canary has no third destination for a fallback")
+        )
+    if spec.get("strategy") == "blueGreen":
+        out.append(Problem("spec.strategy", "an InferenceService canary cannot mirror traffic: use canary"))
+    return out
+
+
+def _registry_problems(spec: dict[str, Any]) -> list[Problem]:
+    """A version named in the model registry needs the registry."""
+    if "registry" in spec:
+        return []
+    return [
+        Problem(
+            f"spec.{role}.model", "names a model registry version, but spec.registry (trackingUri) is not set"
+        )
+        for role in ("stable", "candidate")
+        if _dict(spec.get(role)).get("model") is not None
+    ]
 
 
 def _destination_problems(spec: dict[str, Any]) -> list[Problem]:

@@ -137,6 +137,10 @@ _PATTERN_WORDS = {
         "which could break out of a PromQL label string"
     ),
     r'^[^"\\\n\r]+$': "must not contain a double quote, a backslash or a newline",
+    r"^models:/[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9_-]+|/[1-9][0-9]*)$": (
+        "is not a model registry URI: use models:/NAME@ALIAS or models:/NAME/VERSION"
+    ),
+    r"^[A-Za-z0-9_-]+$": "is not a valid alias: use letters, digits, _ and -",
     r'^https?://[^\s"]+$': "is not an http:// or https:// URL",
     r"^[-._a-zA-Z0-9]+$": "is not a valid Secret key: use letters, digits, -, _ and .",
 }
