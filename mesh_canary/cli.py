@@ -1217,8 +1217,12 @@ def collector() -> None:
 
 
 @collector.command("serve")
-@click.option("--address", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on (port 0: any).")
-@click.option("--db", "db_path", default="collector.sqlite", show_default=True, help="The sqlite file (WAL mode).")
+@click.option(
+    "--address", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on (port 0: any)."
+)
+@click.option(
+    "--db", "db_path", default="collector.sqlite", show_default=True, help="The sqlite file (WAL mode)."
+)
 @click.option("--retention", default="7d", show_default=True, help="Keep predictions and labels this long.")
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True)
 @click.option("--request-timeout", default="10s", show_default=True, help="Deadline of one request.")
@@ -1241,7 +1245,14 @@ def collector_serve(
 
     sys.exit(
         serve_address(
-            address, db_path, retention, request_timeout, max_body_bytes, max_connections, max_versions, max_classes
+            address,
+            db_path,
+            retention,
+            request_timeout,
+            max_body_bytes,
+            max_connections,
+            max_versions,
+            max_classes,
         )
     )
 
@@ -1254,7 +1265,9 @@ def collector_serve(
 @click.option("--batch", type=click.IntRange(min=1, max=100_000), default=1000, show_default=True)
 @output_option
 @friendly_errors
-def collector_import_labels(file: str, url: str, id_column: str, label_column: str, batch: int, fmt: str) -> None:
+def collector_import_labels(
+    file: str, url: str, id_column: str, label_column: str, batch: int, fmt: str
+) -> None:
     """Send labels from a warehouse export (CSV with a header row, or JSON Lines) to a collector.
     The whole file is checked first: a bad row stops it before anything is sent (exit 2)."""
     from mesh_canary.collector.importer import post_labels, read_labels

@@ -22,7 +22,14 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from mesh_canary.collector import store as s
-from mesh_canary.modelmetrics import FEEDBACK, LABEL_DELAY, LABEL_DELAY_BUCKETS, PREDICTIONS, SCORE, SCORE_BUCKETS
+from mesh_canary.modelmetrics import (
+    FEEDBACK,
+    LABEL_DELAY,
+    LABEL_DELAY_BUCKETS,
+    PREDICTIONS,
+    SCORE,
+    SCORE_BUCKETS,
+)
 
 
 class StoreCollector(Collector):
@@ -34,9 +41,13 @@ class StoreCollector(Collector):
         counters, unlabelled, unmatched = self.store.snapshot()
         v = self.version_label
         versions = sorted({key[1] for key in counters if key[0] == s.PRED})
-        predictions = CounterMetricFamily(PREDICTIONS, "Predictions made, by predicted class.", labels=[v, "class"])
+        predictions = CounterMetricFamily(
+            PREDICTIONS, "Predictions made, by predicted class.", labels=[v, "class"]
+        )
         feedback = CounterMetricFamily(
-            FEEDBACK, "Ground truth received, by predicted and actual class.", labels=[v, "predicted", "actual"]
+            FEEDBACK,
+            "Ground truth received, by predicted and actual class.",
+            labels=[v, "predicted", "actual"],
         )
         for key, value in sorted(counters.items()):
             if key[0] == s.PRED:
@@ -45,7 +56,9 @@ class StoreCollector(Collector):
                 feedback.add_metric(list(key[1:]), value)
         yield predictions
         yield feedback
-        yield _histogram(SCORE, "Score of the predicted class.", v, versions, counters, s.SCORE, s.SCORE_SUM, SCORE_BUCKETS)
+        yield _histogram(
+            SCORE, "Score of the predicted class.", v, versions, counters, s.SCORE, s.SCORE_SUM, SCORE_BUCKETS
+        )
         yield _histogram(
             LABEL_DELAY,
             "Seconds from a prediction to its label.",
@@ -57,7 +70,9 @@ class StoreCollector(Collector):
             LABEL_DELAY_BUCKETS,
         )
         events = CounterMetricFamily(
-            "collector_events", "Events received, by kind and what became of them.", labels=["kind", "outcome"]
+            "collector_events",
+            "Events received, by kind and what became of them.",
+            labels=["kind", "outcome"],
         )
         expired = CounterMetricFamily(
             "collector_expired_unlabelled", "Predictions deleted by retention without a label.", labels=[v]
@@ -74,7 +89,9 @@ class StoreCollector(Collector):
             "Labels deleted by retention without a prediction.",
             value=counters.get((s.EXPIRED_LABELS,), 0.0),
         )
-        waiting = GaugeMetricFamily("collector_unlabelled_predictions", "Predictions waiting for a label.", labels=[v])
+        waiting = GaugeMetricFamily(
+            "collector_unlabelled_predictions", "Predictions waiting for a label.", labels=[v]
+        )
         for version in sorted(unlabelled):
             waiting.add_metric([version], unlabelled[version])
         yield waiting
@@ -100,7 +117,7 @@ def _histogram(
         buckets = []
         for i, bound in enumerate([*bounds, float("inf")]):
             running += counters.get((family, version, str(i)), 0.0)
-            buckets.append((floatToGoString(bound), running))
+            buckets.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
         metric.add_metric([version], buckets, counters.get((sum_family, version), 0.0))
     return metric
 

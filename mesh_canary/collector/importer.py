@@ -55,7 +55,9 @@ def _rows(path: Path, id_column: str, label_column: str) -> Iterator[dict[str, s
                     raise ImportInputError(f"{path}:{line_no}: not a JSON object") from None
                 if not isinstance(item, dict):
                     raise ImportInputError(f"{path}:{line_no}: not a JSON object")
-                yield _checked(path, line_no, item.get(id_column), item.get(label_column), id_column, label_column)
+                yield _checked(
+                    path, line_no, item.get(id_column), item.get(label_column), id_column, label_column
+                )
             return
         reader = csv.DictReader(f)
         missing = [c for c in (id_column, label_column) if c not in (reader.fieldnames or [])]
@@ -64,17 +66,27 @@ def _rows(path: Path, id_column: str, label_column: str) -> Iterator[dict[str, s
                 f"{path}: the header row has no column {missing[0]!r} (columns: {', '.join(reader.fieldnames or [])})"
             )
         for row in reader:
-            yield _checked(path, reader.line_num, row.get(id_column), row.get(label_column), id_column, label_column)
+            yield _checked(
+                path, reader.line_num, row.get(id_column), row.get(label_column), id_column, label_column
+            )
 
 
-def _checked(path: Path, line: int, id_: object, label: object, id_column: str, label_column: str) -> dict[str, str]:
+def _checked(
+    path: Path, line: int, id_: object, label: object, id_column: str, label_column: str
+) -> dict[str, str]:
     for name, value in ((id_column, id_), (label_column, label)):
-        if isinstance(value, bool) or not isinstance(value, (str, int)) or not 0 < len(str(value)) <= MAX_TEXT:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (str, int))
+            or not 0 < len(str(value)) <= MAX_TEXT
+        ):
             raise ImportInputError(f"{path}:{line}: {name} must be 1 to {MAX_TEXT} characters, not {value!r}")
     return {"id": str(id_), "label": str(label)}
 
 
-def post_labels(url: str, rows: list[dict[str, str]], batch: int = 1000, timeout_s: float = 30.0) -> ImportResult:
+def post_labels(
+    url: str, rows: list[dict[str, str]], batch: int = 1000, timeout_s: float = 30.0
+) -> ImportResult:
     """Send the rows to ``url``/labels; CouldNotWork if the collector refuses or is unreachable
     (each request has ``timeout_s`` in all; batches already sent stay, and a rerun is safe)."""
     totals: dict[str, int] = {}

@@ -21,20 +21,27 @@ store's Limits. Nothing else grows with traffic in memory: rows live in sqlite.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from mesh_canary.collector.events import CE_CONTENT_TYPES, Malformed, parse_cloudevents, parse_labels, parse_plain
+from mesh_canary.collector.events import (
+    CE_CONTENT_TYPES,
+    Malformed,
+    parse_cloudevents,
+    parse_labels,
+    parse_plain,
+)
 from mesh_canary.collector.export import render
 from mesh_canary.collector.store import Limits, Outcome, Store
 
@@ -50,7 +57,7 @@ class Settings:
     max_body_bytes: int = 1 << 20
     request_timeout_s: float = 10.0
     max_connections: int = 128
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     version_label: str = "version"
     expire_every_s: float = 60.0
 
@@ -63,7 +70,9 @@ class _Watchdog:
         self._deadlines: dict[socket.socket, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(period_s,), name="collector-watchdog", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(period_s,), name="collector-watchdog", daemon=True
+        )
         self._thread.start()
 
     def arm(self, conn: socket.socket, deadline: float) -> None:
@@ -82,10 +91,8 @@ class _Watchdog:
                 for conn in late:
                     del self._deadlines[conn]
             for conn in late:
-                try:
+                with contextlib.suppress(OSError):  # already gone
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already gone
 
     def stop(self) -> None:
         self._stop.set()
@@ -167,7 +174,10 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(length_text)
         if length > self.server.settings.max_body_bytes:
             self.close_connection = True  # the body stays unread: the connection cannot be reused
-            self._json(413, {"error": f"the body is {length} bytes; the limit is {self.server.settings.max_body_bytes}"})
+            self._json(
+                413,
+                {"error": f"the body is {length} bytes; the limit is {self.server.settings.max_body_bytes}"},
+            )
             return None
         return self.rfile.read(length)
 

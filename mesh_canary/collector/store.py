@@ -94,7 +94,9 @@ class Store:
             "SELECT version, COUNT(*) FROM predictions WHERE label IS NULL GROUP BY version"
         ):
             self.unlabelled[version] = n
-        self.unmatched_labels: int = self._db.execute("SELECT COUNT(*) FROM labels WHERE matched = 0").fetchone()[0]
+        self.unmatched_labels: int = self._db.execute(
+            "SELECT COUNT(*) FROM labels WHERE matched = 0"
+        ).fetchone()[0]
         self._classes: dict[str, set[str]] = defaultdict(set)
         self._label_values: set[str] = set()
         for key in self.counters:
@@ -132,7 +134,9 @@ class Store:
                     if p.score is not None:
                         delta[(SCORE, p.version, str(bisect_left(SCORE_BUCKETS, p.score)))] += 1
                         delta[(SCORE_SUM, p.version)] += p.score
-                    early = db.execute("SELECT label, at, matched FROM labels WHERE id = ?", (p.id,)).fetchone()
+                    early = db.execute(
+                        "SELECT label, at, matched FROM labels WHERE id = ?", (p.id,)
+                    ).fetchone()
                     if early is None:
                         unlabelled[p.version] += 1
                         continue
@@ -184,7 +188,8 @@ class Store:
                         kept = db.execute("SELECT label FROM labels WHERE id = ?", (label.id,)).fetchone()
                         if kept is None:
                             db.execute(
-                                "INSERT INTO labels (id, label, at) VALUES (?, ?, ?)", (label.id, label.label, label.at)
+                                "INSERT INTO labels (id, label, at) VALUES (?, ?, ?)",
+                                (label.id, label.label, label.at),
                             )
                             outcome["unmatched"] += 1
                             new_unmatched += 1
@@ -220,7 +225,7 @@ class Store:
     def count_rejected(self, kind: str) -> None:
         """A malformed request: counted (persisted) so operators see senders in trouble."""
         with self._lock:
-            delta = {(EVENTS, kind, "rejected"): 1.0}
+            delta: dict[Key, float] = {(EVENTS, kind, "rejected"): 1.0}
             self._db.execute("BEGIN IMMEDIATE")
             self._save(delta)
             self._db.execute("COMMIT")
@@ -239,7 +244,8 @@ class Store:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     rows = db.execute(
-                        "SELECT id, version, label FROM predictions WHERE at < ? ORDER BY at LIMIT ?", (cutoff, batch)
+                        "SELECT id, version, label FROM predictions WHERE at < ? ORDER BY at LIMIT ?",
+                        (cutoff, batch),
                     ).fetchall()
                     gone: dict[str, int] = defaultdict(int)
                     for pid, version, label in rows:
@@ -250,7 +256,7 @@ class Store:
                     labels = db.execute(
                         "SELECT id, matched FROM labels WHERE at < ? ORDER BY at LIMIT ?", (cutoff, batch)
                     ).fetchall()
-                    for lid, matched in labels:
+                    for lid, _ in labels:
                         db.execute("DELETE FROM labels WHERE id = ?", (lid,))
                     unmatched_gone = sum(1 for _, m in labels if not m)
                     if unmatched_gone:
@@ -288,7 +294,9 @@ class Store:
             return {
                 "unlabelledPredictions": {v: n for v, n in sorted(self.unlabelled.items()) if n},
                 "unmatchedLabels": self.unmatched_labels,
-                "expiredWithoutLabel": {k[1]: int(v) for k, v in counters.items() if k[0] == EXPIRED_UNLABELLED},
+                "expiredWithoutLabel": {
+                    k[1]: int(v) for k, v in counters.items() if k[0] == EXPIRED_UNLABELLED
+                },
                 "expiredLabelsWithoutPrediction": int(counters.get((EXPIRED_LABELS,), 0)),
                 "oldestUnlabelled": [{"id": i, "version": v, "at": at} for i, v, at in waiting],
                 "oldestUnmatchedLabels": [{"id": i, "at": at} for i, at in orphans],
