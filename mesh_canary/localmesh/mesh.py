@@ -262,7 +262,8 @@ class LocalMesh:
 
     def restart_collector(self, kill: bool = False) -> None:
         """Stop the collector (SIGKILL if ``kill``: no clean shutdown) and start a new one on
-        the same port and store, as a crashed pod comes back with its volume."""
+        the same port and store, as a crashed pod comes back with its volume. Call it from a
+        thread that outlives the mesh: a child dies with the thread that started it (children.spawn)."""
         old = self.collector
         if old is None:
             raise RuntimeError("this mesh has no collector (labels='collector')")
