@@ -499,14 +499,21 @@ def _print_simulation_text(results: list[dict[str, Any]]) -> None:
     show_default=True,
     help="Read metrics through a real Prometheus (auto: when `prometheus` is installed) or scrape directly.",
 )
+@click.option(
+    "--labels",
+    type=click.Choice(["feedback", "collector"]),
+    default="feedback",
+    show_default=True,
+    help="collector: the model servers send payload-logger CloudEvents to a prediction-label collector.",
+)
 @output_option
 @friendly_errors
-def demo(rps: float, metrics_mode: str, fmt: str) -> None:
+def demo(rps: float, metrics_mode: str, labels: str, fmt: str) -> None:
     """The whole loop on the embedded local mesh: a healthy candidate promoted, a degraded one
     rolled back (about a minute)."""
     from mesh_canary.run.demo import run_demo
 
-    report = run_demo(rps=rps, live=fmt == "text", metrics_mode=metrics_mode)
+    report = run_demo(rps=rps, live=fmt == "text", metrics_mode=metrics_mode, labels=labels)
     if fmt != "text":
         click.echo(dump(report, fmt))
     sys.exit(0 if report["ok"] else EXIT_FAILURE)
