@@ -33,6 +33,7 @@ from mesh_canary.collector.store import Limits, Refused, Store
 from mesh_canary.localmesh.payload_logger import PayloadLogger
 
 NOW = 1_800_000_000.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def event(body: object, event_type: str = RESPONSE_TYPE, id_: str = "r1", **extra: str) -> CloudEvent:
@@ -393,3 +394,32 @@ def test_serve_and_import_labels_from_a_warehouse_export(tmp_path: Path) -> None
 def test_bad_serve_options_exit_2_with_one_sentence() -> None:
     done = mesh_canary("collector", "serve", "--retention", "soon")
     assert done.returncode == 2 and "--retention 'soon' is not a duration" in done.stderr
+
+
+def test_the_in_cluster_manifest_runs_a_valid_serve_command_with_its_volume() -> None:
+    import yaml
+
+    from mesh_canary.cli import collector_serve
+
+    docs = {
+        d["kind"]: d
+        for d in yaml.safe_load_all((ROOT / "manifests" / "kserve" / "collector.yaml").read_text())
+    }
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[:2] == ["collector", "serve"]
+    ctx = collector_serve.make_context("serve", args[2:])  # every option is one `serve` accepts
+    db_dir = str(Path(ctx.params["db_path"]).parent)
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert (
+        volumes[mounts[db_dir]]["persistentVolumeClaim"]["claimName"]
+        == docs["PersistentVolumeClaim"]["metadata"]["name"]
+    )
+    assert (
+        docs["Deployment"]["spec"]["replicas"] == 1
+        and docs["Deployment"]["spec"]["strategy"]["type"] == "Recreate"
+    )
+    assert docs["Service"]["spec"]["selector"] == docs["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert ctx.params["address"].startswith("0.0.0.0:")
