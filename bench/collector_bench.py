@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +39,7 @@ from cloudevents.core.v1.event import CloudEvent  # noqa: E402
 
 from mesh_canary.collector.events import RESPONSE_TYPE, Label, parse_cloudevents  # noqa: E402
 from mesh_canary.collector.store import Store  # noqa: E402
+from mesh_canary.localmesh.mesh import CollectorProcess  # noqa: E402
 
 HEADING = "## Prediction-label collector"
 BATCH = 100
@@ -121,31 +121,17 @@ def _proc_rss_kib(pid: int) -> float:
 
 def over_http(n_events: int, n_batched: int, workdir: Path) -> dict[str, float]:
     db = workdir / "http.sqlite"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mesh_canary",
-            "collector",
-            "serve",
-            "--address",
-            "127.0.0.1:0",
-            "--db",
-            str(db),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
+    server = CollectorProcess(db, workdir)  # `mesh-canary collector serve`
+    pid = server.process.pid
     try:
-        assert server.stdout is not None
-        url = server.stdout.readline().split()[-1]
-        rss_start = _proc_rss_kib(server.pid)
+        server.wait_listening(time.monotonic() + 60)
+        url = server.url
+        rss_start = _proc_rss_kib(pid)
         # (a) one binary-mode event per request, from 4 client threads (keep-alive).
         messages = _messages(n_events, "v-events")
-        cpu0 = _proc_cpu_s(server.pid)
+        cpu0 = _proc_cpu_s(pid)
         _parallel(url, [("", m[0], m[1]) for m in messages])
-        cpu_events = _proc_cpu_s(server.pid) - cpu0
+        cpu_events = _proc_cpu_s(pid) - cpu0
         # (b) plain JSON: predictions then labels, in batches of BATCH.
         ids = [str(uuid.UUID(int=10**9 + i)) for i in range(n_batched)]
         preds = [
@@ -160,16 +146,15 @@ def over_http(n_events: int, n_batched: int, workdir: Path) -> dict[str, float]:
             ).encode())
             for s in range(0, n_batched, BATCH)
         ]  # fmt: skip
-        cpu1 = _proc_cpu_s(server.pid)
+        cpu1 = _proc_cpu_s(pid)
         _parallel(url, preds)
         _parallel(url, labels)
-        cpu_batched = _proc_cpu_s(server.pid) - cpu1
-        rss_end = _proc_rss_kib(server.pid)
+        cpu_batched = _proc_cpu_s(pid) - cpu1
+        rss_end = _proc_rss_kib(pid)
         joined = httpx.get(f"{url}/metrics", timeout=30).text.count("model_feedback_total{")
         assert joined > 0
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.stop(grace_s=60)
     return {
         "events_per_cpu_s": n_events / cpu_events,
         "batched_per_cpu_s": n_batched / cpu_batched,

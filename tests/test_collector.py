@@ -30,6 +30,7 @@ from mesh_canary.collector.events import (
 from mesh_canary.collector.export import render
 from mesh_canary.collector.server import Collector, Settings
 from mesh_canary.collector.store import Limits, Refused, Store
+from mesh_canary.localmesh.mesh import CollectorProcess
 from mesh_canary.localmesh.payload_logger import PayloadLogger
 
 NOW = 1_800_000_000.0
@@ -349,26 +350,10 @@ def mesh_canary(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[
 
 
 def test_serve_and_import_labels_from_a_warehouse_export(tmp_path: Path) -> None:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mesh_canary",
-            "collector",
-            "serve",
-            "--address",
-            "127.0.0.1:0",
-            "--db",
-            str(tmp_path / "c.sqlite"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    server = CollectorProcess(tmp_path / "c.sqlite", tmp_path)  # `mesh-canary collector serve`
     try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        assert line.startswith("listening on "), line
-        url = line.split()[-1]
+        server.wait_listening(time.monotonic() + 60)
+        url = server.url
         httpx.post(
             f"{url}/predictions", json=[{"id": f"i{n}", "version": "v1", "prediction": "a"} for n in range(3)]
         )
@@ -387,8 +372,8 @@ def test_serve_and_import_labels_from_a_warehouse_export(tmp_path: Path) -> None
         # Nothing of the bad file was sent: i2 still waits for its label.
         assert httpx.get(f"{url}/unmatched").json()["unlabelledPredictions"] == {"v1": 1}
     finally:
-        server.terminate()
-        assert server.wait(timeout=30) == 0
+        server.stop(grace_s=30)
+    assert server.process.returncode == 0  # SIGTERM: a clean stop
 
 
 def test_bad_serve_options_exit_2_with_one_sentence() -> None:

@@ -19,12 +19,13 @@ process dying (a power cut may lose the last ones; a label is then unmatched, ne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,13 +115,11 @@ class Store:
         a label that came first; all in one transaction."""
         with self._lock:
             self._check_limits(predictions)
-            delta: dict[Key, float] = defaultdict(float)
             outcome: dict[str, int] = defaultdict(int)
             unlabelled: dict[str, int] = defaultdict(int)
             matched_labels = 0
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction() as delta:
                 for p in predictions:
                     cursor = db.execute(
                         "INSERT OR IGNORE INTO predictions (id, version, predicted, score, at) VALUES (?, ?, ?, ?, ?)",
@@ -155,12 +154,6 @@ class Store:
                 if requests:
                     delta[(EVENTS, "request", "ignored")] += requests
                     outcome["ignored"] = requests
-                self._save(delta)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self._apply(delta)
             for version, n in unlabelled.items():
                 self.unlabelled[version] += n
             self.unmatched_labels -= matched_labels
@@ -173,13 +166,11 @@ class Store:
         labels = list(labels)
         with self._lock:
             self._check_label_values(labels)
-            delta: dict[Key, float] = defaultdict(float)
             outcome: dict[str, int] = defaultdict(int)
             joined: dict[str, int] = defaultdict(int)
             new_unmatched = 0
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction() as delta:
                 for label in labels:
                     rows = db.execute(
                         "SELECT version, predicted, at, label FROM predictions WHERE id = ?", (label.id,)
@@ -211,12 +202,6 @@ class Store:
                     outcome[name] += 1
                 for name, n in outcome.items():
                     delta[(EVENTS, "label", name)] += n
-                self._save(delta)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self._apply(delta)
             for version, n in joined.items():
                 self.unlabelled[version] -= n
             self.unmatched_labels += new_unmatched
@@ -224,12 +209,8 @@ class Store:
 
     def count_rejected(self, kind: str) -> None:
         """A malformed request: counted (persisted) so operators see senders in trouble."""
-        with self._lock:
-            delta: dict[Key, float] = {(EVENTS, kind, "rejected"): 1.0}
-            self._db.execute("BEGIN IMMEDIATE")
-            self._save(delta)
-            self._db.execute("COMMIT")
-            self._apply(delta)
+        with self._lock, self._transaction() as delta:
+            delta[(EVENTS, kind, "rejected")] += 1
 
     def expire(self, now: float, batch: int = 10_000) -> int:
         """Delete predictions and early labels older than the retention window, counting the
@@ -240,9 +221,7 @@ class Store:
         while True:
             with self._lock:
                 db = self._db
-                delta: dict[Key, float] = defaultdict(float)
-                db.execute("BEGIN IMMEDIATE")
-                try:
+                with self._transaction() as delta:
                     rows = db.execute(
                         "SELECT id, version, label FROM predictions WHERE at < ? ORDER BY at LIMIT ?",
                         (cutoff, batch),
@@ -261,12 +240,6 @@ class Store:
                     unmatched_gone = sum(1 for _, m in labels if not m)
                     if unmatched_gone:
                         delta[(EXPIRED_LABELS,)] += unmatched_gone
-                    self._save(delta)
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                self._apply(delta)
                 for version, n in gone.items():
                     self.unlabelled[version] -= n
                 self.unmatched_labels -= unmatched_gone
@@ -324,6 +297,21 @@ class Store:
                     f"{self.limits.max_classes}): class {p.predicted!r} refused"
                 )
             classes.add(p.predicted)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[dict[Key, float]]:
+        """One transaction (the caller holds the lock): the counters' changes the body adds to
+        the yielded dict are saved in it, and applied in memory only once it committed."""
+        delta: dict[Key, float] = defaultdict(float)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield delta
+            self._save(delta)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._apply(delta)
 
     def _check_label_values(self, labels: Sequence[Label]) -> None:
         new = {label.label for label in labels} - self._label_values
