@@ -204,14 +204,14 @@ def section(quick: bool = False) -> list[str]:
         f"({alone['bytes_per_prediction'] * 1e6 / 2**20:,.0f} MiB per million; uuid ids, a revision name as the "
         f"version, a score); memory does not grow with stored rows (they live in sqlite; its page cache is bounded): "
         f"the store-alone process grew {alone['rss_growth_kib_per_million'] / 1024:,.1f} MiB per million predictions "
-        f"(mostly the bench's own list of events), and the `collector serve` process held "
+        f"(measured after the bench built its events), and the `collector serve` process held "
         f"{http['rss_start_mib']:.0f} MiB at start and {http['rss_end_mib']:.0f} MiB after "
         f"{http['stored']:,} predictions.",
         "",
         f"Goal (issue 12): >= 5,000 predictions/s ingested and joined on one core: **{met}** for the store and "
         f"for batched HTTP; one event per HTTP request costs the Python HTTP server most of the time, so a "
-        "collector fed by KServe's logger at more than the rate above needs more replicas or a batching "
-        "sender (CloudEvents batch mode is accepted).",
+        "collector fed by KServe's logger at more than the rate above needs the logger's `mode: response` "
+        "(half the events), more CPU, or a batching sender (CloudEvents batch mode is accepted).",
         "",
     ]
 
