@@ -1277,8 +1277,8 @@ def collector_import_labels(
 ) -> None:
     """Send labels from a warehouse export (CSV with a header row, or JSON Lines) to a collector.
     The whole file is checked first: a bad row stops it before anything is sent (exit 2)."""
-    from mesh_canary.collector.importer import post_labels, read_labels
+    from mesh_canary.collector.importer import import_labels
 
-    result = post_labels(url, read_labels(Path(file), id_column, label_column), batch)
+    result = import_labels(Path(file), url, id_column, label_column, batch)
     report = {"labels": result.labels, **result.outcome}
     click.echo(dump(report, fmt) if fmt != "text" else " ".join(f"{k}={v}" for k, v in report.items()))

@@ -10,8 +10,9 @@ once, so an import that failed half-way is simply run again.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,14 +33,20 @@ class ImportResult:
     outcome: dict[str, int]
 
 
-def read_labels(path: Path, id_column: str = "id", label_column: str = "label") -> list[dict[str, str]]:
-    """Every (id, label) in the file, checked; ImportInputError names the first bad line."""
+def import_labels(
+    path: Path, url: str, id_column: str = "id", label_column: str = "label", batch: int = 1000
+) -> ImportResult:
+    """Check the whole file (ImportInputError names the first bad line; nothing is sent), then
+    send it in batches. Two passes over the file, so memory holds one batch, whatever its size."""
     if not path.is_file():
         raise ImportInputError(f"{path} is not a file")
-    rows = list(_rows(path, id_column, label_column))
-    if not rows:
+    try:
+        total = sum(1 for _ in _rows(path, id_column, label_column))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ImportInputError(f"{path} is not a UTF-8 CSV or JSON Lines file: {exc}") from None
+    if not total:
         raise ImportInputError(f"{path} holds no labels")
-    return rows
+    return post_labels(url, _rows(path, id_column, label_column), total, batch)
 
 
 def _rows(path: Path, id_column: str, label_column: str) -> Iterator[dict[str, str]]:
@@ -85,25 +92,27 @@ def _checked(
 
 
 def post_labels(
-    url: str, rows: list[dict[str, str]], batch: int = 1000, timeout_s: float = 30.0
+    url: str, rows: Iterable[dict[str, str]], total: int, batch: int = 1000, timeout_s: float = 30.0
 ) -> ImportResult:
     """Send the rows to ``url``/labels; CouldNotWork if the collector refuses or is unreachable
     (each request has ``timeout_s`` in all; batches already sent stay, and a rerun is safe)."""
     totals: dict[str, int] = {}
+    rows = iter(rows)
+    sent = 0
     with httpx.Client(timeout=httpx.Timeout(timeout_s)) as client:
-        for start in range(0, len(rows), batch):
-            chunk = rows[start : start + batch]
+        while chunk := list(itertools.islice(rows, batch)):
             try:
                 response = client.post(f"{url.rstrip('/')}/labels", json=chunk)
             except httpx.HTTPError as exc:
                 raise CouldNotWork(
-                    f"could not reach the collector at {url} after {start} of {len(rows)} labels: {exc}"
+                    f"could not reach the collector at {url} after {sent} of {total} labels: {exc}"
                 ) from None
             if response.status_code != 200:
                 raise CouldNotWork(
-                    f"the collector refused labels {start + 1}-{start + len(chunk)}: "
+                    f"the collector refused labels {sent + 1}-{sent + len(chunk)}: "
                     f"{response.status_code} {response.text[:300]}"
                 )
+            sent += len(chunk)
             for name, n in response.json().items():
                 totals[name] = totals.get(name, 0) + int(n)
-    return ImportResult(len(rows), totals)
+    return ImportResult(sent, totals)
