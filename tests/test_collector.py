@@ -408,3 +408,12 @@ def test_the_in_cluster_manifest_runs_a_valid_serve_command_with_its_volume() ->
     )
     assert docs["Service"]["spec"]["selector"] == docs["Deployment"]["spec"]["selector"]["matchLabels"]
     assert ctx.params["address"].startswith("0.0.0.0:")
+
+
+def test_a_failing_store_answers_503_and_fails_the_health_check(collector: Collector) -> None:
+    collector.store.close()  # as at shutdown, or a disk gone bad
+    answer = httpx.post(f"{collector.url}/predictions", json={"id": "a", "version": "v1", "prediction": "x"})
+    assert answer.status_code == 503 and answer.json() == {"error": "the store failed; retry later"}
+    bad = httpx.post(f"{collector.url}/predictions", json={"id": "a"})
+    assert bad.status_code == 503  # even counting a rejection needs the store
+    assert httpx.get(f"{collector.url}/healthz").status_code == 503  # the liveness probe restarts it

@@ -190,7 +190,8 @@ class _Handler(BaseHTTPRequestHandler):
             limit = parse_qs(url.query).get("limit", ["20"])[0]
             self._json(200, store.report(min(int(limit), 1000) if limit.isdigit() else 20))
         elif url.path == "/healthz":
-            self._json(200, {"status": "ok"})
+            ok = store.healthy()
+            self._json(200 if ok else 503, {"status": "ok" if ok else "the store does not answer"})
         else:
             self._json(404, {"error": f"no such path {url.path}"})
 
@@ -206,12 +207,13 @@ class _Handler(BaseHTTPRequestHandler):
         store = self.server.store
         received = time.time()
         try:
-            outcome = self._ingest(path, body, received)
-        except Malformed as exc:
-            store.count_rejected(kind)
-            self._json(400, {"error": str(exc)})
-            return
-        except sqlite3.Error as exc:
+            try:
+                outcome = self._ingest(path, body, received)
+            except Malformed as exc:
+                store.count_rejected(kind)
+                self._json(400, {"error": str(exc)})
+                return
+        except sqlite3.Error as exc:  # the disk, or a store closed at shutdown
             log.error("the collector's store failed: %s", exc)
             self._json(503, {"error": "the store failed; retry later"})
             return

@@ -276,6 +276,15 @@ class Store:
                 "retentionSeconds": self.retention_s,
             }
 
+    def healthy(self) -> bool:
+        """Whether the store answers a query (for /healthz: a broken store should restart the pod)."""
+        with self._lock:
+            try:
+                self._db.execute("SELECT 1").fetchone()
+            except sqlite3.Error:
+                return False
+            return True
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
