@@ -417,3 +417,26 @@ def test_a_failing_store_answers_503_and_fails_the_health_check(collector: Colle
     bad = httpx.post(f"{collector.url}/predictions", json={"id": "a"})
     assert bad.status_code == 503  # even counting a rejection needs the store
     assert httpx.get(f"{collector.url}/healthz").status_code == 503  # the liveness probe restarts it
+
+
+def test_import_labels_gives_up_on_a_collector_that_never_answers() -> None:
+    """A real listener on 127.0.0.1 that reads the request and never answers: the import ends
+    by its deadline with one sentence (exit 1), instead of waiting forever."""
+    import threading
+
+    from mesh_canary.collector.importer import post_labels
+    from mesh_canary.errors import CouldNotWork
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    started = time.monotonic()
+    try:
+        with pytest.raises(CouldNotWork, match="after 0 of 1 labels: no answer within 1s"):
+            post_labels(url, [{"id": "a", "label": "x"}], total=1, timeout_s=1.0)
+        assert time.monotonic() - started < 30  # bounded, not forever
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()

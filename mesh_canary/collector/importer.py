@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,15 +96,15 @@ def post_labels(
     url: str, rows: Iterable[dict[str, str]], total: int, batch: int = 1000, timeout_s: float = 30.0
 ) -> ImportResult:
     """Send the rows to ``url``/labels; CouldNotWork if the collector refuses or is unreachable
-    (each request has ``timeout_s`` in all; batches already sent stay, and a rerun is safe)."""
+    (each request has ``timeout_s`` in all, however slowly the collector answers; batches already sent stay, and a rerun is safe)."""
     totals: dict[str, int] = {}
     rows = iter(rows)
     sent = 0
     with httpx.Client(timeout=httpx.Timeout(timeout_s)) as client:
         while chunk := list(itertools.islice(rows, batch)):
             try:
-                response = client.post(f"{url.rstrip('/')}/labels", json=chunk)
-            except httpx.HTTPError as exc:
+                response = _post_within(client, f"{url.rstrip('/')}/labels", chunk, timeout_s)
+            except (httpx.HTTPError, TimeoutError) as exc:
                 raise CouldNotWork(
                     f"could not reach the collector at {url} after {sent} of {total} labels: {exc}"
                 ) from None
@@ -116,3 +117,24 @@ def post_labels(
             for name, n in response.json().items():
                 totals[name] = totals.get(name, 0) + int(n)
     return ImportResult(sent, totals)
+
+
+def _post_within(client: httpx.Client, url: str, body: object, timeout_s: float) -> httpx.Response:
+    """One POST that ends by ``timeout_s`` in all: httpx's timeouts bound each socket step, not
+    a collector that trickles its answer; on time-out the caller gives up (and exits)."""
+    done: list[httpx.Response | httpx.HTTPError] = []
+
+    def send() -> None:
+        try:
+            done.append(client.post(url, json=body))
+        except httpx.HTTPError as exc:
+            done.append(exc)
+
+    worker = threading.Thread(target=send, name="import-labels-post", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not done:
+        raise TimeoutError(f"no answer within {timeout_s:g}s")
+    if isinstance(done[0], httpx.HTTPError):
+        raise done[0]
+    return done[0]
