@@ -3,7 +3,8 @@
 1. bench/bench_synthetic.py: what the synthetic traffic source alone costs per tick;
 2. simulate throughput: whole rollouts (engine + judge + traffic) per minute on one core,
    for the default policy (policies/minimal.yaml) and for the benchmark's policy;
-3. bench/decision_quality.py: mesh-canary's judge against Flagger-style, Kayenta-style and
+3. bench/collector_bench.py: the prediction-label collector's throughput and footprint;
+4. bench/decision_quality.py: mesh-canary's judge against Flagger-style, Kayenta-style and
    oracle SPRT rules on the same simulated traffic (the tables and the targets).
 
     python bench/run_all.py [--quick] [--out docs/benchmarks.md]
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_synthetic  # noqa: E402
+import collector_bench  # noqa: E402
 import decision_quality as dq  # noqa: E402
 
 from mesh_canary.core.policy import load_policy_text  # noqa: E402
@@ -165,6 +167,7 @@ def main() -> None:
     print(f"simulate: {thr_new:,.0f} rollouts/min (minimal policy, aa.yaml)", flush=True)
 
     throughput_s = time.time() - t0
+    collector_lines = collector_bench.section(args.quick)  # not in the quick run's estimate
     summary = dq.main(["--workers", str(args.workers)] + (["--quick"] if args.quick else []))
     wall = time.time() - t0
 
@@ -206,6 +209,7 @@ def main() -> None:
         "",
         *summary["issue10_lines"],
         "",
+        *collector_lines,
         dq.NOTES,
         "",
     ]

@@ -534,9 +534,16 @@ def _print_simulation_text(results: list[dict[str, Any]]) -> None:
     show_default=True,
     help="Read metrics through a real Prometheus (auto: when `prometheus` is installed) or scrape directly.",
 )
+@click.option(
+    "--labels",
+    type=click.Choice(["feedback", "collector"]),
+    default="feedback",
+    show_default=True,
+    help="collector: the model servers send payload-logger CloudEvents to a prediction-label collector.",
+)
 @output_option
 @friendly_errors
-def demo(rps: float, metrics_mode: str, fmt: str) -> None:
+def demo(rps: float, metrics_mode: str, labels: str, fmt: str) -> None:
     """The whole loop on the embedded local mesh: a healthy candidate promoted, a degraded one
     rolled back (about a minute).
 
@@ -547,7 +554,7 @@ def demo(rps: float, metrics_mode: str, fmt: str) -> None:
     """
     from mesh_canary.run.demo import run_demo
 
-    report = run_demo(rps=rps, live=fmt == "text", metrics_mode=metrics_mode)
+    report = run_demo(rps=rps, live=fmt == "text", metrics_mode=metrics_mode, labels=labels)
     if fmt != "text":
         click.echo(dump(report, fmt))
     sys.exit(0 if report["ok"] else EXIT_FAILURE)
@@ -1683,3 +1690,70 @@ def dashboard(
     mode = "orders allowed" if allow_writes else "read-only (--allow-writes adds pause/resume/approve/abort)"
     click.echo(f"dashboard: open {server.url} ({mode}; Ctrl-C stops)", err=True)
     serve(server, stop)  # until Ctrl-C or SIGTERM
+
+
+# --------------------------------------------------------------------------- the collector
+@main.group()
+def collector() -> None:
+    """The prediction-label collector: accuracy from labels for any model server (docs/collector.md)."""
+
+
+@collector.command("serve")
+@click.option(
+    "--address", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on (port 0: any)."
+)
+@click.option(
+    "--db", "db_path", default="collector.sqlite", show_default=True, help="The sqlite file (WAL mode)."
+)
+@click.option("--retention", default="7d", show_default=True, help="Keep predictions and labels this long.")
+@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True)
+@click.option("--request-timeout", default="10s", show_default=True, help="Deadline of one request.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--max-versions", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--max-classes", type=click.IntRange(min=2), default=256, show_default=True)
+@friendly_errors
+def collector_serve(
+    address: str,
+    db_path: str,
+    retention: str,
+    max_body_bytes: int,
+    request_timeout: str,
+    max_connections: int,
+    max_versions: int,
+    max_classes: int,
+) -> None:
+    """Receive predictions and labels, join them, serve /metrics (until SIGTERM or Ctrl-C)."""
+    from mesh_canary.collector.run import serve_address
+
+    sys.exit(
+        serve_address(
+            address,
+            db_path,
+            retention,
+            request_timeout,
+            max_body_bytes,
+            max_connections,
+            max_versions,
+            max_classes,
+        )
+    )
+
+
+@collector.command("import-labels")
+@click.argument("file", type=click.Path())
+@click.option("--url", required=True, help="The collector, e.g. http://collector.models:8080")
+@click.option("--id-column", default="id", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--batch", type=click.IntRange(min=1, max=100_000), default=1000, show_default=True)
+@output_option
+@friendly_errors
+def collector_import_labels(
+    file: str, url: str, id_column: str, label_column: str, batch: int, fmt: str
+) -> None:
+    """Send labels from a warehouse export (CSV with a header row, or JSON Lines) to a collector.
+    The whole file is checked first: a bad row stops it before anything is sent (exit 2)."""
+    from mesh_canary.collector.importer import import_labels
+
+    result = import_labels(Path(file), url, id_column, label_column, batch)
+    report = {"labels": result.labels, **result.outcome}
+    click.echo(dump(report, fmt) if fmt != "text" else " ".join(f"{k}={v}" for k, v in report.items()))

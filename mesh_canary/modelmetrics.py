@@ -36,6 +36,13 @@ PREDICTIONS = "model_predictions"  # exposed with the _total suffix
 FEEDBACK = "model_feedback"
 SCORE = "model_prediction_score"
 FEATURE = "model_feature_value"
+# Optional: how long ground truth took to arrive after its prediction (the collector,
+# mesh_canary.collector, writes it; label checks do not read it).
+LABEL_DELAY = "model_label_delay_seconds"
+LABEL_DELAY_BUCKETS: tuple[float, ...] = (
+    1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0, 3 * 86400.0, 7 * 86400.0,
+    30 * 86400.0,
+)  # fmt: skip
 
 
 class ModelMetrics:

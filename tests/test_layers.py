@@ -51,7 +51,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         *CORE_LAYER,
         "mesh_canary.routing.local",
         "mesh_canary.metrics.local",
+        "mesh_canary.collector.events",  # the payload logger sends what the collector parses
     ),
+    # The prediction-label collector: a service of its own; durations from the core.
+    "collector": CORE_LAYER,
     "run": (
         *CORE_LAYER,
         "mesh_canary.protocols",

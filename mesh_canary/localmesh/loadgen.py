@@ -51,7 +51,10 @@ class LoadGenerator:
         seed: int = 7,
         threads: int = 4,
         timeout_s: float = 5.0,
+        labels_url: str | None = None,
     ) -> None:
+        """``labels_url``: post labels to this collector's /labels instead of every model
+        server's /feedback."""
         if rate <= 0 or threads < 1 or not 0.0 <= missing <= 1.0:
             raise ValueError("rate must be positive, threads at least 1 and missing between 0 and 1")
         self.envoy_url = envoy_url.rstrip("/")
@@ -62,6 +65,7 @@ class LoadGenerator:
         self.missing = missing
         self.threads = threads
         self.timeout_s = timeout_s
+        self.labels_url = labels_url.rstrip("/") if labels_url else None
         self._rng = np.random.default_rng(seed)
         self._rows: deque[tuple[list[float], str, bool]] = deque()
         self._ids = itertools.count()
@@ -151,10 +155,16 @@ class LoadGenerator:
                 time.sleep(0.05)
 
     def _post_labels(self, client: httpx.Client, items: list[dict[str, str]]) -> None:
-        for url in self.model_urls.values():
-            # A model server that is down loses its labels, as it would in production.
+        if self.labels_url is not None:
+            posts: list[tuple[str, object]] = [
+                (f"{self.labels_url}/labels", [{"id": i["id"], "label": i["actual"]} for i in items])
+            ]
+        else:
+            posts = [(f"{url}/feedback", {"items": items}) for url in self.model_urls.values()]
+        for url, body in posts:
+            # A model server (or collector) that is down loses its labels, as it would in production.
             with contextlib.suppress(httpx.HTTPError):
-                client.post(f"{url}/feedback", json={"items": items})
+                client.post(url, json=body)
         with self._lock:
             self.labels_posted += len(items)
 

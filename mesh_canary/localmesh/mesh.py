@@ -39,6 +39,7 @@ from mesh_canary.routing.local import LocalRouter
 __all__ = ["HEALTHY", "Degradation", "LoadSettings", "LocalMesh", "ModelServerProcess", "check_labels"]
 
 LISTENING = "listening on "
+LABEL_MODES = ("feedback", "collector")
 PACKAGE_ROOT = str(Path(mesh_canary.__file__).resolve().parent.parent)
 
 
@@ -53,27 +54,12 @@ class LoadSettings:
     threads: int = 4
 
 
-class ModelServerProcess:
-    """One ``python -m mesh_canary.localmesh.model_server`` process."""
+class ListeningProcess:
+    """A child process of ours that prints ``listening on URL`` once it serves."""
 
-    def __init__(
-        self,
-        version: str,
-        seed: int,
-        degradation: Degradation,
-        latency_ms: float,
-        log_dir: Path,
-        port: int = 0,
-    ) -> None:
-        self.version = version
-        self.degradation = degradation
-        self.log_path = log_dir / f"model-{version}-{time.monotonic_ns()}.log"
-        # Every value is glued to its option (``--version=VALUE``): a label such as
-        # ``--seed`` (from a policy's metricsVersion) must stay a value, never become an option.
-        command = [
-            sys.executable, "-m", "mesh_canary.localmesh.model_server", f"--version={version}",
-            f"--seed={seed}", f"--port={port}", f"--latency-ms={latency_ms}", *degradation.args(),
-        ]  # fmt: skip
+    def __init__(self, name: str, command: list[str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")])),
@@ -95,14 +81,51 @@ class ModelServerProcess:
                     self.url = line[len(LISTENING) :].strip()
                     return
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"model server {self.version} exited with code {self.process.returncode}: {text[-2000:]}"
-                )
+                raise RuntimeError(f"{self.name} exited with code {self.process.returncode}: {text[-2000:]}")
             time.sleep(0.02)
-        raise TimeoutError(f"model server {self.version} did not start listening in time")
+        raise TimeoutError(f"{self.name} did not start listening in time")
 
     def stop(self, grace_s: float = 5.0) -> None:
         children.stop(self.process, grace_s)
+
+
+class ModelServerProcess(ListeningProcess):
+    """One ``python -m mesh_canary.localmesh.model_server`` process."""
+
+    def __init__(
+        self,
+        version: str,
+        seed: int,
+        degradation: Degradation,
+        latency_ms: float,
+        log_dir: Path,
+        port: int = 0,
+        payload_logger: str | None = None,
+    ) -> None:
+        self.version = version
+        self.degradation = degradation
+        # Every value is glued to its option (``--version=VALUE``): a label such as
+        # ``--seed`` (from a policy's metricsVersion) must stay a value, never become an option.
+        command = [
+            sys.executable, "-m", "mesh_canary.localmesh.model_server", f"--version={version}",
+            f"--seed={seed}", f"--port={port}", f"--latency-ms={latency_ms}", *degradation.args(),
+        ]  # fmt: skip
+        if payload_logger:
+            command.append(f"--payload-logger={payload_logger}")
+        super().__init__(f"model server {version}", command, log_dir)
+
+
+class CollectorProcess(ListeningProcess):
+    """``mesh-canary collector serve`` on 127.0.0.1, its store in ``db_path`` (kept across
+    a restart: give the old port and the same file)."""
+
+    def __init__(self, db_path: Path, log_dir: Path, port: int = 0) -> None:
+        self.db_path = db_path
+        command = [
+            sys.executable, "-m", "mesh_canary", "collector", "serve", f"--address=127.0.0.1:{port}",
+            f"--db={db_path}",
+        ]  # fmt: skip
+        super().__init__("collector", command, log_dir)
 
 
 def check_labels(stable: str, candidate: str, fallback: str | None = None) -> None:
@@ -133,9 +156,17 @@ class LocalMesh:
         initial: Weights = ALL_STABLE,
         load: LoadSettings | None = None,
         start_timeout_s: float = 20.0,
+        labels: str = "feedback",
     ) -> None:
         """``seed`` trains stable (and fallback); the candidate is trained on ``candidate_seed``
-        (default ``seed + 1``): a different model of the same quality, unless degraded."""
+        (default ``seed + 1``): a different model of the same quality, unless degraded.
+        ``labels``: ``feedback`` (the model servers count their own labels on /feedback) or
+        ``collector`` (a collector process: the servers send it payload-logger CloudEvents,
+        the load posts labels to it, and its /metrics carries the model metrics)."""
+        if labels not in LABEL_MODES:
+            raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}, not {labels!r}")
+        self.labels = labels
+        self.collector: CollectorProcess | None = None
         check_labels(stable_version, candidate_version, fallback_version)
         self.stable_version = stable_version
         self.candidate_version = candidate_version
@@ -168,11 +199,19 @@ class LocalMesh:
         self._workdir = Path(tempfile.mkdtemp(prefix="mesh-canary-local-"))
         atexit.register(self.stop)
         try:
+            deadline = began + self.start_timeout_s
+            if self.labels == "collector":
+                self.collector = CollectorProcess(self._workdir / "collector.sqlite", self._workdir)
+                self.collector.wait_listening(deadline)
             for version, (seed, degradation) in self._plan.items():
                 self.servers[version] = ModelServerProcess(
-                    version, seed, degradation, self.latency_ms, self._workdir
+                    version,
+                    seed,
+                    degradation,
+                    self.latency_ms,
+                    self._workdir,
+                    payload_logger=self.collector_url,
                 )
-            deadline = began + self.start_timeout_s
             for server in self.servers.values():
                 server.wait_listening(deadline)
             self.envoy = Envoy(
@@ -200,7 +239,7 @@ class LocalMesh:
         self.loadgen = LoadGenerator(
             self.envoy_url, self.model_urls, rate=settings.rate, duration_s=duration_s,
             label_delay_s=settings.label_delay_s, missing=settings.missing, seed=settings.seed,
-            threads=settings.threads,
+            threads=settings.threads, labels_url=self.collector_url,
         ).start()  # fmt: skip
         return self.loadgen
 
@@ -216,9 +255,25 @@ class LocalMesh:
             self.latency_ms,
             self._require_workdir(),
             port=old.port,
+            payload_logger=self.collector_url,
         )
         self.servers[version] = new
         new.wait_listening(time.monotonic() + self.start_timeout_s)
+
+    def restart_collector(self, kill: bool = False) -> None:
+        """Stop the collector (SIGKILL if ``kill``: no clean shutdown) and start a new one on
+        the same port and store, as a crashed pod comes back with its volume. Call it from a
+        thread that outlives the mesh: a child dies with the thread that started it (children.spawn)."""
+        old = self.collector
+        if old is None:
+            raise RuntimeError("this mesh has no collector (labels='collector')")
+        if kill:
+            old.process.kill()
+            old.process.wait(timeout=10)
+        else:
+            old.stop()
+        self.collector = CollectorProcess(old.db_path, self._require_workdir(), port=old.port)
+        self.collector.wait_listening(time.monotonic() + self.start_timeout_s)
 
     def stop(self) -> None:
         """Stop the load, Envoy and every model server; remove temp files. Idempotent."""
@@ -234,6 +289,8 @@ class LocalMesh:
             self.envoy.stop()
         for server in self.servers.values():
             server.stop()
+        if self.collector is not None:
+            self.collector.stop()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
@@ -258,6 +315,16 @@ class LocalMesh:
         return self._require_envoy().admin_url
 
     @property
+    def collector_url(self) -> str | None:
+        return self.collector.url if self.collector is not None else None
+
+    @property
+    def model_metrics_urls(self) -> dict[str, str]:
+        """Version label -> the /metrics URL with its model metrics (its server's, or the collector's)."""
+        base = self.collector_url
+        return {v: f"{base or u}/metrics" for v, u in self.model_urls.items()}
+
+    @property
     def model_urls(self) -> dict[str, str]:
         """Version label -> that model server's base URL."""
         return {v: s.url for v, s in self.servers.items()}
@@ -266,6 +333,7 @@ class LocalMesh:
     def pids(self) -> list[int]:
         """Every process this mesh started (to check that none is left after stop)."""
         pids = [s.process.pid for s in self.servers.values()]
+        pids += [self.collector.process.pid] if self.collector is not None else []
         envoy_pid = self.envoy.pid if self.envoy else None
         return pids + ([envoy_pid] if envoy_pid is not None else [])
 
@@ -278,7 +346,7 @@ class LocalMesh:
         every counter was zero (the mesh's start), if the caller knows."""
         return LocalMetricsSource(
             self.admin_url,
-            {v: f"{u}/metrics" for v, u in self.model_urls.items()},
+            self.model_metrics_urls,
             self.stable_version,
             self.candidate_version,
             origin=origin,
@@ -300,6 +368,8 @@ class LocalMesh:
     def prometheus_scrape_configs(self) -> list[dict[str, Any]]:
         """``scrape_configs`` entries for a Prometheus that should scrape this mesh."""
         host_port = [u.split("://", 1)[1] for u in self.model_urls.values()]
+        if self.collector_url:
+            host_port.append(self.collector_url.split("://", 1)[1])
         return [
             {
                 "job_name": "envoy",

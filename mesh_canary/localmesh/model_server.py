@@ -16,6 +16,12 @@ once it accepts connections, and serves:
   ``model_http_requests_total{version,code}`` (``/predict`` requests answered, by code);
 - ``GET /healthz``.
 
+With ``--payload-logger URL`` it behaves like a KServe model behind the logger sidecar:
+every prediction's request and response go to URL as payload-logger CloudEvents
+(mesh_canary.localmesh.payload_logger), ``/metrics`` has only
+``model_http_requests_total`` (the collector at URL exports the convention) and there is
+no ``/feedback`` (labels go to the collector).
+
 Degradations make a bad candidate: ``--error-rate`` answers that share with 500,
 ``--extra-latency-ms`` adds a lognormal delay with that median, ``--accuracy-drop``
 replaces that share of predictions with a wrong class, ``--drift`` replaces that share
@@ -47,6 +53,7 @@ from prometheus_client import (
 )
 
 from mesh_canary.localmesh.dataset import CLASSES, FEATURES, FloatArray, IntArray, sample
+from mesh_canary.localmesh.payload_logger import PayloadLogger
 from mesh_canary.modelmetrics import ModelMetrics
 
 DRIFT_CLASS = "fraud"
@@ -128,13 +135,20 @@ class ModelService:
         degradation: Degradation = HEALTHY,
         latency_ms: float = 2.0,
         remember: int = 100_000,
+        payload_logger: PayloadLogger | None = None,
     ) -> None:
         self.version = version
+        self.payload_logger = payload_logger
         self.degradation = degradation
         self.latency_ms = latency_ms
         self.model = SoftmaxModel.train(seed)
         self.registry = CollectorRegistry()
-        self.metrics = ModelMetrics(version, self.registry, classes=CLASSES, features=FEATURES)
+        # Behind a payload logger the collector counts predictions: counting here too would double them.
+        self.metrics = (
+            None
+            if payload_logger
+            else ModelMetrics(version, self.registry, classes=CLASSES, features=FEATURES)
+        )
         self.http_requests = Counter(
             "model_http_requests", "Prediction requests answered, by HTTP code.", ["version", "code"],
             registry=self.registry,
@@ -168,15 +182,18 @@ class ModelService:
         if u_drift < self.degradation.drift:
             index = CLASSES.index(DRIFT_CLASS)
         predicted, score = CLASSES[index], float(proba[index])
+        answer = {"id": request_id, "class": predicted, "score": score, "version": self.version}
+        if self.metrics is None:
+            if self.payload_logger is not None:
+                self.payload_logger.log(request_id, {"id": request_id, "features": features}, answer)
+            return self._answered(200, answer)
         with self._lock:
             self._predicted[request_id] = predicted
             self._predicted.move_to_end(request_id)
             while len(self._predicted) > self._remember:
                 self._predicted.popitem(last=False)
         self.metrics.observe_prediction(predicted, score, dict(zip(FEATURES, features, strict=True)))
-        return self._answered(
-            200, {"id": request_id, "class": predicted, "score": score, "version": self.version}
-        )
+        return self._answered(200, answer)
 
     def handle_predict(self, body: Any) -> tuple[int, dict[str, Any]]:
         """A ``/predict`` request's JSON body -> (HTTP code, JSON body); malformed ones get 400."""
@@ -193,6 +210,7 @@ class ModelService:
     def feedback(self, items: list[tuple[str, str]]) -> dict[str, int]:
         """Count ground truth for ids this server predicted; each id counts at most once."""
         matched = 0
+        assert self.metrics is not None, "no /feedback behind a payload logger"
         for request_id, actual in items:
             with self._lock:
                 predicted = self._predicted.pop(request_id, None)
@@ -280,7 +298,7 @@ def make_handler(service: ModelService) -> type[BaseHTTPRequestHandler]:
                 body = self._body()
                 if self.path == "/predict":
                     self._json(*service.handle_predict(body))
-                elif self.path == "/feedback":
+                elif self.path == "/feedback" and service.metrics is not None:
                     self._json(200, service.feedback(_parse_feedback(body)))
                 else:
                     self._json(404, {"error": f"no such path {self.path}"})
@@ -311,13 +329,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accuracy-drop", type=float, default=0.0)
     parser.add_argument("--drift", type=float, default=0.0)
     parser.add_argument("--remember", type=int, default=100_000, help="predictions kept for feedback")
+    parser.add_argument(
+        "--payload-logger", metavar="URL", help="send KServe payload-logger CloudEvents here (no /feedback)"
+    )
     args = parser.parse_args(argv)
     disable_created_metrics()  # type: ignore[no-untyped-call]  # only the convention's series
     try:
         degradation = Degradation(args.error_rate, args.extra_latency_ms, args.accuracy_drop, args.drift)
     except ValueError as exc:
         parser.error(str(exc))
-    service = ModelService(args.version, args.seed, degradation, args.latency_ms, args.remember)
+    # KServe's sidecar names the pod in ce-source; here the version is in the response anyway.
+    logger = (
+        PayloadLogger(args.payload_logger, "local-model", args.version, f"http://local-model-{args.version}/")
+        if args.payload_logger
+        else None
+    )
+    service = ModelService(args.version, args.seed, degradation, args.latency_ms, args.remember, logger)
     server = serve(service, args.host, args.port)
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -332,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         server.serve_forever(poll_interval=0.1)
     finally:
         server.server_close()
+        if logger is not None:
+            logger.close()
     return 0
 
 

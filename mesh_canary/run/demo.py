@@ -39,10 +39,11 @@ def run_one(
     live: bool,
     metrics_mode: str,
     store: MemoryStateStore | None = None,
+    labels: str = "feedback",
 ) -> dict[str, Any]:
     label = "degraded" if degraded else "healthy"
     started = time.monotonic()
-    with local_backend(policy, degraded, rps, metrics_mode, seed=1) as (router, metrics, mesh):
+    with local_backend(policy, degraded, rps, metrics_mode, seed=1, labels=labels) as (router, metrics, mesh):
         store = store or MemoryStateStore()
         result = drive(policy, router, metrics, store, timeout_s=150, live=live, console=console)
         run: dict[str, Any] = {
@@ -56,9 +57,19 @@ def run_one(
         }
         if result.outcome == "rolled_back":
             run["afterRollback"] = count_after_rollback(mesh, policy)
+        if mesh.collector_url:
+            run["collector"] = collector_summary(mesh.collector_url)
     if live:
         console.print(render_state(policy, result.state))
     return run
+
+
+def collector_summary(url: str) -> dict[str, Any]:
+    """What the collector joined, per version, and what still waits (its /unmatched report)."""
+    import httpx
+
+    report: dict[str, Any] = httpx.get(f"{url}/unmatched", params={"limit": 0}, timeout=5.0).json()
+    return {k: report[k] for k in ("unlabelledPredictions", "unmatchedLabels")}
 
 
 def count_after_rollback(mesh: Any, policy: Policy) -> dict[str, Any]:
@@ -78,7 +89,11 @@ def count_after_rollback(mesh: Any, policy: Policy) -> dict[str, Any]:
 
 
 def run_demo(
-    rps: float = 100.0, live: bool = True, metrics_mode: str = "direct", dashboard: bool | None = None
+    rps: float = 100.0,
+    live: bool = True,
+    metrics_mode: str = "direct",
+    dashboard: bool | None = None,
+    labels: str = "feedback",
 ) -> dict[str, Any]:
     """Both rollouts; ``dashboard`` (default: with the live display) serves the live web
     page of both on a free local port while they run, and says where."""
@@ -89,11 +104,11 @@ def run_demo(
             Console(stderr=not live).print(
                 f"Watch it live in a browser: [bold]{url}[/bold] (while the demo runs)"
             )
-        return _run_demo(rps, live, metrics_mode, stores)
+        return _run_demo(rps, live, metrics_mode, stores, labels)
 
 
 def _run_demo(
-    rps: float, live: bool, metrics_mode: str, stores: dict[str, MemoryStateStore]
+    rps: float, live: bool, metrics_mode: str, stores: dict[str, MemoryStateStore], labels: str = "feedback"
 ) -> dict[str, Any]:
     console = Console(stderr=not live)
     policy = demo_policy()
@@ -106,6 +121,11 @@ def _run_demo(
         console.print(
             f"Two model servers behind a real Envoy; load at {rps:.0f} req/s; metrics read from {via}."
         )
+        if labels == "collector":
+            console.print(
+                "Labels: the model servers send KServe payload-logger CloudEvents to a prediction-label "
+                "collector; the labels go to it, and accuracy comes from its /metrics."
+            )
     started = time.monotonic()
     runs = []
     for degraded in (False, True):
@@ -113,7 +133,7 @@ def _run_demo(
             kind = "a degraded candidate (errors, latency, accuracy)" if degraded else "a healthy candidate"
             console.rule(f"[bold]Rolling out {kind}")
         label = "degraded" if degraded else "healthy"
-        runs.append(run_one(policy, degraded, rps, console, live, metrics_mode, stores[label]))
+        runs.append(run_one(policy, degraded, rps, console, live, metrics_mode, stores[label], labels))
     healthy, degraded_run = runs
     ok = (
         healthy["outcome"] == "promoted"

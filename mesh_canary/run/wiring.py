@@ -46,12 +46,18 @@ def local_backend(
     metrics_mode: str = "direct",
     seed: int = 1,
     initial: Weights = ALL_STABLE,
+    labels: str = "feedback",
+    candidate_degradation: Any = None,
 ) -> Iterator[tuple[TrafficRouter, MetricsSource, Any]]:
     """The embedded local mesh for this policy: model servers behind a real Envoy, with load.
-    ``initial``: the weights Envoy starts with (a resumed rollout's, so no moment at 100/0)."""
+    ``initial``: the weights Envoy starts with (a resumed rollout's, so no moment at 100/0).
+    ``labels``: ``collector`` puts a prediction-label collector between the model servers and
+    the metrics (see LocalMesh). ``candidate_degradation`` (a Degradation) overrides the
+    degraded candidate."""
     from mesh_canary.localmesh.mesh import HEALTHY, Degradation, LoadSettings, LocalMesh
 
     candidate = Degradation(**DEGRADED) if candidate_degraded else HEALTHY  # type: ignore[arg-type]
+    candidate = candidate_degradation or candidate
     with LocalMesh(
         policy.stable.metrics_version,
         policy.candidate.metrics_version,
@@ -59,6 +65,7 @@ def local_backend(
         seed=seed,
         initial=initial,
         load=LoadSettings(rate=rps),
+        labels=labels,
     ) as mesh:
         mesh.start_load()
         if metrics_mode == "prometheus" or (metrics_mode == "auto" and prometheus_available()):

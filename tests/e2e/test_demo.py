@@ -29,3 +29,18 @@ def test_demo_policy_is_the_documented_example() -> None:
 
     example = Path(__file__).parents[2] / "policies" / "local-demo.yaml"
     assert load_policy_text(example.read_text()) == demo_policy()
+
+
+def test_demo_with_labels_through_the_collector() -> None:
+    """`demo --labels collector`: accuracy from a real collector process, no /feedback."""
+    report = run_demo(rps=100.0, live=False, metrics_mode="direct", labels="collector")
+    healthy, degraded = report["runs"]
+    assert healthy["outcome"] == "promoted", healthy["reason"]
+    assert degraded["outcome"] == "rolled_back"
+    accuracy = next(c for c in healthy["checks"] if c["name"] == "accuracy")
+    # Judged on labels joined by the collector (the servers have no /feedback): enough of them.
+    assert accuracy["verdict"] in ("pass", "inconclusive") and accuracy["enoughData"], accuracy
+    assert accuracy["stableEstimate"] is not None, accuracy
+    assert set(healthy["collector"]) == {"unlabelledPredictions", "unmatchedLabels"}
+    assert report["ok"] is True
+    check_output(report, "demo")
