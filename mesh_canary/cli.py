@@ -1695,7 +1695,13 @@ def dashboard(
 # --------------------------------------------------------------------------- the collector
 @main.group()
 def collector() -> None:
-    """The prediction-label collector: accuracy from labels for any model server (docs/collector.md)."""
+    """The prediction-label collector: accuracy from labels for any model server (docs/collector.md).
+
+    \b
+    Examples:
+      mesh-canary collector serve --address 0.0.0.0:8080 --db /data/collector.sqlite
+      mesh-canary collector import-labels labels.csv --url http://collector.models:8080
+    """
 
 
 @collector.command("serve")
@@ -1722,7 +1728,13 @@ def collector_serve(
     max_versions: int,
     max_classes: int,
 ) -> None:
-    """Receive predictions and labels, join them, serve /metrics (until SIGTERM or Ctrl-C)."""
+    """Receive predictions and labels, join them, serve /metrics (until SIGTERM or Ctrl-C).
+
+    \b
+    Examples:
+      mesh-canary collector serve --address 0.0.0.0:8080 --db /data/collector.sqlite --retention 7d
+      mesh-canary collector serve --address 127.0.0.1:0
+    """
     from mesh_canary.collector.run import serve_address
 
     sys.exit(
@@ -1751,7 +1763,13 @@ def collector_import_labels(
     file: str, url: str, id_column: str, label_column: str, batch: int, fmt: str
 ) -> None:
     """Send labels from a warehouse export (CSV with a header row, or JSON Lines) to a collector.
-    The whole file is checked first: a bad row stops it before anything is sent (exit 2)."""
+    The whole file is checked first: a bad row stops it before anything is sent (exit 2).
+
+    \b
+    Examples:
+      mesh-canary collector import-labels labels.csv --url http://collector.models:8080
+      mesh-canary collector import-labels export.jsonl --url http://127.0.0.1:8080 --id-column request_id -o json
+    """
     from mesh_canary.collector.importer import import_labels
 
     result = import_labels(Path(file), url, id_column, label_column, batch)

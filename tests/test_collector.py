@@ -32,6 +32,7 @@ from mesh_canary.collector.server import Collector, Settings
 from mesh_canary.collector.store import Limits, Refused, Store
 from mesh_canary.localmesh.mesh import CollectorProcess
 from mesh_canary.localmesh.payload_logger import PayloadLogger
+from tests.output_schema import check_output
 
 NOW = 1_800_000_000.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -363,7 +364,9 @@ def test_serve_and_import_labels_from_a_warehouse_export(tmp_path: Path) -> None
         )
         done = mesh_canary("collector", "import-labels", str(csv_file), "--url", url, "-o", "json")
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout) == {"labels": 4, "joined": 2, "unmatched": 1, "duplicate": 1}
+        report = json.loads(done.stdout)
+        assert report == {"labels": 4, "joined": 2, "unmatched": 1, "duplicate": 1}
+        check_output(report, "labelImport")
         bad = tmp_path / "bad.jsonl"
         bad.write_text('{"id": "i2", "label": "a"}\n{"id": "i2"}\n')
         refused = mesh_canary("collector", "import-labels", str(bad), "--url", url)
