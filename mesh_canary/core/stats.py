@@ -24,6 +24,7 @@ rule for the benchmark) can reuse the pieces they need.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -474,18 +475,47 @@ def _stratified_log_lik(
     return out
 
 
+# scipy.signal.lfilter runs the recursion of _geometric_recursion in C, but importing
+# scipy.signal takes 0.7 s (2 s on a loaded machine): most of a single `simulate` run. The
+# recursion in Python does the very same float operations in the same order (bit-identical
+# to lfilter: tests/test_simulation_speed.py), a few times slower per call; so a process runs its first
+# calls in Python and imports lfilter only once it has made this many (a benchmark, the
+# controller), or when something else already imported it.
+PYTHON_RECURSIONS = 2000
+_python_recursions = 0
+
+
+def _geometric_recursion(x: FloatArray, q: float, python: bool | None = None) -> FloatArray:
+    """``y[..., n] = x[..., n] + q * y[..., n - 1]`` along the last axis (``y[..., 0] = x[..., 0]``),
+    as ``lfilter([1], [1, -q], x, axis=-1)``. ``python``: force (True) or skip (False) the
+    Python loop; None chooses as above."""
+    global _python_recursions
+    if python is None:
+        python = _python_recursions < PYTHON_RECURSIONS and "scipy.signal" not in sys.modules
+        _python_recursions += python
+    if not python:
+        from scipy.signal import lfilter
+
+        out: FloatArray = lfilter([1.0], [1.0, -q], x, axis=-1)
+        return out
+    rows = np.reshape(x, (-1, x.shape[-1])).tolist()
+    for row in rows:
+        acc = 0.0
+        for i, v in enumerate(row):
+            acc = acc * q + v  # lfilter: y = z + x with z = q * y_prev, the same two roundings
+            row[i] = acc
+    return np.array(rows, dtype=np.float64).reshape(x.shape)
+
+
 def _geometric_mixtures(log_lik: FloatArray, step: float, scale: float) -> tuple[FloatArray, FloatArray]:
     """For every grid point i, the log of ``sum_{j>=i} w_{j-i} L_j / L_i`` and of
     ``sum_{j<=i} w_{i-j} L_j / L_i`` with ``w_d = (1 - q) q^d``, ``q = exp(-step / scale)``
     (weights summing to at most 1: a valid mixture). One linear recursion each way."""
-    # Imported here: scipy.signal takes ~0.7 s to import, and most commands never get here.
-    from scipy.signal import lfilter
-
     q = math.exp(-step / scale)
     top = np.max(log_lik, axis=-1, keepdims=True)
     x = np.exp(log_lik - top)
-    above = lfilter([1.0], [1.0, -q], x[..., ::-1], axis=-1)[..., ::-1]
-    below = lfilter([1.0], [1.0, -q], x, axis=-1)
+    above = _geometric_recursion(x[..., ::-1], q)[..., ::-1]
+    below = _geometric_recursion(x, q)
     with np.errstate(divide="ignore"):
         base = math.log1p(-q) + top - log_lik
         log_above: FloatArray = base + np.log(np.maximum(above, 0.0))
