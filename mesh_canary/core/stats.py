@@ -23,6 +23,7 @@ rule for the benchmark) can reuse the pieces they need.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Sequence
@@ -539,20 +540,28 @@ def _geometric_mixtures(log_lik: FloatArray, step: float, scale: float) -> tuple
     q = math.exp(-step / scale)
     top = np.max(log_lik, axis=-1, keepdims=True)
     x = np.exp(log_lik - top)
-    above = _geometric_recursion(x[..., ::-1], q)[..., ::-1]
-    below = _geometric_recursion(x, q)
+    # Both directions in one call (half the calls; every element as computed alone).
+    both = _geometric_recursion(np.stack((x[..., ::-1], x)), q)
     with np.errstate(divide="ignore"):
         base = math.log1p(-q) + top - log_lik
-        log_above: FloatArray = base + np.log(np.maximum(above, 0.0))
-        log_below: FloatArray = base + np.log(np.maximum(below, 0.0))
+        logs = np.log(np.maximum(both, 0.0))
+        log_above: FloatArray = base + logs[0][..., ::-1]
+        log_below: FloatArray = base + logs[1]
     return log_above, log_below
 
 
 def _ratio_grid(r0: float, step: float, span: float) -> tuple[FloatArray, int]:
     if not 0.0 < r0 < INF:
         raise ValueError(f"a null ratio must be positive and finite, got {r0}")
+    return _cached_ratio_grid(r0, step, span)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_ratio_grid(r0: float, step: float, span: float) -> tuple[FloatArray, int]:
+    """A policy's few grids, built once (read-only: every profile shares it)."""
     half = math.ceil(span / step)
     grid: FloatArray = math.log(r0) + step * np.arange(-half, half + 1, dtype=np.float64)
+    grid.setflags(write=False)
     return grid, half
 
 
