@@ -6,11 +6,12 @@
 3. bench/decision_quality.py: mesh-canary's judge against Flagger-style, Kayenta-style and
    oracle SPRT rules on the same simulated traffic (the tables and the targets).
 
-    python bench/run_all.py [--quick] [--out docs/benchmarks.md]
+    python bench/run_all.py [--quick] [--out docs/benchmarks.md] [--throughput]
 
 `make bench` runs it; `BENCH_QUICK=1 make bench` runs it with --quick: a twentieth of the seeds
 (at least 10 per cell), written to a temporary file instead of docs/benchmarks.md, and an
 estimate of the full run's wall time from the time each cell took.
+`--throughput` measures and prints only the simulation throughput rows (part 2).
 """
 
 from __future__ import annotations
