@@ -502,11 +502,11 @@ def _stratified_log_lik(
 
 
 # scipy.signal.lfilter runs the recursion of _geometric_recursion in C, but importing
-# scipy.signal takes 0.7 s (2 s on a loaded machine): most of a single `simulate` run. The
-# recursion in Python does the very same float operations in the same order (bit-identical
-# to lfilter: tests/test_simulation_speed.py), a few times slower per call; so a process runs its first
-# calls in Python and imports lfilter only once it has made this many (a benchmark, the
-# controller), or when something else already imported it.
+# scipy.signal takes 0.7 s (2 s on a loaded machine): most of a single `simulate` run. In
+# Python the recursion does the very same float operations in the same order (bit-identical
+# to lfilter: tests/test_simulation_speed.py), a few times slower per call; so a process runs
+# its first calls in Python and imports lfilter only once it has made this many (a
+# benchmark, the controller), or when something else already imported it.
 PYTHON_RECURSIONS = 2000
 _python_recursions = 0
 
