@@ -136,28 +136,54 @@ def matched_stable(strata: Sequence[Observation]) -> VersionCounts:
     def hist_total(h: Histogram | None) -> float:
         return num(h.total) if h is not None and h.counts else 0.0
 
-    def scaled(parts: Sequence[VersionCounts], weights: list[float], g: float) -> list[VersionCounts]:
-        return [scale_counts(p, w * g) for p, w in zip(parts, weights, strict=True)]
-
-    def matched(total: Callable[[VersionCounts], float]) -> VersionCounts:
+    # Each signal is scaled by its own profile and summed over the strata (as scale_counts
+    # then _sum_counts would, the same operations in the same order), and only that signal.
+    def factors(total: Callable[[VersionCounts], float]) -> list[float]:
         weights, g = _profile_weights([total(c) for c in cand], [total(s) for s in stab])
-        return _sum_counts(scaled(stab, weights, g))
+        return [w * g for w in weights]
 
-    by_requests = matched(lambda vc: vc.requests)
-    by_latency = matched(lambda vc: hist_total(vc.latency_ms))
-    by_labels = matched(lambda vc: sum(num(v) for v in vc.confusion.values()))
-    by_predictions = matched(lambda vc: sum(num(v) for v in vc.predictions.values()))
+    def summed(values: Sequence[float], fs: list[float]) -> float:
+        return sum(num(v * f) for v, f in zip(values, fs, strict=True))
 
-    def feature_total(name: str) -> Callable[[VersionCounts], float]:
-        return lambda vc: hist_total(vc.features.get(name))
+    def summed_maps(maps: Sequence[dict[Any, float]], fs: list[float]) -> dict[Any, float]:
+        out: dict[Any, float] = {}
+        for m, f in zip(maps, fs, strict=True):
+            for k, v in m.items():
+                out[k] = out.get(k, 0.0) + num(v * f)
+        return out
 
-    features = {name: matched(feature_total(name)).features.get(name) for name in strata[-1].stable.features}
-    return replace(
-        by_requests,
-        latency_ms=by_latency.latency_ms,
-        confusion=by_labels.confusion,
-        predictions=by_predictions.predictions,
+    def summed_hists(hs: Sequence[Histogram | None], fs: list[float]) -> Histogram | None:
+        like = hs[-1]
+        if like is None:
+            return None
+        sums = [0.0] * len(like.counts)
+        for h, f in zip(hs, fs, strict=True):
+            if h is not None and h.bounds == like.bounds:
+                for i, c in enumerate(h.counts):
+                    sums[i] += num(c * f)
+        return Histogram(like.bounds, tuple(sums))
+
+    by_requests = factors(lambda vc: vc.requests)
+
+    def feature(name: str) -> Histogram | None:
+        hs = [vc.features.get(name) for vc in stab]
+        return summed_hists(hs, factors(lambda vc: hist_total(vc.features.get(name))))
+
+    features = {name: feature(name) for name in strata[-1].stable.features}
+    return VersionCounts(
+        requests=summed([vc.requests for vc in stab], by_requests),
+        errors=summed([vc.errors for vc in stab], by_requests),
+        latency_ms=summed_hists(
+            [vc.latency_ms for vc in stab], factors(lambda vc: hist_total(vc.latency_ms))
+        ),
+        confusion=summed_maps(
+            [vc.confusion for vc in stab], factors(lambda vc: sum(num(v) for v in vc.confusion.values()))
+        ),
+        predictions=summed_maps(
+            [vc.predictions for vc in stab], factors(lambda vc: sum(num(v) for v in vc.predictions.values()))
+        ),
         features={k: h for k, h in features.items() if h is not None},
+        custom=dict(stab[-1].custom),
     )
 
 

@@ -129,6 +129,26 @@ def _impossible_count(check: Check, window: Observation) -> str | None:
     return None
 
 
+def _all_finite(counts: VersionCounts, seen: dict[int, bool]) -> bool:
+    """Is every count of one version a finite number (then no check reads an impossible one:
+    each reads some of them as they are)? Speed only; remembered in ``seen`` by identity for
+    the checks of one evaluation."""
+    known = seen.get(id(counts))
+    if known is None:
+        values = [counts.requests, counts.errors, *counts.confusion.values(), *counts.predictions.values()]
+        values += counts.custom.values()
+        if counts.latency_ms is not None:
+            values += counts.latency_ms.counts
+        for h in counts.features.values():
+            values += h.counts
+        try:
+            known = all(map(math.isfinite, values))
+        except TypeError:  # not a number at all: the slow path says which
+            known = False
+        seen[id(counts)] = known
+    return known
+
+
 # Counts beyond this are scaled down, all by one factor (rates, ratios and shares are kept;
 # only the evidence shrinks, which is conservative): the statistics lose precision, then
 # overflow, far above it (1e18 requests: "math domain error").
@@ -141,7 +161,7 @@ def _largest_count(counts: VersionCounts) -> float:
         values += counts.latency_ms.counts
     for h in counts.features.values():
         values += h.counts
-    return max((abs(v) for v in values if math.isfinite(v)), default=0.0)
+    return max(map(abs, filter(math.isfinite, values)), default=0.0)  # no generator: a hot path
 
 
 def _within_judged_range(window: Observation, ctx: JudgeContext) -> tuple[Observation, JudgeContext]:
@@ -288,7 +308,8 @@ class AnytimeJudge:
         spending = sum(1 for c in checks if _uses_statistics(c, ctx))
         alpha = ctx.alpha if ctx.alpha == ctx.alpha else 0.0
         alpha_check = min(max(alpha * ev.windows, 1e-15), 0.5) / max(spending, 1)
-        return [self._evaluate_safely(c, ev, ctx, alpha_check) for c in checks]
+        finite: dict[int, bool] = {}  # per version's counts, shared by the checks (speed only)
+        return [self._evaluate_safely(c, ev, ctx, alpha_check, finite) for c in checks]
 
     def evaluate_check(
         self, check: Check, window: Observation, ctx: JudgeContext, alpha: float
@@ -297,10 +318,20 @@ class AnytimeJudge:
         window, ctx = _within_judged_range(window, ctx)
         return self._evaluate_safely(check, self.evidence(window, ctx), ctx, alpha)
 
-    def _evaluate_safely(self, check: Check, ev: Evidence, ctx: JudgeContext, alpha: float) -> CheckResult:
+    def _evaluate_safely(
+        self,
+        check: Check,
+        ev: Evidence,
+        ctx: JudgeContext,
+        alpha: float,
+        finite: dict[int, bool] | None = None,
+    ) -> CheckResult:
         """A failure to judge is a failed check (never a pass, never a crash that leaves
         the traffic where it is): impossible counts, or any error in the statistics."""
+        finite = {} if finite is None else finite
         for w in (*ev.strata, *([ctx.stable_baseline] if ctx.stable_baseline is not None else [])):
+            if _all_finite(w.candidate, finite) and _all_finite(w.stable, finite):
+                continue  # no count is impossible, so none of those this check reads
             bad = _impossible_count(check, w)
             if bad is not None:
                 return could_not_judge(check, f"the metrics source returned {bad}")

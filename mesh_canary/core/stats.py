@@ -23,7 +23,9 @@ rule for the benchmark) can reuse the pieces they need.
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -141,11 +143,12 @@ def _upper_root(q: float, rn: float) -> float:
     p_b = q + rn + math.sqrt(2.0 * q * rn + rn * rn)
     if p_b < 1.0:
         t = max(t, math.log1p(-p_b))
+    one_minus_q, log1p_minus_q = 1.0 - q, math.log1p(-q)  # loop invariants (speed only)
     for _ in range(_NEWTON_MAX_ITER):
         p = -math.expm1(t)
         if p <= q:
             break
-        h = _xlogy(q, q / p) + (1.0 - q) * (math.log1p(-q) - t) - rn
+        h = (0.0 if q == 0.0 else q * math.log(q / p)) + one_minus_q * (log1p_minus_q - t) - rn
         slope = (q - p) / p
         step = h / slope
         t -= step
@@ -166,11 +169,16 @@ def _lower_root(q: float, rn: float) -> float:
         u = max(u, math.log(p_b))
     if u < -745.0:  # exp underflows: the root is 0 to double precision
         return 0.0
+    log_q, one_minus_q = math.log(q), 1.0 - q  # loop invariants (speed only)
     for _ in range(_NEWTON_MAX_ITER):
         p = math.exp(u)
         if p >= q:
             break
-        h = q * (math.log(q) - u) + _xlogy(1.0 - q, (1.0 - q) / (1.0 - p)) - rn
+        h = (
+            q * (log_q - u)
+            + (0.0 if one_minus_q == 0.0 else one_minus_q * math.log(one_minus_q / (1.0 - p)))
+            - rn
+        )
         slope = (p - q) / (1.0 - p)
         step = h / slope
         u -= step
@@ -187,6 +195,23 @@ def rate_cs(
     With no trials the interval is (0, 1). Counts may be non-integer (Prometheus
     ``increase()``); they are clipped into ``0 <= successes <= trials``.
     """
+    # A judge asks for the same sequence several times a tick (the same counts, raw and
+    # discounted, at the same level): remembered, a pure function of its arguments.
+    key = (successes, trials, alpha, prior.a, prior.b)
+    known = _RATE_CS_SEEN.get(key)
+    if known is None:
+        known = _rate_cs(successes, trials, alpha, prior)
+        if len(_RATE_CS_SEEN) >= _SEEN_MAX:
+            _RATE_CS_SEEN.clear()
+        _RATE_CS_SEEN[key] = known
+    return known
+
+
+_SEEN_MAX = 4096
+_RATE_CS_SEEN: dict[tuple[float, float, float, float, float], tuple[float, float]] = {}
+
+
+def _rate_cs(successes: float, trials: float, alpha: float, prior: BetaPrior) -> tuple[float, float]:
     _check_alpha(alpha)
     s, n = _clean_counts(successes, trials)
     if n <= 0.0:
@@ -227,13 +252,15 @@ def rate_cs_array(
         p_c = qi - np.sqrt(2.0 * qi * rn)
         u = np.where(p_c > 0.0, np.maximum(u, np.log(np.maximum(p_c, 1e-300))), u)
         u = np.maximum(u, -745.0)
+        # Loop invariants, computed once (speed only: the same values as inline).
+        one_minus_qi, log1p_minus_qi, log_qi = 1.0 - qi, np.log1p(-qi), np.log(qi)
         for _ in range(_NEWTON_MAX_ITER):
             p_up = -np.expm1(t)
-            h_up = qi * np.log(qi / p_up) + (1.0 - qi) * (np.log1p(-qi) - t) - rn
+            h_up = qi * np.log(qi / p_up) + one_minus_qi * (log1p_minus_qi - t) - rn
             step_t = np.where(p_up > qi, h_up * p_up / (qi - p_up), 0.0)
             t = t - step_t
             p_lo = np.exp(u)
-            h_lo = qi * (np.log(qi) - u) + (1.0 - qi) * np.log((1.0 - qi) / (1.0 - p_lo)) - rn
+            h_lo = qi * (log_qi - u) + one_minus_qi * np.log(one_minus_qi / (1.0 - p_lo)) - rn
             step_u = np.where(p_lo < qi, h_lo * (1.0 - p_lo) / (p_lo - qi), 0.0)
             u = u - step_u
             if np.all(np.abs(step_t) <= _NEWTON_TOL * np.maximum(1.0, np.abs(t))) and np.all(
@@ -474,30 +501,67 @@ def _stratified_log_lik(
     return out
 
 
+# scipy.signal.lfilter runs the recursion of _geometric_recursion in C, but importing
+# scipy.signal takes 0.7 s (2 s on a loaded machine): most of a single `simulate` run. In
+# Python the recursion does the very same float operations in the same order (bit-identical
+# to lfilter: tests/test_simulation_speed.py), a few times slower per call; so a process runs
+# its first calls in Python and imports lfilter only once it has made this many (a
+# benchmark, the controller), or when something else already imported it.
+PYTHON_RECURSIONS = 2000
+_python_recursions = 0
+
+
+def _geometric_recursion(x: FloatArray, q: float, python: bool | None = None) -> FloatArray:
+    """``y[..., n] = x[..., n] + q * y[..., n - 1]`` along the last axis (``y[..., 0] = x[..., 0]``),
+    as ``lfilter([1], [1, -q], x, axis=-1)``. ``python``: force (True) or skip (False) the
+    Python loop; None chooses as above."""
+    global _python_recursions
+    if python is None:
+        python = _python_recursions < PYTHON_RECURSIONS and "scipy.signal" not in sys.modules
+        _python_recursions += python
+    if not python:
+        from scipy.signal import lfilter
+
+        out: FloatArray = lfilter([1.0], [1.0, -q], x, axis=-1)
+        return out
+    rows = np.reshape(x, (-1, x.shape[-1])).tolist()
+    for row in rows:
+        acc = 0.0
+        for i, v in enumerate(row):
+            acc = acc * q + v  # lfilter: y = z + x with z = q * y_prev, the same two roundings
+            row[i] = acc
+    return np.array(rows, dtype=np.float64).reshape(x.shape)
+
+
 def _geometric_mixtures(log_lik: FloatArray, step: float, scale: float) -> tuple[FloatArray, FloatArray]:
     """For every grid point i, the log of ``sum_{j>=i} w_{j-i} L_j / L_i`` and of
     ``sum_{j<=i} w_{i-j} L_j / L_i`` with ``w_d = (1 - q) q^d``, ``q = exp(-step / scale)``
     (weights summing to at most 1: a valid mixture). One linear recursion each way."""
-    # Imported here: scipy.signal takes ~0.7 s to import, and most commands never get here.
-    from scipy.signal import lfilter
-
     q = math.exp(-step / scale)
     top = np.max(log_lik, axis=-1, keepdims=True)
     x = np.exp(log_lik - top)
-    above = lfilter([1.0], [1.0, -q], x[..., ::-1], axis=-1)[..., ::-1]
-    below = lfilter([1.0], [1.0, -q], x, axis=-1)
+    # Both directions in one call (half the calls; every element as computed alone).
+    both = _geometric_recursion(np.stack((x[..., ::-1], x)), q)
     with np.errstate(divide="ignore"):
         base = math.log1p(-q) + top - log_lik
-        log_above: FloatArray = base + np.log(np.maximum(above, 0.0))
-        log_below: FloatArray = base + np.log(np.maximum(below, 0.0))
+        logs = np.log(np.maximum(both, 0.0))
+        log_above: FloatArray = base + logs[0][..., ::-1]
+        log_below: FloatArray = base + logs[1]
     return log_above, log_below
 
 
 def _ratio_grid(r0: float, step: float, span: float) -> tuple[FloatArray, int]:
     if not 0.0 < r0 < INF:
         raise ValueError(f"a null ratio must be positive and finite, got {r0}")
+    return _cached_ratio_grid(r0, step, span)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_ratio_grid(r0: float, step: float, span: float) -> tuple[FloatArray, int]:
+    """A policy's few grids, built once (read-only: every profile shares it)."""
     half = math.ceil(span / step)
     grid: FloatArray = math.log(r0) + step * np.arange(-half, half + 1, dtype=np.float64)
+    grid.setflags(write=False)
     return grid, half
 
 
