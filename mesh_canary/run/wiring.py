@@ -217,7 +217,7 @@ def drive(
     from mesh_canary.present.console import LiveProgress
 
     clock = SystemClock()
-    notifier = notifier_for_policy(policy.notifications)
+    notifier = notifier_for_policy(policy.notifications, namespace=policy.namespace)
     with LiveProgress(policy, console, enabled=live) as progress:
         runner = RolloutRunner(policy, router, metrics, store, notifier, clock, on_update=progress.update)
 

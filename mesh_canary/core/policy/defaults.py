@@ -107,7 +107,8 @@ def with_defaults(doc: dict[str, Any]) -> dict[str, Any]:
     for section in ("metrics", "gates"):
         _fill(spec, section)
     for notification in spec.setdefault("notifications", []):
-        notification["webhook"].setdefault("format", WEBHOOK_FORMAT)
+        if "webhook" in notification:  # the other kinds' defaults stay in the typed model (build.py)
+            notification["webhook"].setdefault("format", WEBHOOK_FORMAT)
     return d
 
 
