@@ -1208,3 +1208,75 @@ def dashboard(
     mode = "orders allowed" if allow_writes else "read-only (--allow-writes adds pause/resume/approve/abort)"
     click.echo(f"dashboard: open {server.url} ({mode}; Ctrl-C stops)", err=True)
     serve(server, stop)  # until Ctrl-C or SIGTERM
+
+
+# --------------------------------------------------------------------------- on-call
+# `rollout ack` lives in its own block (the other rollout verbs are edited elsewhere).
+
+
+@rollout.command("ack")
+@click.argument("name")
+@click.option(
+    "-f",
+    "--filename",
+    "policy_path",
+    type=click.Path(),
+    help="The rollout's policy file (a standalone `run`); default: the ModelRollout in the cluster.",
+)
+@click.option("--message", "note", default="", help="Why, in a few words (shown with the acknowledgement).")
+@kube_options
+@output_option
+@friendly_errors
+def rollout_ack(
+    name: str,
+    policy_path: str | None,
+    note: str,
+    namespace: str | None,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    fmt: str,
+) -> None:
+    """A person acknowledges NAME's rollback: its PagerDuty page is resolved, and every
+    notification target that takes `Acknowledged` hears it.
+
+    Exit codes: 0 every receiver took it, 1 one could not be reached, 2 no target of the
+    rollout takes `Acknowledged` (nothing was sent).
+    """
+    import getpass
+
+    from mesh_canary.core.policy import load_policy, resource_document
+    from mesh_canary.kube.rollouts import read_secret_key
+    from mesh_canary.notify import acknowledge
+
+    read_secret = None
+    if policy_path is not None:
+        policy = read_policy(policy_path)
+        if policy.name != name:
+            raise BadInput(f"{policy_path} is the policy of {policy.name!r}, not {name!r}")
+        if namespace and namespace != policy.namespace:
+            raise BadInput(f"{policy_path} is in namespace {policy.namespace!r}, not {namespace!r}")
+    else:
+        client = RolloutClient(kubeconfig, kube_context, namespace)
+        policy = load_policy(resource_document(client.get(name)))
+        read_secret = functools.partial(
+            read_secret_key, api_client(kubeconfig, kube_context), policy.namespace
+        )
+    try:
+        who = getpass.getuser()
+    except Exception:  # no user name in this environment (a bare container)
+        who = "a person"
+    message = f"acknowledged by {who}" + (f": {note}" if note else "")
+    sent = acknowledge(policy.notifications, name, policy.namespace, message, read_secret)
+    if not sent:
+        raise BadInput(f"no notification target of {name} takes Acknowledged (a pagerduty target does)")
+    if fmt == "text":
+        for receiver, outcome in sent.items():
+            click.echo(f"{policy.namespace}/{name}: {receiver}: {outcome}", err=outcome != "sent")
+    else:
+        click.echo(
+            dump(
+                {"name": name, "namespace": policy.namespace, "event": "Acknowledged", "receivers": sent}, fmt
+            )
+        )
+    if any(outcome != "sent" for outcome in sent.values()):
+        sys.exit(EXIT_FAILURE)

@@ -418,3 +418,42 @@ def test_close_is_bounded_even_behind_a_hanging_receiver(receiver: Receiver) -> 
     done = threading.Event()
     threading.Thread(target=lambda: (notifier.close(timeout_s=1.0), done.set()), daemon=True).start()
     assert done.wait(30), "close() waited for a hanging receiver"
+
+
+# --------------------------------------------------------------------------- rollout ack
+
+
+def test_rollout_ack_with_a_policy_file_resolves_the_page_of_a_standalone_run(
+    receiver: Receiver, routing_key: str, tmp_path: Path
+) -> None:
+    import yaml
+    from click.testing import CliRunner
+
+    from mesh_canary.cli import main
+
+    receiver.set_mode("accepted")
+    doc = minimal_rollout()
+    doc["metadata"]["namespace"] = "models"
+    doc["spec"]["notifications"] = [pagerduty_target(receiver)]
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(main, ["rollout", "ack", "fraud-scorer", "-f", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "models/fraud-scorer: pagerduty http://127.0.0.1/...: sent" in result.output
+    (post,) = receiver.wait_for(1)
+    assert problems(PAGERDUTY, post.body) == []
+    assert post.body == {
+        "routing_key": ROUTING_KEY,
+        "event_action": "resolve",
+        "dedup_key": "mesh-canary/models/fraud-scorer",
+    }
+    # Another rollout's policy: one sentence, exit 2, nothing sent.
+    wrong = CliRunner().invoke(main, ["rollout", "ack", "other-model", "-f", str(path)])
+    assert wrong.exit_code == 2 and "is the policy of 'fraud-scorer', not 'other-model'" in wrong.output
+    # A receiver that cannot be reached: exit 1, saying which.
+    receiver.set_mode("fail")
+    doc["spec"]["notifications"] = [pagerduty_target(receiver, timeout="1s")]
+    path.write_text(yaml.safe_dump(doc))
+    failed = CliRunner().invoke(main, ["rollout", "ack", "fraud-scorer", "-f", str(path)])
+    assert failed.exit_code == 1 and "pagerduty http://127.0.0.1/...: failed" in failed.output
+    assert ROUTING_KEY not in failed.output

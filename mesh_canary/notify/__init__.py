@@ -25,7 +25,7 @@ from mesh_canary.notify.log import LogNotifier
 from mesh_canary.notify.pagerduty import PagerDutyNotifier, dedup_key
 from mesh_canary.notify.teams import TeamsNotifier
 from mesh_canary.notify.webhook import WebhookNotifier
-from mesh_canary.protocols import Notifier
+from mesh_canary.protocols import Announcement, Notifier
 
 # kind -> (the policy's target, the rollout's namespace, a Secret reader) -> receiver, or None (logged).
 Factory = Callable[[Webhook, str, SecretReader | None], JsonTarget | None]
@@ -69,6 +69,27 @@ def notifier_for_policy(
     return Dispatcher(routes)
 
 
+def acknowledge(
+    targets: Sequence[Webhook],
+    rollout: str,
+    namespace: str,
+    message: str,
+    read_secret: SecretReader | None = None,
+    timeout_s: float = 30.0,
+) -> dict[str, str]:
+    """A person's `rollout ack`: `Acknowledged` to every target that takes it (PagerDuty
+    resolves the rollout's page). {receiver: sent | failed | not sent} once delivered or
+    ``timeout_s`` passed; {} when no target takes it."""
+    dispatcher = notifier_for_policy(targets, read_secret=read_secret, namespace=namespace)
+    dispatcher.routes = [r for r in dispatcher.routes if r.kind != "log" and r.takes("Acknowledged")]
+    dispatcher.notify(Announcement(rollout, "Acknowledged", message))
+    dispatcher.close(timeout_s)
+    out: dict[str, str] = {}
+    for label, counts in dispatcher.stats().items():
+        out[label] = "sent" if counts["sent"] else "failed" if counts["failed"] else "not sent"
+    return out
+
+
 __all__ = [
     "NOTIFIERS",
     "BackgroundNotifier",
@@ -82,6 +103,7 @@ __all__ = [
     "SecretReader",
     "TeamsNotifier",
     "WebhookNotifier",
+    "acknowledge",
     "dedup_key",
     "notifier_for_policy",
     "receivers",
