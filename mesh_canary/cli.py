@@ -96,7 +96,15 @@ def main(debug: bool, log_format: str) -> None:
     type=float,
     help="Also warn where the policy cannot reach its minimum samples at this rate (req/s).",
 )
-@output_option
+@click.option(
+    "-o",
+    "--output",
+    "fmt",
+    type=click.Choice(["text", "json", "yaml", "github"]),
+    default="text",
+    show_default=True,
+    help="github: one GitHub Actions annotation per problem (::error file=...,line=...,col=...::).",
+)
 @friendly_errors
 def validate(policies: tuple[str, ...], rps: float | None, fmt: str) -> None:
     """Check policies against the schema and the rules; print every problem with its path."""
@@ -104,8 +112,9 @@ def validate(policies: tuple[str, ...], rps: float | None, fmt: str) -> None:
     from mesh_canary.run.policy_loading import validate_policy_file
 
     traffic = None if rps is None else _traffic(rps, 0.005, 0.9, None, 1.0)
+    found = {}
     for path in policies:
-        problems = validate_policy_file(path)
+        problems = found[path] = validate_policy_file(path)
         if traffic is not None and not problems:
             _warn_unreachable(read_policy(path), traffic)
         results.append(
@@ -116,7 +125,12 @@ def validate(policies: tuple[str, ...], rps: float | None, fmt: str) -> None:
                 "text": [str(p) for p in problems],
             }
         )
-    if fmt == "text":
+    if fmt == "github":
+        from mesh_canary.present.annotations import github_annotations
+
+        for path, problems in found.items():
+            click.echo("\n".join(github_annotations(path, problems)) if problems else f"{path}: valid")
+    elif fmt == "text":
         for r in results:
             if r["valid"]:
                 click.echo(f"{r['file']}: valid")
