@@ -457,3 +457,16 @@ def test_rollout_ack_with_a_policy_file_resolves_the_page_of_a_standalone_run(
     failed = CliRunner().invoke(main, ["rollout", "ack", "fraud-scorer", "-f", str(path)])
     assert failed.exit_code == 1 and "pagerduty http://127.0.0.1/...: failed" in failed.output
     assert ROUTING_KEY not in failed.output
+
+
+def test_close_waits_by_default_for_a_page_being_retried(receiver: Receiver, routing_key: str) -> None:
+    """`run` closes its notifier right before it exits: a rollback's page that is still being
+    retried gets the receiver's deadline to go through, not a fixed few seconds."""
+    receiver.set_mode("fail")
+    policy = policy_with([pagerduty_target(receiver, timeout="20s")])
+    notifier = notifier_for_policy(policy.notifications)
+    notifier.notify(ROLLED_BACK)
+    receiver.wait_for(2)  # a first attempt failed and was retried
+    threading.Timer(6.0, receiver.set_mode, args=("accepted",)).start()  # it recovers, later than 5 s
+    notifier.close()
+    assert notifier.stats()["pagerduty http://127.0.0.1/..."]["sent"] == 1

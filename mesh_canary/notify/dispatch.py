@@ -189,6 +189,7 @@ class Route:
     kind: str
     events: frozenset[str] | None
     queue: BackgroundNotifier
+    deadline_s: float = 5.0  # how long one notification may take, retries included
 
     def takes(self, kind: str) -> bool:
         return self.events is None or kind in self.events
@@ -206,10 +207,14 @@ class Dispatcher:
             if route.takes(announcement.kind):
                 route.queue.notify(announcement)
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Delivers what is queued, all receivers at once, for at most `timeout_s` in total."""
+    def close(self, timeout_s: float | None = None) -> None:
+        """Delivers what is queued, all receivers at once, for at most `timeout_s` in total
+        (default: the longest receiver deadline, so that a `run` about to exit still gets a
+        rollback's page through a receiver's retries)."""
         for route in self.routes:
             route.queue.stop()
+        if timeout_s is None:
+            timeout_s = max((r.deadline_s for r in self.routes), default=0.0) + 1.0
         deadline = time.monotonic() + timeout_s
         for route in self.routes:
             route.queue.join(deadline - time.monotonic())
@@ -234,7 +239,9 @@ def route(
     worker = BackgroundNotifier(
         Retrying(target, counts, on_outcome), max_queue, name=target.label, counts=counts, on_drop=hook
     )
-    return Route(target.label, target.kind, None if events is None else frozenset(events), worker)
+    return Route(
+        target.label, target.kind, None if events is None else frozenset(events), worker, target.timeout_s
+    )
 
 
 def plain_route(label: str, kind: str, notifier: Notifier, max_queue: int = QUEUE_SIZE) -> Route:
