@@ -386,12 +386,13 @@ def test_a_full_queue_drops_and_counts_and_says_so(
             for i in range(5):
                 notifier.notify(Announcement("fraud-scorer", "RollbackFailing", f"attempt {i}", "warning"))
         assert notifier.dropped == 3 and outcomes == [("pagerduty", "dropped")] * 3
-        assert "dropped RollbackFailing (3 dropped so far)" in caplog.text
+        assert "dropped RollbackFailing: attempt 2 (3 dropped so far)" in caplog.text
         receiver.set_mode("accepted")
         posts = receiver.wait_for(3)
     finally:
         notifier.close(timeout_s=30)
-    assert [p.body["payload"]["custom_details"]["message"] for p in posts[1:]] == ["attempt 0", "attempt 1"]
+    # The oldest made room: the latest news arrives once the receiver recovers.
+    assert [p.body["payload"]["custom_details"]["message"] for p in posts[1:]] == ["attempt 3", "attempt 4"]
     assert notifier.stats()[r.label] == {"sent": 3, "failed": 0, "dropped": 3}
 
 

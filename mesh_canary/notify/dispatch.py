@@ -6,7 +6,8 @@ writes before it announces anything), and a slow receiver cannot hold up the oth
 the one layer that retries a notification (`Retrying`): a failed attempt is retried with
 backoff until the receiver's total deadline; then it is counted as failed and logged, and the
 next announcement gets its turn, so a receiver that recovers gets everything after. A full
-queue drops the newest announcement, counted and logged (never silently).
+queue drops its oldest announcement to take the new one, counted and logged (never
+silently): what happens later always reaches a receiver that recovers.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class Retrying:
 
 class BackgroundNotifier:
     """Queues announcements for a worker thread: `notify` returns at once. A full queue
-    drops the announcement, counts it (`dropped`) and says so in the log."""
+    drops its oldest announcement, counts it (`dropped`) and says so in the log."""
 
     def __init__(
         self,
@@ -142,18 +143,35 @@ class BackgroundNotifier:
         return self.counts.dropped
 
     def notify(self, announcement: Announcement) -> None:
-        try:
-            self._queue.put_nowait(announcement)
-        except queue.Full:
-            dropped = self.counts.add("dropped")
-            if self.on_drop is not None:
-                self.on_drop()
-            log.warning(
-                "notification queue of %s full; dropped %s (%d dropped so far)",
-                self.name,
-                announcement.kind,
-                dropped,
-            )
+        """Queues ``announcement``; when the queue is full, the oldest one queued makes room
+        (later news wins: the latest state reaches the receiver once it recovers)."""
+        while True:
+            try:
+                self._queue.put_nowait(announcement)
+                return
+            except queue.Full:
+                try:
+                    oldest = self._queue.get_nowait()
+                except queue.Empty:  # the worker just took one: room now
+                    continue
+            if oldest is None:  # closing: the stop stays last, this one is dropped
+                self._queue.put_nowait(None)
+                oldest = announcement
+            self._dropped(oldest)
+            if oldest is announcement:
+                return
+
+    def _dropped(self, announcement: Announcement) -> None:
+        dropped = self.counts.add("dropped")
+        if self.on_drop is not None:
+            self.on_drop()
+        log.warning(
+            "notification queue of %s full; dropped %s: %s (%d dropped so far)",
+            self.name,
+            announcement.kind,
+            announcement.message,
+            dropped,
+        )
 
     def _work(self) -> None:
         while True:
