@@ -146,9 +146,6 @@ class Webhook:
     timeout_s: float = 10.0
 
 
-Notification = Webhook
-
-
 @dataclass(frozen=True)
 class Policy:
     name: str
