@@ -116,7 +116,7 @@ def validate(policies: tuple[str, ...], rps: float | None, fmt: str) -> None:
     for path in policies:
         problems = found[path] = validate_policy_file(path)
         if traffic is not None and not problems:
-            _warn_unreachable(read_policy(path), traffic)
+            _warn_unreachable(read_policy(path), traffic, path if fmt == "github" else None)
         results.append(
             {
                 "file": path,
@@ -336,12 +336,17 @@ def _traffic(
     return Traffic(rps, error_rate, accuracy, delay, labelled)
 
 
-def _warn_unreachable(policy: Policy, traffic: Traffic) -> None:
-    """A WARNING on stderr for each check that cannot reach its minimum samples at ``traffic``."""
+def _warn_unreachable(policy: Policy, traffic: Traffic, annotate: str | None = None) -> None:
+    """A WARNING on stderr for each check that cannot reach its minimum samples at ``traffic``
+    (``annotate``: as a GitHub warning annotation on that file, on stdout)."""
     from mesh_canary.core.power import unreachable
+    from mesh_canary.present.annotations import github_warning
 
     for line in unreachable(policy, traffic):
-        click.echo(f"WARNING: {policy.name}: {line}", err=True)
+        if annotate is not None:
+            click.echo(github_warning(annotate, f"{policy.name}: {line}"))
+        else:
+            click.echo(f"WARNING: {policy.name}: {line}", err=True)
 
 
 @main.command("plan")

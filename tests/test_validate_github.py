@@ -106,3 +106,17 @@ def test_what_would_break_the_command_is_escaped() -> None:
     assert github_annotation("p.yaml", Problem("", "cannot read it")) == (
         "::error file=p.yaml,title=mesh-canary validate::cannot read it"
     )
+
+
+def test_rps_warnings_become_warning_annotations() -> None:
+    policy = str(Path(__file__).parent.parent / "policies" / "minimal.yaml")
+    done = subprocess.run(
+        [MESH_CANARY, "validate", "-o", "github", "--rps", "0.01", policy],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr  # a warning, not a problem
+    warnings = [parse(line) for line in done.stdout.splitlines() if line.startswith("::")]
+    assert warnings and all(w["level"] == "warning" and w["file"] == policy for w in warnings)
+    assert "WARNING:" not in done.stderr

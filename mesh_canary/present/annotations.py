@@ -37,3 +37,8 @@ def github_annotation(file: str, problem: Problem, level: str = "error") -> str:
 
 def github_annotations(file: str, problems: Iterable[Problem]) -> list[str]:
     return [github_annotation(file, p) for p in problems]
+
+
+def github_warning(file: str, message: str) -> str:
+    """A warning on a file as a whole (`validate --rps`: a check that cannot reach its samples)."""
+    return github_annotation(file, Problem("", message), level="warning")
