@@ -292,6 +292,7 @@ def journal_runner(journal: Journal, notifier: Dispatcher) -> RolloutRunner:
     )
 
 
+@pytest.mark.fault(item=1)
 def test_a_hanging_pagerduty_never_delays_the_rollback_and_gets_what_comes_after(
     receiver: Receiver, routing_key: str
 ) -> None:
@@ -327,6 +328,7 @@ def test_a_hanging_pagerduty_never_delays_the_rollback_and_gets_what_comes_after
     assert runner.state is not None and runner.state.phase is Phase.ROLLED_BACK
 
 
+@pytest.mark.fault(item=1)
 def test_a_failing_receiver_is_retried_until_its_deadline_then_counted_and_the_next_arrives(
     receiver: Receiver, routing_key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -371,6 +373,7 @@ def test_a_refused_payload_is_not_retried(receiver: Receiver, caplog: pytest.Log
     assert e.value.retryable is False and e.value.reason == "answered HTTP 200"
 
 
+@pytest.mark.fault(item=1)
 def test_a_full_queue_drops_and_counts_and_says_so(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
