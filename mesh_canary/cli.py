@@ -105,7 +105,15 @@ def main(debug: bool, log_format: str) -> None:
     type=float,
     help="Also warn where the policy cannot reach its minimum samples at this rate (req/s).",
 )
-@output_option
+@click.option(
+    "-o",
+    "--output",
+    "fmt",
+    type=click.Choice(["text", "json", "yaml", "github"]),
+    default="text",
+    show_default=True,
+    help="github: one GitHub Actions annotation per problem (::error file=...,line=...,col=...::).",
+)
 @friendly_errors
 def validate(policies: tuple[str, ...], rps: float | None, fmt: str) -> None:
     """Check policies against the schema and the rules; print every problem with its path.
@@ -120,10 +128,11 @@ def validate(policies: tuple[str, ...], rps: float | None, fmt: str) -> None:
     from mesh_canary.run.policy_loading import validate_policy_file
 
     traffic = None if rps is None else _traffic(rps, 0.005, 0.9, None, 1.0)
+    found = {}
     for path in policies:
-        problems = validate_policy_file(path)
+        problems = found[path] = validate_policy_file(path)
         if traffic is not None and not problems:
-            _warn_unreachable(read_policy(path), traffic)
+            _warn_unreachable(read_policy(path), traffic, path if fmt == "github" else None)
         results.append(
             {
                 "file": path,
@@ -132,7 +141,12 @@ def validate(policies: tuple[str, ...], rps: float | None, fmt: str) -> None:
                 "text": [str(p) for p in problems],
             }
         )
-    if fmt == "text":
+    if fmt == "github":
+        from mesh_canary.present.annotations import github_annotations
+
+        for path, problems in found.items():
+            click.echo("\n".join(github_annotations(path, problems)) if problems else f"{path}: valid")
+    elif fmt == "text":
         for r in results:
             if r["valid"]:
                 click.echo(f"{r['file']}: valid")
@@ -346,12 +360,17 @@ def _traffic(
     return Traffic(rps, error_rate, accuracy, delay, labelled)
 
 
-def _warn_unreachable(policy: Policy, traffic: Traffic) -> None:
-    """A WARNING on stderr for each check that cannot reach its minimum samples at ``traffic``."""
+def _warn_unreachable(policy: Policy, traffic: Traffic, annotate: str | None = None) -> None:
+    """A WARNING on stderr for each check that cannot reach its minimum samples at ``traffic``
+    (``annotate``: as a GitHub warning annotation on that file, on stdout)."""
     from mesh_canary.core.power import unreachable
+    from mesh_canary.present.annotations import github_warning
 
     for line in unreachable(policy, traffic):
-        click.echo(f"WARNING: {policy.name}: {line}", err=True)
+        if annotate is not None:
+            click.echo(github_warning(annotate, f"{policy.name}: {line}"))
+        else:
+            click.echo(f"WARNING: {policy.name}: {line}", err=True)
 
 
 @main.command("plan")
@@ -1783,3 +1802,76 @@ def collector_import_labels(
     result = import_labels(Path(file), url, id_column, label_column, batch)
     report = {"labels": result.labels, **result.outcome}
     click.echo(dump(report, fmt) if fmt != "text" else " ".join(f"{k}={v}" for k, v in report.items()))
+
+
+# --------------------------------------------------------------------------- on-call
+
+
+@rollout.command("ack")
+@click.argument("name")
+@click.option(
+    "-f",
+    "--filename",
+    "policy_path",
+    type=click.Path(),
+    help="The rollout's policy file (a standalone `run`); default: the ModelRollout in the cluster.",
+)
+@click.option("--message", "note", default="", help="Why, in a few words (shown with the acknowledgement).")
+@kube_options
+@output_option
+@friendly_errors
+def rollout_ack(
+    name: str,
+    policy_path: str | None,
+    note: str,
+    kube: Kube,
+    fmt: str,
+) -> None:
+    """A person acknowledges NAME's rollback: its PagerDuty page is resolved, and every
+    notification target that takes `Acknowledged` hears it.
+
+    Exit codes: 0 every receiver took it, 1 one could not be reached, 2 no target of the
+    rollout takes `Acknowledged` (nothing was sent).
+
+    \b
+    Examples:
+      mesh-canary rollout ack fraud-scorer -n models --message "looking into it"
+      mesh-canary rollout ack fraud-scorer -f policy.yaml -o json
+    """
+    import getpass
+
+    from mesh_canary.core.policy import load_policy, resource_document
+    from mesh_canary.kube.rollouts import read_secret_key
+    from mesh_canary.notify import acknowledge
+
+    read_secret = None
+    if policy_path is not None:
+        policy = read_policy(policy_path)
+        if policy.name != name:
+            raise BadInput(f"{policy_path} is the policy of {policy.name!r}, not {name!r}")
+        if kube.namespace and kube.namespace != policy.namespace:
+            raise BadInput(f"{policy_path} is in namespace {policy.namespace!r}, not {kube.namespace!r}")
+    else:
+        policy = load_policy(resource_document(kube.client().get(name)))
+        read_secret = functools.partial(
+            read_secret_key, api_client(kube.kubeconfig, kube.context), policy.namespace
+        )
+    try:
+        who = getpass.getuser()
+    except Exception:  # no user name in this environment (a bare container)
+        who = "a person"
+    message = f"acknowledged by {who}" + (f": {note}" if note else "")
+    sent = acknowledge(policy.notifications, name, policy.namespace, message, read_secret)
+    if not sent:
+        raise BadInput(f"no notification target of {name} takes Acknowledged (a pagerduty target does)")
+    if fmt == "text":
+        for receiver, outcome in sent.items():
+            click.echo(f"{policy.namespace}/{name}: {receiver}: {outcome}", err=outcome != "sent")
+    else:
+        click.echo(
+            dump(
+                {"name": name, "namespace": policy.namespace, "event": "Acknowledged", "receivers": sent}, fmt
+            )
+        )
+    if any(outcome != "sent" for outcome in sent.values()):
+        sys.exit(EXIT_FAILURE)

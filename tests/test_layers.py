@@ -38,7 +38,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "metrics": ADAPTER_BASE,
     # The status shows the one rollout view (a pure module of present/).
     "kube": (*ADAPTER_BASE, "mesh_canary.present.view"),
-    "notify": ADAPTER_BASE,
+    # Notifiers POST through the metrics side's deadline client (one total deadline per call).
+    "notify": (*ADAPTER_BASE, "mesh_canary.metrics.deadline_http"),
     # A model registry's REST client uses the metrics layer's deadline-bound HTTP client.
     "registry": (*ADAPTER_BASE, "mesh_canary.metrics.deadline_http"),
     # Views read state and our resource's names; they never reach a backend or the runner.

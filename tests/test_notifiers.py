@@ -6,15 +6,10 @@ that hangs or fails never delays or breaks the rollout loop (it is only logged).
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
@@ -28,6 +23,7 @@ from mesh_canary.notify import (
 )
 from mesh_canary.protocols import Announcement
 from tests.conftest import minimal_rollout
+from tests.http_receiver import Receiver, serve
 
 ROLLED_BACK = Announcement(
     rollout="fraud-scorer",
@@ -39,68 +35,9 @@ ROLLED_BACK = Announcement(
 PROMOTED = Announcement(rollout="fraud-scorer", kind="Promoted", message="promoted 1.5.0: 100% of traffic")
 
 
-@dataclass
-class Received:
-    path: str
-    content_type: str
-    body: Any
-
-
-@dataclass
-class Receiver:
-    """What the webhook server got, and how it answers: ``/ok`` 200, ``/fail`` 500, ``/hang`` waits."""
-
-    url: str
-    posts: list[Received] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)  # lets /hang answer
-    arrived: threading.Condition = field(default_factory=threading.Condition)
-
-    def wait_for(self, count: int, timeout_s: float = 10.0) -> list[Received]:
-        with self.arrived:
-            assert self.arrived.wait_for(lambda: len(self.posts) >= count, timeout_s), (
-                f"the webhook server got {len(self.posts)} posts, expected {count}"
-            )
-            return list(self.posts)
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    state: dict[str, Receiver] = {}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            rec = state["receiver"]
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"null")
-            with rec.arrived:
-                rec.posts.append(Received(self.path, self.headers.get("Content-Type", ""), body))
-                rec.arrived.notify_all()
-            if self.path == "/hang":
-                rec.release.wait(10)  # bounded: the fixture releases it on teardown anyway
-            code = 500 if self.path == "/fail" else 200
-            self.send_response(code)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state["receiver"] = Receiver(url=f"http://127.0.0.1:{server.server_address[1]}")
-    # A short poll interval: shutdown() returns within it.
-    thread = threading.Thread(
-        target=lambda: server.serve_forever(poll_interval=0.05), name="webhook-receiver", daemon=True
-    )
-    thread.start()
-    try:
-        yield state["receiver"]
-    finally:
-        state["receiver"].release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    yield from serve()
 
 
 def closed_port_url() -> str:

@@ -15,7 +15,7 @@ from mesh_canary.core.policy import PolicyError, load_policy
 from mesh_canary.kube.events import KubeEventNotifier
 from mesh_canary.kube.names import API_VERSION, KIND
 from mesh_canary.kube.status import COMMAND_ANNOTATIONS, KubeStatusStore, StatusFacts
-from mesh_canary.notify import BackgroundNotifier
+from mesh_canary.notify import Dispatcher
 from mesh_canary.protocols import Announcement, Notifier
 from mesh_canary.redact import redact, redact_value
 from mesh_canary.run.runner import RolloutRunner
@@ -38,7 +38,7 @@ class RolloutHandler:
     # What the status shows besides the engine state (the store reads it at every write).
     facts: StatusFacts = field(default_factory=StatusFacts)
     events: KubeEventNotifier | None = None
-    notifier: BackgroundNotifier | None = None
+    notifier: Dispatcher | None = None
     deleted: bool = False
     removed: bool = False
     invalid_reported: int | None = None  # generation whose InvalidPolicy Event was sent

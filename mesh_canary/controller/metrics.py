@@ -82,6 +82,13 @@ class ControllerMetrics:
         self.errors = Counter(
             "mesh_canary_reconcile_errors", "Reconciles that failed and were retried.", registry=r
         )
+        self.notifications = Counter(
+            "mesh_canary_notifications",
+            "Notifications by receiver kind and outcome: sent; failed (after retrying until the "
+            "receiver's deadline); dropped (its queue was full).",
+            ["receiver", "outcome"],
+            registry=r,
+        )
         self.leader = Gauge(
             "mesh_canary_leader", "1 while this replica reconciles (holds the Lease).", registry=r
         )
@@ -217,6 +224,10 @@ class ControllerMetrics:
         for reason in rollback_reasons(failed_checks):
             self._own(key, self.rollout_rollbacks, (*key, reason))
             self.rollout_rollbacks.labels(*key, reason).inc()
+
+    def notification(self, receiver: str, outcome: str) -> None:
+        """One notification to a receiver of kind ``receiver`` was sent, failed or dropped."""
+        self.notifications.labels(receiver, outcome).inc()
 
     def analysed(self, key: Key, seconds: float) -> None:
         """One analysis of ``key`` took ``seconds`` (its metrics read and judging)."""

@@ -232,6 +232,8 @@ class Reconciler:
             target.notifications,
             extra=[h.events] if h.events else [],
             read_secret=functools.partial(read_secret_url, self.api, target.namespace),
+            namespace=target.namespace,
+            on_outcome=self.metrics.notification,
         )
         applied = copy.deepcopy(dict(obj.get("spec") or {})) if spec_valid else h.facts.applied_spec
         h.facts = dataclasses.replace(h.facts, policy=target, applied_spec=applied)

@@ -126,12 +126,28 @@ class MetricsSpec:
     variables: dict[str, str] = field(default_factory=dict)  # for custom queries
 
 
+# Where PagerDuty's Events API v2 takes events (EU accounts: events.eu.pagerduty.com).
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+
+
 @dataclass(frozen=True)
 class Webhook:
+    """One notification target of `spec.notifications` (its `kind` says which: a webhook,
+    PagerDuty or Microsoft Teams; mesh_canary.notify has one module per kind)."""
+
     url: str | None = None
     url_from_env: str | None = None
     url_from_secret: dict[str, str] | None = None  # {name, key}
     format: Literal["slack", "json"] = "json"
+    kind: str = "webhook"  # webhook | pagerduty | teams
+    # Which events reach it (announcement kinds, mesh_canary.core.events); None: the kind's default.
+    events: tuple[str, ...] | None = None
+    # PagerDuty: the routing (integration) key, only ever from the environment or a Secret.
+    key_from_env: str | None = None
+    key_from_secret: dict[str, str] | None = None
+    severity: Literal["critical", "error", "warning", "info"] = "critical"
+    # Total deadline of one notification, all attempts included.
+    timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)

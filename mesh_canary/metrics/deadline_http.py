@@ -117,12 +117,26 @@ class DeadlineClient:
         deadline, whatever the server does.
         """
         target = httpx.URL(url) if params is None else httpx.URL(url, params=dict(params))
+        return self.request(method, target, deadline, headers, content or b"")
+
+    def request(
+        self,
+        method: str,
+        target: httpx.URL,
+        deadline: float,
+        headers: Mapping[str, str] | None = None,
+        content: bytes = b"",
+    ) -> Answer:
+        """``method target`` with ``content``, answered whole by ``deadline`` (see `send`; the
+        notifiers POST through it with a parsed URL)."""
         headers = {
             "Accept": "application/json",
             "User-Agent": "mesh-canary",
             **(headers or {}),
             **self.headers,
         }
+        if content:
+            headers.setdefault("Content-Length", str(len(content)))
         if target.username or target.password:
             pair = f"{target.username}:{target.password}".encode()
             headers.setdefault("Authorization", "Basic " + base64.b64encode(pair).decode())
@@ -137,7 +151,7 @@ class DeadlineClient:
                     scheme=target.raw_scheme, host=target.raw_host, port=target.port, target=target.raw_path
                 ),
                 headers=list(headers.items()),
-                content=content,
+                content=content or None,
                 extensions=extensions,
             ) as response:
                 body = bytearray()

@@ -16,6 +16,7 @@ from typing import Any
 from mesh_canary.checks import kind_of
 from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import PolicyError, Problem, load_policy, load_policy_text, validate_text
+from mesh_canary.core.policy.source import locate
 from mesh_canary.metrics.promql import PromQLError, plan_queries, render_custom
 
 __all__ = [
@@ -119,4 +120,4 @@ def validate_policy_file(path: str) -> list[Problem]:
         policy = load_policy_text(text, source=path)
     except PolicyError as e:
         return e.problems
-    return [Problem(p.path, p.message, source=path) for p in deployment_problems(policy)]
+    return locate(text, deployment_problems(policy), path)

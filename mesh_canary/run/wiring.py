@@ -230,7 +230,9 @@ def drive(
     registry = start_registry_run(policy, store)
     if registry is not None:
         store = registry.store
-    notifier = notifier_for_policy(policy.notifications, extra=[registry.announcer] if registry else [])
+    notifier = notifier_for_policy(
+        policy.notifications, namespace=policy.namespace, extra=[registry.announcer] if registry else []
+    )
     with LiveProgress(policy, console, enabled=live) as progress:
         runner = RolloutRunner(policy, router, metrics, store, notifier, clock, on_update=progress.update)
 

@@ -35,9 +35,11 @@ ELSEWHERE = {
     "demo": ROOT / "tests" / "e2e" / "test_demo.py",
     # needs a running collector: tests/test_collector.py starts one.
     "collector import-labels": ROOT / "tests" / "test_collector.py",
+    # needs a PagerDuty receiver: tests/integration/test_pagerduty_controller.py runs one.
+    "rollout ack": ROOT / "tests" / "integration" / "test_pagerduty_controller.py",
 }
 # The schema kind each command's document is checked as, where it is not the command's name.
-KIND_ELSEWHERE = {"demo": "demo", "collector import-labels": "labelImport"}
+KIND_ELSEWHERE = {"demo": "demo", "collector import-labels": "labelImport", "rollout ack": "acknowledgement"}
 
 
 def _commands(cmd: click.Command = main, path: tuple[str, ...] = ()) -> Iterator[tuple[str, click.Command]]:

@@ -4,6 +4,7 @@ and the policy part of a ModelRollout read back from the apiserver."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ from mesh_canary.checks import REGISTRY
 from mesh_canary.checks.base import milliseconds
 from mesh_canary.core.durations import parse_duration
 from mesh_canary.core.model import (
+    PAGERDUTY_EVENTS_URL,
     AnalysisSpec,
     BlueGreenSpec,
     CanarySpec,
@@ -23,7 +25,7 @@ from mesh_canary.core.model import (
     VersionSpec,
     Webhook,
 )
-from mesh_canary.core.policy.defaults import with_defaults
+from mesh_canary.core.policy.defaults import WEBHOOK_FORMAT, with_defaults
 from mesh_canary.core.policy.problems import PolicyError
 from mesh_canary.core.policy.rules import validate_document
 from mesh_canary.core.policy.source import parse_and_validate
@@ -94,8 +96,33 @@ def _webhook(d: dict[str, Any]) -> Webhook:
         url=d.get("url"),
         url_from_env=url_from.get("env"),
         url_from_secret=None if secret is None else {"name": secret["name"], "key": secret["key"]},
-        format=d["format"],
+        format=d.get("format", WEBHOOK_FORMAT),
     )
+
+
+def _notification(item: dict[str, Any]) -> Webhook:
+    """One `spec.notifications` item. Defaults not written in the document live in the typed
+    model (Webhook's fields): filling them in would change the fingerprint of a rollout saved
+    before they existed, and restart it."""
+    (kind,) = [k for k in item if k not in ("events", "timeout")]
+    d = item[kind]
+    target = _webhook(d)
+    extra: dict[str, Any] = {"kind": kind}
+    if "events" in item:
+        extra["events"] = tuple(item["events"])
+    if "timeout" in item:
+        extra["timeout_s"] = parse_duration(item["timeout"])
+    if kind == "pagerduty":
+        key_from = d["routingKeyFrom"]
+        secret = key_from.get("secretKeyRef")
+        extra.update(
+            url=d.get("url", PAGERDUTY_EVENTS_URL),
+            key_from_env=key_from.get("env"),
+            key_from_secret=None if secret is None else {"name": secret["name"], "key": secret["key"]},
+        )
+        if "severity" in d:
+            extra["severity"] = d["severity"]
+    return dataclasses.replace(target, **extra)
 
 
 def _policy(d: dict[str, Any]) -> Policy:
@@ -146,7 +173,7 @@ def _policy(d: dict[str, Any]) -> Policy:
             variables=dict(metrics["variables"]),
         ),
         approval=spec["gates"]["approval"],
-        notifications=tuple(_webhook(n["webhook"]) for n in spec["notifications"]),
+        notifications=tuple(_notification(n) for n in spec["notifications"]),
         document=d,
         registry=_registry(spec.get("registry")),
     )

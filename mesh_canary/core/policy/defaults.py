@@ -125,7 +125,8 @@ def with_defaults(doc: dict[str, Any]) -> dict[str, Any]:
         for key, value in MODEL_REGISTRY.items():
             spec["registry"].setdefault(key, value)
     for notification in spec.setdefault("notifications", []):
-        notification["webhook"].setdefault("format", WEBHOOK_FORMAT)
+        if "webhook" in notification:  # the other kinds' defaults stay in the typed model (build.py)
+            notification["webhook"].setdefault("format", WEBHOOK_FORMAT)
     return d
 
 

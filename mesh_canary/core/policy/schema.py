@@ -14,6 +14,7 @@ from typing import Any, cast
 import jsonschema
 
 from mesh_canary.checks import REGISTRY
+from mesh_canary.core.events import EVENTS
 from mesh_canary.core.policy.problems import Problem, format_path, number
 
 SCHEMA: dict[str, Any] = json.loads(
@@ -26,6 +27,23 @@ _CHECK: dict[str, Any] = SCHEMA["properties"]["spec"]["properties"]["analysis"][
 _CHECK["properties"]["metric"]["enum"] = list(REGISTRY)
 CHECK_FIELDS = frozenset(_CHECK["properties"])
 """Every field a check may have (which ones a kind takes: mesh_canary.checks)."""
+
+# Notification targets: the event names are written once (core/events.py); Teams takes its URL
+# and PagerDuty its routing key the way a webhook takes its URL (one shape, written once).
+_TARGET: dict[str, Any] = SCHEMA["properties"]["spec"]["properties"]["notifications"]["items"]
+_TARGET["properties"]["events"]["items"]["enum"] = list(EVENTS)
+_WEBHOOK: dict[str, Any] = _TARGET["properties"]["webhook"]
+_TARGET["properties"]["teams"]["properties"].update(copy.deepcopy(_WEBHOOK["properties"]))
+del _TARGET["properties"]["teams"]["properties"]["format"]
+_TARGET["properties"]["teams"]["oneOf"] = copy.deepcopy(_WEBHOOK["oneOf"])
+_KEY_FROM: dict[str, Any] = _TARGET["properties"]["pagerduty"]["properties"]["routingKeyFrom"]
+_KEY_FROM.update(
+    {k: copy.deepcopy(v) for k, v in _WEBHOOK["properties"]["urlFrom"].items() if k != "description"}
+)
+for _source in _KEY_FROM["properties"].values():
+    _source["description"] = _source["description"].replace("the URL", "the routing key")
+NOTIFICATION_KINDS = tuple(k for k in _TARGET["properties"] if k not in ("events", "timeout"))
+"""The kinds of notification target (mesh_canary.notify has one module per kind)."""
 
 
 def policy_schema() -> dict[str, Any]:

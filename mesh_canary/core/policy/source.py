@@ -3,6 +3,7 @@ problem can say where it is; refused when it is not one small YAML mapping."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -158,3 +159,14 @@ def parse_and_validate(text: str, source: str) -> tuple[Any, list[Problem]]:
         located.append(Problem(p.path, p.message, line, column, source))
     both = sorted(problems + located, key=lambda p: (p.line or 0, p.column or 0))
     return data, both
+
+
+def locate(text: str, problems: Iterable[Problem], source: str) -> list[Problem]:
+    """``problems`` with the line and column of their field in ``text`` (or of its closest
+    ancestor), for problems found after parsing (a query that cannot be built)."""
+    _, marks, _ = _parse_yaml(text, source)
+    out = []
+    for p in problems:
+        line, column = nearest(p.path, marks) or (None, None)
+        out.append(Problem(p.path, p.message, line, column, source))
+    return out

@@ -1,0 +1,36 @@
+"""The names of the events a rollout announces (an Announcement's ``kind``), written once.
+
+`spec.notifications[].events` picks from these (the policy schema's enum is filled from
+here); tests/test_notify_routing.py checks that every kind the code announces is listed.
+"""
+
+from __future__ import annotations
+
+EVENTS: tuple[str, ...] = (
+    # the engine
+    "Started",
+    "StepAdvanced",
+    "Switched",
+    "Paused",
+    "Resumed",
+    "WaitingForApproval",
+    "Approved",
+    "Promoted",
+    "RolledBack",
+    "RollbackFailing",
+    "Aborted",
+    # the runner and the controller
+    "ExternalChange",
+    "Restarted",
+    "Deleted",
+    "InvalidPolicy",
+    "InvalidCommand",
+    "ReconcileError",
+    # a person, through `mesh-canary rollout ack` (resolves an on-call page)
+    "Acknowledged",
+)
+
+# A page is opened for these (PagerDuty `trigger`) ...
+PAGE_EVENTS: frozenset[str] = frozenset({"RolledBack", "RollbackFailing"})
+# ... and closed by these: a later rollout of the same model succeeded, or a person acknowledged.
+RESOLVE_EVENTS: frozenset[str] = frozenset({"Promoted", "Acknowledged"})
