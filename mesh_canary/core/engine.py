@@ -86,6 +86,8 @@ class Command(StrEnum):
     APPROVE = "approve"
     # Skip the remaining steps: promote at the next analysis unless a check fails in it.
     PROMOTE_FULL = "promoteFull"
+    # Traffic from the fallback back to stable (core/fallback.py): only a person decides it.
+    RESTORE_STABLE = "restoreStable"
 
 
 # ---- actions: what the driver must do, in order ------------------------------------
@@ -337,6 +339,10 @@ def command(policy: Policy, state: RolloutState, cmd: Command | str, now: float)
     cmd = Command(cmd)
     if state.rollback_pending:
         return retry_rollback(state)
+    if cmd is Command.RESTORE_STABLE:
+        from mesh_canary.core import fallback
+
+        return fallback.restore_stable(policy, state)
     if state.terminal:
         return Decision(state)
     if cmd is Command.ABORT:
@@ -434,7 +440,10 @@ def _tick(
     failed = [r for r in results if r.verdict is Verdict.FAIL]
     if failed:
         reason = "; ".join(f"{r.name}: {r.reason}" for r in failed)
-        return _roll_back(state, now, reason, tuple(r.name for r in failed))
+        from mesh_canary.core import fallback  # stable broken too: the fallback instead
+
+        rollback = _roll_back(state, now, reason, tuple(r.name for r in failed))
+        return fallback.instead_of_rollback(policy, rollback, observation, judge)
 
     if state.promote_full:
         return _promote_full(policy, state, now)
@@ -1048,7 +1057,9 @@ def strategy_of(policy: Policy) -> Strategy:
 
 
 def retry_rollback(state: RolloutState) -> Decision:
-    return Decision(state, (SetWeights(ALL_STABLE, state.reason, rollback=True),))
+    from mesh_canary.core.fallback import safe_weights  # once on the fallback, it is retried
+
+    return Decision(state, (SetWeights(safe_weights(state), state.reason, rollback=True),))
 
 
 def rollback_write_failed(state: RolloutState, error: str, retry_at: float, first: bool) -> Decision:
@@ -1058,7 +1069,7 @@ def rollback_write_failed(state: RolloutState, error: str, retry_at: float, firs
     if not first:
         return Decision(new)
     msg = (
-        f"the rollback to 100% stable could not be written ({error}); traffic may still reach the "
+        f"the rollback to {_safe_words(state)} could not be written ({error}); traffic may still reach the "
         f"candidate at {state.steps[-1].weight if state.steps else '?'}%; retrying until it goes through"
     )
     return Decision(new, (Announce("RollbackFailing", msg, severity="warning"),))
@@ -1068,8 +1079,15 @@ def rollback_written(state: RolloutState) -> Decision:
     """A pending rollback's write went through at last: the rollout is finished."""
     new = replace(state, rollback_pending=False, retry_at=None)
     return Decision(
-        new, (Announce("RolledBack", f"rolled back to 100% stable: {state.reason}", severity="warning"),)
+        new,
+        (Announce("RolledBack", f"rolled back to {_safe_words(state)}: {state.reason}", severity="warning"),),
     )
+
+
+def _safe_words(state: RolloutState) -> str:
+    from mesh_canary.core.fallback import safe_weights, safe_words
+
+    return safe_words(safe_weights(state))
 
 
 def forward_write_failed(state: RolloutState, now: float, weights: Weights, error: str) -> Decision:
@@ -1097,11 +1115,14 @@ def moved_outside(state: RolloutState, now: float, live: Weights, where: str) ->
     return Decision(new, (Announce("Aborted", f"stopped: {reason}", severity="warning"),))
 
 
-def recorded_rollback(state: RolloutState, now: float, reason: str, failed: Sequence[str] = ()) -> Decision:
+def recorded_rollback(
+    state: RolloutState, now: float, reason: str, failed: Sequence[str] = (), weights: Weights = ALL_STABLE
+) -> Decision:
     """On resume: the route already holds our own rollback (recorded with its write), which
-    the saved state missed (a crash or a second Ctrl-C before the save): adopt it."""
-    new = _ended(state, now, Phase.ROLLED_BACK, reason, tuple(failed) or state.failed_checks, ALL_STABLE)
-    msg = f"rolled back to 100% stable (found on the route when resuming): {reason}"
+    the saved state missed (a crash or a second Ctrl-C before the save): adopt it.
+    ``weights``: what it wrote (100% stable, or 100% fallback: core/fallback.py)."""
+    new = _ended(state, now, Phase.ROLLED_BACK, reason, tuple(failed) or state.failed_checks, weights)
+    msg = f"rolled back to {_safe_words(new)} (found on the route when resuming): {reason}"
     return Decision(new, (Announce("RolledBack", msg, severity="warning"),))
 
 

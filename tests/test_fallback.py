@@ -1,0 +1,188 @@
+"""The fallback destination (core/fallback.py): when the candidate fails and stable breaks its
+absolute limits in the same window, one write of 100% fallback; only a person restores stable.
+
+The real judge (AnytimeJudge) decides stable's limits; the runner's part uses the fake
+adapters of test_runner (unit tier)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mesh_canary.core import engine
+from mesh_canary.core.engine import Command, Phase, RolloutState, SetWeights
+from mesh_canary.core.fallback import ALL_FALLBACK, limit_checks, stable_failures
+from mesh_canary.core.judge import AnytimeJudge
+from mesh_canary.core.model import AnalysisSpec, CanarySpec, Check, Destination, Policy
+from mesh_canary.core.observations import Observation, VersionCounts
+from mesh_canary.core.verdicts import CheckResult, JudgeContext
+from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.run.clock import VirtualClock
+from mesh_canary.run.runner import RolloutRunner
+from tests.conftest import make_policy as shared_policy
+from tests.test_engine import ScriptedJudge
+from tests.test_runner import FakeRouter, Journal, JournalNotifier, JournalStore
+
+FALLBACK = Destination("fraud-scorer-fallback", "v0")
+CHECKS = (
+    Check(metric="errorRate", name="errorRate", max=0.05, max_increase=0.01),
+    Check(metric="accuracy", name="accuracy", max_decrease=0.02, min_labeled=100),
+)
+
+
+def policy(fallback: Destination | None = FALLBACK, checks: Sequence[Check] = CHECKS) -> Policy:
+    return shared_policy(
+        versions=("1.0", "2.0"),
+        fallback=fallback,
+        canary=CanarySpec(steps=(10, 50, 100), min_step_duration_s=60, max_step_duration_s=300),
+        analysis=AnalysisSpec(
+            interval_s=30, confidence=0.99, min_requests=50, no_data_timeout_s=120, checks=tuple(checks)
+        ),
+    )
+
+
+def window(
+    stable: tuple[float, float] = (2000, 4),
+    candidate: tuple[float, float] = (200, 40),
+    problem: str | None = None,
+) -> Observation:
+    """(requests, errors) of each version over [0, 30]."""
+    return Observation(
+        0.0,
+        30.0,
+        VersionCounts(requests=stable[0], errors=stable[1]),
+        VersionCounts(requests=candidate[0], errors=candidate[1]),
+        problem=problem,
+    )
+
+
+BOTH_BROKEN = window(stable=(2000, 300))  # stable 15%, candidate 20%: both above max 5%
+
+
+def tick(p: Policy, obs: Observation, judge: object | None = None) -> engine.Decision:
+    state = engine.start(p, 0.0).state
+    return engine.tick(p, state, obs, 30.0, judge or AnytimeJudge())  # type: ignore[arg-type]
+
+
+def test_both_broken_writes_100_percent_fallback_first_and_announces() -> None:
+    d = tick(policy(), BOTH_BROKEN)
+    assert isinstance(d.actions[0], SetWeights)
+    assert d.actions[0].weights == ALL_FALLBACK and d.actions[0].rollback
+    assert d.weight_writes == [d.actions[0]]  # one write, nothing before it
+    assert [a.kind for a in d.announcements] == ["FellBack"]
+    assert d.announcements[0].severity == "warning"
+    s = d.state
+    assert s.phase is Phase.ROLLED_BACK and s.terminal and s.weights == Weights(0, 0, 100)
+    assert "errorRate" in s.failed_checks and stable_failures(s.failed_checks) == ["errorRate"]
+    assert "stable 1.0 breaks its limits too" in s.reason and "restore-stable" in s.reason
+
+
+def test_without_a_fallback_both_broken_rolls_back_to_stable() -> None:
+    d = tick(policy(fallback=None), BOTH_BROKEN)
+    assert d.actions[0] == SetWeights(ALL_STABLE, d.state.reason, rollback=True)
+    assert d.state.weights == ALL_STABLE and [a.kind for a in d.announcements] == ["RolledBack"]
+
+
+def test_a_healthy_stable_takes_the_rollback() -> None:
+    d = tick(policy(), window(stable=(2000, 4)))
+    assert d.state.phase is Phase.ROLLED_BACK and d.state.weights == ALL_STABLE
+    assert d.weight_writes[0].weights == ALL_STABLE
+
+
+def test_missing_stable_data_is_never_a_reason_to_switch() -> None:
+    # No requests on stable, or too few to prove anything: the rollback to stable stands.
+    assert tick(policy(), window(stable=(0, 0))).state.weights == ALL_STABLE
+    assert tick(policy(), window(stable=(10, 3))).state.weights == ALL_STABLE
+    # No data at all is no verdict on anyone: nothing is written.
+    d = tick(policy(), window(stable=(2000, 300), problem="prometheus unreachable"))
+    assert d.weight_writes == [] and not d.state.terminal
+
+
+class _CandidateOnly:
+    """Fails the candidate; raises when asked about stable (its counts in the candidate's place)."""
+
+    def evaluate(self, checks: Sequence[Check], w: Observation, ctx: JudgeContext) -> list[CheckResult]:
+        if w.candidate is w.stable:
+            raise RuntimeError("cannot judge")
+        return AnytimeJudge().evaluate(checks, w, ctx)
+
+
+def test_a_judge_that_cannot_judge_stable_leaves_the_rollback_to_stable() -> None:
+    d = tick(policy(), BOTH_BROKEN, _CandidateOnly())
+    assert d.state.phase is Phase.ROLLED_BACK and d.state.weights == ALL_STABLE
+
+
+def test_relative_bounds_say_nothing_about_stable() -> None:
+    only_relative = (Check(metric="errorRate", name="errorRate", max_increase=0.01),)
+    assert limit_checks(policy(checks=only_relative)) == ()
+    # A judge that would fail stable's errors too, were it asked: it is not.
+    d = tick(policy(checks=only_relative), BOTH_BROKEN, ScriptedJudge())
+    assert d.state.phase is Phase.ROLLED_BACK and d.state.weights == ALL_STABLE
+    kept = limit_checks(policy())
+    assert [(c.name, c.max, c.max_increase) for c in kept] == [("errorRate", 0.05, None)]
+
+
+def test_on_the_fallback_nothing_but_a_person_moves_traffic() -> None:
+    p = policy()
+    fell = tick(p, BOTH_BROKEN).state
+    # Later windows with a healthy stable: no flapping back, no write.
+    healthy = Observation(30.0, 60.0, VersionCounts(requests=2000), VersionCounts(requests=200))
+    assert engine.tick(p, fell, healthy, 60.0, AnytimeJudge()).actions == ()
+    for cmd in (Command.ABORT, Command.RESUME, Command.APPROVE, Command.PROMOTE_FULL):
+        assert engine.command(p, fell, cmd, 60.0).actions == ()
+    back = engine.command(p, fell, Command.RESTORE_STABLE, 90.0)
+    assert back.actions[0] == SetWeights(ALL_STABLE, back.actions[0].reason, rollback=True)  # type: ignore[union-attr]
+    assert [a.kind for a in back.announcements] == ["RestoredStable"]
+    assert back.state.weights == ALL_STABLE and back.state.phase is Phase.ROLLED_BACK
+    assert "by a person" in back.state.reason
+    # Restoring what is already on stable does nothing.
+    assert engine.command(p, back.state, Command.RESTORE_STABLE, 95.0).actions == ()
+
+
+def test_a_pending_fallback_write_is_retried_as_a_fallback_and_survives_a_restart() -> None:
+    fell = tick(policy(), BOTH_BROKEN).state
+    pending = engine.rollback_write_failed(fell, "api down", 40.0, first=True)
+    assert "100% fallback could not be written" in pending.announcements[0].message
+    retry = engine.retry_rollback(pending.state)
+    assert retry.weight_writes[0].weights == ALL_FALLBACK
+    assert "rolled back to 100% fallback" in engine.rollback_written(pending.state).announcements[0].message
+    again = RolloutState.from_dict(fell.to_dict())
+    assert again.weights == ALL_FALLBACK and again.failed_checks == fell.failed_checks
+
+
+class _BothBroken:
+    def read(self, since: float, now: float) -> Observation:
+        return Observation(since, now, BOTH_BROKEN.stable, BOTH_BROKEN.candidate)
+
+
+def _runner(journal: Journal) -> tuple[RolloutRunner, FakeRouter, JournalNotifier]:
+    router, notifier = FakeRouter(journal), JournalNotifier(journal)
+    runner = RolloutRunner(
+        policy(), router, _BothBroken(), JournalStore(journal), notifier, VirtualClock(), AnytimeJudge()
+    )
+    return runner, router, notifier
+
+
+def test_the_runner_writes_the_fallback_first_then_saves_then_announces() -> None:
+    j = Journal()
+    runner, router, _ = _runner(j)
+    result = runner.run(timeout_s=600)
+    assert result.outcome == "rolled_back" and result.exit_code == 3 and router.weights == ALL_FALLBACK
+    i = j.entries.index(("weights", ALL_FALLBACK))
+    assert j.entries[i + 1] == ("save", "RolledBack") and j.entries[i + 2] == ("notify", "FellBack")
+    assert [w for k, w in j.entries if k == "weights"] == [Weights.candidate_at(10), ALL_FALLBACK]
+    # A person's order brings it back: one write of 100% stable, then the announcement.
+    state = runner.restore_stable()
+    assert router.weights == ALL_STABLE and state.weights == ALL_STABLE
+    assert j.entries[-3:] == [("weights", ALL_STABLE), ("save", "RolledBack"), ("notify", "RestoredStable")]
+
+
+def test_the_runner_never_writes_the_fallback_over_a_persons_move_to_stable() -> None:
+    j = Journal()
+    runner, router, notifier = _runner(j)
+    runner.start_or_resume()
+    router.weights = ALL_STABLE  # a person moved everyone back to stable before the analysis
+    runner.clock.sleep(30)
+    state = runner.tick_once()
+    assert router.weights == ALL_STABLE and state.phase is Phase.ABORTED
+    assert ALL_FALLBACK not in [w for k, w in j.entries if k == "weights"]
+    assert notifier.kinds[-1] == "Aborted"
