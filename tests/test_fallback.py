@@ -16,6 +16,7 @@ from mesh_canary.core.model import AnalysisSpec, CanarySpec, Check, Destination,
 from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.verdicts import CheckResult, JudgeContext
 from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.kube.status import condition, render_status
 from mesh_canary.run.clock import VirtualClock
 from mesh_canary.run.runner import RolloutRunner
 from tests.conftest import make_policy as shared_policy
@@ -186,3 +187,18 @@ def test_the_runner_never_writes_the_fallback_over_a_persons_move_to_stable() ->
     assert router.weights == ALL_STABLE and state.phase is Phase.ABORTED
     assert ALL_FALLBACK not in [w for k, w in j.entries if k == "weights"]
     assert notifier.kinds[-1] == "Aborted"
+
+
+def test_the_status_says_on_fallback_until_a_person_restores_stable() -> None:
+    p = policy()
+    fell = tick(p, BOTH_BROKEN).state
+    status = render_status(None, state=fell, policy=p, generation=1, now=31.0)
+    on = condition(status, "OnFallback") or {}
+    assert status["phase"] == "RolledBack" and status["weights"]["fallback"] == 100
+    assert on["status"] == "True" and on["reason"] == "StableBroke" and "errorRate" in on["message"]
+    back = engine.command(p, fell, Command.RESTORE_STABLE, 60.0).state
+    after = render_status(status, state=back, policy=p, generation=1, now=61.0)
+    assert (condition(after, "OnFallback") or {})["status"] == "False"
+    # A rollout that never fell back shows no such condition.
+    plain = render_status(None, state=tick(p, window()).state, policy=p, generation=1, now=31.0)
+    assert condition(plain, "OnFallback") is None

@@ -104,7 +104,7 @@ class SetWeights:
 class Announce:
     kind: str  # Started | StepAdvanced | Holding | Paused | Resumed | Approved |
     #            WaitingForApproval | Switched | Promoted | RolledBack | RollbackFailing |
-    #            Aborted
+    #            Aborted | FellBack | RestoredStable (core/fallback.py)
     message: str
     severity: str = "info"
 
