@@ -172,6 +172,12 @@ def validate(policies: tuple[str, ...], rps: float | None, fmt: str) -> None:
     help="local backend: start the candidate model server healthy or degraded.",
 )
 @click.option(
+    "--stable",
+    "stable_mode",
+    type=click.Choice(["healthy", "degraded"]),
+    help="local backend: stable's model server, healthy (default) or degraded (to see the fallback).",
+)
+@click.option(
     "--rps", type=float, default=100.0, show_default=True, help="local backend: load generator rate."
 )
 @output_option
@@ -186,6 +192,7 @@ def run(
     state_path: str | None,
     timeout: str | None,
     candidate_mode: str,
+    stable_mode: str | None,
     rps: float,
     fmt: str,
 ) -> None:
@@ -196,6 +203,7 @@ def run(
     Examples:
       mesh-canary run -f policy.yaml --state st.json
       mesh-canary run -f policies/local-demo.yaml --backend local --candidate degraded
+      mesh-canary run -f policies/local-fallback.yaml --backend local --candidate degraded --stable degraded
       mesh-canary run -f policy.yaml --prometheus http://prometheus:9090 --timeout 30m -o json
     """
     from mesh_canary.run import wiring
@@ -216,6 +224,7 @@ def run(
         candidate_degraded=candidate_mode == "degraded",
         rps=rps,
         live=fmt == "text",
+        stable_degraded=stable_mode == "degraded",  # None: healthy
     )
     _print_result(policy, result, fmt)
     sys.exit(result.exit_code)
