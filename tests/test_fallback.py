@@ -6,8 +6,14 @@ adapters of test_runner (unit tier)."""
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Sequence
+from dataclasses import replace
 
+import pytest
+import yaml
+
+from mesh_canary.cli import read_policy
 from mesh_canary.core import engine
 from mesh_canary.core.engine import Command, Phase, RolloutState, SetWeights
 from mesh_canary.core.fallback import ALL_FALLBACK, limit_checks, stable_failures
@@ -19,10 +25,14 @@ from mesh_canary.core.weights import ALL_STABLE, Weights
 from mesh_canary.kube.status import condition, render_status
 from mesh_canary.run.clock import VirtualClock
 from mesh_canary.run.runner import RolloutRunner
+from mesh_canary.simulation.simulate import simulate_rollout
+from mesh_canary.simulation.traffic import Scenario, ScenarioError, load_scenario, load_scenario_text
 from tests.conftest import make_policy as shared_policy
+from tests.output_schema import check_output
 from tests.test_engine import ScriptedJudge
 from tests.test_runner import FakeRouter, Journal, JournalNotifier, JournalStore
 
+ROOT = pathlib.Path(__file__).parents[1]
 FALLBACK = Destination("fraud-scorer-fallback", "v0")
 CHECKS = (
     Check(metric="errorRate", name="errorRate", max=0.05, max_increase=0.01),
@@ -202,3 +212,41 @@ def test_the_status_says_on_fallback_until_a_person_restores_stable() -> None:
     # A rollout that never fell back shows no such condition.
     plain = render_status(None, state=tick(p, window()).state, policy=p, generation=1, now=31.0)
     assert condition(plain, "OnFallback") is None
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+def _scenario(name: str) -> Scenario:
+    return load_scenario_text((ROOT / "scenarios" / name).read_text(), name)
+
+
+def test_scenario_fallback_copies_stables_missing_fields_and_names_bad_ones() -> None:
+    both = _scenario("both-break.yaml")
+    assert both.fallback is not None
+    assert (both.fallback.error_rate, both.fallback.accuracy) == (0.004, 0.86)
+    assert both.fallback.latency == both.stable.latency  # copied from stable
+    assert _scenario("shared-change.yaml").fallback is None
+    doc = yaml.safe_load((ROOT / "scenarios" / "both-break.yaml").read_text())
+    doc["versions"]["fallback"] = {"errorRate": 2}
+    with pytest.raises(ScenarioError, match=r"versions\.fallback\.errorRate"):
+        load_scenario(doc)
+
+
+def test_simulation_both_break_sends_users_to_the_fallback_and_says_what_it_served() -> None:
+    scenario = _scenario("both-break.yaml")
+    with_fallback = read_policy(str(ROOT / "policies" / "fallback.yaml"))
+    result = simulate_rollout(with_fallback, scenario, seed=7)
+    check_output(result, "simulation")
+    assert result["outcome"] == "rolled_back" and result["failedChecks"] == ["errorRate", "stable:errorRate"]
+    # Served from the switch to the scenario's end (30m) at 20 rps, at the fallback's rates.
+    n = result["fallbackRequests"]
+    expected = 20 * (scenario.duration_s - result["decidedAtS"])
+    assert 0.9 * expected < n < 1.1 * expected
+    assert 0.001 < result["fallbackErrors"] / n < 0.01 and 0.1 < result["fallbackWrong"] / n < 0.2
+    # The same rollout without a fallback goes back to the broken stable; the candidate's
+    # draws are the same (the fallback has a random stream of its own).
+    without = simulate_rollout(replace(with_fallback, fallback=None), scenario, seed=7)
+    assert without["failedChecks"] == ["errorRate"] and "fallbackRequests" not in without
+    same = ("decidedAtS", "candidateRequests", "candidateErrors", "candidateWrong", "steps")
+    assert {k: without[k] for k in same} == {k: result[k] for k in same}
