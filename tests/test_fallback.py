@@ -250,3 +250,125 @@ def test_simulation_both_break_sends_users_to_the_fallback_and_says_what_it_serv
     assert without["failedChecks"] == ["errorRate"] and "fallbackRequests" not in without
     same = ("decidedAtS", "candidateRequests", "candidateErrors", "candidateWrong", "steps")
     assert {k: without[k] for k in same} == {k: result[k] for k in same}
+
+
+# --------------------------------------------------------------------------- after a rollback
+
+HEALTHY_STABLE = window(stable=(2000, 4))  # the candidate fails, stable holds 0.2%
+
+
+def watching_policy() -> Policy:
+    return replace(policy(), fallback_watch_s=600.0)
+
+
+def later(since: float, at: float, stable_errors: float = 4, requests: float = 2000) -> Observation:
+    """A window after the rollback: all traffic on stable, none on the candidate."""
+    return Observation(since, at, VersionCounts(requests=requests, errors=stable_errors), VersionCounts())
+
+
+def test_after_a_rollback_stable_is_watched_and_a_proven_break_sends_everyone_to_the_fallback() -> None:
+    p = watching_policy()
+    rolled = tick(p, HEALTHY_STABLE)
+    s = rolled.state
+    assert rolled.weight_writes[0].weights == ALL_STABLE and s.watch_until == 630.0
+    assert not s.terminal and engine.outcome_of(s) is engine.Outcome.ROLLED_BACK
+    assert s.window_start == 30.0  # the windows judged from now on start with the rollback
+    judge = AnytimeJudge()
+    # A healthy stable, and no data at all: nothing happens (missing data never switches).
+    quiet = engine.tick(p, s, later(30, 60), 60.0, judge)
+    assert quiet.actions == () and quiet.state.watch_until == 630.0
+    blind = engine.tick(p, quiet.state, Observation(30, 90, problem="prometheus down"), 90.0, judge)
+    assert blind.actions == () and not blind.state.terminal
+    # Stable breaks: one write of 100% fallback, first, then FellBack; finished.
+    broke = engine.tick(p, blind.state, later(30, 120, stable_errors=300), 120.0, judge)
+    assert broke.actions[0] == SetWeights(ALL_FALLBACK, broke.state.reason, rollback=True)
+    assert [a.kind for a in broke.announcements] == ["FellBack"]
+    assert broke.state.terminal and broke.state.weights == ALL_FALLBACK
+    assert "after the rollback, stable 1.0 breaks its limits too" in broke.state.reason
+    assert stable_failures(broke.state.failed_checks) == ["errorRate"]
+
+
+def test_the_watch_ends_when_its_time_is_up_and_a_person_may_end_it_sooner() -> None:
+    p = watching_policy()
+    s = tick(p, HEALTHY_STABLE).state
+    done = engine.tick(p, s, later(30, 630), 630.0, AnytimeJudge())
+    assert done.actions == () and done.state.terminal and done.state.weights == ALL_STABLE
+    again = RolloutState.from_dict(s.to_dict())
+    assert again.watch_until == 630.0
+    kept = engine.command(p, s, Command.RESTORE_STABLE, 100.0)
+    assert kept.weight_writes == [] and [a.kind for a in kept.announcements] == ["StableKept"]
+    assert kept.state.terminal and kept.state.weights == ALL_STABLE
+    # Other orders do nothing while watching: no second rollback.
+    assert engine.command(p, s, Command.ABORT, 100.0).actions == ()
+
+
+def test_no_watch_after_a_persons_abort_nor_without_watch_after_rollback() -> None:
+    p = watching_policy()
+    started = engine.start(p, 0.0).state
+    aborted = engine.command(p, started, Command.ABORT, 10.0).state
+    assert aborted.terminal and aborted.watch_until is None
+    assert tick(policy(), HEALTHY_STABLE).state.watch_until is None  # default 0s: no watch
+
+
+def test_watch_after_rollback_is_read_from_the_policy() -> None:
+    p = read_policy(str(ROOT / "policies" / "fallback.yaml"))
+    assert p.fallback_watch_s == 1800.0
+    assert read_policy(str(ROOT / "policies" / "local-fallback.yaml")).fallback_watch_s == 0.0
+
+
+def test_simulation_stable_breaks_after_the_rollback() -> None:
+    scenario = _scenario("stable-breaks-after.yaml")
+    result = simulate_rollout(read_policy(str(ROOT / "policies" / "fallback.yaml")), scenario, seed=3)
+    check_output(result, "simulation")
+    assert result["outcome"] == "rolled_back" and result["decidedAtS"] < 20 * 60
+    assert result["failedChecks"] == ["errorRate", "stable:errorRate"]
+    # Switched after stable broke at 20m: the fallback served part of the last 25 minutes.
+    assert 0 < result["fallbackRequests"] < 20 * (scenario.duration_s - 20 * 60)
+
+
+class _StableBreaksAt:
+    """The candidate fails from the start; stable fails 15% from ``at`` on (counts since ``since``)."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def read(self, since: float, now: float) -> Observation:
+        broken = max(now - max(since, self.at), 0.0) * 100 * 0.15
+        return Observation(
+            since,
+            now,
+            VersionCounts(requests=(now - since) * 100, errors=broken),
+            VersionCounts(requests=200, errors=40),
+        )
+
+
+def _watching_runner(j: Journal, at: float) -> tuple[RolloutRunner, FakeRouter]:
+    router = FakeRouter(j)
+    runner = RolloutRunner(
+        watching_policy(),
+        router,
+        _StableBreaksAt(at),
+        JournalStore(j),
+        JournalNotifier(j),
+        VirtualClock(),
+        AnytimeJudge(),
+    )
+    return runner, router
+
+
+def test_the_runner_keeps_watching_after_the_rollback_and_writes_the_fallback_when_stable_breaks() -> None:
+    j = Journal()
+    runner, router = _watching_runner(j, at=200.0)
+    result = runner.run(timeout_s=3600)
+    assert result.outcome == "rolled_back" and result.state.terminal and router.weights == ALL_FALLBACK
+    writes = [w for k, w in j.entries if k == "weights"]
+    assert writes == [Weights.candidate_at(10), ALL_STABLE, ALL_FALLBACK]
+    i = j.entries.index(("weights", ALL_FALLBACK))
+    assert j.entries[i + 1] == ("save", "RolledBack") and j.entries[i + 2] == ("notify", "FellBack")
+
+
+def test_a_run_that_times_out_while_watching_has_rolled_back() -> None:
+    runner, router = _watching_runner(Journal(), at=1e9)  # stable never breaks
+    result = runner.run(timeout_s=100)
+    assert result.outcome == "rolled_back" and result.exit_code == 3 and router.weights == ALL_STABLE
+    assert result.state.watch_until is not None  # still watching when the run's time ran out

@@ -327,7 +327,7 @@ class Reconciler:
         writes it and announces RestoredStable); ignored, and said so, when not on the fallback."""
         from mesh_canary.core.fallback import on_fallback
 
-        if not on_fallback(before):
+        if not on_fallback(before) and before.watch_until is None:
             h.announce("InvalidCommand", "restore-stable ignored: traffic is not on the fallback", "warning")
             return before
         return runner.restore_stable()

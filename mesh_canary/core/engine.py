@@ -76,7 +76,8 @@ OUTCOME_OF_PHASE: dict[Phase, Outcome] = {
 def outcome_of(state: RolloutState) -> Outcome | None:
     """The outcome of a finished rollout; None while it is not finished (a rollback whose
     write is still retried is not finished)."""
-    return OUTCOME_OF_PHASE.get(state.phase) if state.terminal else None
+    decided = state.phase in TERMINAL and not state.rollback_pending  # a fallback watch is after it
+    return OUTCOME_OF_PHASE.get(state.phase) if decided else None
 
 
 class Command(StrEnum):
@@ -177,15 +178,20 @@ class RolloutState:
     # A person ordered a full promotion (`rollout promote --full`): the next analysis with
     # data and no failed check promotes, skipping the remaining steps and gates.
     promote_full: bool = False
+    # After a rollback to stable, stable is judged against its limits until then (a policy's
+    # fallback.watchAfterRollback; core/fallback.py); None: not watching.
+    watch_until: float | None = None
 
     @property
     def terminal(self) -> bool:
-        """Finished: a final phase whose last write went through."""
-        return self.phase in TERMINAL and not self.rollback_pending
+        """Finished: a final phase whose last write went through (and no fallback watch left)."""
+        return self.phase in TERMINAL and not self.rollback_pending and self.watch_until is None
 
     @property
     def window_start(self) -> float:
-        """The metrics window being judged starts with the step."""
+        """The metrics window being judged starts with the step (a watch: with the rollback)."""
+        if self.watch_until is not None and self.finished_at is not None:
+            return self.finished_at
         return self.step_started_at
 
     def next_tick_at(self, policy: Policy) -> float:
@@ -226,6 +232,7 @@ class RolloutState:
             "timeoutApproved": self.timeout_approved,
             "timeouts": self.timeouts,
             "promoteFull": self.promote_full,
+            "watchUntil": self.watch_until,
         }
 
     @classmethod
@@ -264,6 +271,7 @@ class RolloutState:
             timeout_approved=bool(d.get("timeoutApproved", False)),
             timeouts=int(d.get("timeouts", 0)),
             promote_full=bool(d.get("promoteFull", False)),
+            watch_until=d.get("watchUntil"),
         )
 
 
@@ -343,7 +351,7 @@ def command(policy: Policy, state: RolloutState, cmd: Command | str, now: float)
         from mesh_canary.core import fallback
 
         return fallback.restore_stable(policy, state)
-    if state.terminal:
+    if state.phase in TERMINAL:  # finished (or only watching stable after a rollback)
         return Decision(state)
     if cmd is Command.ABORT:
         return _roll_back(state, now, "aborted by a person (manual rollback)", ("manual",))
@@ -394,7 +402,11 @@ def tick(
     judge: Judge,
 ) -> Decision:
     """One analysis: judge the step's window and decide to hold, advance or roll back."""
-    decision = _tick(policy, state, observation, now, judge)
+    from mesh_canary.core import fallback
+
+    decision = fallback.watching(policy, state, observation, now, judge) or fallback.then_watch(
+        policy, state, _tick(policy, state, observation, now, judge), now
+    )
     # Every judged tick leaves a point in the bounded history (core/timeline.py). The
     # history is for people: nothing in it may stop a decision (a rollback above all).
     try:

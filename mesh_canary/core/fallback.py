@@ -15,6 +15,11 @@ Rules (docs/policy.md "fallback"):
 - The rollout stays RolledBack (the candidate was not promoted); "on the fallback" is the
   state's weights (``weights.fallback == 100``), so a saved state says it and a restart
   resumes it without a new field.
+- After a rollback to stable (not a person's abort), with ``fallback.watchAfterRollback``,
+  stable keeps being judged against the same limits on the windows since the rollback
+  (``watch_until``): proven broken, the same switch. The rollout's outcome is decided
+  (RolledBack) but it is not finished until the watch ends, the switch happens or a person
+  orders ``restore-stable`` (which then ends the watch: stable stays).
 
 Pure: no I/O, no clock. The engine calls :func:`instead_of_rollback` and :func:`restore_stable`.
 """
@@ -98,21 +103,59 @@ def instead_of_rollback(
     """The candidate failed and ``rollback`` sends everyone to stable: when the policy has a
     fallback and stable breaks its absolute limits in the same window, send everyone to the
     fallback instead (one write of 100% fallback, first of all), else ``rollback`` as it is."""
-    from mesh_canary.core.engine import Announce, Decision, SetWeights
-
     if policy.fallback is None:
         return rollback
     broken = stable_breaks(policy, observation, judge)
     if not broken:
         return rollback
+    return _to_fallback(policy, rollback.state, broken, "and")
+
+
+def then_watch(policy: Policy, before: RolloutState, decision: Decision, now: float) -> Decision:
+    """A tick that rolled back to stable starts the watch of ``fallback.watchAfterRollback``
+    (none for a person's abort: their move to stable is never overwritten)."""
+    from mesh_canary.core.engine import Phase
+
+    new = decision.state
+    rolled_now = new.phase is Phase.ROLLED_BACK and before.phase is not Phase.ROLLED_BACK
+    if policy.fallback is None or policy.fallback_watch_s <= 0 or not rolled_now or on_fallback(new):
+        return decision
+    if "manual" in new.failed_checks:
+        return decision
+    return replace(decision, state=replace(new, watch_until=now + policy.fallback_watch_s))
+
+
+def watching(
+    policy: Policy, state: RolloutState, observation: Observation, now: float, judge: Judge
+) -> Decision | None:
+    """A tick during the watch after a rollback (None: not watching): stable proven broken
+    on the windows since the rollback -> 100% fallback; the watch over -> finished."""
+    from mesh_canary.core.engine import Decision
+
+    until = state.watch_until
+    if until is None or state.rollback_pending:
+        return None
+    state = replace(state, last_tick_at=now, ticks=state.ticks + 1)
+    broken = stable_breaks(policy, observation, judge)
+    if broken:
+        return _to_fallback(policy, replace(state, watch_until=None), broken, "after the rollback,")
+    if now >= until:
+        return Decision(replace(state, watch_until=None))  # stable held: the rollout is finished
+    return Decision(state)
+
+
+def _to_fallback(policy: Policy, state: RolloutState, broken: Sequence[CheckResult], link: str) -> Decision:
+    """One write of 100% fallback (first of all), announced, recorded in ``state``."""
+    from mesh_canary.core.engine import Announce, Decision, SetWeights
+
     stable_why = "; ".join(f"{r.name}: {r.reason}" for r in broken)
     reason = (
-        f"{rollback.state.reason}; and stable {policy.stable.version} breaks its limits too "
+        f"{state.reason}; {link} stable {policy.stable.version} breaks its limits too "
         f"({stable_why}): traffic sent to the fallback {_where(policy)} until a person restores stable "
         "(`mesh-canary rollout restore-stable`)"
     )
-    failed = (*rollback.state.failed_checks, *(STABLE_PREFIX + r.name for r in broken))
-    new = replace(rollback.state, weights=ALL_FALLBACK, reason=reason, failed_checks=failed)
+    failed = (*state.failed_checks, *(STABLE_PREFIX + r.name for r in broken))
+    new = replace(state, weights=ALL_FALLBACK, reason=reason, failed_checks=failed)
     return Decision(
         new,
         (
@@ -128,6 +171,9 @@ def restore_stable(policy: Policy, state: RolloutState) -> Decision:
     fallback: nothing to do."""
     from mesh_canary.core.engine import Announce, Decision, SetWeights
 
+    if state.watch_until is not None and not on_fallback(state):
+        words = "stable kept by a person: the watch after the rollback ended (`rollout restore-stable`)"
+        return Decision(replace(state, watch_until=None), (Announce("StableKept", words),))
     if not on_fallback(state):
         return Decision(state)
     words = f"traffic returned from the fallback to 100% stable ({policy.stable.version}) by a person"

@@ -52,7 +52,8 @@ def refusal(verb: str, name: str, status: Mapping[str, Any]) -> str | None:
     handles the order (a late order is ignored, never half-done)."""
     phase = str(status.get("phase") or "Pending")
     if verb == "restore-stable":
-        if (status.get("weights") or {}).get("fallback"):
+        watching = (status.get("rollout") or {}).get("watchUntil") is not None  # stable kept: ends it
+        if (status.get("weights") or {}).get("fallback") or watching:
             return None
         return (
             f"{name} is not on its fallback: restore-stable brings traffic from the fallback back to stable"

@@ -245,9 +245,10 @@ class RolloutRunner:
             # A pending rollback is never given up for a timeout: traffic is not safe yet.
             if deadline is not None and wake_at > deadline and not state.rollback_pending:
                 self.clock.sleep(max(deadline - self.clock.now(), 0.0))
-                return RunResult(
-                    (engine.Outcome.PAUSED if state.paused else engine.Outcome.TIMED_OUT).value, state
-                )
+                # Decided already (rolled back, stable still watched for a fallback): say so.
+                decided = engine.outcome_of(state)
+                undecided = engine.Outcome.PAUSED if state.paused else engine.Outcome.TIMED_OUT
+                return RunResult((decided or undecided).value, state)
             self.clock.sleep(max(wake_at - self.clock.now(), 0.0))
             if not self._pending:
                 self._quit_if_asked()
