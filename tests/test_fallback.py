@@ -372,3 +372,15 @@ def test_a_run_that_times_out_while_watching_has_rolled_back() -> None:
     result = runner.run(timeout_s=100)
     assert result.outcome == "rolled_back" and result.exit_code == 3 and router.weights == ALL_STABLE
     assert result.state.watch_until is not None  # still watching when the run's time ran out
+
+
+def test_the_status_says_watching_then_watch_ended() -> None:
+    p = watching_policy()
+    s = tick(p, HEALTHY_STABLE).state
+    watching = render_status(None, state=s, policy=p, generation=1, now=31.0)
+    assert (condition(watching, "OnFallback") or {})["reason"] == "WatchingStable"
+    assert watching["history"] == []  # not finished while watching
+    done = engine.tick(p, s, later(30, 630), 630.0, AnytimeJudge()).state
+    ended = render_status(watching, state=done, policy=p, generation=1, now=631.0)
+    assert (condition(ended, "OnFallback") or {})["reason"] == "WatchEnded"
+    assert ended["history"][-1]["outcome"] == "rolled_back"

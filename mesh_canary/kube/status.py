@@ -328,13 +328,28 @@ def _rollout_conditions(
 
 def _fallback_condition(cond: _Conditions, prev: Mapping[str, Any], state: RolloutState) -> None:
     """OnFallback (core/fallback.py): True while traffic is on the fallback destination; False
-    once a person restored stable (shown only to rollouts that were ever on it)."""
+    while stable is watched after a rollback (WatchingStable), once that watch ended
+    (WatchEnded) or once a person restored stable (RestoredStable); shown only to rollouts
+    that were ever on it or watched."""
     from mesh_canary.core.fallback import on_fallback
 
     if on_fallback(state):
         cond.set("OnFallback", "True", "StableBroke", state.reason)
-    elif condition(prev, "OnFallback") is not None:
-        cond.set("OnFallback", "False", "RestoredStable", "traffic is on stable: a person restored it")
+    elif state.watch_until is not None:
+        until = iso(state.watch_until)
+        cond.set(
+            "OnFallback", "False", "WatchingStable", f"stable is judged against its limits until {until}"
+        )
+    elif (was := condition(prev, "OnFallback")) is not None:
+        if was.get("reason") == "WatchingStable":  # the watch ended (time up, or a person kept stable)
+            cond.set(
+                "OnFallback",
+                "False",
+                "WatchEnded",
+                "the watch after the rollback ended: traffic stays on stable",
+            )
+        elif was.get("reason") == "StableBroke":
+            cond.set("OnFallback", "False", "RestoredStable", "traffic is on stable: a person restored it")
 
 
 def saved_state(status: Mapping[str, Any] | None) -> RolloutState | None:

@@ -115,3 +115,44 @@ def test_restore_stable_over_a_run_state_file_writes_the_route_and_the_file(
     again = cli(cluster, "rollout", "restore-stable", "--state", str(state), "-f", path)
     assert again.exit_code == 2 and "nothing was changed" in again.output
     assert router.get_weights() == ALL_STABLE
+
+
+class StableBreaksLater:
+    """The candidate fails 30%; stable is healthy until ``broken`` is set, then fails 30% too."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def read(self, since: float, now: float) -> Observation:
+        n = 2000.0
+        stable = VersionCounts(requests=n, errors=0.3 * n if self.broken else 0.0)
+        return Observation(since, now, stable, VersionCounts(requests=n, errors=0.3 * n))
+
+
+def test_after_a_rollback_the_controller_watches_stable_and_falls_back_when_it_breaks(
+    cluster: Cluster,
+) -> None:
+    cluster.add_vs()
+    metrics = StableBreaksLater()
+    cluster.metrics["2.0"] = metrics  # type: ignore[assignment]
+    fallback = {"destination": {"host": FALLBACK_HOST}, "watchAfterRollback": "10m"}
+    cluster.add_rollout(model_rollout(fallback=fallback))
+    with running(cluster.controller()):
+        wait_for("the rollback to stable", phase_is(cluster, "RolledBack"))
+        watching = condition(cluster.status(), "OnFallback") or {}
+        assert watching["status"] == "False" and watching["reason"] == "WatchingStable"
+        assert [r["weight"] for r in primary_route(cluster)] == [100, 0]
+        metrics.broken = True
+        wait_for("the fallback", lambda: cluster.writes[-1] == ("fraud-scorer", ALL_FALLBACK))
+        wait_for(
+            "OnFallback", lambda: (condition(cluster.status(), "OnFallback") or {}).get("status") == "True"
+        )
+    assert cluster.writes == [
+        ("fraud-scorer", Weights(80, 20)),
+        ("fraud-scorer", ALL_STABLE),
+        ("fraud-scorer", ALL_FALLBACK),
+    ]
+    assert [r["weight"] for r in primary_route(cluster)] == [0, 0, 100]
+    status = cluster.status()
+    assert "after the rollback, stable 1.0 breaks its limits too" in status["reason"]
+    assert status["history"][-1]["outcome"] == "rolled_back"
