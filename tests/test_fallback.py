@@ -22,6 +22,7 @@ from mesh_canary.core.model import AnalysisSpec, CanarySpec, Check, Destination,
 from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.verdicts import CheckResult, JudgeContext
 from mesh_canary.core.weights import ALL_STABLE, Weights
+from mesh_canary.kube.orders import refusal
 from mesh_canary.kube.status import condition, render_status
 from mesh_canary.run.clock import VirtualClock
 from mesh_canary.run.runner import RolloutRunner
@@ -384,3 +385,13 @@ def test_the_status_says_watching_then_watch_ended() -> None:
     ended = render_status(watching, state=done, policy=p, generation=1, now=631.0)
     assert (condition(ended, "OnFallback") or {})["reason"] == "WatchEnded"
     assert ended["history"][-1]["outcome"] == "rolled_back"
+
+
+def test_orders_while_watching_or_on_the_fallback() -> None:
+    watching = {"phase": "RolledBack", "weights": ALL_STABLE.to_dict(), "rollout": {"watchUntil": 630.0}}
+    on = {"phase": "RolledBack", "weights": ALL_FALLBACK.to_dict(), "rollout": {"watchUntil": None}}
+    done = {"phase": "RolledBack", "weights": ALL_STABLE.to_dict(), "rollout": {"watchUntil": None}}
+    assert refusal("restore-stable", "fs", watching) is None and refusal("restore-stable", "fs", on) is None
+    assert "not on its fallback" in (refusal("restore-stable", "fs", done) or "")
+    assert "restore-stable fs` ends the watch" in (refusal("retry", "fs", watching) or "")
+    assert refusal("retry", "fs", done) is None
