@@ -343,7 +343,8 @@ def start(policy: Policy, now: float) -> Decision:
 
 
 def command(policy: Policy, state: RolloutState, cmd: Command | str, now: float) -> Decision:
-    """A person's order: abort, pause, resume, approve or promote in full."""
+    """A person's order: abort, pause, resume, approve, promote in full, or restore stable
+    (from the fallback, or ending the watch after a rollback: core/fallback.py)."""
     cmd = Command(cmd)
     if state.rollback_pending:
         return retry_rollback(state)
