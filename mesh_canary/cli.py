@@ -187,6 +187,12 @@ def validate(policies: tuple[str, ...], rps: float | None, fmt: str) -> None:
     help="local backend: start the candidate model server healthy or degraded.",
 )
 @click.option(
+    "--stable",
+    "stable_mode",
+    type=click.Choice(["healthy", "degraded"]),
+    help="local backend: stable's model server, healthy (default) or degraded (to see the fallback).",
+)
+@click.option(
     "--rps", type=float, default=100.0, show_default=True, help="local backend: load generator rate."
 )
 @output_option
@@ -201,6 +207,7 @@ def run(
     state_path: str | None,
     timeout: str | None,
     candidate_mode: str,
+    stable_mode: str | None,
     rps: float,
     fmt: str,
 ) -> None:
@@ -211,6 +218,7 @@ def run(
     Examples:
       mesh-canary run -f policy.yaml --state st.json
       mesh-canary run -f policies/local-demo.yaml --backend local --candidate degraded
+      mesh-canary run -f policies/local-fallback.yaml --backend local --candidate degraded --stable degraded
       mesh-canary run -f policy.yaml --prometheus http://prometheus:9090 --timeout 30m -o json
     """
     from mesh_canary.run import wiring
@@ -231,6 +239,7 @@ def run(
         candidate_degraded=candidate_mode == "degraded",
         rps=rps,
         live=fmt == "text",
+        stable_degraded=stable_mode == "degraded",  # None: healthy
     )
     _print_result(policy, result, fmt)
     sys.exit(result.exit_code)
@@ -1069,6 +1078,56 @@ def state_options(fn: F) -> F:
         help="A `mesh-canary run --state FILE` file instead of a ModelRollout in the cluster.",
     )(fn)
     return fn
+
+
+# --- restore-stable: traffic from the fallback back to stable (core/fallback.py) -----------
+
+
+@rollout.command("restore-stable")
+@click.argument("name", required=False)
+@state_options
+@order_options
+def rollout_restore_stable(
+    name: str | None,
+    state_path: str | None,
+    policy_path: str | None,
+    wait: bool,
+    timeout: str | None,
+    kube: Kube,
+    fmt: str,
+) -> None:
+    """Send traffic from the fallback back to 100% stable (refused when not on the fallback).
+
+    A rollout whose stable broke its limits while the candidate failed holds 100% on the
+    fallback until a person says otherwise: mesh-canary itself never moves it back. The
+    controller (or, with --state, this command through the policy's route) makes one write
+    of 100% stable, recorded and announced (RestoredStable).
+
+    \b
+    Examples:
+      mesh-canary rollout restore-stable fraud-scorer -n models
+      mesh-canary rollout restore-stable --state st.json -f policy.yaml
+    """
+    if state_path is None:
+        if not name:
+            raise BadInput("give the ModelRollout's NAME, or --state FILE -f POLICY for a `run --state` file")
+        _order("restore-stable", name, kube, wait, timeout, fmt)
+        return
+    if not policy_path:
+        raise BadInput("--state needs -f POLICY: the policy names the route to write")
+    from mesh_canary.routing import RouterTarget, router_for_route
+    from mesh_canary.run.restore import restore_state_file
+
+    policy = read_policy(policy_path)
+    if name and name != policy.name:
+        raise BadInput(f"{policy_path} is the policy of {policy.name!r}, not {name!r}")
+    router = router_for_route(policy, RouterTarget(api_client=api_client(kube.kubeconfig, kube.context)))
+    state = restore_state_file(policy, state_path, router)
+    if fmt == "text":
+        click.echo(f"{state.name}: traffic is back on stable ({policy.route} holds 100% stable)")
+        return
+    doc = {"name": state.name, "namespace": policy.namespace, "command": "restore", "request": None}
+    click.echo(dump({**doc, "handled": True, "status": None}, fmt))
 
 
 def _state_object(state_path: str, policy_path: str | None) -> dict[str, Any]:

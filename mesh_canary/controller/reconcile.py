@@ -172,6 +172,8 @@ class Reconciler:
         retry = self._new_order(h, obj, store, "retry")
         if retry is not None:
             before = self._retry(h, runner, before)
+        if self._new_order(h, obj, store, "restore") is not None:
+            before = self._restore_stable(h, runner, before)
         commands = self._new_commands(h, obj, store)
         for cmd in commands:
             runner.request(cmd)
@@ -290,8 +292,8 @@ class Reconciler:
         """Orders in annotations not handled yet (abort first: safety before anything else)."""
         found: list[Command] = []
         for word, value in command_values(obj).items():
-            if word == "retry" or store.handled(word) == value:
-                continue  # a retry is handled before the others (`_retry`)
+            if word in ("retry", "restore") or store.handled(word) == value:
+                continue  # a retry (`_retry`) and a restore (`_restore_stable`) are handled before the others
             store.mark_handled(word, value)  # saved with the status write that follows
             if word == "promote":
                 found.append(Command.PROMOTE_FULL)  # "full@<id>": the only promotion order
@@ -321,6 +323,16 @@ class Reconciler:
             return None
         store.mark_handled(word, value)  # saved with the status write that follows
         return value
+
+    def _restore_stable(self, h: RolloutHandler, runner: RolloutRunner, before: RolloutState) -> RolloutState:
+        """`rollout restore-stable`: traffic from the fallback back to 100% stable (the runner
+        writes it and announces RestoredStable); ignored, and said so, when not on the fallback."""
+        from mesh_canary.core.fallback import on_fallback
+
+        if not on_fallback(before) and before.watch_until is None:
+            h.announce("InvalidCommand", "restore-stable ignored: traffic is not on the fallback", "warning")
+            return before
+        return runner.restore_stable()
 
     def _retry(self, h: RolloutHandler, runner: RolloutRunner, before: RolloutState) -> RolloutState:
         """`rollout retry`: a RolledBack or Aborted rollout starts again from step 0 (its first

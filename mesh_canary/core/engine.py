@@ -76,7 +76,8 @@ OUTCOME_OF_PHASE: dict[Phase, Outcome] = {
 def outcome_of(state: RolloutState) -> Outcome | None:
     """The outcome of a finished rollout; None while it is not finished (a rollback whose
     write is still retried is not finished)."""
-    return OUTCOME_OF_PHASE.get(state.phase) if state.terminal else None
+    decided = state.phase in TERMINAL and not state.rollback_pending  # a fallback watch is after it
+    return OUTCOME_OF_PHASE.get(state.phase) if decided else None
 
 
 class Command(StrEnum):
@@ -86,6 +87,8 @@ class Command(StrEnum):
     APPROVE = "approve"
     # Skip the remaining steps: promote at the next analysis unless a check fails in it.
     PROMOTE_FULL = "promoteFull"
+    # Traffic from the fallback back to stable (core/fallback.py): only a person decides it.
+    RESTORE_STABLE = "restoreStable"
 
 
 # ---- actions: what the driver must do, in order ------------------------------------
@@ -102,7 +105,7 @@ class SetWeights:
 class Announce:
     kind: str  # Started | StepAdvanced | Holding | Paused | Resumed | Approved |
     #            WaitingForApproval | Switched | Promoted | RolledBack | RollbackFailing |
-    #            Aborted
+    #            Aborted | FellBack | RestoredStable (core/fallback.py)
     message: str
     severity: str = "info"
 
@@ -175,15 +178,20 @@ class RolloutState:
     # A person ordered a full promotion (`rollout promote --full`): the next analysis with
     # data and no failed check promotes, skipping the remaining steps and gates.
     promote_full: bool = False
+    # After a rollback to stable, stable is judged against its limits until then (a policy's
+    # fallback.watchAfterRollback; core/fallback.py); None: not watching.
+    watch_until: float | None = None
 
     @property
     def terminal(self) -> bool:
-        """Finished: a final phase whose last write went through."""
-        return self.phase in TERMINAL and not self.rollback_pending
+        """Finished: a final phase whose last write went through (and no fallback watch left)."""
+        return self.phase in TERMINAL and not self.rollback_pending and self.watch_until is None
 
     @property
     def window_start(self) -> float:
-        """The metrics window being judged starts with the step."""
+        """The metrics window being judged starts with the step (a watch: with the rollback)."""
+        if self.watch_until is not None and self.finished_at is not None:
+            return self.finished_at
         return self.step_started_at
 
     def next_tick_at(self, policy: Policy) -> float:
@@ -224,6 +232,7 @@ class RolloutState:
             "timeoutApproved": self.timeout_approved,
             "timeouts": self.timeouts,
             "promoteFull": self.promote_full,
+            "watchUntil": self.watch_until,
         }
 
     @classmethod
@@ -262,6 +271,7 @@ class RolloutState:
             timeout_approved=bool(d.get("timeoutApproved", False)),
             timeouts=int(d.get("timeouts", 0)),
             promote_full=bool(d.get("promoteFull", False)),
+            watch_until=d.get("watchUntil"),
         )
 
 
@@ -333,11 +343,16 @@ def start(policy: Policy, now: float) -> Decision:
 
 
 def command(policy: Policy, state: RolloutState, cmd: Command | str, now: float) -> Decision:
-    """A person's order: abort, pause, resume, approve or promote in full."""
+    """A person's order: abort, pause, resume, approve, promote in full, or restore stable
+    (from the fallback, or ending the watch after a rollback: core/fallback.py)."""
     cmd = Command(cmd)
     if state.rollback_pending:
         return retry_rollback(state)
-    if state.terminal:
+    if cmd is Command.RESTORE_STABLE:
+        from mesh_canary.core import fallback
+
+        return fallback.restore_stable(policy, state)
+    if state.phase in TERMINAL:  # finished (or only watching stable after a rollback)
         return Decision(state)
     if cmd is Command.ABORT:
         return _roll_back(state, now, "aborted by a person (manual rollback)", ("manual",))
@@ -388,7 +403,11 @@ def tick(
     judge: Judge,
 ) -> Decision:
     """One analysis: judge the step's window and decide to hold, advance or roll back."""
-    decision = _tick(policy, state, observation, now, judge)
+    from mesh_canary.core import fallback
+
+    decision = fallback.watching(policy, state, observation, now, judge) or fallback.then_watch(
+        policy, state, _tick(policy, state, observation, now, judge), now
+    )
     # Every judged tick leaves a point in the bounded history (core/timeline.py). The
     # history is for people: nothing in it may stop a decision (a rollback above all).
     try:
@@ -434,7 +453,10 @@ def _tick(
     failed = [r for r in results if r.verdict is Verdict.FAIL]
     if failed:
         reason = "; ".join(f"{r.name}: {r.reason}" for r in failed)
-        return _roll_back(state, now, reason, tuple(r.name for r in failed))
+        from mesh_canary.core import fallback  # stable broken too: the fallback instead
+
+        rollback = _roll_back(state, now, reason, tuple(r.name for r in failed))
+        return fallback.instead_of_rollback(policy, rollback, observation, judge)
 
     if state.promote_full:
         return _promote_full(policy, state, now)
@@ -1048,7 +1070,9 @@ def strategy_of(policy: Policy) -> Strategy:
 
 
 def retry_rollback(state: RolloutState) -> Decision:
-    return Decision(state, (SetWeights(ALL_STABLE, state.reason, rollback=True),))
+    from mesh_canary.core.fallback import safe_weights  # once on the fallback, it is retried
+
+    return Decision(state, (SetWeights(safe_weights(state), state.reason, rollback=True),))
 
 
 def rollback_write_failed(state: RolloutState, error: str, retry_at: float, first: bool) -> Decision:
@@ -1058,7 +1082,7 @@ def rollback_write_failed(state: RolloutState, error: str, retry_at: float, firs
     if not first:
         return Decision(new)
     msg = (
-        f"the rollback to 100% stable could not be written ({error}); traffic may still reach the "
+        f"the rollback to {_safe_words(state)} could not be written ({error}); traffic may still reach the "
         f"candidate at {state.steps[-1].weight if state.steps else '?'}%; retrying until it goes through"
     )
     return Decision(new, (Announce("RollbackFailing", msg, severity="warning"),))
@@ -1068,8 +1092,15 @@ def rollback_written(state: RolloutState) -> Decision:
     """A pending rollback's write went through at last: the rollout is finished."""
     new = replace(state, rollback_pending=False, retry_at=None)
     return Decision(
-        new, (Announce("RolledBack", f"rolled back to 100% stable: {state.reason}", severity="warning"),)
+        new,
+        (Announce("RolledBack", f"rolled back to {_safe_words(state)}: {state.reason}", severity="warning"),),
     )
+
+
+def _safe_words(state: RolloutState) -> str:
+    from mesh_canary.core.fallback import safe_weights, safe_words
+
+    return safe_words(safe_weights(state))
 
 
 def forward_write_failed(state: RolloutState, now: float, weights: Weights, error: str) -> Decision:
@@ -1097,11 +1128,14 @@ def moved_outside(state: RolloutState, now: float, live: Weights, where: str) ->
     return Decision(new, (Announce("Aborted", f"stopped: {reason}", severity="warning"),))
 
 
-def recorded_rollback(state: RolloutState, now: float, reason: str, failed: Sequence[str] = ()) -> Decision:
+def recorded_rollback(
+    state: RolloutState, now: float, reason: str, failed: Sequence[str] = (), weights: Weights = ALL_STABLE
+) -> Decision:
     """On resume: the route already holds our own rollback (recorded with its write), which
-    the saved state missed (a crash or a second Ctrl-C before the save): adopt it."""
-    new = _ended(state, now, Phase.ROLLED_BACK, reason, tuple(failed) or state.failed_checks, ALL_STABLE)
-    msg = f"rolled back to 100% stable (found on the route when resuming): {reason}"
+    the saved state missed (a crash or a second Ctrl-C before the save): adopt it.
+    ``weights``: what it wrote (100% stable, or 100% fallback: core/fallback.py)."""
+    new = _ended(state, now, Phase.ROLLED_BACK, reason, tuple(failed) or state.failed_checks, weights)
+    msg = f"rolled back to {_safe_words(new)} (found on the route when resuming): {reason}"
     return Decision(new, (Announce("RolledBack", msg, severity="warning"),))
 
 

@@ -1,7 +1,7 @@
 """The names of the events a rollout announces (an Announcement's ``kind``), written once.
 
 `spec.notifications[].events` picks from these (the policy schema's enum is filled from
-here); tests/test_notify_routing.py checks that every kind the code announces is listed.
+here); tests/test_notify_oncall.py checks that every kind the code announces is listed.
 """
 
 from __future__ import annotations
@@ -19,6 +19,12 @@ EVENTS: tuple[str, ...] = (
     "RolledBack",
     "RollbackFailing",
     "Aborted",
+    "PromoteFull",
+    "Retried",
+    # the fallback: stable broke too (100% to the fallback), or a person restored stable
+    "FellBack",
+    "StableKept",
+    "RestoredStable",
     # the runner and the controller
     "ExternalChange",
     "Restarted",
@@ -31,6 +37,6 @@ EVENTS: tuple[str, ...] = (
 )
 
 # A page is opened for these (PagerDuty `trigger`) ...
-PAGE_EVENTS: frozenset[str] = frozenset({"RolledBack", "RollbackFailing"})
+PAGE_EVENTS: frozenset[str] = frozenset({"RolledBack", "RollbackFailing", "FellBack"})
 # ... and closed by these: a later rollout of the same model succeeded, or a person acknowledged.
 RESOLVE_EVENTS: frozenset[str] = frozenset({"Promoted", "Acknowledged"})

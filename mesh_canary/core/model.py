@@ -179,6 +179,9 @@ class Policy:
     document: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """The validated YAML document with defaults filled in (camelCase, as written)."""
     registry: RegistrySpec | None = None
+    # spec.fallback.watchAfterRollback: how long stable is still judged against its absolute
+    # limits after a rollback to it (core/fallback.py); 0: only in the rollback's own analysis.
+    fallback_watch_s: float = 0.0
 
     @property
     def virtual_service(self) -> RouteRef:

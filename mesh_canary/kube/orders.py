@@ -21,6 +21,7 @@ VERBS: dict[str, str] = {
     "resume": "pause",
     "promote-full": "promote",
     "retry": "retry",
+    "restore-stable": "restore",
 }
 # A retry restarts a rollout that ended without promoting; any other end is final.
 RETRYABLE_PHASES = frozenset({Phase.ROLLED_BACK.value, Phase.ABORTED.value})
@@ -50,6 +51,18 @@ def refusal(verb: str, name: str, status: Mapping[str, Any]) -> str | None:
     naming the phase), or None when it can. The controller applies the same rule when it
     handles the order (a late order is ignored, never half-done)."""
     phase = str(status.get("phase") or "Pending")
+    watching = (status.get("rollout") or {}).get("watchUntil") is not None  # after a rollback
+    if verb == "restore-stable":  # on the fallback: back to stable; watching: keep stable, end it
+        if (status.get("weights") or {}).get("fallback") or watching:
+            return None
+        return (
+            f"{name} is not on its fallback: restore-stable brings traffic from the fallback back to stable"
+        )
+    if verb == "retry" and watching:
+        return (
+            f"{name} still watches stable after its rollback (spec.fallback.watchAfterRollback): "
+            f"`mesh-canary rollout restore-stable {name}` ends the watch, then retry"
+        )
     if verb == "retry":
         if phase in RETRYABLE_PHASES:
             return None

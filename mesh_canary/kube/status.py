@@ -58,12 +58,14 @@ ANNOTATION_APPROVE = "mesh-canary.io/approve"
 ANNOTATION_PAUSE = "mesh-canary.io/pause"  # "true" | "false", optionally "true@<request id>"
 ANNOTATION_PROMOTE = "mesh-canary.io/promote"  # "full@<request id>": skip the remaining steps
 ANNOTATION_RETRY = "mesh-canary.io/retry"  # restart a RolledBack or Aborted rollout from step 0
+ANNOTATION_RESTORE = "mesh-canary.io/restore"  # traffic from the fallback back to stable (a person's)
 COMMAND_ANNOTATIONS = {
     "abort": ANNOTATION_ABORT,
     "approve": ANNOTATION_APPROVE,
     "pause": ANNOTATION_PAUSE,
     "promote": ANNOTATION_PROMOTE,
     "retry": ANNOTATION_RETRY,
+    "restore": ANNOTATION_RESTORE,
 }
 
 # Present while a rollout is in progress, so that deleting the resource waits until the
@@ -79,6 +81,7 @@ CONDITION_TYPES = (
     "RolledBack",
     "RollbackPending",
     "Aborted",
+    "OnFallback",
     "WeightsInSync",
     "Ready",
 )
@@ -316,10 +319,37 @@ def _rollout_conditions(
         cond.set("RollbackPending", "False", "Written", "no rollback write is waiting")
     if phase is Phase.ABORTED:
         cond.set("Aborted", "True", "ChangedOutsideMeshCanary", state.reason)
+    _fallback_condition(cond, prev, state)
     if drift:
         cond.set("WeightsInSync", "False", "ChangedOutsideMeshCanary", drift)
     else:
         cond.set("WeightsInSync", "True", "InSync", f"{route} holds the weights mesh-canary wrote")
+
+
+def _fallback_condition(cond: _Conditions, prev: Mapping[str, Any], state: RolloutState) -> None:
+    """OnFallback (core/fallback.py): True while traffic is on the fallback destination; False
+    while stable is watched after a rollback (WatchingStable), once that watch ended
+    (WatchEnded) or once a person restored stable (RestoredStable); shown only to rollouts
+    that were ever on it or watched."""
+    from mesh_canary.core.fallback import on_fallback
+
+    if on_fallback(state):
+        cond.set("OnFallback", "True", "StableBroke", state.reason)
+    elif state.watch_until is not None:
+        until = iso(state.watch_until)
+        cond.set(
+            "OnFallback", "False", "WatchingStable", f"stable is judged against its limits until {until}"
+        )
+    elif (was := condition(prev, "OnFallback")) is not None:
+        if was.get("reason") == "WatchingStable":  # the watch ended (time up, or a person kept stable)
+            cond.set(
+                "OnFallback",
+                "False",
+                "WatchEnded",
+                "the watch after the rollback ended: traffic stays on stable",
+            )
+        elif was.get("reason") == "StableBroke":
+            cond.set("OnFallback", "False", "RestoredStable", "traffic is on stable: a person restored it")
 
 
 def saved_state(status: Mapping[str, Any] | None) -> RolloutState | None:

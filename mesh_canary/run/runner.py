@@ -185,6 +185,12 @@ class RolloutRunner:
         decision = engine.start(self.policy, self.clock.now())
         return self._apply(replace(decision, state=replace(decision.state, run_id=run_id)))
 
+    def restore_stable(self) -> RolloutState:
+        """A person's order (`rollout restore-stable`): traffic from the fallback back to 100%
+        stable, written now (the rollout has finished, so no turn would carry it out)."""
+        state = self._require_state()
+        return self._apply(engine.command(self.policy, state, Command.RESTORE_STABLE, self.clock.now()))
+
     def request(self, cmd: Command | str) -> None:
         """Queue a person's order (abort, pause, resume, approve) for the next turn."""
         self._pending.append(Command(cmd))
@@ -239,9 +245,10 @@ class RolloutRunner:
             # A pending rollback is never given up for a timeout: traffic is not safe yet.
             if deadline is not None and wake_at > deadline and not state.rollback_pending:
                 self.clock.sleep(max(deadline - self.clock.now(), 0.0))
-                return RunResult(
-                    (engine.Outcome.PAUSED if state.paused else engine.Outcome.TIMED_OUT).value, state
-                )
+                # Decided already (rolled back, stable still watched for a fallback): say so.
+                decided = engine.outcome_of(state)
+                undecided = engine.Outcome.PAUSED if state.paused else engine.Outcome.TIMED_OUT
+                return RunResult((decided or undecided).value, state)
             self.clock.sleep(max(wake_at - self.clock.now(), 0.0))
             if not self._pending:
                 self._quit_if_asked()
@@ -272,6 +279,9 @@ class RolloutRunner:
         announcements = [_announcement(self.policy, a, state) for a in decision.announcements]
         for write in decision.weight_writes:
             if write.rollback:
+                taken = self._person_took_over(write)
+                if taken is not None:
+                    return self._apply(taken)
                 error = self._write_rollback(write, state)
                 if error is not None:
                     retry_at = self.clock.now() + self._rollback_delay
@@ -334,6 +344,22 @@ class RolloutRunner:
                 if not _retryable(e) or self.quit_requested:
                     break
         return engine.forward_write_failed(before or decision.state, self.clock.now(), write.weights, error)
+
+    def _person_took_over(self, write: engine.SetWeights) -> Decision | None:
+        """Before the first write of 100% fallback: a person's move towards stable since our
+        last write is never overwritten (a rollback to stable needs no such look: it agrees
+        with them). One bounded read; an unreadable route does not stop the write."""
+        before = self.state
+        if before is None or not write.weights.fallback or before.weights.fallback:
+            return None
+        live = self.outside.live("check for a person's move before the fallback")
+        if (
+            live is None
+            or _same_split(live, before.weights)
+            or not engine.towards_stable(live, before.weights)
+        ):
+            return None
+        return self.outside.towards_stable(before, self.clock.now(), live)
 
     def _write_rollback(self, write: engine.SetWeights, state: RolloutState) -> str | None:
         """Write 100% stable with its record; retried with backoff for at most
@@ -569,7 +595,9 @@ class OutsideChanges:
             record = None
         if record is not None and record.run_id and record.run_id == state.run_id and live.candidate == 0:
             log.info("the route holds this rollout's own rollback, newer than the saved state")
-            return engine.recorded_rollback(state, now, record.reason, record.failed_checks)
+            # Our own rollback; 100% fallback when stable broke too (core/fallback.py).
+            safe = live if live.fallback == 100 else ALL_STABLE
+            return engine.recorded_rollback(state, now, record.reason, record.failed_checks, safe)
         return engine.moved_outside(state, now, live, self.route.ref)
 
     def announce(self, live: Weights, expected: Weights) -> None:

@@ -48,8 +48,10 @@ def local_backend(
     initial: Weights = ALL_STABLE,
     labels: str = "feedback",
     candidate_degradation: Any = None,
+    stable_degraded: bool = False,
 ) -> Iterator[tuple[TrafficRouter, MetricsSource, Any]]:
-    """The embedded local mesh for this policy: model servers behind a real Envoy, with load.
+    """The embedded local mesh for this policy: model servers behind a real Envoy, with load
+    (and a third, healthy model server when the policy has a fallback).
     ``initial``: the weights Envoy starts with (a resumed rollout's, so no moment at 100/0).
     ``labels``: ``collector`` puts a prediction-label collector between the model servers and
     the metrics (see LocalMesh). ``candidate_degradation`` (a Degradation) overrides the
@@ -58,10 +60,13 @@ def local_backend(
 
     candidate = Degradation(**DEGRADED) if candidate_degraded else HEALTHY  # type: ignore[arg-type]
     candidate = candidate_degradation or candidate
+    stable = Degradation(**DEGRADED) if stable_degraded else HEALTHY  # type: ignore[arg-type]
     with LocalMesh(
         policy.stable.metrics_version,
         policy.candidate.metrics_version,
         candidate=candidate,
+        stable=stable,
+        fallback_version=local_fallback(policy),
         seed=seed,
         initial=initial,
         load=LoadSettings(rate=rps),
@@ -92,11 +97,13 @@ def run_policy(
     candidate_degraded: bool = False,
     rps: float = 100.0,
     live: bool = True,
+    stable_degraded: bool = False,
 ) -> RunResult:
     """`mesh-canary run`: one rollout in this process, start to finish."""
     store: StateStore = FileStateStore(state_path) if state_path else MemoryStateStore()
     if ROUTERS[backend].kind is None:
-        return _run_local(policy, store, metrics_mode, timeout_s, candidate_degraded, rps, live)
+        degraded = (candidate_degraded, stable_degraded)
+        return _run_local(policy, store, metrics_mode, timeout_s, degraded, rps, live)
     if backend != router_name_for(policy):
         raise LocalInputError(
             f"--backend {backend} writes {ROUTERS[backend].kind}s, but the policy names {policy.route}: "
@@ -116,7 +123,7 @@ def _run_local(
     store: StateStore,
     metrics_mode: str,
     timeout_s: float | None,
-    candidate_degraded: bool,
+    degraded: tuple[bool, bool],  # the candidate's, stable's model server
     rps: float,
     live: bool,
 ) -> RunResult:
@@ -126,7 +133,7 @@ def _run_local(
     from mesh_canary.localmesh.mesh import check_labels
 
     try:
-        check_labels(policy.stable.metrics_version, policy.candidate.metrics_version)
+        check_labels(policy.stable.metrics_version, policy.candidate.metrics_version, local_fallback(policy))
     except ValueError as e:
         raise LocalInputError(f"--backend local cannot use this policy: {e}") from None
     saved = saved_rollout(policy, store)
@@ -134,7 +141,9 @@ def _run_local(
         say(finished_sentence(saved))
         return RunResult(outcome_of(saved) or saved.phase.value.lower(), saved)
     restore = resume_weights(saved, store) if saved is not None else ALL_STABLE
-    with local_backend(policy, candidate_degraded, rps, metrics_mode, initial=restore) as (
+    with local_backend(
+        policy, degraded[0], rps, metrics_mode, initial=restore, stable_degraded=degraded[1]
+    ) as (
         router,
         metrics,
         mesh,
@@ -144,8 +153,18 @@ def _run_local(
         result = drive(policy, router, metrics, store, timeout_s, live)
     if mesh.weights_at_stop is not None:
         w = mesh.weights_at_stop
-        say(f"local mesh stopped; Envoy held {w.stable}/{w.candidate} (stable/candidate) to the end")
+        on = f"/{w.fallback}" if mesh.fallback_version else ""
+        say(
+            f"local mesh stopped; Envoy held {w.stable}/{w.candidate}{on} (stable/candidate{'/fallback' if on else ''}) to the end"
+        )
     return result
+
+
+def local_fallback(policy: Policy) -> str | None:
+    """The local mesh's name for the policy's fallback (its third model server): the
+    destination's subset, else the first label of its host."""
+    d = policy.fallback
+    return None if d is None else d.subset or d.host.split(".")[0]
 
 
 def say(message: str) -> None:

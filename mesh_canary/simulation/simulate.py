@@ -78,7 +78,19 @@ def simulate_rollout(
     simulated = SimulatedMesh(mesh, clock)
     runner = RolloutRunner(policy, simulated, simulated, None, _Silent(), clock, judge or default_judge())
     state = runner.run(timeout_s=scenario.duration_s + _EPS).state
-    return _result(state, scenario, seed, mesh)
+    result = _result(state, scenario, seed, mesh)
+    if policy.fallback is not None:
+        result.update(_after_fallback(state, scenario, mesh))
+    return result
+
+
+def _after_fallback(state: RolloutState, scenario: Scenario, mesh: SyntheticMesh) -> dict[str, Any]:
+    """A policy with a fallback: what the fallback served to users from the switch (if the
+    rollout switched to it) to the scenario's end; nothing moves it back (core/fallback.py)."""
+    if state.weights.fallback:
+        mesh.advance(scenario.duration_s)
+    n, errors, wrong = mesh.fallback_served
+    return {"fallbackRequests": n, "fallbackErrors": errors, "fallbackWrong": wrong}
 
 
 def _result(state: RolloutState, scenario: Scenario, seed: int, mesh: SyntheticMesh) -> dict[str, Any]:

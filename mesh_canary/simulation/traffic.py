@@ -47,7 +47,10 @@ Choices this simulator makes (the contract leaves them open):
   candidate too: they count in the candidate's metrics, and their predictions are
   labelled like any other (feedback joins on the request), but they are not served to
   users, so they are not in ``candidate_served_*``;
-* requests routed to a fallback destination are served but counted for neither version.
+* requests routed to a fallback destination (``versions.fallback``; default: stable's
+  initial behaviour) are served by it and counted for neither version's metrics; what it
+  served is drawn from a random stream of its own (so every other draw of a scenario stays
+  what it was) and is reported as ``fallback_served_*``.
 """
 
 from __future__ import annotations
@@ -219,6 +222,8 @@ class Scenario:
     pods: Pods | None = None
     prometheus: PrometheusCounting | None = None
     document: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # What the policy's fallback destination does (None: stable's initial behaviour).
+    fallback: Behaviour | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -255,7 +260,8 @@ def load_scenario(doc: dict[str, Any], source: str = "scenario") -> Scenario:
 
     stable: Behaviour | None = None
     candidate: Behaviour | None = None
-    versions = v.mapping(top.get("versions"), "versions", {"stable", "candidate"})
+    fallback: Behaviour | None = None
+    versions = v.mapping(top.get("versions"), "versions", {"stable", "candidate", "fallback"})
     if versions is not None:
         stable = _behaviour(v, versions.get("stable"), "versions.stable", None)
         # An empty `candidate:` (or none at all) is an A/A test: it copies stable. If stable
@@ -263,6 +269,8 @@ def load_scenario(doc: dict[str, Any], source: str = "scenario") -> Scenario:
         candidate = _behaviour(
             v, versions.get("candidate") or {}, "versions.candidate", stable or _PLACEHOLDER
         )
+        if "fallback" in versions:  # missing fields copy stable's, as the candidate's do
+            fallback = _behaviour(v, versions["fallback"] or {}, "versions.fallback", stable or _PLACEHOLDER)
 
     changes = _changes(v, top.get("changes"), duration, stable, candidate, traffic)
     outages = _outages(v, top.get("outages"))
@@ -284,6 +292,7 @@ def load_scenario(doc: dict[str, Any], source: str = "scenario") -> Scenario:
         bursts=bursts,
         pods=pods,
         prometheus=prometheus,
+        fallback=fallback,
     )
 
 
@@ -660,6 +669,7 @@ _FloatArray = npt.NDArray[np.float64]
 _TableParts = tuple[_FloatArray, dict[int, tuple["Behaviour", float, _FloatArray, _FloatArray]]]
 
 # Streams of requests, one row each in every array below.
+_FALLBACK_STREAM = 0xFA11BAC  # seeds the fallback's own stream (with the scenario's seed)
 _STABLE, _CANDIDATE, _MIRROR = 0, 1, 2
 
 
@@ -767,6 +777,9 @@ class SyntheticMesh:
         """Start over at virtual time 0 with a new seed, as if newly made (but cheaper:
         a driver running many seeds of one scenario can reuse one mesh)."""
         self._rng = np.random.default_rng(seed)
+        # The fallback's own stream: a scenario's other draws do not depend on it.
+        self._fallback_rng = np.random.default_rng(None if seed is None else [seed, _FALLBACK_STREAM])
+        self._fallback_served = [0, 0, 0]  # requests, errors, wrong predictions
         self._times: list[float] = [0.0]
         self._history[0] = 0.0
         self._count = 1  # rows of _history in use
@@ -856,6 +869,8 @@ class SyntheticMesh:
         pvals, pending_p = tables
 
         mean = self._expected_requests(start, end)
+        if self._weights.fallback:
+            self._fallback_chunk(mean * self._weights.fallback / 100.0)
         keep, serve, mirror = self._route
         rng = self._rng
         kept = rng.poisson(mean * keep) if keep > 0.0 else 0
@@ -896,6 +911,17 @@ class SyntheticMesh:
             counts = np.rint(np.stack((chunk[_STABLE], chunk[_CANDIDATE] + chunk[_MIRROR]))).astype(np.int64)
             stable, candidate = self._in_force()
             self._prom.record(start, end, counts, (stable.error_rate, candidate.error_rate))
+
+    def _fallback_chunk(self, mean: float) -> None:
+        """The requests the fallback serves in a chunk: Poisson, each failing or (if not)
+        wrong independently, at its behaviour's rates."""
+        b = self.scenario.fallback or self.scenario.stable
+        rng = self._fallback_rng
+        n = int(rng.poisson(mean))
+        errors = int(rng.binomial(n, b.error_rate))
+        wrong = int(rng.binomial(n - errors, 1.0 - b.accuracy))
+        for i, x in enumerate((n, errors, wrong)):
+            self._fallback_served[i] += x
 
     def _expected_requests(self, start: float, end: float) -> float:
         t = self._traffic
@@ -1038,6 +1064,13 @@ class SyntheticMesh:
         row = self._latest(_CANDIDATE)
         made = row[self._within] + row[self._later] + row[self._never]
         return int(made[self._wrong_cells].sum())
+
+    @property
+    def fallback_served(self) -> tuple[int, int, int]:
+        """Requests the fallback served to users so far, of those failed ones, and wrong
+        predictions among the rest."""
+        n, errors, wrong = self._fallback_served
+        return n, errors, wrong
 
     @property
     def candidate_mirrored_requests(self) -> int:

@@ -37,9 +37,16 @@ ELSEWHERE = {
     "collector import-labels": ROOT / "tests" / "test_collector.py",
     # needs a PagerDuty receiver: tests/integration/test_pagerduty_controller.py runs one.
     "rollout ack": ROOT / "tests" / "integration" / "test_pagerduty_controller.py",
+    # needs a rollout on its fallback: its order document is checked there.
+    "rollout restore-stable": ROOT / "tests" / "integration" / "test_fallback_controller.py",
 }
-# The schema kind each command's document is checked as, where it is not the command's name.
-KIND_ELSEWHERE = {"demo": "demo", "collector import-labels": "labelImport", "rollout ack": "acknowledgement"}
+# The schema kind each command's document is checked as.
+KIND_ELSEWHERE = {
+    "demo": "demo",
+    "collector import-labels": "labelImport",
+    "rollout ack": "acknowledgement",
+    "rollout restore-stable": "order",
+}
 
 
 def _commands(cmd: click.Command = main, path: tuple[str, ...] = ()) -> Iterator[tuple[str, click.Command]]:
@@ -224,7 +231,10 @@ def test_every_documented_output_validates(cluster: Cluster, tmp_path: pathlib.P
         )
     # Last: no command with `-o json` is left out of this test.
     for command, where in ELSEWHERE.items():
-        assert f'check_output(report, "{KIND_ELSEWHERE[command]}")' in where.read_text(), where
+        text = where.read_text()
+        assert f'check_output(report, "{KIND_ELSEWHERE[command]}")' in text and command.split()[-1] in text, (
+            where
+        )
     missing = with_o() - checked - set(ELSEWHERE)
     assert not missing, (
         f"commands with -o json whose output no test checks against the schema: {sorted(missing)}"

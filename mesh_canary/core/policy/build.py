@@ -134,7 +134,13 @@ def _policy(d: dict[str, Any]) -> Policy:
         spec["metrics"],
     )
     fallback = spec.get("fallback")
+    watch = (
+        {}
+        if "watchAfterRollback" not in (fallback or {})
+        else {"fallback_watch_s": parse_duration(fallback["watchAfterRollback"])}
+    )
     return Policy(
+        **watch,
         name=d["metadata"]["name"],
         namespace=d["metadata"]["namespace"],
         route=_route_ref(spec),
