@@ -25,6 +25,16 @@ from typing import Any, Protocol
 from mesh_canary.checks import REGISTRY
 from mesh_canary.core import timeline
 from mesh_canary.core.durations import format_duration
+from mesh_canary.core.hooks import (
+    CONFIRM_PROMOTION,
+    DECIDING,
+    DURING_STEP,
+    ON_ROLLBACK,
+    POST_ROLLOUT,
+    PRE_ROLLOUT,
+    PRE_STEP,
+    HookResult,
+)
 from mesh_canary.core.model import Check, Policy
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import CheckResult, Judge, JudgeContext, Tally, Verdict
@@ -105,7 +115,15 @@ class Announce:
     severity: str = "info"
 
 
-Action = SetWeights | Announce
+@dataclass(frozen=True)
+class RunHooks:
+    """Call the policy's hooks of ``phase`` (after the writes and the save). A deciding
+    phase's answer comes back through ``hook_answered``; the others are reported only."""
+
+    phase: str
+
+
+Action = SetWeights | Announce | RunHooks
 
 
 # ---- state ----------------------------------------------------------------------------
@@ -170,6 +188,12 @@ class RolloutState:
     timeout_paused_at: float | None = None
     timeout_approved: bool = False
     timeouts: int = 0
+    # Step hooks: the deciding phase whose answer the rollout waits for ("" none), the
+    # window of the advance it gates, and the latest answer of each deciding phase per step
+    # ("preStep@1": a HookResult as a dict), so a restart resumes exactly.
+    awaiting_hook: str = ""
+    held_window: Observation | None = None
+    hook_results: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
@@ -218,6 +242,9 @@ class RolloutState:
             "timeoutPausedAt": self.timeout_paused_at,
             "timeoutApproved": self.timeout_approved,
             "timeouts": self.timeouts,
+            "awaitingHook": self.awaiting_hook,
+            "heldWindow": self.held_window.to_dict() if self.held_window else None,
+            "hookResults": {k: dict(v) for k, v in self.hook_results.items()},
         }
 
     @classmethod
@@ -255,6 +282,9 @@ class RolloutState:
             timeout_paused_at=d.get("timeoutPausedAt"),
             timeout_approved=bool(d.get("timeoutApproved", False)),
             timeouts=int(d.get("timeouts", 0)),
+            awaiting_hook=str(d.get("awaitingHook") or ""),
+            held_window=Observation.from_dict(d["heldWindow"]) if d.get("heldWindow") else None,
+            hook_results=dict(d["hookResults"]) if isinstance(d.get("hookResults"), Mapping) else {},
         )
 
 
@@ -320,9 +350,95 @@ def start(policy: Policy, now: float) -> Decision:
         steps=(StepRecord(weight=strategy.schedule(policy)[0], start_s=0.0),),
         policy_fingerprint=policy_fingerprint(policy),
     )
+    if policy.hooks.pre_rollout:
+        # Nothing is written until the preRollout hooks answer: traffic stays on stable.
+        waiting = replace(state, weights=ALL_STABLE, awaiting_hook=PRE_ROLLOUT)
+        return Decision(waiting, (RunHooks(PRE_ROLLOUT),))
+    return _started(policy, state)
+
+
+def _started(policy: Policy, state: RolloutState) -> Decision:
+    strategy = strategy_of(policy)
+    weights = strategy.weights(policy, 0)
+    state = replace(state, weights=weights, awaiting_hook="")
     what = strategy.started(weights)
     msg = f"started rolling out {policy.candidate.version} over {policy.stable.version}: {what}"
     return Decision(state, (SetWeights(weights, "start"), Announce("Started", msg)))
+
+
+def waiting_to_start(state: RolloutState) -> bool:
+    """Nothing written yet: the rollout waits for its preRollout hooks."""
+    return state.awaiting_hook == PRE_ROLLOUT and not state.terminal
+
+
+def hook_answered(policy: Policy, state: RolloutState, result: HookResult, now: float) -> Decision:
+    """A deciding hook's answer, as data: start, advance, hold or stop.
+
+    preRollout: ok starts (the first write), a failure ends the rollout with nothing
+    written. preStep: ok moves the weight, a failure rolls back to 100% stable.
+    confirmPromotion: ok promotes; anything else holds the last step, and past its
+    maxStepDuration ``analysis.onTimeout`` decides. An answer nobody waits for is ignored."""
+    if state.terminal or state.rollback_pending or state.awaiting_hook != result.phase:
+        return Decision(state)
+    results = {**state.hook_results, _hook_key(result.phase, state): result.to_dict()}
+    window = state.held_window
+    state = replace(state, awaiting_hook="", held_window=None, hook_results=results)
+    if result.phase == PRE_ROLLOUT:
+        if result.ok:
+            return _started(policy, state)
+        reason = f"the preRollout hook failed: {result.reason}; nothing was written, traffic untouched"
+        new = _ended(state, now, Phase.ROLLED_BACK, reason, (PRE_ROLLOUT,), ALL_STABLE)
+        return Decision(new, (Announce("HookFailed", f"stopped: {reason}", severity="warning"),))
+    if result.phase == PRE_STEP and not result.ok:
+        return _roll_back(state, now, f"the preStep hook failed: {result.reason}", (PRE_STEP,))
+    strategy = strategy_of(policy)
+    if window is None or state.paused:
+        return Decision(state)  # asked again at the next tick that finds the step ready
+    if result.ok:
+        return _gated(policy, state, now, window, strategy.advance(policy, state, now, window))
+    # confirmPromotion said not yet: hold; past the step's deadline onTimeout decides.
+    timed_out = _check_step_deadline(strategy, policy, state, now, window)
+    if timed_out is not None and (timed_out.actions or timed_out.state.phase is not state.phase):
+        return timed_out
+    return Decision(replace(state, reason=f"waiting for the confirmPromotion hook: {result.reason}"))
+
+
+def _hook_key(phase: str, state: RolloutState) -> str:
+    return f"{phase}@{state.step_index}"
+
+
+def _hook_passed(state: RolloutState, phase: str) -> bool:
+    return bool(state.hook_results.get(_hook_key(phase, state), {}).get("ok"))
+
+
+def _gated(
+    policy: Policy,
+    state: RolloutState,
+    now: float,
+    window: Observation,
+    decision: Decision,
+    timed_out: bool = False,
+) -> Decision:
+    """``decision`` moves traffic forward (or promotes): first the hooks that gate it.
+    confirmPromotion gates a promotion (not one onTimeout or a person decided on), preStep
+    every later weight move; each is asked once per step and its answer kept."""
+    promoting = decision.state.phase is Phase.SUCCEEDED
+    moving = any(not w.rollback for w in decision.weight_writes)
+    gates = ((CONFIRM_PROMOTION,) if promoting and not timed_out else ()) + ((PRE_STEP,) if moving else ())
+    for phase in gates:
+        if policy.hooks.calls(phase) and not _hook_passed(state, phase):
+            return Decision(replace(state, awaiting_hook=phase, held_window=window), (RunHooks(phase),))
+    return decision
+
+
+def after_hooks(policy: Policy, state: RolloutState) -> tuple[RunHooks, ...]:
+    """The reporting hooks of a rollout that just finished: onRollback after a rollback,
+    postRollout after any end, both only once the write went through; none when it stopped
+    before any traffic moved (a failed preRollout hook)."""
+    if not state.terminal or PRE_ROLLOUT in state.failed_checks:
+        return ()
+    phases = ((ON_ROLLBACK,) if state.phase is Phase.ROLLED_BACK else ()) + (POST_ROLLOUT,)
+    return tuple(RunHooks(p) for p in phases if policy.hooks.calls(p))
 
 
 def command(policy: Policy, state: RolloutState, cmd: Command | str, now: float) -> Decision:
@@ -375,6 +491,10 @@ def tick(
 ) -> Decision:
     """One analysis: judge the step's window and decide to hold, advance or roll back."""
     decision = _tick(policy, state, observation, now, judge)
+    new = decision.state
+    if policy.hooks.during_step and not (new.terminal or new.rollback_pending or new.awaiting_hook):
+        # Load generation and the like: asked at every analysis, reported, never judged.
+        decision = replace(decision, actions=(*decision.actions, RunHooks(DURING_STEP)))
     # Every judged tick leaves a point in the bounded history (core/timeline.py). The
     # history is for people: nothing in it may stop a decision (a rollback above all).
     try:
@@ -391,6 +511,8 @@ def _tick(
         return retry_rollback(state)  # decided: nothing to judge, only the write to finish
     if state.terminal:
         return Decision(state)
+    if waiting_to_start(state):
+        return Decision(state, (RunHooks(PRE_ROLLOUT),))  # nothing written yet: nothing to judge
     strategy = strategy_of(policy)  # chosen once per call, from the registry
     state = replace(state, last_tick_at=now, ticks=state.ticks + 1)
     checks = policy.analysis.checks
@@ -424,6 +546,11 @@ def _tick(
 
     if state.paused:
         return Decision(state)
+    if state.awaiting_hook in DECIDING:
+        # Asked and not answered yet: the driver calls in the background and brings the
+        # answer to a later tick; the checks keep running meanwhile (a failure rolls back
+        # above). The latest window is what the advance will carry forward.
+        return Decision(replace(state, held_window=observation), (RunHooks(state.awaiting_hook),))
 
     in_step = now - state.step_started_at
     final_window = strategy.final_window(policy, state.step_index)
@@ -432,7 +559,7 @@ def _tick(
     )
     if not ready or _held_for_proof(policy, final_window, results):
         return _check_step_deadline(strategy, policy, state, now, observation) or Decision(state)
-    return strategy.advance(policy, state, now, observation)
+    return _gated(policy, state, now, observation, strategy.advance(policy, state, now, observation))
 
 
 def _judge_step(
@@ -679,7 +806,11 @@ def _advance_at_timeout(
 ) -> Decision:
     """Advance a step no check failed, unproven: counted, and said in every message."""
     counted = replace(state, timeouts=state.timeouts + 1, timeout_paused_at=None, timeout_approved=False)
-    decision = strategy.advance(policy, counted, now, window)
+    decision = _gated(
+        policy, state, now, window, strategy.advance(policy, counted, now, window), timed_out=True
+    )
+    if decision.state.awaiting_hook:
+        return decision  # the preStep hook first; the timeout is counted when it moves
     if decision.state.phase is Phase.SUCCEEDED:
         return decision  # _finish says it: the reason counts the unproven steps and checks
     note = f"advanced unproven {why}; {_not_proven_words(policy, state.checks)}"
@@ -806,6 +937,8 @@ def _ended(
         reason=reason,
         failed_checks=tuple(failed),
         steps=_close_step(state, now, "fail"),
+        awaiting_hook="",
+        held_window=None,
     )
 
 

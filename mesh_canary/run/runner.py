@@ -20,12 +20,15 @@ per call; the runner retries with backoff under a total deadline per turn, so
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from mesh_canary.core import engine
 from mesh_canary.core.engine import Command, Decision, RolloutState
+from mesh_canary.core.hooks import DECIDING, HookResult
 from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import Judge
@@ -34,6 +37,7 @@ from mesh_canary.errors import EXIT_UNFINISHED, CouldNotWork
 from mesh_canary.protocols import (
     Announcement,
     Clock,
+    HookCaller,
     MetricsSource,
     Notifier,
     StateStore,
@@ -48,6 +52,7 @@ from mesh_canary.routing.base import (
     WeightsMoved,
     guarded,
 )
+from mesh_canary.run.hooks import InFlight, SkippedHooks
 
 log = logging.getLogger("mesh_canary.runner")  # the name users filter on; kept across the move
 
@@ -106,6 +111,7 @@ class RolloutRunner:
         rollback_turn_s: float = 10.0,
         backoff_s: float = 0.1,
         max_backoff_s: float = 2.0,
+        hooks: HookCaller | None = None,  # None: hooks are not called (simulate)
     ) -> None:
         self.policy = policy
         self.router = router
@@ -134,6 +140,9 @@ class RolloutRunner:
         # and the runner quits right after.
         self.in_write = False
         self.quit_requested = False
+        # Step hooks run in the background; their answers come back at the next turn.
+        self.hooks = InFlight(hooks or SkippedHooks())
+        self._ended_hooks = False
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -158,6 +167,8 @@ class RolloutRunner:
                     return state
                 if state.rollback_pending:
                     return state  # decided: only the write of 100% stable is left, no check first
+                if engine.waiting_to_start(state):
+                    return self._apply(Decision(state, (engine.RunHooks(state.awaiting_hook),)))
                 run_id = state.run_id or _new_run_id()
                 self.ownership.claim(run_id, previous)
                 if run_id != state.run_id:
@@ -193,12 +204,17 @@ class RolloutRunner:
             return self._apply(
                 engine.tick(self.policy, state, Observation(since=now, at=now), now, self.judge)
             )
+        state = self._hook_answers(state)
         while self._pending and not state.terminal:
             # Dequeued only once carried out: an abort whose write failed is tried again.
             state = self._apply(engine.command(self.policy, state, self._pending[0], now))
             self._pending.pop(0)
         if state.terminal or state.rollback_pending:
             return state
+        if engine.waiting_to_start(state):
+            return self._apply(
+                engine.tick(self.policy, state, Observation(since=now, at=now), now, self.judge)
+            )
         observation = self._read(state, now)
         decision = engine.tick(self.policy, state, observation, now, self.judge)
         state = self._apply(decision)
@@ -229,9 +245,13 @@ class RolloutRunner:
             self.clock.sleep(max(wake_at - self.clock.now(), 0.0))
             if not self._pending:
                 self._quit_if_asked()
+            if not self._pending and self.clock.now() < wake_at:
+                state = self._hook_answers(state)  # woken by a hook's answer: act on it alone
+                continue
             state = self.tick_once()
         outcome = outcome_of(state)
         assert outcome is not None
+        self.finish_hooks()
         return RunResult(outcome, state)
 
     # -- carrying out a decision -----------------------------------------------------
@@ -247,7 +267,54 @@ class RolloutRunner:
             self.in_write = outer
         if not outer:
             self._quit_if_asked()
+        self._start_hooks(decision, state)
         return state
+
+    # -- step hooks --------------------------------------------------------------------
+
+    def _start_hooks(self, decision: Decision, state: RolloutState) -> None:
+        """After the writes and the save: the hooks the decision asks for (not when a write
+        replaced it), and the ending's hooks once the rollout finished. In the background."""
+        asked = (
+            [a for a in decision.actions if isinstance(a, engine.RunHooks)] if state is decision.state else []
+        )
+        if state.terminal and not self._ended_hooks:
+            self._ended_hooks = True
+            asked += engine.after_hooks(self.policy, state)
+        for action in asked:
+            if self.policy.hooks.calls(action.phase):
+                deciding = action.phase in DECIDING
+                self.hooks.start(
+                    action.phase, hook_fields(self.policy, state, action.phase), deciding, self.clock.now()
+                )
+        if any(a.phase in DECIDING for a in asked):
+            wake = getattr(self.clock, "wake", None)
+            if callable(wake):
+                self._wake_when_answered(wake)
+
+    def _wake_when_answered(self, wake: Callable[[], None]) -> None:
+        """A deciding answer is acted on at once, not an analysis interval later."""
+
+        def watch() -> None:
+            while self.hooks.busy():
+                self.hooks.wait(1.0)
+            wake()
+
+        threading.Thread(target=watch, name="hook-wake", daemon=True).start()
+
+    def _hook_answers(self, state: RolloutState) -> RolloutState:
+        """The answers that came back since the last turn, as data for the engine."""
+        for result in self.hooks.answers():
+            report_hook(self.policy.name, result)
+            if result.phase in DECIDING:
+                state = self._apply(engine.hook_answered(self.policy, state, result, self.clock.now()))
+        return state
+
+    def finish_hooks(self, timeout_s: float = 60.0) -> None:
+        """Wait for the hooks still running (each bounded by its own deadline) and report them."""
+        self.hooks.wait(timeout_s)
+        for result in self.hooks.answers():
+            report_hook(self.policy.name, result)
 
     def _carry_out(self, decision: Decision) -> RolloutState:
         # Weight writes first, in order (a rollback's is always first of all); then the
@@ -293,7 +360,9 @@ class RolloutRunner:
         rolls back (the write could not be made).
         """
         before = self.state
-        expected = before.weights if before is not None else None
+        # Nothing written yet (waiting for preRollout hooks): the first write compares with nothing.
+        first = before is None or engine.waiting_to_start(before)
+        expected = before.weights if before is not None and not first else None
         run_id = decision.state.run_id
         error = ""
         for attempt in self._tries(self.write_deadline_s):
@@ -301,7 +370,7 @@ class RolloutRunner:
                 self.route.write(write.weights, owner=run_id, expected=expected)
                 return None
             except WeightsMoved as e:
-                assert before is not None and expected is not None
+                assert before is not None and expected is not None  # only a later write compares
                 if engine.towards_stable(e.live, expected):
                     return self.outside.towards_stable(before, self.clock.now(), e.live)
                 self.outside.announce(e.live, expected)
@@ -311,7 +380,7 @@ class RolloutRunner:
             except Exception as e:
                 error = redact(str(e))
                 log.warning("weight write %s failed (attempt %d): %s", write.weights, attempt, error)
-                if before is None and not _retryable(e):
+                if first and not _retryable(e):
                     # The first write, refused for the configuration (no such route): nothing
                     # was written and nothing is saved; the rollout does not start.
                     raise RouterWriteError(f"could not start the rollout: {error}") from e
@@ -417,6 +486,29 @@ def _announcement(policy: Policy, a: engine.Announce, state: RolloutState) -> An
         severity=a.severity,
         details={"phase": state.phase.value, "weights": state.weights.to_dict()},
     )
+
+
+def hook_fields(policy: Policy, state: RolloutState, phase: str) -> dict[str, Any]:
+    """What a hook's body template may use (core.hooks.TEMPLATE_FIELDS)."""
+    return {
+        "name": policy.name,
+        "namespace": policy.namespace,
+        "hook": phase,
+        "phase": state.phase.value,
+        "step": state.step_index + 1,
+        "weight": state.weights.candidate,
+        "stable": policy.stable.version,
+        "candidate": policy.candidate.version,
+        "reason": redact(state.reason),
+    }
+
+
+def report_hook(rollout: str, result: HookResult) -> None:
+    """A hook's answer in the log (the calls' records carry no URL path nor secret)."""
+    if result.ok:
+        log.info("%s hooks answered yes", result.phase, extra={"rollout": rollout})
+    else:
+        log.warning("%s hooks failed: %s", result.phase, redact(result.reason), extra={"rollout": rollout})
 
 
 def _held(before: RolloutState, judged: RolloutState) -> RolloutState:

@@ -24,6 +24,7 @@ from mesh_canary.notify import notifier_for_policy
 from mesh_canary.protocols import MetricsSource, StateStore, TrafficRouter
 from mesh_canary.routing import ROUTERS, RouterTarget, router_for_route, router_name_for
 from mesh_canary.run.clock import SystemClock
+from mesh_canary.run.hooks import HttpHooks
 from mesh_canary.run.runner import RolloutRunner, RunResult, outcome_of
 from mesh_canary.run.stores import FileStateStore, MemoryStateStore
 
@@ -219,7 +220,16 @@ def drive(
     clock = SystemClock()
     notifier = notifier_for_policy(policy.notifications)
     with LiveProgress(policy, console, enabled=live) as progress:
-        runner = RolloutRunner(policy, router, metrics, store, notifier, clock, on_update=progress.update)
+        runner = RolloutRunner(
+            policy,
+            router,
+            metrics,
+            store,
+            notifier,
+            clock,
+            on_update=progress.update,
+            hooks=HttpHooks(policy.hooks),
+        )
 
         def abort() -> None:
             runner.request("abort")

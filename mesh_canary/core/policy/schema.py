@@ -137,6 +137,8 @@ _PATTERN_WORDS = {
         "which could break out of a PromQL label string"
     ),
     r'^[^"\\\n\r]+$': "must not contain a double quote, a backslash or a newline",
+    r"^[^\r\n]*$": "must not contain a newline",
+    r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$": "is not a valid HTTP header name",
     r'^https?://[^\s"]+$': "is not an http:// or https:// URL",
     r"^[-._a-zA-Z0-9]+$": "is not a valid Secret key: use letters, digits, -, _ and .",
 }
