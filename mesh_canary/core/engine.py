@@ -354,13 +354,17 @@ def start(policy: Policy, now: float) -> Decision:
         # Nothing is written until the preRollout hooks answer: traffic stays on stable.
         waiting = replace(state, weights=ALL_STABLE, awaiting_hook=PRE_ROLLOUT)
         return Decision(waiting, (RunHooks(PRE_ROLLOUT),))
-    return _started(policy, state)
+    return _started(policy, state, now)
 
 
-def _started(policy: Policy, state: RolloutState) -> Decision:
+def _started(policy: Policy, state: RolloutState, now: float) -> Decision:
+    """The first write. Its step (and its window) starts now, not when the hooks were asked."""
     strategy = strategy_of(policy)
     weights = strategy.weights(policy, 0)
-    state = replace(state, weights=weights, awaiting_hook="")
+    first = StepRecord(weight=strategy.schedule(policy)[0], start_s=now - state.started_at)
+    state = replace(
+        state, weights=weights, awaiting_hook="", step_started_at=now, last_data_at=now, steps=(first,)
+    )
     what = strategy.started(weights)
     msg = f"started rolling out {policy.candidate.version} over {policy.stable.version}: {what}"
     return Decision(state, (SetWeights(weights, "start"), Announce("Started", msg)))
@@ -385,7 +389,7 @@ def hook_answered(policy: Policy, state: RolloutState, result: HookResult, now: 
     state = replace(state, awaiting_hook="", held_window=None, hook_results=results)
     if result.phase == PRE_ROLLOUT:
         if result.ok:
-            return _started(policy, state)
+            return _started(policy, state, now)
         reason = f"the preRollout hook failed: {result.reason}; nothing was written, traffic untouched"
         new = _ended(state, now, Phase.ROLLED_BACK, reason, (PRE_ROLLOUT,), ALL_STABLE)
         return Decision(new, (Announce("HookFailed", f"stopped: {reason}", severity="warning"),))

@@ -158,14 +158,15 @@ class InFlight:
         self._done: list[HookResult] = []
 
     def start(self, phase: str, fields: Mapping[str, Any], deciding: bool, at: float) -> bool:
-        """Call ``phase`` in the background; False when a call of it is still running."""
+        """Call ``phase`` in the background; False when a call of it is running or its
+        answer waits to be read."""
         if getattr(self.caller, "synchronous", False):
             # Answers at once (no I/O): kept in order, so a virtual clock stays deterministic.
             self._done.append(dataclasses.replace(self.caller.call(phase, fields, deciding), at=at))
             return True
         with self._lock:
-            if phase in self._running:
-                return False
+            if phase in self._running or any(r.phase == phase for r in self._done):
+                return False  # still running, or answered and not read yet
 
             def work() -> None:
                 try:

@@ -167,12 +167,13 @@ class RolloutRunner:
                     return state
                 if state.rollback_pending:
                     return state  # decided: only the write of 100% stable is left, no check first
-                if engine.waiting_to_start(state):
-                    return self._apply(Decision(state, (engine.RunHooks(state.awaiting_hook),)))
                 run_id = state.run_id or _new_run_id()
                 self.ownership.claim(run_id, previous)
                 if run_id != state.run_id:
                     state = self._commit(replace(state, run_id=run_id), [])
+                if engine.waiting_to_start(state):
+                    # Nothing written yet: ask the preRollout hooks (again), trust no weights.
+                    return self._apply(Decision(state, (engine.RunHooks(state.awaiting_hook),)))
                 return self._trust_live_weights(state)
             log.info("policy changed since the saved rollout; starting over")
         run_id = _new_run_id()
