@@ -825,18 +825,27 @@ _command_verb("pause", "resume", "Release a paused rollout.")
 @rollout.command("history")
 @click.argument("name", required=False)
 @click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
+@click.option(
+    "--audit",
+    is_flag=True,
+    help="NAME's audit record (every decision); NAME may be a `run --state` file. -o json: JSON lines.",
+)
 @kube_options
 @output_option
 @friendly_errors
 def rollout_history(
     name: str | None,
     all_namespaces: bool,
+    audit: bool,
     namespace: str | None,
     kubeconfig: str | None,
     kube_context: str | None,
     fmt: str,
 ) -> None:
     """Past rollouts (and the one in progress): versions, outcome, reason, duration."""
+    if audit:
+        _audit(name, namespace, kubeconfig, kube_context, fmt)
+        return
     client = RolloutClient(kubeconfig, kube_context, namespace)
     objs = [client.get(name)] if name else client.list(all_namespaces)
     rows = [row for obj in objs for row in history_documents(obj)]
@@ -1105,6 +1114,29 @@ def _report_out(out_path: str | None, old_out_path: str | None) -> str | None:
         err=True,
     )
     return old_out_path
+
+
+def _audit(
+    name: str | None, namespace: str | None, kubeconfig: str | None, context: str | None, fmt: str
+) -> None:
+    """`rollout history NAME --audit`: from a state file when NAME is one, else the cluster."""
+    from mesh_canary.present.audit import audit_entries, audit_json_lines, audit_text
+
+    if not name:
+        raise BadInput("--audit needs NAME: a ModelRollout or a `mesh-canary run --state` file")
+    path = Path(name)
+    doc = (
+        _read_report_input(path)
+        if path.is_file()
+        else RolloutClient(kubeconfig, context, namespace).get(name)
+    )
+    entries, dropped = audit_entries(doc)
+    if fmt == "json":
+        click.echo(audit_json_lines(entries))
+    elif fmt == "yaml":
+        click.echo(dump(entries, fmt))
+    else:
+        click.echo(audit_text(entries, dropped))
 
 
 def _read_report_input(path: Path) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -214,6 +216,7 @@ class Receiver:
     release: threading.Event = field(default_factory=threading.Event)
     gate_open: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    gate_after: int = 1_000_000  # /gate opens by itself at this call
 
     def paths(self) -> list[str]:
         with self.lock:
@@ -234,6 +237,8 @@ def receiver() -> Iterator[Receiver]:
                 rec.release.wait(30)
             status = {"/ok": 200, "/fail": 500, "/hang": 200}.get(self.path, 404)
             if self.path == "/gate":
+                if rec.paths().count("/gate") >= rec.gate_after:
+                    rec.gate_open.set()
                 status = 200 if rec.gate_open.is_set() else 409
             self.send_response(status)
             self.send_header("Content-Length", "0")
@@ -411,3 +416,78 @@ def test_every_call_has_a_total_deadline(receiver: Receiver) -> None:
     assert result.calls[0]["seconds"] < 20
     missing = HttpHooks(Hooks(pre_step=(HookCall(name="m", url_from_env="NO_SUCH_HOOK_URL_VAR"),)))
     assert "NO_SUCH_HOOK_URL_VAR" in missing.call("preStep", {}, True).reason
+
+
+# ---- end to end: `mesh-canary run --backend local` (a real Envoy) and the audit record --
+
+
+def mesh_canary(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mesh_canary", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def local_policy(tmp_path: Any, hooks: dict[str, Any]) -> str:
+    doc = minimal_rollout()
+    doc["spec"].update(
+        canary={"steps": [20, 100], "minStepDuration": "2s", "maxStepDuration": "2m"},
+        analysis={"interval": "1s", "minRequests": 20, "checks": [{"metric": "errorRate", "max": 0.05}]},
+        hooks=hooks,
+    )
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def audit_lines(state: Any) -> list[dict[str, Any]]:
+    done = mesh_canary("rollout", "history", str(state), "--audit", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def test_local_run_a_failing_pre_rollout_hook_leaves_envoy_untouched(
+    receiver: Receiver, tmp_path: Any
+) -> None:
+    policy = local_policy(tmp_path, {"preRollout": [{"name": "tests", "url": receiver.url + "/fail"}]})
+    state = tmp_path / "state.json"
+    done = mesh_canary("run", "-f", policy, "--backend", "local", "--state", str(state))
+    assert done.returncode == 3, done.stderr
+    assert "Envoy held 100/0 (stable/candidate) to the end" in done.stderr
+    assert "preRollout hook failed: tests: answered HTTP 500" in done.stdout + done.stderr
+    entries = audit_lines(state)
+    assert [e["kind"] for e in entries if e["kind"] != "notification"] == ["hook"]  # not one write
+    assert entries[0]["calls"][0]["status"] == 500 and entries[0]["time"].endswith("Z")
+
+
+def test_local_run_with_hooks_end_to_end_and_its_audit_record(receiver: Receiver, tmp_path: Any) -> None:
+    receiver.gate_after = 3  # the promotion gate says 409 twice, then yes
+    policy = local_policy(
+        tmp_path,
+        {
+            "preRollout": [{"url": receiver.url + "/ok"}],
+            "duringStep": [{"name": "loadgen", "url": receiver.url + "/ok", "body": "{{ weight }}"}],
+            "confirmPromotion": [{"name": "gate", "url": receiver.url + "/gate", "method": "GET"}],
+            "postRollout": [{"name": "cleanup", "url": receiver.url + "/ok"}],
+        },
+    )
+    state = tmp_path / "state.json"
+    done = mesh_canary("run", "-f", policy, "--backend", "local", "--state", str(state))
+    assert done.returncode == 0, done.stderr
+    assert receiver.paths().count("/gate") == 3  # held until it said yes
+    bodies = [c[3] for c in receiver.calls if c[1] == "/ok"]
+    assert bodies[1:3] == [b"20", b"20"]  # duringStep, with the step's weight
+    entries = audit_lines(state)
+    kinds = [e["kind"] for e in entries]
+    assert {"verdict", "write", "hook", "notification"} <= set(kinds)
+    writes = [e for e in entries if e["kind"] == "write"]
+    assert [w["weights"]["candidate"] for w in writes] == [20, 100]
+    assert all(w["who"].startswith("mesh-canary (run ") and w["why"] for w in writes)
+    verdict = next(
+        e for e in entries if e["kind"] == "verdict" and e["checks"][0].get("estimate") is not None
+    )
+    assert {"lower", "upper", "bound"} <= set(verdict["checks"][0])
+    gate = [e for e in entries if e["kind"] == "hook" and e["phase"] == "confirmPromotion"]
+    assert [g["ok"] for g in gate] == [False, False, True]
+    assert entries[-1]["kind"] == "hook" and entries[-1]["phase"] == "postRollout"
+    text = mesh_canary("rollout", "history", str(state), "--audit")
+    assert "confirmPromotion hooks: yes" in text.stdout and "wrote 0/100 by mesh-canary" in text.stdout

@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from mesh_canary.checks import REGISTRY
-from mesh_canary.core import timeline
+from mesh_canary.core import audit, timeline
 from mesh_canary.core.durations import format_duration
 from mesh_canary.core.hooks import (
     CONFIRM_PROMOTION,
@@ -194,6 +194,14 @@ class RolloutState:
     awaiting_hook: str = ""
     held_window: Observation | None = None
     hook_results: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The audit record (core/audit.py): every decision, bounded; how many older ones were dropped.
+    audit: tuple[Mapping[str, Any], ...] = ()
+    audit_dropped: int = 0
+
+    def audited(self, *entries: Mapping[str, Any]) -> RolloutState:
+        """This state with ``entries`` appended to its audit record."""
+        record, dropped = audit.appended(self.audit, self.audit_dropped, entries)
+        return replace(self, audit=record, audit_dropped=dropped)
 
     @property
     def terminal(self) -> bool:
@@ -245,6 +253,8 @@ class RolloutState:
             "awaitingHook": self.awaiting_hook,
             "heldWindow": self.held_window.to_dict() if self.held_window else None,
             "hookResults": {k: dict(v) for k, v in self.hook_results.items()},
+            "audit": [dict(e) for e in self.audit],
+            "auditDropped": self.audit_dropped,
         }
 
     @classmethod
@@ -285,6 +295,8 @@ class RolloutState:
             awaiting_hook=str(d.get("awaitingHook") or ""),
             held_window=Observation.from_dict(d["heldWindow"]) if d.get("heldWindow") else None,
             hook_results=dict(d["hookResults"]) if isinstance(d.get("hookResults"), Mapping) else {},
+            audit=tuple(e for e in d.get("audit") or () if isinstance(e, Mapping)),
+            audit_dropped=int(d.get("auditDropped") or 0),
         )
 
 
@@ -387,6 +399,7 @@ def hook_answered(policy: Policy, state: RolloutState, result: HookResult, now: 
     results = {**state.hook_results, _hook_key(result.phase, state): result.to_dict()}
     window = state.held_window
     state = replace(state, awaiting_hook="", held_window=None, hook_results=results)
+    state = state.audited(hook_entry(result, now))
     if result.phase == PRE_ROLLOUT:
         if result.ok:
             return _started(policy, state, now)
@@ -405,6 +418,11 @@ def hook_answered(policy: Policy, state: RolloutState, result: HookResult, now: 
     if timed_out is not None and (timed_out.actions or timed_out.state.phase is not state.phase):
         return timed_out
     return Decision(replace(state, reason=f"waiting for the confirmPromotion hook: {result.reason}"))
+
+
+def hook_entry(result: HookResult, now: float) -> dict[str, Any]:
+    """A hook's answer in the audit record (its calls: name, host, status or error)."""
+    return {**result.to_dict(), "at": now, "kind": "hook"}
 
 
 def _hook_key(phase: str, state: RolloutState) -> str:
@@ -447,7 +465,15 @@ def after_hooks(policy: Policy, state: RolloutState) -> tuple[RunHooks, ...]:
 
 def command(policy: Policy, state: RolloutState, cmd: Command | str, now: float) -> Decision:
     """A person's order: abort, pause, resume or approve."""
-    cmd = Command(cmd)
+    decision = _command(policy, state, Command(cmd), now)
+    if decision.state is state:
+        return decision  # nothing happened (already paused, finished, ...): nothing to record
+    entry = {"at": now, "kind": "command", "command": Command(cmd).value, "by": "a person"}
+    entry["phase"] = decision.state.phase.value
+    return replace(decision, state=decision.state.audited(entry))
+
+
+def _command(policy: Policy, state: RolloutState, cmd: Command, now: float) -> Decision:
     if state.rollback_pending:
         return retry_rollback(state)
     if state.terminal:
@@ -495,6 +521,8 @@ def tick(
 ) -> Decision:
     """One analysis: judge the step's window and decide to hold, advance or roll back."""
     decision = _tick(policy, state, observation, now, judge)
+    if decision.state.ticks != state.ticks:  # judged (not a pending rollback's retry)
+        decision = replace(decision, state=decision.state.audited(_verdict_entry(state, decision, now)))
     new = decision.state
     if policy.hooks.during_step and not (new.terminal or new.rollback_pending or new.awaiting_hook):
         # Load generation and the like: asked at every analysis, reported, never judged.
@@ -506,6 +534,33 @@ def tick(
     except Exception:  # pure code; a gap in the history is all a failure costs
         return decision
     return replace(decision, state=replace(decision.state, timeline=points))
+
+
+def _verdict_entry(before: RolloutState, decision: Decision, now: float) -> dict[str, Any]:
+    """A tick in the audit record: every check's verdict with its estimate and bounds, and
+    what was decided."""
+    new = decision.state
+    if new.phase is Phase.ROLLED_BACK:
+        decided = "rollback"
+    elif new.phase is Phase.SUCCEEDED:
+        decided = "promote"
+    elif new.step_index != before.step_index:
+        decided = "advance"
+    elif new.awaiting_hook and not before.awaiting_hook:
+        decided = f"ask the {new.awaiting_hook} hook"
+    elif new.phase is not before.phase:
+        decided = new.phase.value
+    else:
+        decided = "hold"
+    return {
+        "at": now,
+        "kind": "verdict",
+        "step": before.step_index + 1,
+        "weight": before.weights.candidate,
+        "decision": decided,
+        "reason": new.reason if decided != "hold" else "",
+        "checks": [audit.check_entry(r) for r in new.checks],
+    }
 
 
 def _tick(

@@ -96,7 +96,7 @@ class HttpHooks:
                 error = f"no answer within its {hook.timeout_s:g}s deadline"
             except httpx.HTTPError as e:
                 error = type(e).__name__  # its text may hold the URL
-            if self._clock() + _BACKOFF_S >= deadline:
+            if attempt == hook.retries or self._clock() + _BACKOFF_S >= deadline:
                 break
             time.sleep(_BACKOFF_S)
         record.update(ok=False, error=error, seconds=round(self._clock() - started, 3))

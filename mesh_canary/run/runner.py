@@ -263,12 +263,12 @@ class RolloutRunner:
         outer = self.in_write
         self.in_write = True
         try:
-            state = self._carry_out(decision)
+            state, as_decided = self._carry_out(decision)
         finally:
             self.in_write = outer
         if not outer:
             self._quit_if_asked()
-        self._start_hooks(decision, state)
+        self._start_hooks(decision if as_decided else Decision(state), state)
         return state
 
     # -- step hooks --------------------------------------------------------------------
@@ -276,9 +276,7 @@ class RolloutRunner:
     def _start_hooks(self, decision: Decision, state: RolloutState) -> None:
         """After the writes and the save: the hooks the decision asks for (not when a write
         replaced it), and the ending's hooks once the rollout finished. In the background."""
-        asked = (
-            [a for a in decision.actions if isinstance(a, engine.RunHooks)] if state is decision.state else []
-        )
+        asked = [a for a in decision.actions if isinstance(a, engine.RunHooks)]
         if state.terminal and not self._ended_hooks:
             self._ended_hooks = True
             asked += engine.after_hooks(self.policy, state)
@@ -309,15 +307,19 @@ class RolloutRunner:
             report_hook(self.policy.name, result)
             if result.phase in DECIDING:
                 state = self._apply(engine.hook_answered(self.policy, state, result, self.clock.now()))
+            else:  # reported, never judged: into the audit record
+                state = self._commit(state.audited(engine.hook_entry(result, self.clock.now())), [])
         return state
 
     def finish_hooks(self, timeout_s: float = 60.0) -> None:
         """Wait for the hooks still running (each bounded by its own deadline) and report them."""
         self.hooks.wait(timeout_s)
-        for result in self.hooks.answers():
-            report_hook(self.policy.name, result)
+        if self.state is not None:
+            self._hook_answers(self.state)  # reported and recorded (a late deciding one is ignored)
 
-    def _carry_out(self, decision: Decision) -> RolloutState:
+    def _carry_out(self, decision: Decision) -> tuple[RolloutState, bool]:
+        """The state saved, and whether the decision was carried out as decided (not
+        replaced after a failed write)."""
         # Weight writes first, in order (a rollback's is always first of all); then the
         # state is saved; announcements last and in the background.
         state = decision.state
@@ -329,7 +331,7 @@ class RolloutRunner:
                     retry_at = self.clock.now() + self._rollback_delay
                     failed = engine.rollback_write_failed(state, error, retry_at, first=False)
                     # What the decision announced (RolledBack) waits for the write.
-                    return self._commit(failed.state, [])
+                    return self._commit(failed.state, []), False
                 if state.rollback_pending:
                     done = engine.rollback_written(state)
                     state = done.state
@@ -337,11 +339,31 @@ class RolloutRunner:
             else:
                 instead = self._write_weights(write, decision)
                 if instead is not None:
-                    return self._apply(instead)
-        return self._commit(state, announcements)
+                    return self._apply(instead), False
+        written = [self._write_entry(w, state) for w in decision.weight_writes]
+        return self._commit(state.audited(*written), announcements), True
+
+    def _write_entry(self, write: engine.SetWeights, state: RolloutState) -> dict[str, Any]:
+        """A weight write that went through, in the audit record: what, who and why."""
+        return {
+            "at": self.clock.now(),
+            "kind": "write",
+            "weights": write.weights.to_dict(),
+            "rollback": write.rollback,
+            "who": f"mesh-canary (run {state.run_id or '-'})",
+            "why": redact(write.reason),
+        }
 
     def _commit(self, state: RolloutState, announcements: list[Announcement]) -> RolloutState:
         finished = state.terminal and not (self.state is not None and self.state.terminal)
+        if announcements:
+            now = self.clock.now()
+            state = state.audited(
+                *(
+                    {"at": now, "kind": "notification", "event": a.kind, "sent": "queued"}
+                    for a in announcements
+                )
+            )
         # Memory first: if the save fails, the next turn still knows what was written (and
         # the controller's status write after the turn carries it).
         self.state = state
