@@ -1,0 +1,50 @@
+"""Step hooks and the audit record in the controller, against the Kubernetes API stand-in
+and a real hook receiver on 127.0.0.1 (tests/test_hooks.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import model_rollout
+from tests.integration.test_controller import Cluster, phase_is, running
+from tests.integration.test_controller import cluster as cluster  # the fixture
+from tests.kube_fixtures import kube_api as kube_api  # the fixture
+from tests.test_hooks import Receiver
+from tests.test_hooks import receiver as receiver  # the fixture
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_failing_pre_rollout_hook_leaves_the_virtual_service_untouched(
+    cluster: Cluster, receiver: Receiver
+) -> None:
+    cluster.add_vs()
+    cluster.add_rollout(
+        model_rollout(hooks={"preRollout": [{"name": "tests", "url": receiver.url + "/fail"}]})
+    )
+    with running(cluster.controller()):
+        wait_for("the end", phase_is(cluster, "RolledBack"))
+    assert cluster.vs_history() == [[100, 0]] and cluster.writes == []
+    status = cluster.status()
+    assert "preRollout hook failed: tests: answered HTTP 500" in status["reason"]
+    audit = status["rollout"]["audit"]
+    assert [e["kind"] for e in audit if e["kind"] != "notification"] == ["hook"]
+    assert audit[0]["calls"][0]["status"] == 500
+
+
+def test_confirm_promotion_holds_the_last_step_in_the_controller(
+    cluster: Cluster, receiver: Receiver
+) -> None:
+    receiver.gate_after = 3
+    cluster.add_vs()
+    hooks = {"confirmPromotion": [{"name": "gate", "url": receiver.url + "/gate", "method": "GET"}]}
+    cluster.add_rollout(model_rollout(hooks=hooks))
+    with running(cluster.controller()):
+        wait_for("promotion", phase_is(cluster, "Succeeded"), timeout_s=60)
+    assert receiver.paths().count("/gate") == 3
+    assert cluster.vs_history() == [[100, 0], [80, 20], [50, 50], [0, 100]]
+    audit = cluster.status()["rollout"]["audit"]
+    gate = [e["ok"] for e in audit if e["kind"] == "hook"]
+    assert gate == [False, False, True]
+    assert [e["weights"]["candidate"] for e in audit if e["kind"] == "write"] == [20, 50, 100]
