@@ -1125,11 +1125,12 @@ def _audit(
     if not name:
         raise BadInput("--audit needs NAME: a ModelRollout or a `mesh-canary run --state` file")
     path = Path(name)
-    doc = (
-        _read_report_input(path)
-        if path.is_file()
-        else RolloutClient(kubeconfig, context, namespace).get(name)
-    )
+    if path.is_file():
+        doc = _read_report_input(path)
+    elif path.suffix in (".json", ".yaml", ".yml") or "/" in name:
+        raise BadInput(f"no state file {name}")
+    else:
+        doc = RolloutClient(kubeconfig, context, namespace).get(name)
     entries, dropped = audit_entries(doc)
     if fmt == "json":
         click.echo(audit_json_lines(entries))

@@ -491,3 +491,23 @@ def test_local_run_with_hooks_end_to_end_and_its_audit_record(receiver: Receiver
     assert entries[-1]["kind"] == "hook" and entries[-1]["phase"] == "postRollout"
     text = mesh_canary("rollout", "history", str(state), "--audit")
     assert "confirmPromotion hooks: yes" in text.stdout and "wrote 0/100 by mesh-canary" in text.stdout
+
+
+def test_history_audit_bad_input_is_one_sentence_and_exit_2(tmp_path: Any) -> None:
+    no_name = mesh_canary("rollout", "history", "--audit")
+    assert no_name.returncode == 2 and "--audit needs NAME" in no_name.stderr
+    missing = mesh_canary("rollout", "history", str(tmp_path / "nope.json"), "--audit")
+    assert missing.returncode == 2 and "no state file" in missing.stderr
+    assert "Traceback" not in no_name.stderr + missing.stderr
+
+
+def test_the_audit_record_is_bounded() -> None:
+    from mesh_canary.core.audit import AUDIT_LIMIT
+
+    p = make_policy()
+    state = engine.start(p, 0.0).state
+    for i in range(AUDIT_LIMIT + 25):
+        state = state.audited({"at": float(i), "kind": "x"})
+    assert len(state.audit) == AUDIT_LIMIT and state.audit_dropped == 25
+    assert state.audit[0]["at"] == 25.0
+    assert RolloutState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
