@@ -137,6 +137,16 @@ def test_confirm_promotion_holds_until_yes_and_past_the_deadline_on_timeout_deci
         again.state.step_started_at + 301,
     )
     assert late.state.phase is Phase.ROLLED_BACK and late.state.failed_checks == ("stepTimeout",)
+    # onTimeout promote: promotes without the gate (the policy's choice), after preStep.
+    both = make_policy(
+        hooks=Hooks(confirm_promotion=CALL, pre_step=CALL), analysis=replace(p.analysis, on_timeout="promote")
+    )
+    pending = replace(again.state, reason="", awaiting_hook="", held_window=None)
+    t_out = pending.step_started_at + 301
+    timed = engine.tick(both, pending, obs(pending.window_start, t_out), t_out, ScriptedJudge(lean=True))
+    assert timed.actions == (RunHooks("preStep"),)
+    promoted = answer(both, timed.state, "preStep", True, t_out + 1)
+    assert promoted.state.phase is Phase.SUCCEEDED
 
 
 def test_during_step_is_asked_at_every_analysis_and_never_judged() -> None:

@@ -446,6 +446,13 @@ def _gated(
     every later weight move; each is asked once per step and its answer kept."""
     promoting = decision.state.phase is Phase.SUCCEEDED
     moving = any(not w.rollback for w in decision.weight_writes)
+    if promoting and timed_out and policy.hooks.confirm_promotion:
+        # onTimeout or a person decided on this promotion: the gate is waived, and stays
+        # waived while a preStep hook is asked.
+        waived = HookResult(CONFIRM_PROMOTION, True, "not asked: promoted at the step's timeout", now)
+        state = replace(
+            state, hook_results={**state.hook_results, _hook_key(CONFIRM_PROMOTION, state): waived.to_dict()}
+        )
     gates = ((CONFIRM_PROMOTION,) if promoting and not timed_out else ()) + ((PRE_STEP,) if moving else ())
     for phase in gates:
         if policy.hooks.calls(phase) and not _hook_passed(state, phase):
