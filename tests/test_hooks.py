@@ -149,6 +149,19 @@ def test_confirm_promotion_holds_until_yes_and_past_the_deadline_on_timeout_deci
     assert promoted.state.phase is Phase.SUCCEEDED
 
 
+def test_a_gate_hook_that_never_answers_holds_no_longer_than_max_step_duration() -> None:
+    p = hooked(pre_step=CALL)
+    asked = ready_ticks(p, engine.start(p, 0.0).state, 600.0)
+    assert asked.state.awaiting_hook == "preStep"
+    t = asked.state.step_started_at + 299
+    still = engine.tick(p, asked.state, obs(asked.state.window_start, t), t, ScriptedJudge())
+    assert still.actions == (RunHooks("preStep"),)  # asked again (the driver runs one call at a time)
+    late = asked.state.step_started_at + 301
+    timed = engine.tick(p, still.state, obs(still.state.window_start, late), late, ScriptedJudge())
+    assert timed.state.phase is Phase.ROLLED_BACK and timed.state.failed_checks == ("stepTimeout",)
+    assert timed.actions[0] == SetWeights(ALL_STABLE, timed.state.reason, rollback=True)
+
+
 def test_during_step_is_asked_at_every_analysis_and_never_judged() -> None:
     p = hooked(during_step=CALL)
     d = engine.start(p, 0.0)

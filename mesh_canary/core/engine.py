@@ -615,8 +615,13 @@ def _tick(
     if state.awaiting_hook in DECIDING:
         # Asked and not answered yet: the driver calls in the background and brings the
         # answer to a later tick; the checks keep running meanwhile (a failure rolls back
-        # above). The latest window is what the advance will carry forward.
-        return Decision(replace(state, held_window=observation), (RunHooks(state.awaiting_hook),))
+        # above). The latest window is what the advance will carry forward. A hook that
+        # never answers holds no longer than the step's maxStepDuration: then onTimeout decides.
+        state = replace(state, held_window=observation)
+        timed_out = _check_step_deadline(strategy, policy, replace(state, awaiting_hook=""), now, observation)
+        if timed_out is not None and (timed_out.actions or timed_out.state.phase is not state.phase):
+            return timed_out
+        return Decision(state, (RunHooks(state.awaiting_hook),))
 
     in_step = now - state.step_started_at
     final_window = strategy.final_window(policy, state.step_index)
