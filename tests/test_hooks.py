@@ -534,3 +534,17 @@ def test_the_audit_record_is_bounded() -> None:
     assert len(state.audit) == AUDIT_LIMIT and state.audit_dropped == 25
     assert state.audit[0]["at"] == 25.0
     assert RolloutState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+
+
+def test_peoples_orders_are_in_the_audit_record_with_their_effect() -> None:
+    from mesh_canary.present.audit import audit_text
+
+    p = make_policy()
+    state = engine.start(p, 0.0).state
+    early = engine.command(p, state, "approve", 5.0).state  # not at the gate: changes nothing
+    aborted = engine.command(p, early, "abort", 6.0).state
+    orders = [(e["command"], e["changed"], e["phase"]) for e in aborted.audit if e["kind"] == "command"]
+    assert orders == [("approve", False, "Progressing"), ("abort", True, "RolledBack")]
+    assert engine.command(p, aborted, "resume", 7.0).state.audit == aborted.audit  # closed when finished
+    text = audit_text([dict(e) for e in aborted.audit], 0)
+    assert "approve by a person (changed nothing)" in text and "abort by a person -> RolledBack" in text

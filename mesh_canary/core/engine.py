@@ -473,10 +473,12 @@ def after_hooks(policy: Policy, state: RolloutState) -> tuple[RunHooks, ...]:
 def command(policy: Policy, state: RolloutState, cmd: Command | str, now: float) -> Decision:
     """A person's order: abort, pause, resume or approve."""
     decision = _command(policy, state, Command(cmd), now)
-    if decision.state is state:
-        return decision  # nothing happened (already paused, finished, ...): nothing to record
+    if state.terminal:
+        return decision  # the record of a finished rollout is closed
+    # Every order is recorded, also one that changed nothing (an approval before the gate).
+    changed = decision.state is not state
     entry = {"at": now, "kind": "command", "command": Command(cmd).value, "by": "a person"}
-    entry["phase"] = decision.state.phase.value
+    entry.update(phase=decision.state.phase.value, changed=changed)
     return replace(decision, state=decision.state.audited(entry))
 
 

@@ -45,7 +45,8 @@ def summary(e: Mapping[str, Any]) -> str:
         what = "ROLLBACK " if e.get("rollback") else ""
         return f"{what}wrote {w.get('stable')}/{w.get('candidate')} by {e.get('who')}: {e.get('why')}"
     if kind == "command":
-        return f"{e.get('command')} by {e.get('by')} -> {e.get('phase')}"
+        effect = f"-> {e.get('phase')}" if e.get("changed", True) else "(changed nothing)"
+        return f"{e.get('command')} by {e.get('by')} {effect}"
     if kind == "hook":
         answer = "yes" if e.get("ok") else f"failed: {e.get('reason')}"
         return f"{e.get('phase')} hooks: {answer}"
