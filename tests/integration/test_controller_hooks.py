@@ -3,9 +3,12 @@ and a real hook receiver on 127.0.0.1 (tests/test_hooks.py)."""
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 
-from tests.conftest import model_rollout
+from tests.conftest import NS, model_rollout
 from tests.integration.test_controller import Cluster, phase_is, running
 from tests.integration.test_controller import cluster as cluster  # the fixture
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
@@ -48,3 +51,30 @@ def test_confirm_promotion_holds_the_last_step_in_the_controller(
     gate = [e["ok"] for e in audit if e["kind"] == "hook"]
     assert gate == [False, False, True]
     assert [e["weights"]["candidate"] for e in audit if e["kind"] == "write"] == [20, 50, 100]
+
+
+def test_a_header_from_a_secret_is_sent_and_appears_nowhere_in_the_resource(
+    cluster: Cluster, receiver: Receiver
+) -> None:
+    token = "Bearer hook-secret-7f3a9c2e"
+    cluster.core.create_namespaced_secret(
+        NS,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "ci-token", "namespace": NS},
+            "data": {"header": base64.b64encode(token.encode()).decode()},
+        },
+    )
+    header = {"name": "Authorization", "valueFrom": {"secretKeyRef": {"name": "ci-token", "key": "header"}}}
+    cluster.add_vs()
+    cluster.add_rollout(
+        model_rollout(
+            hooks={"preRollout": [{"name": "tests", "url": receiver.url + "/ok", "headers": [header]}]}
+        )
+    )
+    with running(cluster.controller()):
+        wait_for("promotion", phase_is(cluster, "Succeeded"), timeout_s=60)
+    assert receiver.calls[0][2]["Authorization"] == token
+    assert "hook-secret-7f3a9c2e" not in json.dumps(cluster.rollout())
+    assert "hook-secret-7f3a9c2e" not in json.dumps([list(e) for e in cluster.events()])
