@@ -47,9 +47,11 @@ def local_backend(
     metrics_mode: str = "direct",
     seed: int = 1,
     initial: Weights = ALL_STABLE,
+    load: bool = True,
 ) -> Iterator[tuple[TrafficRouter, MetricsSource, Any]]:
     """The embedded local mesh for this policy: model servers behind a real Envoy, with load.
-    ``initial``: the weights Envoy starts with (a resumed rollout's, so no moment at 100/0)."""
+    ``initial``: the weights Envoy starts with (a resumed rollout's, so no moment at 100/0).
+    ``load`` False: no load until someone starts it (the demo's duringStep hook)."""
     from mesh_canary.localmesh.mesh import HEALTHY, Degradation, LoadSettings, LocalMesh
 
     candidate = Degradation(**DEGRADED) if candidate_degraded else HEALTHY  # type: ignore[arg-type]
@@ -59,9 +61,10 @@ def local_backend(
         candidate=candidate,
         seed=seed,
         initial=initial,
-        load=LoadSettings(rate=rps),
+        load=LoadSettings(rate=rps) if load else None,
     ) as mesh:
-        mesh.start_load()
+        if load:
+            mesh.start_load()
         if metrics_mode == "prometheus" or (metrics_mode == "auto" and prometheus_available()):
             from mesh_canary.localmesh.prometheus import prometheus_for
             from mesh_canary.metrics.prometheus import PrometheusMetricsSource
