@@ -7,7 +7,9 @@ import base64
 import json
 
 import pytest
+from click.testing import CliRunner
 
+from mesh_canary.cli import main
 from tests.conftest import NS, model_rollout
 from tests.integration.test_controller import Cluster, phase_is, running
 from tests.integration.test_controller import cluster as cluster  # the fixture
@@ -78,3 +80,29 @@ def test_a_header_from_a_secret_is_sent_and_appears_nowhere_in_the_resource(
     assert receiver.calls[0][2]["Authorization"] == token
     assert "hook-secret-7f3a9c2e" not in json.dumps(cluster.rollout())
     assert "hook-secret-7f3a9c2e" not in json.dumps([list(e) for e in cluster.events()])
+
+
+def test_rollout_history_audit_reads_a_modelrollouts_record(cluster: Cluster) -> None:
+    cluster.add_vs()
+    cluster.add_rollout(
+        model_rollout(canary={"steps": [20, 50, 100], "minStepDuration": "30s", "maxStepDuration": "60s"})
+    )
+    kubeconfig = ["--kubeconfig", str(cluster.kube.kubeconfig_path), "-n", NS]
+    with running(cluster.controller()):
+        wait_for("the start", lambda: cluster.vs_weights() == [80, 20])
+        aborted = CliRunner().invoke(main, ["rollout", "abort", "fraud-scorer", *kubeconfig])
+        assert aborted.exit_code == 0, aborted.output
+    done = CliRunner().invoke(
+        main, ["rollout", "history", "fraud-scorer", "--audit", "-o", "json", *kubeconfig]
+    )
+    assert done.exit_code == 0, done.output
+    entries = [json.loads(line) for line in done.output.splitlines()]
+    kinds = [e["kind"] for e in entries]
+    assert kinds.index("command") < len(kinds) - 1
+    order = next(e for e in entries if e["kind"] == "command")
+    assert (order["command"], order["by"], order["phase"]) == ("abort", "a person", "RolledBack")
+    rollback = [e for e in entries if e["kind"] == "write" and e["rollback"]]
+    assert len(rollback) == 1 and "aborted by a person" in rollback[0]["why"]
+    assert rollback[0]["weights"]["stable"] == 100
+    text = CliRunner().invoke(main, ["rollout", "history", "fraud-scorer", "--audit", *kubeconfig])
+    assert "ROLLBACK wrote 100/0 by mesh-canary" in text.output
