@@ -548,3 +548,15 @@ def test_peoples_orders_are_in_the_audit_record_with_their_effect() -> None:
     assert engine.command(p, aborted, "resume", 7.0).state.audit == aborted.audit  # closed when finished
     text = audit_text([dict(e) for e in aborted.audit], 0)
     assert "approve by a person (changed nothing)" in text and "abort by a person -> RolledBack" in text
+
+
+def test_a_persons_abort_comes_before_a_hooks_yes(receiver: Receiver) -> None:
+    p = fast_policy(receiver, pre_rollout=call(receiver, "/ok"))
+    runner, router, _ = runner_for(p, receiver)
+    runner.start_or_resume()
+    wait_for("the preRollout answer", lambda: runner.hooks._done)  # answered, not read yet
+    runner.request("abort")
+    state = runner.tick_once()
+    assert state.phase is Phase.ROLLED_BACK and "aborted by a person" in state.reason
+    assert [e for e in receiver.journal.entries if e[0] == "weights"] == [("weights", ALL_STABLE)]
+    assert router.weights == ALL_STABLE

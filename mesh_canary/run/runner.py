@@ -205,11 +205,12 @@ class RolloutRunner:
             return self._apply(
                 engine.tick(self.policy, state, Observation(since=now, at=now), now, self.judge)
             )
-        state = self._hook_answers(state)
         while self._pending and not state.terminal:
             # Dequeued only once carried out: an abort whose write failed is tried again.
             state = self._apply(engine.command(self.policy, state, self._pending[0], now))
             self._pending.pop(0)
+        # After people's orders: an abort comes before any hook's yes moves traffic.
+        state = self._hook_answers(state)
         if state.terminal or state.rollback_pending:
             return state
         if engine.waiting_to_start(state):
