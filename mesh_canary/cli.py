@@ -1361,22 +1361,34 @@ def _say_next(doc: dict[str, Any], err: bool = False) -> None:
 @rollout.command("history")
 @click.argument("name", required=False)
 @click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
+@click.option(
+    "--audit",
+    is_flag=True,
+    help="NAME's audit record (every decision); NAME may be a `run --state` file. -o json: JSON lines.",
+)
 @kube_options
 @output_option
 @friendly_errors
 def rollout_history(
     name: str | None,
     all_namespaces: bool,
+    audit: bool,
     kube: Kube,
     fmt: str,
 ) -> None:
-    """Past rollouts (and the one in progress): versions, outcome, reason, duration.
+    """Past rollouts (and the one in progress): versions, outcome, reason, duration; with
+    --audit, every decision of one rollout.
 
     \b
     Examples:
       mesh-canary rollout history fraud-scorer -n models
       mesh-canary rollout history -A -o json
+      mesh-canary rollout history fraud-scorer --audit -o json
+      mesh-canary rollout history rollout-state.json --audit
     """
+    if audit:
+        _audit(name, kube, fmt)
+        return
     client = kube.client()
     objs = [client.get(name)] if name else client.list(all_namespaces)
     rows = [row for obj in objs for row in history_documents(obj)]
@@ -1675,6 +1687,28 @@ def _report_out(out_path: str | None, old_out_path: str | None) -> str | None:
         err=True,
     )
     return old_out_path
+
+
+def _audit(name: str | None, kube: Kube, fmt: str) -> None:
+    """`rollout history NAME --audit`: from a state file when NAME is one, else the cluster."""
+    from mesh_canary.present.audit import audit_entries, audit_json_lines, audit_text
+
+    if not name:
+        raise BadInput("--audit needs NAME: a ModelRollout or a `mesh-canary run --state` file")
+    path = Path(name)
+    if path.is_file():
+        doc = _read_report_input(path)
+    elif path.suffix in (".json", ".yaml", ".yml") or "/" in name:
+        raise BadInput(f"no state file {name}")
+    else:
+        doc = kube.client().get(name)
+    entries, dropped = audit_entries(doc)
+    if fmt == "json":
+        click.echo(audit_json_lines(entries))
+    elif fmt == "yaml":
+        click.echo(dump(entries, fmt))
+    else:
+        click.echo(audit_text(entries, dropped))
 
 
 def _read_report_input(path: Path) -> dict[str, Any]:

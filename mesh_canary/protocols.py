@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from mesh_canary.core.hooks import HookResult
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.weights import ALL_STABLE, Weights
 
@@ -17,6 +18,7 @@ __all__ = [
     "ALL_STABLE",
     "Announcement",
     "Clock",
+    "HookCaller",
     "MetricsSource",
     "ModelRegistry",
     "ModelVersion",
@@ -97,3 +99,11 @@ class Clock(Protocol):
     def now(self) -> float: ...
 
     def sleep(self, seconds: float) -> None: ...
+
+
+class HookCaller(Protocol):
+    def call(self, phase: str, fields: Mapping[str, Any], stop_at_failure: bool) -> HookResult:
+        """Make the policy's calls of one hook phase (``preRollout``, ...) in order, each
+        within its total deadline; never raises. ``fields``: the body template's values.
+        ``stop_at_failure``: a deciding phase stops at its first failed call."""
+        ...

@@ -46,6 +46,7 @@ from mesh_canary.kube.status import (
 from mesh_canary.notify import notifier_for_policy
 from mesh_canary.protocols import Clock, MetricsSource, TrafficRouter
 from mesh_canary.redact import redact, register_secret
+from mesh_canary.run.hooks import HttpHooks
 from mesh_canary.run.policy_loading import load_checked_policy
 from mesh_canary.run.runner import RolloutRunner, default_judge
 
@@ -239,8 +240,19 @@ class Reconciler:
         )
         applied = copy.deepcopy(dict(obj.get("spec") or {})) if spec_valid else h.facts.applied_spec
         h.facts = dataclasses.replace(h.facts, policy=target, applied_spec=applied)
+        # Hook URLs and header values from Secrets are registered as secret when read.
+        hooks = HttpHooks(
+            target.hooks, read_secret=functools.partial(read_secret_url, self.api, target.namespace)
+        )
         runner = RolloutRunner(
-            target, router, metrics, store, RedactingNotifier(h.notifier), self.clock, judge=judge
+            target,
+            router,
+            metrics,
+            store,
+            RedactingNotifier(h.notifier),
+            self.clock,
+            judge=judge,
+            hooks=hooks,
         )
         try:
             state = runner.start_or_resume()

@@ -23,8 +23,18 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from mesh_canary.checks import REGISTRY
-from mesh_canary.core import timeline
+from mesh_canary.core import audit, timeline
 from mesh_canary.core.durations import format_duration
+from mesh_canary.core.hooks import (
+    CONFIRM_PROMOTION,
+    DECIDING,
+    DURING_STEP,
+    ON_ROLLBACK,
+    POST_ROLLOUT,
+    PRE_ROLLOUT,
+    PRE_STEP,
+    HookResult,
+)
 from mesh_canary.core.model import Check, Policy
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import CheckResult, Judge, JudgeContext, Tally, Verdict
@@ -110,7 +120,15 @@ class Announce:
     severity: str = "info"
 
 
-Action = SetWeights | Announce
+@dataclass(frozen=True)
+class RunHooks:
+    """Call the policy's hooks of ``phase`` (after the writes and the save). A deciding
+    phase's answer comes back through ``hook_answered``; the others are reported only."""
+
+    phase: str
+
+
+Action = SetWeights | Announce | RunHooks
 
 
 # ---- state ----------------------------------------------------------------------------
@@ -181,6 +199,20 @@ class RolloutState:
     # After a rollback to stable, stable is judged against its limits until then (a policy's
     # fallback.watchAfterRollback; core/fallback.py); None: not watching.
     watch_until: float | None = None
+    # Step hooks: the deciding phase whose answer the rollout waits for ("" none), the
+    # window of the advance it gates, and the latest answer of each deciding phase per step
+    # ("preStep@1": a HookResult as a dict), so a restart resumes exactly.
+    awaiting_hook: str = ""
+    held_window: Observation | None = None
+    hook_results: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The audit record (core/audit.py): every decision, bounded; how many older ones were dropped.
+    audit: tuple[Mapping[str, Any], ...] = ()
+    audit_dropped: int = 0
+
+    def audited(self, *entries: Mapping[str, Any]) -> RolloutState:
+        """This state with ``entries`` appended to its audit record."""
+        record, dropped = audit.appended(self.audit, self.audit_dropped, entries)
+        return replace(self, audit=record, audit_dropped=dropped)
 
     @property
     def terminal(self) -> bool:
@@ -233,6 +265,11 @@ class RolloutState:
             "timeouts": self.timeouts,
             "promoteFull": self.promote_full,
             "watchUntil": self.watch_until,
+            "awaitingHook": self.awaiting_hook,
+            "heldWindow": self.held_window.to_dict() if self.held_window else None,
+            "hookResults": {k: dict(v) for k, v in self.hook_results.items()},
+            "audit": [dict(e) for e in self.audit],
+            "auditDropped": self.audit_dropped,
         }
 
     @classmethod
@@ -272,6 +309,11 @@ class RolloutState:
             timeouts=int(d.get("timeouts", 0)),
             promote_full=bool(d.get("promoteFull", False)),
             watch_until=d.get("watchUntil"),
+            awaiting_hook=str(d.get("awaitingHook") or ""),
+            held_window=Observation.from_dict(d["heldWindow"]) if d.get("heldWindow") else None,
+            hook_results=dict(d["hookResults"]) if isinstance(d.get("hookResults"), Mapping) else {},
+            audit=tuple(e for e in d.get("audit") or () if isinstance(e, Mapping)),
+            audit_dropped=int(d.get("auditDropped") or 0),
         )
 
 
@@ -337,15 +379,128 @@ def start(policy: Policy, now: float) -> Decision:
         steps=(StepRecord(weight=strategy.schedule(policy)[0], start_s=0.0),),
         policy_fingerprint=policy_fingerprint(policy),
     )
+    if policy.hooks.pre_rollout:
+        # Nothing is written until the preRollout hooks answer: traffic stays on stable.
+        waiting = replace(state, weights=ALL_STABLE, awaiting_hook=PRE_ROLLOUT)
+        return Decision(waiting, (RunHooks(PRE_ROLLOUT),))
+    return _started(policy, state, now)
+
+
+def _started(policy: Policy, state: RolloutState, now: float) -> Decision:
+    """The first write. Its step (and its window) starts now, not when the hooks were asked."""
+    strategy = strategy_of(policy)
+    weights = strategy.weights(policy, 0)
+    first = StepRecord(weight=strategy.schedule(policy)[0], start_s=now - state.started_at)
+    state = replace(
+        state, weights=weights, awaiting_hook="", step_started_at=now, last_data_at=now, steps=(first,)
+    )
     what = strategy.started(weights)
     msg = f"started rolling out {policy.candidate.version} over {policy.stable.version}: {what}"
     return Decision(state, (SetWeights(weights, "start"), Announce("Started", msg)))
 
 
+def waiting_to_start(state: RolloutState) -> bool:
+    """Nothing written yet: the rollout waits for its preRollout hooks."""
+    return state.awaiting_hook == PRE_ROLLOUT and not state.terminal
+
+
+def hook_answered(policy: Policy, state: RolloutState, result: HookResult, now: float) -> Decision:
+    """A deciding hook's answer, as data: start, advance, hold or stop.
+
+    preRollout: ok starts (the first write), a failure ends the rollout with nothing
+    written. preStep: ok moves the weight, a failure rolls back to 100% stable.
+    confirmPromotion: ok promotes; anything else holds the last step, and past its
+    maxStepDuration ``analysis.onTimeout`` decides. An answer nobody waits for is ignored."""
+    if state.terminal or state.rollback_pending or state.awaiting_hook != result.phase:
+        return Decision(state)
+    results = {**state.hook_results, _hook_key(result.phase, state): result.to_dict()}
+    window = state.held_window
+    state = replace(state, awaiting_hook="", held_window=None, hook_results=results)
+    state = state.audited(hook_entry(result, now))
+    if result.phase == PRE_ROLLOUT:
+        if result.ok:
+            return _started(policy, state, now)
+        reason = f"the preRollout hook failed: {result.reason}; nothing was written, traffic untouched"
+        new = _ended(state, now, Phase.ROLLED_BACK, reason, (PRE_ROLLOUT,), ALL_STABLE)
+        return Decision(new, (Announce("HookFailed", f"stopped: {reason}", severity="warning"),))
+    if result.phase == PRE_STEP and not result.ok:
+        return _roll_back(state, now, f"the preStep hook failed: {result.reason}", (PRE_STEP,))
+    strategy = strategy_of(policy)
+    if window is None or state.paused:
+        return Decision(state)  # asked again at the next tick that finds the step ready
+    if result.ok:
+        return _gated(policy, state, now, window, strategy.advance(policy, state, now, window))
+    # confirmPromotion said not yet: hold; past the step's deadline onTimeout decides.
+    timed_out = _check_step_deadline(strategy, policy, state, now, window)
+    if timed_out is not None and (timed_out.actions or timed_out.state.phase is not state.phase):
+        return timed_out
+    return Decision(replace(state, reason=f"waiting for the confirmPromotion hook: {result.reason}"))
+
+
+def hook_entry(result: HookResult, now: float) -> dict[str, Any]:
+    """A hook's answer in the audit record (its calls: name, host, status or error)."""
+    return {**result.to_dict(), "at": now, "kind": "hook"}
+
+
+def _hook_key(phase: str, state: RolloutState) -> str:
+    return f"{phase}@{state.step_index}"
+
+
+def _hook_passed(state: RolloutState, phase: str) -> bool:
+    return bool(state.hook_results.get(_hook_key(phase, state), {}).get("ok"))
+
+
+def _gated(
+    policy: Policy,
+    state: RolloutState,
+    now: float,
+    window: Observation,
+    decision: Decision,
+    timed_out: bool = False,
+) -> Decision:
+    """``decision`` moves traffic forward (or promotes): first the hooks that gate it.
+    confirmPromotion gates a promotion (not one onTimeout or a person decided on), preStep
+    every later weight move; each is asked once per step and its answer kept."""
+    promoting = decision.state.phase is Phase.SUCCEEDED
+    moving = any(not w.rollback for w in decision.weight_writes)
+    if promoting and timed_out and policy.hooks.confirm_promotion:
+        # onTimeout or a person decided on this promotion: the gate is waived, and stays
+        # waived while a preStep hook is asked.
+        waived = HookResult(CONFIRM_PROMOTION, True, "not asked: promoted at the step's timeout", now)
+        state = replace(
+            state, hook_results={**state.hook_results, _hook_key(CONFIRM_PROMOTION, state): waived.to_dict()}
+        )
+    gates = ((CONFIRM_PROMOTION,) if promoting and not timed_out else ()) + ((PRE_STEP,) if moving else ())
+    for phase in gates:
+        if policy.hooks.calls(phase) and not _hook_passed(state, phase):
+            return Decision(replace(state, awaiting_hook=phase, held_window=window), (RunHooks(phase),))
+    return decision
+
+
+def after_hooks(policy: Policy, state: RolloutState) -> tuple[RunHooks, ...]:
+    """The reporting hooks of a rollout that just finished: onRollback after a rollback,
+    postRollout after any end, both only once the write went through; none when it stopped
+    before any traffic moved (a failed preRollout hook)."""
+    if not state.terminal or PRE_ROLLOUT in state.failed_checks:
+        return ()
+    phases = ((ON_ROLLBACK,) if state.phase is Phase.ROLLED_BACK else ()) + (POST_ROLLOUT,)
+    return tuple(RunHooks(p) for p in phases if policy.hooks.calls(p))
+
+
 def command(policy: Policy, state: RolloutState, cmd: Command | str, now: float) -> Decision:
     """A person's order: abort, pause, resume, approve, promote in full, or restore stable
     (from the fallback, or ending the watch after a rollback: core/fallback.py)."""
-    cmd = Command(cmd)
+    decision = _command(policy, state, Command(cmd), now)
+    if state.terminal:
+        return decision  # the record of a finished rollout is closed
+    # Every order is recorded, also one that changed nothing (an approval before the gate).
+    changed = decision.state is not state
+    entry = {"at": now, "kind": "command", "command": Command(cmd).value, "by": "a person"}
+    entry.update(phase=decision.state.phase.value, changed=changed)
+    return replace(decision, state=decision.state.audited(entry))
+
+
+def _command(policy: Policy, state: RolloutState, cmd: Command, now: float) -> Decision:
     if state.rollback_pending:
         return retry_rollback(state)
     if cmd is Command.RESTORE_STABLE:
@@ -408,6 +563,12 @@ def tick(
     decision = fallback.watching(policy, state, observation, now, judge) or fallback.then_watch(
         policy, state, _tick(policy, state, observation, now, judge), now
     )
+    if decision.state.ticks != state.ticks:  # judged (not a pending rollback's retry)
+        decision = replace(decision, state=decision.state.audited(_verdict_entry(state, decision, now)))
+    new = decision.state
+    if policy.hooks.during_step and not (new.terminal or new.rollback_pending or new.awaiting_hook):
+        # Load generation and the like: asked at every analysis, reported, never judged.
+        decision = replace(decision, actions=(*decision.actions, RunHooks(DURING_STEP)))
     # Every judged tick leaves a point in the bounded history (core/timeline.py). The
     # history is for people: nothing in it may stop a decision (a rollback above all).
     try:
@@ -417,6 +578,33 @@ def tick(
     return replace(decision, state=replace(decision.state, timeline=points))
 
 
+def _verdict_entry(before: RolloutState, decision: Decision, now: float) -> dict[str, Any]:
+    """A tick in the audit record: every check's verdict with its estimate and bounds, and
+    what was decided."""
+    new = decision.state
+    if new.phase is Phase.ROLLED_BACK:
+        decided = "rollback"
+    elif new.phase is Phase.SUCCEEDED:
+        decided = "promote"
+    elif new.step_index != before.step_index:
+        decided = "advance"
+    elif new.awaiting_hook and not before.awaiting_hook:
+        decided = f"ask the {new.awaiting_hook} hook"
+    elif new.phase is not before.phase:
+        decided = new.phase.value
+    else:
+        decided = "hold"
+    return {
+        "at": now,
+        "kind": "verdict",
+        "step": before.step_index + 1,
+        "weight": before.weights.candidate,
+        "decision": decided,
+        "reason": new.reason if decided != "hold" else "",
+        "checks": [audit.check_entry(r) for r in new.checks],
+    }
+
+
 def _tick(
     policy: Policy, state: RolloutState, observation: Observation, now: float, judge: Judge
 ) -> Decision:
@@ -424,6 +612,8 @@ def _tick(
         return retry_rollback(state)  # decided: nothing to judge, only the write to finish
     if state.terminal:
         return Decision(state)
+    if waiting_to_start(state):
+        return Decision(state, (RunHooks(PRE_ROLLOUT),))  # nothing written yet: nothing to judge
     strategy = strategy_of(policy)  # chosen once per call, from the registry
     state = replace(state, last_tick_at=now, ticks=state.ticks + 1)
     checks = policy.analysis.checks
@@ -463,6 +653,16 @@ def _tick(
 
     if state.paused:
         return Decision(state)
+    if state.awaiting_hook in DECIDING:
+        # Asked and not answered yet: the driver calls in the background and brings the
+        # answer to a later tick; the checks keep running meanwhile (a failure rolls back
+        # above). The latest window is what the advance will carry forward. A hook that
+        # never answers holds no longer than the step's maxStepDuration: then onTimeout decides.
+        state = replace(state, held_window=observation)
+        timed_out = _check_step_deadline(strategy, policy, replace(state, awaiting_hook=""), now, observation)
+        if timed_out is not None and (timed_out.actions or timed_out.state.phase is not state.phase):
+            return timed_out
+        return Decision(state, (RunHooks(state.awaiting_hook),))
 
     in_step = now - state.step_started_at
     final_window = strategy.final_window(policy, state.step_index)
@@ -471,7 +671,7 @@ def _tick(
     )
     if not ready or _held_for_proof(policy, final_window, results):
         return _check_step_deadline(strategy, policy, state, now, observation) or Decision(state)
-    return strategy.advance(policy, state, now, observation)
+    return _gated(policy, state, now, observation, strategy.advance(policy, state, now, observation))
 
 
 def _judge_step(
@@ -718,7 +918,11 @@ def _advance_at_timeout(
 ) -> Decision:
     """Advance a step no check failed, unproven: counted, and said in every message."""
     counted = replace(state, timeouts=state.timeouts + 1, timeout_paused_at=None, timeout_approved=False)
-    decision = strategy.advance(policy, counted, now, window)
+    decision = _gated(
+        policy, state, now, window, strategy.advance(policy, counted, now, window), timed_out=True
+    )
+    if decision.state.awaiting_hook:
+        return decision  # the preStep hook first; the timeout is counted when it moves
     if decision.state.phase is Phase.SUCCEEDED:
         return decision  # _finish says it: the reason counts the unproven steps and checks
     note = f"advanced unproven {why}; {_not_proven_words(policy, state.checks)}"
@@ -857,6 +1061,8 @@ def _ended(
         reason=reason,
         failed_checks=tuple(failed),
         steps=_close_step(state, now, "fail"),
+        awaiting_hook="",
+        held_window=None,
     )
 
 

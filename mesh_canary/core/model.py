@@ -162,6 +162,59 @@ class RegistrySpec:
 
 
 @dataclass(frozen=True)
+class HookHeader:
+    """One header of a hook call: a value, or where to read it (never logged)."""
+
+    name: str
+    value: str | None = None
+    value_from_env: str | None = None
+    value_from_secret: dict[str, str] | None = None  # {name, key}
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """One HTTP call of a step hook (docs/policy.md, "Step hooks")."""
+
+    name: str
+    url: str | None = None
+    url_from_env: str | None = None
+    url_from_secret: dict[str, str] | None = None  # {name, key}
+    method: str = "POST"
+    headers: tuple[HookHeader, ...] = ()
+    body: str | None = None  # a template with {{ field }} placeholders; None: every field as JSON
+    timeout_s: float = 10.0  # the call's total deadline, every attempt included
+    retries: int = 0
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """The HTTP calls made at each point of a rollout, in order (policy ``hooks:``)."""
+
+    pre_rollout: tuple[HookCall, ...] = ()
+    pre_step: tuple[HookCall, ...] = ()
+    during_step: tuple[HookCall, ...] = ()
+    confirm_promotion: tuple[HookCall, ...] = ()
+    post_rollout: tuple[HookCall, ...] = ()
+    on_rollback: tuple[HookCall, ...] = ()
+
+    def calls(self, phase: str) -> tuple[HookCall, ...]:
+        """The calls of one phase by its policy name (``preRollout``, ...)."""
+        calls: tuple[HookCall, ...] = getattr(self, HOOK_FIELDS[phase])
+        return calls
+
+
+# A hook phase's policy name -> its field in Hooks: the one list of phases.
+HOOK_FIELDS: dict[str, str] = {
+    "preRollout": "pre_rollout",
+    "preStep": "pre_step",
+    "duringStep": "during_step",
+    "confirmPromotion": "confirm_promotion",
+    "postRollout": "post_rollout",
+    "onRollback": "on_rollback",
+}
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     namespace: str
@@ -176,6 +229,7 @@ class Policy:
     metrics: MetricsSpec = field(default_factory=MetricsSpec)
     approval: Literal["none", "beforePromotion"] = "none"
     notifications: tuple[Webhook, ...] = ()
+    hooks: Hooks = field(default_factory=Hooks)
     document: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """The validated YAML document with defaults filled in (camelCase, as written)."""
     registry: RegistrySpec | None = None

@@ -9,14 +9,20 @@ stable. Every process it starts is stopped before it returns.
 from __future__ import annotations
 
 import contextlib
+import json
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
 from rich.console import Console
 
-from mesh_canary.core.model import Policy
+from mesh_canary.core.model import HookCall, Policy
 from mesh_canary.core.policy import load_policy_text
+from mesh_canary.localmesh.mesh import LoadSettings
 from mesh_canary.present.console import render_state
 from mesh_canary.present.view import check_document
 from mesh_canary.run.dashboard_sources import MemoryStores, serving
@@ -43,9 +49,19 @@ def run_one(
 ) -> dict[str, Any]:
     label = "degraded" if degraded else "healthy"
     started = time.monotonic()
-    with local_backend(policy, degraded, rps, metrics_mode, seed=1, labels=labels) as (router, metrics, mesh):
+    with (
+        local_backend(policy, degraded, rps, metrics_mode, seed=1, labels=labels, load=False) as (
+            router,
+            metrics,
+            mesh,
+        ),
+        load_control(mesh) as control_url,
+    ):
+        # The load generator is started by the policy's duringStep hook, as a load tester
+        # would be in a pipeline (docs/policy.md, "spec.hooks").
+        hooked = replace(policy, hooks=replace(policy.hooks, during_step=(load_hook(control_url, rps),)))
         store = store or MemoryStateStore()
-        result = drive(policy, router, metrics, store, timeout_s=150, live=live, console=console)
+        result = drive(hooked, router, metrics, store, timeout_s=150, live=live, console=console)
         run: dict[str, Any] = {
             "candidate": label,
             "outcome": result.outcome,
@@ -70,6 +86,49 @@ def collector_summary(url: str) -> dict[str, Any]:
 
     report: dict[str, Any] = httpx.get(f"{url}/unmatched", params={"limit": 0}, timeout=5.0).json()
     return {k: report[k] for k in ("unlabelledPredictions", "unmatchedLabels")}
+
+
+def load_hook(url: str, rps: float) -> HookCall:
+    """The demo's duringStep hook: at every analysis, make sure the load runs at ``rps``."""
+    return HookCall(
+        name="loadgen", url=url, body=f'{{"rps": {rps:g}, "step": {{{{ step }}}}}}', timeout_s=5.0
+    )
+
+
+@contextlib.contextmanager
+def load_control(mesh: Any) -> Iterator[str]:
+    """A local endpoint that starts the mesh's load generator at the rate a POST asks for
+    (once: later calls at the same rate change nothing). Yields its URL."""
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                rps = float(body["rps"])
+                with lock:
+                    gen = mesh.loadgen
+                    if gen is None or not gen.running or gen.rate != rps:
+                        mesh.start_load(LoadSettings(rate=rps))
+                status = 200
+            except (ValueError, KeyError, TypeError):
+                status = 400
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/load"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def count_after_rollback(mesh: Any, policy: Policy) -> dict[str, Any]:
@@ -119,7 +178,8 @@ def _run_demo(
             else "Envoy's and the model servers' /metrics directly"
         )
         console.print(
-            f"Two model servers behind a real Envoy; load at {rps:.0f} req/s; metrics read from {via}."
+            f"Two model servers behind a real Envoy; load at {rps:.0f} req/s, started by the policy's "
+            f"duringStep hook; metrics read from {via}."
         )
         if labels == "collector":
             console.print(

@@ -20,12 +20,15 @@ per call; the runner retries with backoff under a total deadline per turn, so
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from mesh_canary.core import engine
 from mesh_canary.core.engine import Command, Decision, RolloutState
+from mesh_canary.core.hooks import DECIDING, HookResult
 from mesh_canary.core.model import Destination, Policy
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.verdicts import Judge
@@ -34,6 +37,7 @@ from mesh_canary.errors import EXIT_UNFINISHED, BadInput, CouldNotWork
 from mesh_canary.protocols import (
     Announcement,
     Clock,
+    HookCaller,
     MetricsSource,
     Notifier,
     StateStore,
@@ -48,6 +52,7 @@ from mesh_canary.routing.base import (
     WeightsMoved,
     guarded,
 )
+from mesh_canary.run.hooks import InFlight, SkippedHooks
 
 log = logging.getLogger("mesh_canary.runner")  # the name users filter on; kept across the move
 
@@ -106,6 +111,7 @@ class RolloutRunner:
         rollback_turn_s: float = 10.0,
         backoff_s: float = 0.1,
         max_backoff_s: float = 2.0,
+        hooks: HookCaller | None = None,  # None: hooks are not called (simulate)
     ) -> None:
         self.policy = policy
         self.router = router
@@ -134,6 +140,9 @@ class RolloutRunner:
         # and the runner quits right after.
         self.in_write = False
         self.quit_requested = False
+        # Step hooks run in the background; their answers come back at the next turn.
+        self.hooks = InFlight(hooks or SkippedHooks())
+        self._ended_hooks = False
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -162,6 +171,9 @@ class RolloutRunner:
                 self.ownership.claim(run_id, previous)
                 if run_id != state.run_id:
                     state = self._commit(replace(state, run_id=run_id), [])
+                if engine.waiting_to_start(state):
+                    # Nothing written yet: ask the preRollout hooks (again), trust no weights.
+                    return self._apply(Decision(state, (engine.RunHooks(state.awaiting_hook),)))
                 return self._trust_live_weights(state)
             log.info("policy changed since the saved rollout; starting over")
         return self._start(previous)
@@ -219,8 +231,14 @@ class RolloutRunner:
             # Dequeued only once carried out: an abort whose write failed is tried again.
             state = self._apply(engine.command(self.policy, state, self._pending[0], now))
             self._pending.pop(0)
+        # After people's orders: an abort comes before any hook's yes moves traffic.
+        state = self._hook_answers(state)
         if state.terminal or state.rollback_pending:
             return state
+        if engine.waiting_to_start(state):
+            return self._apply(
+                engine.tick(self.policy, state, Observation(since=now, at=now), now, self.judge)
+            )
         observation = self._read(state, now)
         decision = engine.tick(self.policy, state, observation, now, self.judge)
         state = self._apply(decision)
@@ -252,9 +270,13 @@ class RolloutRunner:
             self.clock.sleep(max(wake_at - self.clock.now(), 0.0))
             if not self._pending:
                 self._quit_if_asked()
+            if not self._pending and self.clock.now() < wake_at:
+                state = self._hook_answers(state)  # woken by a hook's answer: act on it alone
+                continue
             state = self.tick_once()
         outcome = outcome_of(state)
         assert outcome is not None
+        self.finish_hooks()
         return RunResult(outcome, state)
 
     # -- carrying out a decision -----------------------------------------------------
@@ -265,14 +287,63 @@ class RolloutRunner:
         outer = self.in_write
         self.in_write = True
         try:
-            state = self._carry_out(decision)
+            state, as_decided = self._carry_out(decision)
         finally:
             self.in_write = outer
         if not outer:
             self._quit_if_asked()
+        self._start_hooks(decision if as_decided else Decision(state), state)
         return state
 
-    def _carry_out(self, decision: Decision) -> RolloutState:
+    # -- step hooks --------------------------------------------------------------------
+
+    def _start_hooks(self, decision: Decision, state: RolloutState) -> None:
+        """After the writes and the save: the hooks the decision asks for (not when a write
+        replaced it), and the ending's hooks once the rollout finished. In the background."""
+        asked = [a for a in decision.actions if isinstance(a, engine.RunHooks)]
+        if state.terminal and not self._ended_hooks:
+            self._ended_hooks = True
+            asked += engine.after_hooks(self.policy, state)
+        for action in asked:
+            if self.policy.hooks.calls(action.phase):
+                deciding = action.phase in DECIDING
+                self.hooks.start(
+                    action.phase, hook_fields(self.policy, state, action.phase), deciding, self.clock.now()
+                )
+        if any(a.phase in DECIDING for a in asked):
+            wake = getattr(self.clock, "wake", None)
+            if callable(wake):
+                self._wake_when_answered(wake)
+
+    def _wake_when_answered(self, wake: Callable[[], None]) -> None:
+        """A deciding answer is acted on at once, not an analysis interval later."""
+
+        def watch() -> None:
+            while self.hooks.busy():
+                self.hooks.wait(1.0)
+            wake()
+
+        threading.Thread(target=watch, name="hook-wake", daemon=True).start()
+
+    def _hook_answers(self, state: RolloutState) -> RolloutState:
+        """The answers that came back since the last turn, as data for the engine."""
+        for result in self.hooks.answers():
+            report_hook(self.policy.name, result)
+            if result.phase in DECIDING:
+                state = self._apply(engine.hook_answered(self.policy, state, result, self.clock.now()))
+            else:  # reported, never judged: into the audit record
+                state = self._commit(state.audited(engine.hook_entry(result, self.clock.now())), [])
+        return state
+
+    def finish_hooks(self, timeout_s: float = 60.0) -> None:
+        """Wait for the hooks still running (each bounded by its own deadline) and report them."""
+        self.hooks.wait(timeout_s)
+        if self.state is not None:
+            self._hook_answers(self.state)  # reported and recorded (a late deciding one is ignored)
+
+    def _carry_out(self, decision: Decision) -> tuple[RolloutState, bool]:
+        """The state saved, and whether the decision was carried out as decided (not
+        replaced after a failed write)."""
         # Weight writes first, in order (a rollback's is always first of all); then the
         # state is saved; announcements last and in the background.
         state = decision.state
@@ -281,13 +352,13 @@ class RolloutRunner:
             if write.rollback:
                 taken = self._person_took_over(write)
                 if taken is not None:
-                    return self._apply(taken)
+                    return self._apply(taken), False
                 error = self._write_rollback(write, state)
                 if error is not None:
                     retry_at = self.clock.now() + self._rollback_delay
                     failed = engine.rollback_write_failed(state, error, retry_at, first=False)
                     # What the decision announced (RolledBack) waits for the write.
-                    return self._commit(failed.state, [])
+                    return self._commit(failed.state, []), False
                 if state.rollback_pending:
                     done = engine.rollback_written(state)
                     state = done.state
@@ -295,11 +366,31 @@ class RolloutRunner:
             else:
                 instead = self._write_weights(write, decision)
                 if instead is not None:
-                    return self._apply(instead)
-        return self._commit(state, announcements)
+                    return self._apply(instead), False
+        written = [self._write_entry(w, state) for w in decision.weight_writes]
+        return self._commit(state.audited(*written), announcements), True
+
+    def _write_entry(self, write: engine.SetWeights, state: RolloutState) -> dict[str, Any]:
+        """A weight write that went through, in the audit record: what, who and why."""
+        return {
+            "at": self.clock.now(),
+            "kind": "write",
+            "weights": write.weights.to_dict(),
+            "rollback": write.rollback,
+            "who": f"mesh-canary (run {state.run_id or '-'})",
+            "why": redact(write.reason),
+        }
 
     def _commit(self, state: RolloutState, announcements: list[Announcement]) -> RolloutState:
         finished = state.terminal and not (self.state is not None and self.state.terminal)
+        if announcements:
+            now = self.clock.now()
+            state = state.audited(
+                *(
+                    {"at": now, "kind": "notification", "event": a.kind, "sent": "queued"}
+                    for a in announcements
+                )
+            )
         # Memory first: if the save fails, the next turn still knows what was written (and
         # the controller's status write after the turn carries it).
         self.state = state
@@ -319,7 +410,9 @@ class RolloutRunner:
         rolls back (the write could not be made).
         """
         before = self.state
-        expected = before.weights if before is not None else None
+        # Nothing written yet (waiting for preRollout hooks): the first write compares with nothing.
+        first = before is None or engine.waiting_to_start(before)
+        expected = before.weights if before is not None and not first else None
         run_id = decision.state.run_id
         error = ""
         for attempt in self._tries(self.write_deadline_s):
@@ -327,7 +420,7 @@ class RolloutRunner:
                 self.route.write(write.weights, owner=run_id, expected=expected)
                 return None
             except WeightsMoved as e:
-                assert before is not None and expected is not None
+                assert before is not None and expected is not None  # only a later write compares
                 if engine.towards_stable(e.live, expected):
                     return self.outside.towards_stable(before, self.clock.now(), e.live)
                 self.outside.announce(e.live, expected)
@@ -337,7 +430,7 @@ class RolloutRunner:
             except Exception as e:
                 error = redact(str(e))
                 log.warning("weight write %s failed (attempt %d): %s", write.weights, attempt, error)
-                if before is None and not _retryable(e):
+                if first and not _retryable(e):
                     # The first write, refused for the configuration (no such route): nothing
                     # was written and nothing is saved; the rollout does not start.
                     raise RouterWriteError(f"could not start the rollout: {error}") from e
@@ -483,6 +576,29 @@ def _announcement(policy: Policy, a: engine.Announce, state: RolloutState) -> An
         severity=a.severity,
         details={"phase": state.phase.value, "weights": state.weights.to_dict()},
     )
+
+
+def hook_fields(policy: Policy, state: RolloutState, phase: str) -> dict[str, Any]:
+    """What a hook's body template may use (core.hooks.TEMPLATE_FIELDS)."""
+    return {
+        "name": policy.name,
+        "namespace": policy.namespace,
+        "hook": phase,
+        "phase": state.phase.value,
+        "step": state.step_index + 1,
+        "weight": state.weights.candidate,
+        "stable": policy.stable.version,
+        "candidate": policy.candidate.version,
+        "reason": redact(state.reason),
+    }
+
+
+def report_hook(rollout: str, result: HookResult) -> None:
+    """A hook's answer in the log (the calls' records carry no URL path nor secret)."""
+    if result.ok:
+        log.info("%s hooks answered yes", result.phase, extra={"rollout": rollout})
+    else:
+        log.warning("%s hooks failed: %s", result.phase, redact(result.reason), extra={"rollout": rollout})
 
 
 def _held(before: RolloutState, judged: RolloutState) -> RolloutState:

@@ -24,6 +24,7 @@ from mesh_canary.notify import notifier_for_policy
 from mesh_canary.protocols import MetricsSource, StateStore, TrafficRouter
 from mesh_canary.routing import ROUTERS, RouterTarget, router_for_route, router_name_for
 from mesh_canary.run.clock import SystemClock
+from mesh_canary.run.hooks import HttpHooks
 from mesh_canary.run.runner import RolloutRunner, RunResult, outcome_of
 from mesh_canary.run.stores import FileStateStore, MemoryStateStore
 
@@ -49,13 +50,15 @@ def local_backend(
     labels: str = "feedback",
     candidate_degradation: Any = None,
     stable_degraded: bool = False,
+    load: bool = True,
 ) -> Iterator[tuple[TrafficRouter, MetricsSource, Any]]:
     """The embedded local mesh for this policy: model servers behind a real Envoy, with load
     (and a third, healthy model server when the policy has a fallback).
     ``initial``: the weights Envoy starts with (a resumed rollout's, so no moment at 100/0).
     ``labels``: ``collector`` puts a prediction-label collector between the model servers and
     the metrics (see LocalMesh). ``candidate_degradation`` (a Degradation) overrides the
-    degraded candidate."""
+    degraded candidate. ``load`` False: no load until someone starts it (the demo's
+    duringStep hook)."""
     from mesh_canary.localmesh.mesh import HEALTHY, Degradation, LoadSettings, LocalMesh
 
     candidate = Degradation(**DEGRADED) if candidate_degraded else HEALTHY  # type: ignore[arg-type]
@@ -69,10 +72,11 @@ def local_backend(
         fallback_version=local_fallback(policy),
         seed=seed,
         initial=initial,
-        load=LoadSettings(rate=rps),
+        load=LoadSettings(rate=rps) if load else None,
         labels=labels,
     ) as mesh:
-        mesh.start_load()
+        if load:
+            mesh.start_load()
         if metrics_mode == "prometheus" or (metrics_mode == "auto" and prometheus_available()):
             from mesh_canary.localmesh.prometheus import prometheus_for
             from mesh_canary.metrics.prometheus import PrometheusMetricsSource
@@ -253,7 +257,16 @@ def drive(
         policy.notifications, namespace=policy.namespace, extra=[registry.announcer] if registry else []
     )
     with LiveProgress(policy, console, enabled=live) as progress:
-        runner = RolloutRunner(policy, router, metrics, store, notifier, clock, on_update=progress.update)
+        runner = RolloutRunner(
+            policy,
+            router,
+            metrics,
+            store,
+            notifier,
+            clock,
+            on_update=progress.update,
+            hooks=HttpHooks(policy.hooks),
+        )
 
         def abort() -> None:
             runner.request("abort")

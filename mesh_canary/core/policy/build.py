@@ -12,12 +12,16 @@ from mesh_canary.checks import REGISTRY
 from mesh_canary.checks.base import milliseconds
 from mesh_canary.core.durations import parse_duration
 from mesh_canary.core.model import (
+    HOOK_FIELDS,
     PAGERDUTY_EVENTS_URL,
     AnalysisSpec,
     BlueGreenSpec,
     CanarySpec,
     Check,
     Destination,
+    HookCall,
+    HookHeader,
+    Hooks,
     MetricsSpec,
     Policy,
     RegistrySpec,
@@ -125,6 +129,37 @@ def _notification(item: dict[str, Any]) -> Webhook:
     return dataclasses.replace(target, **extra)
 
 
+def _value_from(d: dict[str, Any]) -> tuple[str | None, dict[str, str] | None]:
+    """(env, {name, key}) of a ``urlFrom`` / ``valueFrom``; (None, None) when absent."""
+    secret = d.get("secretKeyRef")
+    return d.get("env"), None if secret is None else {"name": secret["name"], "key": secret["key"]}
+
+
+def _hook_call(d: dict[str, Any]) -> HookCall:
+    env, secret = _value_from(d.get("urlFrom", {}))
+    headers = []
+    for h in d.get("headers", ()):
+        h_env, h_secret = _value_from(h.get("valueFrom", {}))
+        headers.append(HookHeader(h["name"], h.get("value"), h_env, h_secret))
+    return HookCall(
+        name=d["name"],
+        url=d.get("url"),
+        url_from_env=env,
+        url_from_secret=secret,
+        method=d["method"],
+        headers=tuple(headers),
+        body=d.get("body"),
+        timeout_s=parse_duration(d["timeout"]),
+        retries=int(d["retries"]),
+    )
+
+
+def _hooks(d: dict[str, Any]) -> Hooks:
+    return Hooks(
+        **{field: tuple(_hook_call(c) for c in d.get(phase, ())) for phase, field in HOOK_FIELDS.items()}
+    )
+
+
 def _policy(d: dict[str, Any]) -> Policy:
     spec = d["spec"]
     canary, blue_green, analysis, metrics = (
@@ -180,6 +215,7 @@ def _policy(d: dict[str, Any]) -> Policy:
         ),
         approval=spec["gates"]["approval"],
         notifications=tuple(_notification(n) for n in spec["notifications"]),
+        hooks=_hooks(spec.get("hooks", {})),
         document=d,
         registry=_registry(spec.get("registry")),
     )

@@ -19,6 +19,7 @@ from mesh_canary.core.model import (
     AnalysisSpec,
     BlueGreenSpec,
     CanarySpec,
+    HookCall,
     MetricsSpec,
     Policy,
     RegistrySpec,
@@ -82,6 +83,12 @@ MODEL_REGISTRY: dict[str, Any] = {
 }
 STRATEGY: str = _field_default(Policy, "strategy")
 WEBHOOK_FORMAT: str = _field_default(Webhook, "format")
+# A hook call's defaults, as written in a document.
+HOOK_CALL: dict[str, Any] = {
+    "method": _field_default(HookCall, "method"),
+    "timeout": format_duration(_field_default(HookCall, "timeout_s")),
+    "retries": _field_default(HookCall, "retries"),
+}
 
 
 def default(section: str, key: str) -> Any:
@@ -127,6 +134,12 @@ def with_defaults(doc: dict[str, Any]) -> dict[str, Any]:
     for notification in spec.setdefault("notifications", []):
         if "webhook" in notification:  # the other kinds' defaults stay in the typed model (build.py)
             notification["webhook"].setdefault("format", WEBHOOK_FORMAT)
+    # Only where hooks are written: a policy without them keeps its document (and fingerprint).
+    for phase, calls in spec.get("hooks", {}).items():
+        for i, call in enumerate(calls):
+            call.setdefault("name", f"{phase}-{i + 1}")
+            for key, value in HOOK_CALL.items():
+                call.setdefault(key, value)
     return d
 
 

@@ -434,6 +434,9 @@ def _duration_problems(doc: Any) -> list[Problem]:
     for i, check in enumerate(checks if isinstance(checks, list) else []):
         for key in ("slowerThan", "max", "maxIncrease"):
             found.append((["spec", "analysis", "checks", i, key], _dict(check).get(key)))
+    for phase, calls in _dict(spec.get("hooks")).items():
+        for i, call in enumerate(calls if isinstance(calls, list) else []):
+            found.append((["spec", "hooks", phase, i, "timeout"], _dict(call).get("timeout")))
     out = []
     for parts, value in found:
         seconds = _seconds(value)

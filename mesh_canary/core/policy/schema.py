@@ -159,6 +159,8 @@ _PATTERN_WORDS = {
         "is not a model registry URI: use models:/NAME@ALIAS or models:/NAME/VERSION"
     ),
     r"^[A-Za-z0-9_-]+$": "is not a valid alias: use letters, digits, _ and -",
+    r"^[^\r\n]*$": "must not contain a newline",
+    r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$": "is not a valid HTTP header name",
     r'^https?://[^\s"]+$': "is not an http:// or https:// URL",
     r"^[-._a-zA-Z0-9]+$": "is not a valid Secret key: use letters, digits, -, _ and .",
 }
