@@ -25,6 +25,8 @@ EVENTS: tuple[str, ...] = (
     "FellBack",
     "StableKept",
     "RestoredStable",
+    # a step hook that failed (preRollout: stopped before any traffic moved)
+    "HookFailed",
     # the runner and the controller
     "ExternalChange",
     "Restarted",
