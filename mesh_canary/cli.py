@@ -1691,7 +1691,7 @@ def _report_out(out_path: str | None, old_out_path: str | None) -> str | None:
 
 def _audit(name: str | None, kube: Kube, fmt: str) -> None:
     """`rollout history NAME --audit`: from a state file when NAME is one, else the cluster."""
-    from mesh_canary.present.audit import audit_entries, audit_json_lines, audit_text
+    from mesh_canary.present.audit import audit_documents, audit_entries, audit_json_lines, audit_text
 
     if not name:
         raise BadInput("--audit needs NAME: a ModelRollout or a `mesh-canary run --state` file")
@@ -1706,7 +1706,7 @@ def _audit(name: str | None, kube: Kube, fmt: str) -> None:
     if fmt == "json":
         click.echo(audit_json_lines(entries))
     elif fmt == "yaml":
-        click.echo(dump(entries, fmt))
+        click.echo(dump(audit_documents(entries), fmt))
     else:
         click.echo(audit_text(entries, dropped))
 

@@ -31,6 +31,7 @@ from mesh_canary.run.hooks import HttpHooks
 from mesh_canary.run.runner import RolloutRunner
 from mesh_canary.run.stores import FileStateStore
 from tests.conftest import minimal_rollout
+from tests.output_schema import check_output
 from tests.test_engine import ScriptedJudge, make_policy, obs
 from tests.test_runner import FakeMetrics, FakeRouter, Journal, JournalNotifier, JournalStore
 from tests.waiting import wait_for
@@ -463,9 +464,16 @@ def local_policy(tmp_path: Any, hooks: dict[str, Any]) -> str:
 
 
 def audit_lines(state: Any) -> list[dict[str, Any]]:
+    """`rollout history STATE --audit -o json` (and -o yaml: the same documents), each checked
+    against the one output schema."""
     done = mesh_canary("rollout", "history", str(state), "--audit", "-o", "json")
     assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    entries = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    as_yaml = mesh_canary("rollout", "history", str(state), "--audit", "-o", "yaml")
+    assert yaml.safe_load(as_yaml.stdout) == entries
+    for report in entries:
+        check_output(report, "auditEntry")
+    return entries
 
 
 def test_local_run_a_failing_pre_rollout_hook_leaves_envoy_untouched(

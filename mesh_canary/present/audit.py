@@ -22,9 +22,14 @@ def audit_entries(doc: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
     return [redact_value(json_safe(e)) for e in entries], int(state.get("auditDropped") or 0)
 
 
+def audit_documents(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries as `-o json|yaml` prints them: with the time also as RFC 3339."""
+    return [{**e, "time": _time(e)} for e in entries]
+
+
 def audit_json_lines(entries: list[dict[str, Any]]) -> str:
-    """One JSON object per line, oldest first (with the time also as RFC 3339)."""
-    return "\n".join(json.dumps({**e, "time": _time(e)}, sort_keys=True) for e in entries)
+    """One JSON object per line, oldest first."""
+    return "\n".join(json.dumps(e, sort_keys=True) for e in audit_documents(entries))
 
 
 def audit_text(entries: list[dict[str, Any]], dropped: int) -> str:
