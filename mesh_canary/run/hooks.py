@@ -15,14 +15,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from mesh_canary.core.hooks import HookResult, render
 from mesh_canary.core.model import HookCall, HookHeader, Hooks
 from mesh_canary.protocols import HookCaller
 from mesh_canary.redact import redact, register_secret
+
+if TYPE_CHECKING:  # httpx is loaded by the first HttpHooks: `simulate` never calls hooks
+    import httpx
 
 log = logging.getLogger("mesh_canary.hooks")
 
@@ -46,6 +47,8 @@ class HttpHooks:
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        import httpx
+
         self.hooks = hooks
         self.read_secret = read_secret
         self._client = httpx.Client(transport=transport, follow_redirects=False)
@@ -64,6 +67,8 @@ class HttpHooks:
         return HookResult(phase, not failures, "; ".join(failures), calls=tuple(records))
 
     def _call_one(self, hook: HookCall, fields: Mapping[str, Any]) -> dict[str, Any]:
+        import httpx
+
         started = self._clock()
         deadline = started + hook.timeout_s
         record: dict[str, Any] = {"name": hook.name, "method": hook.method, "attempts": 0}
