@@ -204,7 +204,7 @@ class RegistryAnnouncer:
         return error
 
     def _report(self, status: str, reason: str, message: str, at: float) -> None:
-        self.condition = {
+        condition = {
             "type": CONDITION,
             "status": status,
             "reason": reason,
@@ -214,9 +214,11 @@ class RegistryAnnouncer:
         level = logging.INFO if status == "True" else logging.WARNING
         log.log(level, "model registry: %s", message, extra={"rollout": self.rollout, "event": CONDITION})
         try:
-            self.record(self.condition)
+            self.record(condition)
         except Exception:  # the condition is also in the log; a failed save must not raise here
             log.exception("could not save the %s condition", CONDITION)
+        # Shown once saved: whoever sees the condition finds it in the state too.
+        self.condition = condition
 
 
 @dataclass(frozen=True)
