@@ -37,6 +37,7 @@ from mesh_canary.kube.status import condition
 from mesh_canary.localmesh.prometheus import free_port
 from mesh_canary.routing.istio import IstioRouter
 from tests.conftest import model_rollout as shared_rollout
+from tests.integration.test_controller import HOLD, wait_reconciles
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
 from tests.kube_standin import KubeStandIn
 from tests.waiting import wait_for
@@ -377,15 +378,17 @@ def test_a_rollout_naming_another_namespaces_virtual_service_changes_nothing_the
     cluster.add_rollout(
         model_rollout("hijack", virtualService={"name": "payments", "namespace": "other-team"})
     )
+    cluster.add_vs("sentinel")  # a valid rollout that keeps the controller turning
+    cluster.add_rollout(model_rollout("sentinel", analysis={"interval": "1s"}, canary=HOLD))
     settings = ControllerSettings(namespaces=NS, watch_timeout_s=5, error_retry_s=0.5)
-    with running(Controller(cluster.client, settings)):
+    with running(Controller(cluster.client, settings)) as ctl:
         started = time.monotonic()
         valid = wait_for("PolicyValid=False", policy_valid_false(cluster, "hijack"))
         print(
             f"\nitem 9: refused (PolicyValid=False) {time.monotonic() - started:.1f}s after start; nothing written"
         )
         wait_for("the InvalidPolicy Event", lambda: "InvalidPolicy" in cluster.event_reasons("hijack"))
-        time.sleep(2.0)  # a couple of intervals: still nothing may happen
+        wait_reconciles(ctl, 6)  # several of the controller's turns: still nothing may happen
     assert "spec.virtualService.namespace" in valid["message"] and "other-team" in valid["message"]
     assert cluster.status("hijack")["phase"] == "Invalid"
     # The other team's VirtualService: byte for byte what it was, never written.

@@ -23,7 +23,7 @@ import yaml
 from mesh_canary.kube.status import condition
 from tests.crd_schema import ISTIO_CRDS, MODELROLLOUT_CRD, load_yaml
 from tests.e2e.test_cluster_e2e import MESH_CANARY, NS, model_rollout, virtual_service
-from tests.integration.test_controller import Cluster, running
+from tests.integration.test_controller import HOLD, Cluster, running, wait_reconciles
 from tests.integration.test_controller import model_rollout as controller_rollout
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
 from tests.kube_standin import KubeStandIn
@@ -221,10 +221,15 @@ def test_the_controller_refuses_a_query_that_cannot_be_built_once(kube_api: Kube
     cluster.add_vs()
     bad = [{"metric": "custom", "name": "kpi", "query": 'sum(up{job="x})', "max": 1}]
     cluster.add_rollout(controller_rollout(analysis={"interval": "1s", "checks": bad}))
-    with running(cluster.controller()):
+    cluster.add_vs("sentinel")  # a valid rollout that keeps the controller turning
+    cluster.add_rollout(
+        controller_rollout("sentinel", candidate="9.0", analysis={"interval": "1s"}, canary=HOLD)
+    )
+    with running(cluster.controller()) as ctl:
         valid = wait_for("the PolicyValid condition", lambda: condition(cluster.status(), "PolicyValid"))
-        time.sleep(3)  # three intervals: still nothing may happen
+        wait_reconciles(ctl, 6)  # several of the controller's turns: still nothing may happen
     assert valid["status"] == "False" and "unterminated string" in valid["message"]
     assert "spec.analysis.checks[0].query" in valid["message"]
-    assert cluster.writes == [] and cluster.vs_history() == [[100, 0]]
+    assert [w for name, w in cluster.writes if name == "fraud-scorer"] == []
+    assert cluster.vs_history() == [[100, 0]]
     assert [e[0] for e in cluster.events()] == ["InvalidPolicy"]

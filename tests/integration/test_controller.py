@@ -174,6 +174,23 @@ def ticks_of(ctl: Controller) -> float:
     return ctl.metrics.registry.get_sample_value("mesh_canary_ticks_total") or 0.0
 
 
+def reconciles_of(ctl: Controller) -> float:
+    """Reconciles the controller has finished (of any rollout, failed ones included)."""
+    return ctl.metrics.registry.get_sample_value("mesh_canary_reconcile_duration_seconds_count") or 0.0
+
+
+# A sentinel rollout's steps: it holds its first step, analysed every interval, for an hour.
+HOLD = {"steps": [10, 100], "minStepDuration": "1h", "maxStepDuration": "2h"}
+
+
+def wait_reconciles(ctl: Controller, more: int) -> None:
+    """Wait until the controller has finished ``more`` reconciles from now: for a check that
+    something does NOT happen, time measured in the controller's own turns (a sentinel
+    rollout with a short interval keeps it turning), not in seconds of a fast machine."""
+    target = reconciles_of(ctl) + more
+    wait_for(f"{more} more reconciles", lambda: reconciles_of(ctl) >= target)
+
+
 def phase_is(cluster: Cluster, *phases: str, name: str = "fraud-scorer") -> Callable[[], bool]:
     return lambda: cluster.status(name).get("phase") in phases
 
