@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mesh_canary.core.merge_patch import merge_patch_diff
 from mesh_canary.core.weights import ALL_STABLE, Weights
 from mesh_canary.routing.kserve import (
     InferenceServicePatchError,
     apply_weights,
-    merge_patch_between,
     read_weights,
     revision_problem,
 )
@@ -59,13 +59,13 @@ objects = st.dictionaries(st.text(max_size=3), json_values, max_size=4)
 def test_the_merge_patch_turns_the_old_object_into_the_new_one(
     old: dict[str, Any], new: dict[str, Any]
 ) -> None:
-    assert merge_patch(old, merge_patch_between(old, new)) == new
+    assert merge_patch(old, merge_patch_diff(old, new)) == new
 
 
 def test_an_unchanged_field_is_not_in_the_patch() -> None:
     old = isvc(canaryTrafficPercent=10)
     new = apply_weights(old, Weights(50, 50))
-    assert merge_patch_between(old, new) == {"spec": {"predictor": {"canaryTrafficPercent": 50}}}
-    assert merge_patch_between(new, apply_weights(new, Weights(0, 100))) == {
+    assert merge_patch_diff(old, new) == {"spec": {"predictor": {"canaryTrafficPercent": 50}}}
+    assert merge_patch_diff(new, apply_weights(new, Weights(0, 100))) == {
         "spec": {"predictor": {"canaryTrafficPercent": None}}
     }

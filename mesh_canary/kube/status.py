@@ -26,6 +26,7 @@ from typing import Any
 import kubernetes.client
 
 from mesh_canary.core.engine import Phase, RolloutState, outcome_of
+from mesh_canary.core.merge_patch import merge_patch_diff
 from mesh_canary.core.model import Policy
 from mesh_canary.kube.errors import KubeError, kube_call
 from mesh_canary.kube.names import GROUP, PLURAL, VERSION
@@ -93,23 +94,6 @@ RECONCILE_ERROR = "ReconcileError"
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-def merge_patch_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """The RFC 7386 merge patch that turns ``old`` into ``new`` (empty when equal)."""
-    patch: dict[str, Any] = {}
-    for key in old:
-        if key not in new:
-            patch[key] = None
-    for key, value in new.items():
-        before = old.get(key)
-        if isinstance(value, Mapping) and isinstance(before, Mapping):
-            sub = merge_patch_diff(before, value)
-            if sub:
-                patch[key] = sub
-        elif key not in old or value != before:
-            patch[key] = copy.deepcopy(value)
-    return patch
 
 
 def set_condition(

@@ -33,6 +33,7 @@ from typing import Any
 
 import kubernetes.client
 
+from mesh_canary.core.merge_patch import merge_patch_diff
 from mesh_canary.core.model import Policy
 from mesh_canary.core.weights import Weights
 from mesh_canary.routing.base import RouteConflict, RouteNotFound, RouterError
@@ -55,7 +56,6 @@ __all__ = [
     "KServeRouterError",
     "Revisions",
     "apply_weights",
-    "merge_patch_between",
     "read_weights",
     "revisions_of",
 ]
@@ -188,21 +188,6 @@ def revision_problem(obj: Mapping[str, Any], stable: str, candidate: str) -> str
     return None
 
 
-def merge_patch_between(old: Any, new: Any) -> Any:
-    """The RFC 7386 merge patch that turns ``old`` into ``new`` (lists are replaced whole)."""
-    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
-        return copy.deepcopy(new)
-    patch: dict[str, Any] = {}
-    for key in old.keys() - new.keys():
-        patch[key] = None
-    for key, value in new.items():
-        if key not in old:
-            patch[key] = copy.deepcopy(value)
-        elif old[key] != value:
-            patch[key] = merge_patch_between(old[key], value)
-    return patch
-
-
 # --------------------------------------------------------------------------- the router
 
 
@@ -250,7 +235,7 @@ class KServeRouter(KubeRouteRouter):
         base = self._last_read
         if base is None:  # every caller reads first; keep the guard explicit all the same
             raise self.Error(f"mesh-canary tried to write {self.ref} without reading it first")
-        patch = merge_patch_between(base, desired)
+        patch = merge_patch_diff(base, desired)
         # The resourceVersion read is the precondition: the API server answers 409 if it moved.
         patch.setdefault("metadata", {})["resourceVersion"] = (base.get("metadata") or {}).get(
             "resourceVersion"
