@@ -30,9 +30,13 @@ spec:
   virtualService: {name: local}
   stable: {destination: {host: v1}, version: v1}
   candidate: {destination: {host: v2}, version: v2}
-  canary: {steps: [50, 100], minStepDuration: 5s, maxStepDuration: 120s}
+  canary: {steps: [50, 100], minStepDuration: 5s, maxStepDuration: 300s}
   analysis:
     interval: 1s
+    # Promote only on proof: with a few hundred labels a 5-point drop is not yet visible,
+    # and noRegression would promote on that (it did, once in CI); the drop is proven as
+    # labels accumulate.
+    promotion: proven
     minRequests: 50
     noDataTimeout: 30s
     checks:
@@ -68,7 +72,7 @@ def test_collector_accuracy_rolls_back_a_worse_candidate_across_a_collector_rest
         results = []
         # The rollout runs on a thread; the restart is done from this one, which outlives the
         # new collector (a child dies with the thread that started it: children.spawn).
-        rollout = threading.Thread(target=lambda: results.append(runner.run(timeout_s=240)), daemon=True)
+        rollout = threading.Thread(target=lambda: results.append(runner.run(timeout_s=420)), daemon=True)
         rollout.start()
         # Once labels are being joined during the rollout, kill the collector and bring it back.
         wait_for("labels joined", lambda: runner.state is not None and joined(mesh.collector_url) > 1000, 90)
@@ -76,7 +80,7 @@ def test_collector_accuracy_rolls_back_a_worse_candidate_across_a_collector_rest
         before = joined(mesh.collector_url)
         mesh.restart_collector(kill=True)
         after = joined(mesh.collector_url)
-        rollout.join(timeout=300)
+        rollout.join(timeout=480)
         result = results[0]
         assert result.outcome == "rolled_back", result.state.reason
         assert "accuracy" in result.state.failed_checks, result.state.reason
