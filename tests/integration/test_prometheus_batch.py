@@ -11,14 +11,18 @@ off the window's ends (so increase() extrapolates to non-integer counts).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from prom_fixtures import PrometheusServer, Series, backfilled_prometheus, make_policy, openmetrics
 
 from mesh_canary.core.model import Check, Policy
 from mesh_canary.core.observations import Observation
+from mesh_canary.localmesh.prometheus import free_port
 from mesh_canary.metrics.coalesce import QueryCoalescer
 from mesh_canary.metrics.prometheus import PrometheusMetricsSource
 
@@ -285,3 +289,86 @@ def test_a_window_start_off_the_grid_starts_at_the_next_grid_instant(prometheus:
         assert source.read(SINCE - 37.5, NOW + 1).since == SINCE - 37.5
     finally:
         source.close()
+
+
+@contextmanager
+def proxy(target: str, batched: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[str]:
+    """Loopback HTTP in front of ``target``: a shared query (its service names in a regex) is
+    answered by ``batched``, every other request is passed on to ``target``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if "destination_service_name%3D~" in self.path or "destination_service_name=~" in self.path:
+                batched(self)
+                return
+            answer = httpx.get(target + self.path, timeout=10)
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", answer.headers.get("content-type", "application/json"))
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+SECRET_BODY = b'{"status":"error","errorType":"internal","error":"token=hunter2 leaked"}'
+
+
+def refuse(handler: BaseHTTPRequestHandler) -> None:
+    handler.send_response(503)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(SECRET_BODY)))
+    handler.end_headers()
+    handler.wfile.write(SECRET_BODY)
+
+
+def test_a_failed_shared_query_falls_back_to_each_rollouts_own(prometheus: PrometheusServer) -> None:
+    policies = {
+        name: p for name, p in rollouts().items() if name in ("a", "b", "c-no-series", "d-no-candidate")
+    }
+    own = own_observations(prometheus.url, policies)
+    with proxy(prometheus.url, refuse) as url:
+        shared, counted = shared_observations(url, policies, parallel=True)
+    for name in policies:
+        assert shared[name] == own[name], name  # its own queries, answered as before
+        assert "hunter2" not in (shared[name].problem or "")
+    # The shared traffic and latency queries were sent and refused; then every rollout's own.
+    assert sorted(f for f, yes in counted.calls if yes) == ["latency", "traffic"]
+    assert sorted(f for f, yes in counted.calls if not yes) == sorted(["traffic", "latency"] * 4)
+
+
+def test_a_shared_query_that_never_answers_is_no_data_within_each_reads_deadline(
+    prometheus: PrometheusServer,
+) -> None:
+    released = threading.Event()
+
+    def hang(handler: BaseHTTPRequestHandler) -> None:
+        released.wait(30)
+
+    policies = {
+        name: replace(p, metrics=replace(p.metrics, timeout_s=1.0))
+        for name, p in rollouts().items()
+        if name in ("a", "b", "d-no-candidate")
+    }
+    try:
+        with proxy(prometheus.url, hang) as url:
+            shared, counted = shared_observations(url, policies, parallel=True)
+    finally:
+        released.set()
+    for name, observation in shared.items():
+        assert observation.problem is not None, name  # never a pass
+        assert "did not answer within 1s" in observation.problem, name
+        assert observation.stable.requests == 0 and observation.candidate.requests == 0
+    # One shared query was sent and hung; nobody had time left for its own.
+    assert counted.calls == [("traffic", True)]
