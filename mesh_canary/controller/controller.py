@@ -31,6 +31,7 @@ from mesh_canary.core.verdicts import Judge
 from mesh_canary.errors import CouldNotWork
 from mesh_canary.kube.errors import describe_error
 from mesh_canary.metrics import MetricsTarget, metrics_for
+from mesh_canary.metrics.coalesce import QueryCoalescer
 from mesh_canary.protocols import Clock, MetricsSource, TrafficRouter
 from mesh_canary.routing import RouterTarget, router_for_route
 from mesh_canary.run.clock import SystemClock
@@ -59,6 +60,8 @@ class Controller:
         self.clock: Clock = clock or SystemClock()
         self.metrics = ControllerMetrics()
         self.admission = Admission(s)
+        # One query per metric family and Prometheus per analysis instant, shared by the rollouts.
+        self.coalescer = QueryCoalescer(count=self.metrics.prometheus_query)
         self._stopping = threading.Event()
         self._stop_requested = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -340,7 +343,7 @@ class Controller:
     def _istio_backend(self, policy: Policy) -> tuple[TrafficRouter, MetricsSource]:
         router = router_for_route(policy, RouterTarget(api_client=self.api))
         url = self.admission.metrics_url(policy)
-        return router, metrics_for("prometheus", policy, MetricsTarget(url=url))
+        return router, metrics_for("prometheus", policy, MetricsTarget(url=url, coalescer=self.coalescer))
 
 
 @contextlib.contextmanager

@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh_canary.controller.metrics import Stopwatch
+from mesh_canary.core.engine import RolloutState
 from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import PolicyError, load_policy
 from mesh_canary.kube.events import KubeEventNotifier
 from mesh_canary.kube.names import API_VERSION, KIND
 from mesh_canary.kube.status import COMMAND_ANNOTATIONS, KubeStatusStore, StatusFacts
+from mesh_canary.metrics.coalesce import grid_ceil, grid_floor, on_grid
 from mesh_canary.notify import Dispatcher
 from mesh_canary.protocols import Announcement, Notifier
 from mesh_canary.redact import redact, redact_value
@@ -72,6 +74,16 @@ class RolloutHandler:
         if self.events is not None:
             self.events.notify(a)
 
+    def expect_read(self, due: float | None) -> None:
+        """Tell the metrics source (if it shares queries) what the analysis due at ``due`` reads."""
+        runner = self.runner
+        state = runner.state if runner is not None else None
+        if due is None or runner is None or state is None or state.terminal or state.rollback_pending:
+            return
+        expect = getattr(runner.metrics, "expect", None)
+        if callable(expect):
+            expect(state.window_start, due)
+
     def drop_runner(self) -> None:
         if self.notifier is not None:
             self.notifier.close(timeout_s=5.0)
@@ -90,6 +102,32 @@ class RolloutHandler:
             False,
         )
         self.facts = StatusFacts()
+
+
+# --- when analyses run ----------------------------------------------------------------------------
+# Analyses are due on a grid: multiples of the analysis interval since the epoch, so that every
+# rollout with the same interval reads Prometheus at the same instant and one query per metric
+# family serves them all (mesh_canary.metrics.coalesce). A rollback retry is never moved.
+
+
+def due_at(state: RolloutState, policy: Policy) -> float:
+    """When the next analysis is due: the engine's time, or the first grid instant after it (so
+    at most one interval later, once: after the start or an order; a pending rollback's retry
+    is never moved). Never sooner: no window is shorter than the engine asks."""
+    due = state.next_tick_at(policy)
+    if state.rollback_pending:
+        return due
+    return grid_ceil(due, policy.analysis.interval_s)
+
+
+def analysis_instant(now: float, due: float, interval_s: float) -> float | None:
+    """The instant a due analysis reads at: the grid instant it was due at (or a later one, if
+    the analysis runs more than an interval late), never after ``now``; None: read at ``now``
+    (``due`` is off the grid, e.g. a rollback retry)."""
+    if not on_grid(due, interval_s):
+        return None
+    at = grid_floor(now, interval_s)
+    return at if at >= due - 1e-6 else None
 
 
 class RedactingNotifier:

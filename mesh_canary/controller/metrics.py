@@ -92,6 +92,14 @@ class ControllerMetrics:
         self.leader = Gauge(
             "mesh_canary_leader", "1 while this replica reconciles (holds the Lease).", registry=r
         )
+        self.prometheus_queries = Counter(
+            "mesh_canary_prometheus_queries",
+            "Instant queries sent to Prometheus, by metric family (traffic, latency, confusion, "
+            "predictions, features; custom: a custom check's own) and batched: yes for one query "
+            "shared by every rollout reading that family at that instant, no for one rollout's own.",
+            ["family", "batched"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "mesh_canary_reconciles_in_flight",
             "Reconciles running now: normal, slow (no longer holding a worker) or stuck (/livez fails).",
@@ -224,6 +232,10 @@ class ControllerMetrics:
         for reason in rollback_reasons(failed_checks):
             self._own(key, self.rollout_rollbacks, (*key, reason))
             self.rollout_rollbacks.labels(*key, reason).inc()
+
+    def prometheus_query(self, family: str, batched: bool) -> None:
+        """One query was sent to Prometheus (see `mesh_canary.metrics.coalesce`)."""
+        self.prometheus_queries.labels(family, "yes" if batched else "no").inc()
 
     def notification(self, receiver: str, outcome: str) -> None:
         """One notification to a receiver of kind ``receiver`` was sent, failed or dropped."""

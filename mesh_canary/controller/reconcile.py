@@ -24,7 +24,9 @@ from mesh_canary.controller.finalizer import Finalizer
 from mesh_canary.controller.handler import (
     RedactingNotifier,
     RolloutHandler,
+    analysis_instant,
     command_values,
+    due_at,
     involved_object,
     meta,
     policy_from_spec,
@@ -179,9 +181,12 @@ class Reconciler:
         for cmd in commands:
             runner.request(cmd)
         state = before
-        if not before.terminal and (commands or self.clock.now() >= before.next_tick_at(target)):
+        now, due = self.clock.now(), due_at(before, target)
+        if not before.terminal and (commands or now >= due):
             h.stopwatch.reset()
-            state = runner.tick_once()
+            # A due analysis reads at its grid instant (shared queries); orders are applied now.
+            at = None if commands else analysis_instant(now, due, target.analysis.interval_s)
+            state = runner.tick_once(at=at)
             self.metrics.ticks.inc(max(state.ticks - before.ticks, 0))
             if h.stopwatch.reads:
                 self.metrics.analysed(h.key, h.stopwatch.seconds)
@@ -191,7 +196,7 @@ class Reconciler:
         h.phase = state.phase.value
         self.metrics.show_rollout(h.key, h.phase, state, target)
         self.finalizer.ensure(h, present=not state.terminal)
-        return None if state.terminal else state.next_tick_at(target)
+        return None if state.terminal else due_at(state, target)
 
     def _store_for(self, h: RolloutHandler, obj: Mapping[str, Any]) -> KubeStatusStore:
         if h.store is None:

@@ -189,6 +189,8 @@ class WorkQueue:
                     elif next_due is not None:
                         self.schedule_locked(h, next_due)
                 self.cond.notify_all()
+            if not failed:
+                h.expect_read(next_due)  # so that its next read is in that instant's shared queries
             self._after()
 
     # -- what runs now ------------------------------------------------------------------

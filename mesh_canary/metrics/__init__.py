@@ -7,7 +7,7 @@ through :func:`metrics_for`; the key is ``spec.metrics.provider`` of the policy.
 
 - ``prometheus``: PromQL over the Prometheus HTTP API (:mod:`.prometheus`, the queries in
   :mod:`.promql`, the transport with a total deadline in :mod:`.deadline_http` and
-  :mod:`.deadline_requests`).
+  :mod:`.deadline_requests`; queries shared between rollouts in :mod:`.coalesce`).
 - ``local``: the embedded local mesh's Envoy and model servers, read directly (:mod:`.local`).
 """
 
@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mesh_canary.core.model import Policy
 from mesh_canary.protocols import MetricsSource
+
+if TYPE_CHECKING:
+    from mesh_canary.metrics.coalesce import QueryCoalescer
 
 __all__ = ["PROVIDERS", "MetricsFactory", "MetricsTarget", "metrics_for"]
 
@@ -30,6 +33,9 @@ class MetricsTarget:
     url: str | None = None  # a Prometheus address (None: the policy's spec.metrics.address)
     envoy_admin_url: str | None = None  # the local mesh's Envoy admin address
     model_metrics_urls: Mapping[str, str] = field(default_factory=dict)  # version -> /metrics URL
+    # Prometheus: shares each family's query with the other rollouts reading at the same instant
+    # (the controller's; see mesh_canary.metrics.coalesce). None: every read sends its own.
+    coalescer: QueryCoalescer | None = None
 
 
 class MetricsFactory(Protocol):
@@ -40,7 +46,7 @@ class MetricsFactory(Protocol):
 def _prometheus(policy: Policy, target: MetricsTarget) -> MetricsSource:
     from mesh_canary.metrics.prometheus import PrometheusMetricsSource
 
-    return PrometheusMetricsSource(policy, url=target.url)
+    return PrometheusMetricsSource(policy, url=target.url, coalescer=target.coalescer)
 
 
 def _local(policy: Policy, target: MetricsTarget) -> MetricsSource:

@@ -19,6 +19,13 @@ server that trickles its answer a byte a second included): each query gets the t
 as its requests ``timeout``, which the adapter turns into a TOTAL deadline (every socket step
 gets only the time left). No retries, redirects not followed: the engine asks again next tick.
 
+Shared queries (the controller): with a ``coalescer`` (`mesh_canary.metrics.coalesce`), a read
+whose ``now`` is on the grid of the analysis interval starts its window at the first grid
+instant at or after ``since`` (never earlier: no data from before the step), and each
+built-in family's query is shared with every other rollout expected at that instant over the
+same window (one query for all, split per rollout: the same Observation as its own query).
+Custom checks, and a policy whose stable and candidate are on two hosts, send their own.
+
 Disclosure: nothing the server sent is copied into a problem (which reaches the status,
 Events, notifications and the state file): only the HTTP status, Prometheus's own short
 ``errorType`` (a fixed enum) and fixed sentences; prometheus-api-client's own exception
@@ -44,6 +51,7 @@ from mesh_canary.core.model import Policy
 from mesh_canary.core.observations import Observation
 from mesh_canary.core.policy import PolicyError, Problem
 from mesh_canary.metrics import promql
+from mesh_canary.metrics.coalesce import QueryCoalescer, grid_ceil, on_grid
 from mesh_canary.metrics.deadline_http import DeadlineClient
 from mesh_canary.metrics.deadline_requests import (
     AnswerTooLarge,
@@ -143,6 +151,7 @@ class PrometheusMetricsSource:
         timeout_s: float | None = None,
         client: DeadlineClient | None = None,
         transport: requests.adapters.BaseAdapter | None = None,
+        coalescer: QueryCoalescer | None = None,
     ) -> None:
         if client is not None and transport is not None:
             raise ValueError("give client= (sent through a DeadlineAdapter) or transport=, not both")
@@ -159,6 +168,7 @@ class PrometheusMetricsSource:
         self.read_budget_s = min(self.timeout_s, max(policy.analysis.interval_s, MIN_READ_BUDGET_S))
         self.queries_per_read = len(promql.plan_queries(policy, "60s"))  # also validates the policy
         self.last_read_queries = 0  # HTTP queries the last read actually sent
+        self.coalescer = coalescer
         self._transport = transport if transport is not None else DeadlineAdapter(client, self.read_budget_s)
         self._answers = threading.local()  # each thread's last HTTP answer (see _keep)
         session = deadline_session(self._transport)
@@ -175,11 +185,40 @@ class PrometheusMetricsSource:
         return [q.promql for q in promql.plan_queries(self.policy, promql.format_window(since, now))]
 
     def close(self) -> None:
+        if self.coalescer is not None:
+            self.coalescer.forget(id(self))
         self._prometheus.close()  # closes the Session, its transport and the client
+
+    def window(self, since: float, now: float) -> float:
+        """Where a read over ``[since, now]`` starts: with a coalescer and ``now`` on the grid of
+        the analysis interval, at the first grid instant at or after ``since`` (if before ``now``),
+        so that rollouts whose steps began within one interval share a window."""
+        interval = self.policy.analysis.interval_s
+        if self.coalescer is None or not on_grid(now, interval):
+            return since
+        start = grid_ceil(since, interval)
+        return start if start < now else since
+
+    def expect(self, since: float, now: float) -> None:
+        """Tell the coalescer this source's next read (``read(since, now)``), so it is in the
+        batch of that instant; nothing without a coalescer or off the grid."""
+        if self.coalescer is None:
+            return
+        interval = self.policy.analysis.interval_s
+        if not on_grid(now, interval):
+            self.coalescer.forget(id(self))
+            return
+        try:
+            plan = promql.plan_queries(self.policy, promql.format_window(self.window(since, now), now))
+        except promql.PromQLError:
+            return
+        specs = [q.batch for q in plan if q.batch is not None]
+        self.coalescer.expect(id(self), self.url, now, specs)
 
     def read(self, since: float, now: float) -> Observation:
         self.last_read_queries = 0
         deadline = time.monotonic() + self.read_budget_s
+        since = self.window(since, now)
         try:
             window = promql.format_window(since, now)
             plan = promql.plan_queries(self.policy, window)
@@ -190,7 +229,11 @@ class PrometheusMetricsSource:
         )
         for query in plan:
             try:
-                result_type, result = self._query(query.promql, now, deadline)
+                shared = self._shared(query, now, deadline)
+                if shared is not None:
+                    promql.interpret(reading, query, "vector", shared)
+                    continue
+                result_type, result = self._query(query.promql, now, deadline, query.family)
                 promql.interpret(reading, query, result_type, result)
             except _Unanswered as err:
                 reading.problems.append(f"{err} (query for {query.metric})")
@@ -203,15 +246,33 @@ class PrometheusMetricsSource:
         problem = "; ".join(reading.problems) if reading.problems else None
         return Observation(since=since, at=now, stable=stable, candidate=candidate, problem=problem)
 
+    def _shared(self, query: promql.Query, at: float, deadline: float) -> list[dict[str, Any]] | None:
+        """The query's answer from the batch shared at ``at``; None: send it alone."""
+        if self.coalescer is None or query.batch is None:
+            return None
+        family = query.family
+        return self.coalescer.take(
+            id(self),
+            self.url,
+            at,
+            query.batch,
+            deadline,
+            lambda text, until: self._query(text, at, until, family, batched=True),
+        )
+
     # --- one HTTP query ---------------------------------------------------------------------
 
-    def _query(self, text: str, at: float, deadline: float) -> tuple[str, Any]:
+    def _query(
+        self, text: str, at: float, deadline: float, family: str = "custom", batched: bool = False
+    ) -> tuple[str, Any]:
         """(resultType, result) of an instant query at ``at``; _Unanswered with the reason."""
         slow = f"Prometheus did not answer within {self.read_budget_s:g}s ({self.shown_url})"
         left = deadline - time.monotonic()
         if left <= 0:
             raise _Unanswered(slow, unreachable=True)
         self.last_read_queries += 1
+        if self.coalescer is not None:
+            self.coalescer.count(family, batched)
         self._answers.last = None
         try:
             # The time left is the request's total deadline (DeadlineAdapter): the read's

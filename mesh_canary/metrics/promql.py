@@ -28,10 +28,13 @@ __all__ = [
     "ISTIO_DURATION",
     "ISTIO_REQUESTS",
     "LABEL_NAME",
+    "BatchIndex",
+    "BatchSpec",
     "PromQLError",
     "Query",
     "checks_families",
     "format_window",
+    "index_batch",
     "interpret",
     "label_name",
     "matcher",
@@ -39,8 +42,10 @@ __all__ = [
     "quote",
     "regex_escape",
     "regex_quote",
+    "render_batch",
     "render_custom",
     "service_scope",
+    "split_batch",
     "version_label",
 ]
 
@@ -78,6 +83,42 @@ class PromQLError(BadInput, ValueError):
 
 
 @dataclass(frozen=True)
+class BatchSpec:
+    """A built-in family's query in parts, so that many rollouts can share one query.
+
+    The query is ``sum by (by) (increase(metric{fixed, keyed label="value"..., version_label=~versions
+    [, extra label=~values]}[window]))``. Rollouts whose specs have the same ``shape`` can be
+    asked together: the batched query puts the union of their keyed, version and extra values in
+    regex matchers and groups by the keyed labels too, so each of its groups is exactly one of a
+    rollout's own groups (``render_batch``, ``split_batch``).
+    """
+
+    family: Family
+    metric: str
+    fixed: tuple[str, ...]  # rendered matchers every rollout's query has (reporter="destination")
+    keyed: tuple[tuple[str, str], ...]  # (label, value) equality matchers picking the rollout's service
+    version_label: str
+    versions: tuple[str, ...]
+    by: tuple[str, ...]  # the rollout's own grouping labels (the version label among them)
+    window: str
+    extra: tuple[str, tuple[str, ...]] | None = None  # (label, values): e.g. the features it reads
+
+    @property
+    def shape(self) -> tuple[Any, ...]:
+        """What must be equal for two specs to share one query (everything but the values)."""
+        return (
+            self.family,
+            self.metric,
+            self.fixed,
+            tuple(label for label, _ in self.keyed),
+            self.version_label,
+            self.by,
+            self.window,
+            None if self.extra is None else self.extra[0],
+        )
+
+
+@dataclass(frozen=True)
 class Query:
     """One instant query and how to read its answer."""
 
@@ -87,6 +128,7 @@ class Query:
     metric: str  # the metric (or check) it reads, for messages
     check: str | None = None  # custom: the check's name
     version: str | None = None  # custom rendered for one version: its metrics version
+    batch: BatchSpec | None = None  # how it can be shared with other rollouts (None: it cannot)
 
 
 # --- escaping -------------------------------------------------------------------------------
@@ -168,21 +210,23 @@ def service_scope(policy: Policy) -> list[list[str]]:
     (independent of the cluster domain). Any other host (a ServiceEntry's) must equal
     ``destination_service``. Stable and candidate on different hosts give two lists.
     """
-    scopes: list[list[str]] = []
+    return [[matcher(k, "=", v) for k, v in scope] for scope in _scope_pairs(policy)]
+
+
+def _scope_pairs(policy: Policy) -> list[list[tuple[str, str]]]:
+    """``service_scope`` as (label, value) pairs."""
+    scopes: list[list[tuple[str, str]]] = []
     for host in (policy.stable.destination.host, policy.candidate.destination.host):
         parts = host.split(".")
         if len(parts) == 1:
             scope = [
-                matcher("destination_service_name", "=", host),
-                matcher("destination_service_namespace", "=", policy.virtual_service.namespace),
+                ("destination_service_name", host),
+                ("destination_service_namespace", policy.virtual_service.namespace),
             ]
         elif len(parts) == 2 or parts[2] == "svc":
-            scope = [
-                matcher("destination_service_name", "=", parts[0]),
-                matcher("destination_service_namespace", "=", parts[1]),
-            ]
+            scope = [("destination_service_name", parts[0]), ("destination_service_namespace", parts[1])]
         else:
-            scope = [matcher("destination_service", "=", host)]
+            scope = [("destination_service", host)]
         if scope not in scopes:
             scopes.append(scope)
     return scopes
@@ -231,14 +275,19 @@ def plan_queries(policy: Policy, window: str) -> list[Query]:
     queries: list[Query] = []
     label = version_label(policy)
     by_version = matcher(label, "=~", versions)
+    scopes: list[list[tuple[str, str]]] = [[]]  # each selector's (label, value) equality matchers
 
     # Each profile: its request counter, the label carrying the answer's code, its latency
     # histogram, and the selectors that pick the policy's service out of them.
+    fixed: tuple[str, ...] = ()
     if policy.metrics.profile == "istio":
-        selectors = [['reporter="destination"', *scope, by_version] for scope in service_scope(policy)]
+        fixed = ('reporter="destination"',)
+        scopes = _scope_pairs(policy)
+        selectors = [[*fixed, *(matcher(k, "=", v) for k, v in scope), by_version] for scope in scopes]
         # One query gives both: requests are the sum over codes, errors the 5xx codes.
         profile = (ISTIO_REQUESTS, "response_code", ISTIO_DURATION)
     elif policy.metrics.profile == "kserve":
+        scopes = [[(KSERVE_NAMESPACE_LABEL, policy.route.namespace)]]
         selectors = [[matcher(KSERVE_NAMESPACE_LABEL, "=", policy.route.namespace), by_version]]
         # Knative's response_code is the numeric code, read like Istio's (5xx: errors).
         profile = (KSERVE_REQUESTS, "response_code", KSERVE_DURATION)
@@ -247,29 +296,51 @@ def plan_queries(policy: Policy, window: str) -> list[Query]:
         # One query gives both: requests are the sum over classes, errors class 5.
         profile = (ENVOY_RESPONSES, "envoy_response_code_class", ENVOY_DURATION)
     requests, code_label, duration = profile
+
+    def batch(
+        family: Family,
+        metric: str,
+        by: Sequence[str],
+        keyed: Sequence[Sequence[tuple[str, str]]],
+        vlabel: str,
+        fixed: tuple[str, ...] = (),
+        extra: tuple[str, tuple[str, ...]] | None = None,
+    ) -> BatchSpec | None:
+        if len(keyed) != 1:  # stable and candidate on two hosts: an `or` of two selectors, kept per rollout
+            return None
+        return BatchSpec(family, metric, fixed, tuple(keyed[0]), vlabel, versions, tuple(by), window, extra)
+
     if families & {"requests", "errors"}:
-        expr = _sum_by([label, code_label], _increase(requests, selectors, window))
-        queries.append(Query("traffic", expr, label, requests))
+        by = [label, code_label]
+        expr = _sum_by(by, _increase(requests, selectors, window))
+        spec = batch("traffic", requests, by, scopes, label, fixed)
+        queries.append(Query("traffic", expr, label, requests, batch=spec))
     if "latency" in families:
-        expr = _sum_by([label, "le"], _increase(duration, selectors, window))
-        queries.append(Query("latency", expr, label, duration))
+        by = [label, "le"]
+        expr = _sum_by(by, _increase(duration, selectors, window))
+        spec = batch("latency", duration, by, scopes, label, fixed)
+        queries.append(Query("latency", expr, label, duration, batch=spec))
 
     model_label = label_name(policy.metrics.model_version_label)
     model_selector = [[matcher(model_label, "=~", versions)]]
     if "confusion" in families:
-        expr = _sum_by(
-            [model_label, "predicted", "actual"], _increase(MODEL_FEEDBACK, model_selector, window)
-        )
-        queries.append(Query("confusion", expr, model_label, MODEL_FEEDBACK))
+        by = [model_label, "predicted", "actual"]
+        expr = _sum_by(by, _increase(MODEL_FEEDBACK, model_selector, window))
+        spec = batch("confusion", MODEL_FEEDBACK, by, [[]], model_label)
+        queries.append(Query("confusion", expr, model_label, MODEL_FEEDBACK, batch=spec))
     if "predictions" in families:
-        expr = _sum_by([model_label, "class"], _increase(MODEL_PREDICTIONS, model_selector, window))
-        queries.append(Query("predictions", expr, model_label, MODEL_PREDICTIONS))
+        by = [model_label, "class"]
+        expr = _sum_by(by, _increase(MODEL_PREDICTIONS, model_selector, window))
+        spec = batch("predictions", MODEL_PREDICTIONS, by, [[]], model_label)
+        queries.append(Query("predictions", expr, model_label, MODEL_PREDICTIONS, batch=spec))
     if "features" in families:
         names = sorted({c.feature for c in policy.analysis.checks if _reads(c, "features") and c.feature})
         if names:
             selector = [[*model_selector[0], matcher("feature", "=~", names)]]
-            expr = _sum_by([model_label, "feature", "le"], _increase(MODEL_FEATURE, selector, window))
-            queries.append(Query("features", expr, model_label, MODEL_FEATURE))
+            by = [model_label, "feature", "le"]
+            expr = _sum_by(by, _increase(MODEL_FEATURE, selector, window))
+            spec = batch("features", MODEL_FEATURE, by, [[]], model_label, extra=("feature", tuple(names)))
+            queries.append(Query("features", expr, model_label, MODEL_FEATURE, batch=spec))
 
     queries += _custom_queries(policy, versions, label, window)
     return queries
@@ -695,3 +766,64 @@ def _versions_named(labels: Mapping[str, Any], versions: tuple[str, str], label:
     if labels.get(label) in versions:
         return [labels[label]]
     return sorted({v for v in labels.values() if isinstance(v, str) and v in versions})
+
+
+# --- one query for many rollouts ----------------------------------------------------------------
+
+# The answer of a batched query, by (keyed label values, version): [(position in the answer,
+# labels, sample)], so each rollout finds its own series without scanning everyone's.
+BatchIndex = dict[tuple[tuple[str, ...], str], list[tuple[int, dict[str, str], Any]]]
+
+
+def render_batch(specs: Sequence[BatchSpec]) -> str:
+    """One query answering for every spec (all of one ``shape``), grouped by the keyed labels too.
+
+    Every value goes through ``regex_quote``; the union of values may select more series than
+    the specs' own (another rollout's service in another rollout's namespace): grouping by the
+    keyed labels keeps them apart, and ``split_batch`` takes only a spec's own groups.
+    """
+    if not specs or len({s.shape for s in specs}) != 1:
+        raise PromQLError("a batched query needs specs of one shape")
+    first = specs[0]
+    keyed = [label for label, _ in first.keyed]
+    matchers = list(first.fixed)
+    for i, label in enumerate(keyed):
+        matchers.append(matcher(label, "=~", sorted({s.keyed[i][1] for s in specs})))
+    matchers.append(matcher(first.version_label, "=~", sorted({v for s in specs for v in s.versions})))
+    if first.extra is not None:
+        values = sorted({v for s in specs if s.extra is not None for v in s.extra[1]})
+        matchers.append(matcher(first.extra[0], "=~", values))
+    by = list(dict.fromkeys([*keyed, *first.by]))
+    return _sum_by(by, _increase(first.metric, [matchers], first.window))
+
+
+def index_batch(spec: BatchSpec, result_type: str, result: Any) -> BatchIndex | None:
+    """The answer of ``render_batch`` indexed for ``split_batch``; None if it is not an instant vector."""
+    series = _series(result) if result_type == "vector" else None
+    if series is None:
+        return None
+    keyed = [label for label, _ in spec.keyed]
+    index: BatchIndex = {}
+    for position, (labels, raw) in enumerate(series):
+        key = (tuple(str(labels.get(label, "")) for label in keyed), str(labels.get(spec.version_label, "")))
+        index.setdefault(key, []).append((position, labels, raw))
+    return index
+
+
+def split_batch(index: BatchIndex, spec: BatchSpec) -> list[dict[str, Any]]:
+    """The instant vector ``spec``'s own query would have answered, from a batched answer.
+
+    Its groups, in the order of the batched answer (Prometheus lists a ``sum by`` in the order
+    its groups first appear among the selected series, and a rollout's series keep their
+    order among everyone's), each with only the labels of the rollout's own ``sum by``.
+    """
+    own = tuple(value for _, value in spec.keyed)
+    found = [item for version in dict.fromkeys(spec.versions) for item in index.get((own, version), [])]
+    found.sort(key=lambda item: item[0])
+    wanted = None if spec.extra is None else (spec.extra[0], set(spec.extra[1]))
+    out: list[dict[str, Any]] = []
+    for _, labels, raw in found:
+        if wanted is not None and labels.get(wanted[0]) not in wanted[1]:
+            continue
+        out.append({"metric": {k: labels[k] for k in spec.by if k in labels}, "value": raw})
+    return out

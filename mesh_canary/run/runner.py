@@ -218,9 +218,11 @@ class RolloutRunner:
             wake()
         return self.in_write or Command.ABORT in self._pending
 
-    def tick_once(self) -> RolloutState:
+    def tick_once(self, at: float | None = None) -> RolloutState:
+        """One analysis (orders first). ``at``: the analysis instant when not now (the controller's
+        grid instant, at most one interval past; writes still happen now)."""
         state = self._require_state()
-        now = self.clock.now()
+        now = self.clock.now() if at is None else at
         if state.rollback_pending:
             # Decided already: no metrics read may delay the retry of 100% stable.
             self._pending.clear()
