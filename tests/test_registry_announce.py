@@ -117,3 +117,16 @@ def test_resolution_reuses_what_this_rollout_recorded_only() -> None:
     assert resolve_versions(policy, registry, saved)["candidate"].version == "2"
     saved["modelRegistry"]["policyFingerprint"] = "another rollout"
     assert resolve_versions(policy, registry, saved)["candidate"].version == "7"
+
+
+def test_each_retry_is_told_as_an_unknown_condition_before_the_outcome() -> None:
+    registry, records, retries = FakeRegistry([RegistryUnavailable("down")] * 2), [], []
+    a = announcer(registry, records, retrying=retries.append)
+    a.notify(Announcement("r", "RolledBack", "errorRate failed", "warning"))
+    assert [(c["status"], c["reason"]) for c in retries] == [("Unknown", "Retrying")] * 2
+    assert (
+        "could not tag the version of m version 2 (try 1 of at most 5), trying again in 0.5s: down"
+        in (retries[0]["message"])
+    )
+    assert records[-1]["reason"] == "Tagged", "the outcome is recorded once, after the retries"
+    assert len(records) == 1
