@@ -277,6 +277,8 @@ class Reconciler:
             h.drop_runner()
             raise
         h.runner, h.fingerprint = runner, fingerprint
+        if announcer is not None:
+            self.registry.resume(h, announcer, state, store.status)
         log.info(
             "running %s: %s at step %d",
             h.ref,

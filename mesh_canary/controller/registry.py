@@ -27,12 +27,14 @@ from typing import Any
 
 from mesh_canary.controller.admission import Admission
 from mesh_canary.controller.handler import Key, RolloutHandler
+from mesh_canary.core.engine import Phase, RolloutState
 from mesh_canary.core.model import Policy
-from mesh_canary.kube.status import RegistryShown
-from mesh_canary.protocols import Clock, ModelRegistry
+from mesh_canary.kube.status import RegistryShown, condition
+from mesh_canary.protocols import Announcement, Clock, ModelRegistry
 from mesh_canary.redact import redact, register_secret
 from mesh_canary.registry import REGISTRIES, RegistryInputError
 from mesh_canary.registry.announce import (
+    CONDITION,
     KEY,
     ROLES,
     RegistryAnnouncer,
@@ -45,6 +47,8 @@ from mesh_canary.registry.mlflow import RegistryRefused
 
 __all__ = ["RESOLVED", "ControllerRegistry", "RegistryView"]
 
+# What a finished rollout tells the registry (the announcement the runner made at its end).
+OUTCOMES = {Phase.SUCCEEDED: "Promoted", Phase.ROLLED_BACK: "RolledBack", Phase.ABORTED: "Aborted"}
 RESOLVED = "RegistryResolved"  # the condition saying whether the spec's models were resolved at start
 MAX_RETRY_S = 300.0  # the longest wait between two tries of an unresolvable start
 
@@ -144,6 +148,20 @@ class ControllerRegistry:
             self.kick(h)  # the rollout's next turn writes it
 
         return RegistryAnnouncer(registry, policy, versions, record_outcome, retrying=record_outcome)
+
+    def resume(
+        self, h: RolloutHandler, announcer: RegistryAnnouncer, state: RolloutState, status: Mapping[str, Any]
+    ) -> bool:
+        """A rollout resumed after its end whose outcome the registry was never told (the
+        controller stopped first): tell it now, in the background like every announcement
+        (True: being told)."""
+        shown = condition(status, CONDITION)
+        kind = OUTCOMES.get(state.phase)
+        if not state.terminal or kind is None or shown is None or shown.get("status") != "Unknown":
+            return False
+        told = Announcement(rollout=h.key[1], kind=kind, message=redact(state.reason), severity="warning")
+        threading.Thread(target=announcer.notify, args=(told,), name=f"registry {h.ref}", daemon=True).start()
+        return True
 
     def forget(self, key: Key) -> None:
         self._failures.pop(key, None)

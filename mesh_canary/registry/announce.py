@@ -143,6 +143,15 @@ class RegistryAnnouncer:
 
     def notify(self, announcement: Announcement) -> None:
         candidate = self.versions.get("candidate")
+        if candidate is not None and announcement.kind == "Aborted":
+            # Someone else changed the weights: mesh-canary judged nothing to tell the registry.
+            self._report(
+                "False",
+                "Aborted",
+                f"the rollout was aborted ({redact(announcement.message)}): the registry was not changed",
+                self.clock(),
+            )
+            return
         if candidate is None or announcement.kind not in ("Promoted", "RolledBack"):
             return
         self._idle.clear()

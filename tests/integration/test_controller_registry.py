@@ -5,6 +5,7 @@ metrics are a fake MetricsSource, so that a test decides whether a candidate is 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from mesh_canary.kube.status import condition
 from mesh_canary.localmesh.prometheus import free_port
 from tests.conftest import NS, model_rollout
+from tests.faults.test_controller import http_server, send_json
 from tests.integration.test_controller import HOLD, Cluster, Metrics, phase_is, running
 from tests.integration.test_controller import cluster as cluster  # the fixture
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
@@ -175,6 +177,26 @@ def test_a_spec_chooses_neither_the_registry_nor_the_token(cluster: Cluster) -> 
     )
     assert "spec.registry.tokenFromEnv" in valid["message"]
     assert cluster.writes == [] and cluster.vs_history() == [[100, 0]]
+
+
+def test_the_controllers_token_is_sent_to_the_registry_and_shown_nowhere(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "registry-token-5d1c9e"
+    monkeypatch.setenv("MC_TEST_REGISTRY_TOKEN", token)
+    # A registry on 127.0.0.1 resolving every alias to version 7 (MLflow's own server has no
+    # bearer-token auth to check): it records each request's headers.
+    answer = {"model_version": {"name": "scorer", "version": "7"}}
+    with http_server(lambda handler, rec: send_json(handler, answer)) as (url, seen):
+        cluster.add_vs()
+        cluster.add_rollout(registry_rollout(url, "scorer"))
+        settings = {"allowed_registries": [url], "registry_token_env": "MC_TEST_REGISTRY_TOKEN"}
+        with running(cluster.controller(**settings)):
+            wait_for("the start", lambda: cluster.vs_weights() == [80, 20])
+    assert seen.requests and {r[2].get("Authorization") for r in seen.requests} == {f"Bearer {token}"}
+    assert cluster.status()["modelRegistry"]["versions"]["candidate"]["version"] == "7"
+    assert token not in json.dumps(cluster.rollout())
+    assert token not in json.dumps([list(e) for e in cluster.events()])
 
 
 def stored(cluster: Cluster) -> list[dict[str, Any]]:
