@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -1458,6 +1459,20 @@ def rollout_history(
     help="A Prometheus that spec.metrics.address may name (repeat; default: only --prometheus).",
 )
 @click.option(
+    "--allow-registry",
+    "allowed_registries",
+    multiple=True,
+    metavar="URL",
+    help="A model registry (MLflow tracking URI) that spec.registry.trackingUri may name (repeat; default: none). "
+    "Credentials may be in the URL here, never in the spec.",
+)
+@click.option(
+    "--registry-token-env",
+    metavar="NAME",
+    help="Environment variable holding the bearer token sent to an --allow-registry registry "
+    "(set it from a Secret); never logged.",
+)
+@click.option(
     "--allow-cross-namespace",
     is_flag=True,
     help="Let a ModelRollout move a VirtualService in another namespace (off: only its own).",
@@ -1506,6 +1521,8 @@ def controller(
     bind_address: str,
     prometheus_url: str | None,
     allowed_metrics: tuple[str, ...],
+    allowed_registries: tuple[str, ...],
+    registry_token_env: str | None,
     allow_cross_namespace: bool,
     workers: int,
     max_workers: int | None,
@@ -1524,6 +1541,7 @@ def controller(
       mesh-canary controller --kubeconfig ~/.kube/config --dashboard-address 127.0.0.1:8081
     """
     from mesh_canary.controller import Controller, ControllerSettings, MetricsAddress, parse_addr
+    from mesh_canary.controller.admission import registry_address
 
     debug = _debug()
     setup_logging(logging.DEBUG if debug else logging.INFO, json_lines=True)
@@ -1538,6 +1556,10 @@ def controller(
         for url in (prometheus_url, *allowed_metrics):
             if url is not None:
                 MetricsAddress.parse(url)  # also registers its password as a secret
+        for url in allowed_registries:
+            registry_address(url)  # also registers its password as a secret
+        if registry_token_env is not None and not os.environ.get(registry_token_env):
+            raise ValueError(f"--registry-token-env names {registry_token_env}, which is not set")
         slow_s, stuck_s = parse_duration(slow_after), parse_duration(stuck_after)
     except ValueError as e:
         raise BadInput(str(e)) from e
@@ -1552,6 +1574,8 @@ def controller(
         namespaces=namespaces,
         prometheus_url=prometheus_url,
         allowed_metrics_addresses=allowed_metrics,
+        allowed_registries=allowed_registries,
+        registry_token_env=registry_token_env,
         allow_cross_namespace=allow_cross_namespace,
         workers=workers,
         max_workers=max_workers,

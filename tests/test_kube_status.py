@@ -284,3 +284,33 @@ def test_an_event_names_the_rollout_its_reason_and_its_severity() -> None:
     assert body["source"] == {"component": "mesh-canary-controller", "host": "pod-1"}
     normal = event_body(Announcement("fraud-scorer", "StepAdvanced", "step 2/3"), involved, now=T0)
     assert normal["type"] == "Normal" and normal["metadata"]["name"] != body["metadata"]["name"]
+
+
+def test_the_model_registry_record_and_conditions_are_shown_kept_and_dropped() -> None:
+    policy = make_policy()
+    record = {"provider": "mlflow", "policyFingerprint": "f", "versions": {"candidate": {"version": "2"}}}
+    resolved = {"type": "RegistryResolved", "status": "True", "reason": "Resolved", "message": "v2"}
+    updated = {"type": "RegistryUpdated", "status": "False", "reason": "RegistryUnavailable", "message": "x"}
+    shown = render_status(
+        None, state=started(), policy=policy, generation=2, now=T0, registry=(record, (resolved, updated))
+    )
+    assert shown["modelRegistry"] == record
+    got = condition(shown, "RegistryUpdated")
+    assert got is not None and (got["status"], got["reason"], got["observedGeneration"]) == (
+        "False",
+        "RegistryUnavailable",
+        2,
+    )
+    kept = render_status(shown, state=started(), policy=policy, generation=2, now=T0 + 1)
+    assert kept["modelRegistry"] == record and condition(kept, "RegistryResolved") is not None
+    dropped = render_status(
+        shown, state=started(), policy=policy, generation=3, now=T0 + 2, registry=({}, ())
+    )
+    assert "modelRegistry" not in dropped
+    assert condition(dropped, "RegistryResolved") is None and condition(dropped, "RegistryUpdated") is None
+
+
+def test_a_rollout_waiting_to_start_says_why() -> None:
+    waiting = "the candidate's model models:/m@next could not be resolved; nothing was written"
+    status = render_status(None, state=None, policy=make_policy(), generation=1, now=T0, waiting=waiting)
+    assert status["phase"] == "Pending" and status["message"] == waiting

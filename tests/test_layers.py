@@ -74,6 +74,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "mesh_canary.metrics",
         "mesh_canary.kube",
         "mesh_canary.notify",
+        "mesh_canary.registry",  # resolve at start, announce the outcome (controller/registry.py)
         *CORE_LAYER,
         "mesh_canary.protocols",
     ),

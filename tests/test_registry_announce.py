@@ -117,3 +117,55 @@ def test_resolution_reuses_what_this_rollout_recorded_only() -> None:
     assert resolve_versions(policy, registry, saved)["candidate"].version == "2"
     saved["modelRegistry"]["policyFingerprint"] = "another rollout"
     assert resolve_versions(policy, registry, saved)["candidate"].version == "7"
+
+
+def test_each_retry_is_told_as_an_unknown_condition_before_the_outcome() -> None:
+    registry, records, retries = FakeRegistry([RegistryUnavailable("down")] * 2), [], []
+    a = announcer(registry, records, retrying=retries.append)
+    a.notify(Announcement("r", "RolledBack", "errorRate failed", "warning"))
+    assert [(c["status"], c["reason"]) for c in retries] == [("Unknown", "Retrying")] * 2
+    assert (
+        "could not tag the version of m version 2 (try 1 of at most 5), trying again in 0.5s: down"
+        in (retries[0]["message"])
+    )
+    assert records[-1]["reason"] == "Tagged", "the outcome is recorded once, after the retries"
+    assert len(records) == 1
+
+
+def test_an_aborted_rollout_changes_nothing_and_says_so() -> None:
+    registry, records = FakeRegistry(), []
+    announcer(registry, records).notify(Announcement("r", "Aborted", "stopped: weights changed by hand"))
+    assert registry.calls == []
+    assert records[-1]["status"] == "False" and records[-1]["reason"] == "Aborted"
+    assert "the registry was not changed" in records[-1]["message"]
+
+
+def test_a_controller_resuming_a_finished_rollout_tells_the_registry_only_what_it_was_never_told() -> None:
+    from mesh_canary.controller.admission import Admission
+    from mesh_canary.controller.handler import RolloutHandler
+    from mesh_canary.controller.registry import ControllerRegistry
+    from mesh_canary.controller.settings import ControllerSettings
+    from mesh_canary.core import engine
+    from mesh_canary.run.clock import VirtualClock
+    from tests.waiting import wait_for
+
+    parts = ControllerRegistry(
+        Admission(ControllerSettings()), VirtualClock(), lambda h: None, token_env=None, retry_s=1.0
+    )
+    h = RolloutHandler(key=("ns", "r"), obj={})
+    done = replace(
+        engine.start(make_policy(), 0.0).state, phase=engine.Phase.ROLLED_BACK, reason="errorRate failed"
+    )
+    told = {"conditions": [{"type": "RegistryUpdated", "status": "True", "reason": "Tagged", "message": ""}]}
+    untold = {
+        "conditions": [{"type": "RegistryUpdated", "status": "Unknown", "reason": "Retrying", "message": ""}]
+    }
+    for status in (told, {}):
+        assert parts.resume(h, announcer(FakeRegistry(), []), done, status) is False
+    running = replace(done, phase=engine.Phase.PROGRESSING)
+    assert parts.resume(h, announcer(FakeRegistry(), []), running, untold) is False
+    registry, records = FakeRegistry(), []
+    assert parts.resume(h, announcer(registry, records), done, untold) is True
+    wait_for("the registry told", lambda: records)
+    assert registry.calls[-1][1]["mesh-canary.reason"] == "errorRate failed"
+    assert records[-1]["reason"] == "Tagged"

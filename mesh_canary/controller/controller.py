@@ -23,6 +23,7 @@ from mesh_canary.controller.informer import Informer
 from mesh_canary.controller.leader import LeaderElector, elector_for
 from mesh_canary.controller.metrics import ControllerMetrics
 from mesh_canary.controller.reconcile import BackendFactory, Reconciler
+from mesh_canary.controller.registry import ControllerRegistry
 from mesh_canary.controller.settings import ControllerSettings
 from mesh_canary.controller.workqueue import WorkQueue
 from mesh_canary.core.durations import format_duration
@@ -86,6 +87,13 @@ class Controller:
             judge=judge,
             lock=self.queue.cond,
             request_timeout_s=s.request_timeout_s,
+            registry=ControllerRegistry(
+                self.admission,
+                self.clock,
+                self._kick,
+                token_env=s.registry_token_env,
+                retry_s=s.error_retry_s,
+            ),
         )
         self.informer = Informer(
             api_client,
@@ -300,6 +308,12 @@ class Controller:
         log.info("forgot %s (deleted)", h.ref, extra=h.log_extra)
 
     # -- one turn -----------------------------------------------------------------------
+
+    def _kick(self, h: RolloutHandler) -> None:
+        """Turn ``h`` again soon (from another thread: the registry's outcome is to be written)."""
+        with self.queue.cond:
+            if not h.removed and self.handlers.get(h.key) is h:
+                self.queue.kick_locked(h)
 
     def _turn(self, h: RolloutHandler) -> tuple[float | None, bool]:
         """Reconcile ``h`` once; a failure is counted, announced, shown in ``Ready`` and retried."""

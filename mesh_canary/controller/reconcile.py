@@ -32,6 +32,7 @@ from mesh_canary.controller.handler import (
     policy_from_spec,
 )
 from mesh_canary.controller.metrics import ControllerMetrics, TimedJudge, TimedSource
+from mesh_canary.controller.registry import ControllerRegistry
 from mesh_canary.core import engine
 from mesh_canary.core.engine import Command, Phase, RolloutState
 from mesh_canary.core.model import Policy
@@ -95,6 +96,7 @@ class Reconciler:
         judge: Judge | None,
         lock: threading.Condition,
         request_timeout_s: float,
+        registry: ControllerRegistry,
     ) -> None:
         self.api = api_client
         self.backend = backend
@@ -105,6 +107,7 @@ class Reconciler:
         self.judge = judge
         self._lock = lock
         self._timeout = request_timeout_s
+        self.registry = registry
 
     def reconcile(self, h: RolloutHandler) -> float | None:
         """One turn for one rollout; returns when it is next due (None: only on a change)."""
@@ -119,6 +122,7 @@ class Reconciler:
             self.metrics.forget(h.key)
         if deleted or m.get("deletionTimestamp"):
             self.finalizer.finish_deleted(h, obj)
+            self.registry.forget(h.key)
             return None
         h.uid = m.get("uid")
         store = self._store_for(h, obj)
@@ -129,7 +133,9 @@ class Reconciler:
         if target is None:
             return None
         if h.runner is None or h.fingerprint != engine.policy_fingerprint(target):
-            self._switch(h, obj, target, store, spec_valid=policy is not None)
+            waiting = self._switch(h, obj, target, store, spec_valid=policy is not None)
+            if waiting is not None:
+                return waiting  # the model registry could not resolve: nothing was started
         return self._tick(h, obj, target, store)
 
     def _valid_policy(self, h: RolloutHandler, obj: Mapping[str, Any]) -> Policy | None:
@@ -222,8 +228,11 @@ class Reconciler:
         target: Policy,
         store: KubeStatusStore,
         spec_valid: bool,
-    ) -> None:
-        """Start (or resume) the rollout of ``target``; a different one in progress goes back to stable first."""
+    ) -> float | None:
+        """Start (or resume) the rollout of ``target``; a different one in progress goes back to stable first.
+
+        Returns when to try again when the model registry could not resolve the versions the
+        spec names (nothing was written but the status; see controller/registry.py)."""
         fingerprint = engine.policy_fingerprint(target)
         if h.runner is None:
             store.read()  # the freshest status: what a previous leader or process saved
@@ -232,13 +241,20 @@ class Reconciler:
         if old_state is not None and old_state.policy_fingerprint != fingerprint and not old_state.terminal:
             self._supersede(h, old_state, old_policy, target, store)
         h.drop_runner()
+        resuming = old_state is not None and old_state.policy_fingerprint == fingerprint
+        announcer = self.registry.start(h, target, store.status, resuming=resuming)
+        if isinstance(announcer, float):
+            # Before any weight: the status says why (RegistryResolved), the rollout has not started.
+            store.write(None)
+            h.phase = str(store.status.get("phase") or "Pending")
+            return announcer
         router, source = self.backend(target)
         # Read and judge through a stopwatch: the analysis duration per rollout (metrics.py).
         metrics = TimedSource(source, h.stopwatch)
         judge = TimedJudge(self.judge or default_judge(), h.stopwatch)
         h.notifier = notifier_for_policy(
             target.notifications,
-            extra=[h.events] if h.events else [],
+            extra=[n for n in (h.events, announcer) if n is not None],
             read_secret=functools.partial(read_secret_url, self.api, target.namespace),
             namespace=target.namespace,
             on_outcome=self.metrics.notification,
@@ -266,6 +282,8 @@ class Reconciler:
             h.drop_runner()
             raise
         h.runner, h.fingerprint = runner, fingerprint
+        if announcer is not None:
+            self.registry.resume(h, announcer, state, store.status)
         log.info(
             "running %s: %s at step %d",
             h.ref,
@@ -273,6 +291,7 @@ class Reconciler:
             state.step_index + 1,
             extra={**h.log_extra, "candidate": target.candidate.version},
         )
+        return None
 
     def _supersede(
         self,

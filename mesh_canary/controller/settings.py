@@ -108,6 +108,10 @@ class ControllerSettings:
     prometheus_url: str | None = None
     allowed_metrics_addresses: Sequence[str] = ()
     allow_cross_namespace: bool = False
+    # The model registries spec.registry.trackingUri may name, and the environment variable
+    # (set from a Secret) with their bearer token: the controller's, never the spec's.
+    allowed_registries: Sequence[str] = ()
+    registry_token_env: str | None = None
     workers: int = 4
     max_workers: int | None = None
     slow_after_s: float = DEFAULT_SLOW_AFTER_S

@@ -84,8 +84,17 @@ CONDITION_TYPES = (
     "Aborted",
     "OnFallback",
     "WeightsInSync",
+    "RegistryResolved",
+    "RegistryUpdated",
     "Ready",
 )
+# Set only for a spec that names model registry versions (mesh_canary/controller/registry.py).
+REGISTRY_CONDITIONS = ("RegistryResolved", "RegistryUpdated")
+
+# What a status shows of the model registry: ``status.modelRegistry`` (None: keep what the
+# status holds; empty: the spec names none, drop it and the registry conditions) and the
+# registry conditions to set.
+RegistryShown = tuple[Mapping[str, Any] | None, Sequence[Mapping[str, Any]]]
 
 # `Ready` appears once a reconcile of the resource has failed: False (reason
 # RECONCILE_ERROR) while it keeps failing, True again once a reconcile works.
@@ -186,6 +195,8 @@ def render_status(
     applied_spec: Mapping[str, Any] | None = None,
     new_history: Sequence[Mapping[str, Any]] = (),
     history_limit: int = HISTORY_LIMIT,
+    registry: RegistryShown = (None, ()),
+    waiting: str | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` of a ModelRollout (pure).
 
@@ -193,7 +204,8 @@ def render_status(
     their status flips; history is extended). ``state`` is the rollout the controller
     runs under ``policy`` (None before any rollout started); ``problems`` non-empty
     means the resource's current spec is invalid; ``drift`` is the sentence saying
-    someone else changed the weights (None: in sync).
+    someone else changed the weights (None: in sync). ``registry``: what to show of the model
+    registry (`RegistryShown`); ``waiting``: why a valid rollout has not started yet.
     """
     prev = dict(previous or {})
     conditions = _Conditions(prev, iso(now), generation)
@@ -213,7 +225,9 @@ def render_status(
     if state is None:
         status["phase"] = INVALID if problems else PENDING
         status["message"] = (
-            conditions.items[0]["message"] if problems else "waiting for the controller to start the rollout"
+            conditions.items[0]["message"]
+            if problems
+            else waiting or "waiting for the controller to start the rollout"
         )
     else:
         status.update(_rollout_fields(prev, state, policy))
@@ -224,6 +238,16 @@ def render_status(
                 history, history_entry(state, policy.stable.version, policy.candidate.version), history_limit
             )
 
+    record, registry_conditions = registry
+    for c in registry_conditions:
+        conditions.set(str(c["type"]), str(c["status"]), str(c["reason"]), str(c["message"]))
+    if record is None:
+        if isinstance(prev.get("modelRegistry"), Mapping):
+            status["modelRegistry"] = prev["modelRegistry"]
+    elif record:
+        status["modelRegistry"] = copy.deepcopy(dict(record))
+    else:  # the spec names no registry version: nothing of a previous one stays
+        conditions.items = [c for c in conditions.items if c.get("type") not in REGISTRY_CONDITIONS]
     status["observedGeneration"] = generation
     status["conditions"] = conditions.items
     status["history"] = history
@@ -356,6 +380,8 @@ class StatusFacts:
     """What a status shows besides the engine state, as the controller knows it now.
 
     ``policy``: the policy being run; ``generation``: the resource's metadata.generation;
+    ``registry``: what the status shows of the model registry; ``waiting``: why the rollout
+    has not started;
     ``problems``: why its current spec is invalid (empty: valid); ``applied_spec``: the spec
     the running rollout uses (to roll it back if the spec changes while the controller is
     down; None: keep what the status holds).
@@ -365,6 +391,9 @@ class StatusFacts:
     generation: int | None = None
     problems: tuple[str, ...] = ()
     applied_spec: Mapping[str, Any] | None = None
+    # The model registry's part, read at every write (any thread may change what it returns).
+    registry: Callable[[], RegistryShown] | None = None
+    waiting: str | None = None  # why the rollout has not started (nothing written yet)
 
 
 class KubeStatusStore:
@@ -470,6 +499,8 @@ class KubeStatusStore:
             applied_spec=facts.applied_spec,
             new_history=self._new_history,
             history_limit=self._history_limit,
+            registry=facts.registry() if facts.registry is not None else (None, ()),
+            waiting=facts.waiting,
         )
         self._patch(new)
         self._new_history.clear()

@@ -41,6 +41,8 @@ __all__ = [
     "RegistryAnnouncer",
     "RegistryRun",
     "RegistryStartError",
+    "condition_document",
+    "registry_record",
     "resolve_versions",
     "start_registry_run",
 ]
@@ -80,7 +82,7 @@ def resolve_versions(
         except CouldNotWork as e:
             raise RegistryStartError(
                 f"the {role}'s model {uri} could not be resolved, so the rollout did not start: {e}"
-            ) from None
+            ) from e
     return out
 
 
@@ -119,6 +121,7 @@ class RegistryAnnouncer:
         versions: Mapping[str, ModelVersion],
         record: Callable[[dict[str, Any]], None],
         *,
+        retrying: Callable[[dict[str, Any]], None] | None = None,
         attempts: int = 5,
         backoff_s: float = 0.5,
         budget_s: float = 60.0,
@@ -130,6 +133,8 @@ class RegistryAnnouncer:
         self.alias = policy.registry.alias if policy.registry is not None else "champion"
         self.versions = dict(versions)
         self.record = record
+        # Told (with an ``Unknown``/``Retrying`` condition) each time a failed call will be tried again.
+        self.retrying = retrying
         self.attempts, self.backoff_s, self.budget_s = attempts, backoff_s, budget_s
         self.clock, self.sleep = clock, sleep
         self.condition: dict[str, Any] | None = None
@@ -138,6 +143,15 @@ class RegistryAnnouncer:
 
     def notify(self, announcement: Announcement) -> None:
         candidate = self.versions.get("candidate")
+        if candidate is not None and announcement.kind == "Aborted":
+            # Someone else changed the weights: mesh-canary judged nothing to tell the registry.
+            self._report(
+                "False",
+                "Aborted",
+                f"the rollout was aborted ({redact(announcement.message)}): the registry was not changed",
+                self.clock(),
+            )
+            return
         if candidate is None or announcement.kind not in ("Promoted", "RolledBack"):
             return
         self._idle.clear()
@@ -167,7 +181,9 @@ class RegistryAnnouncer:
         deadline = time.monotonic() + self.budget_s
         done: list[str] = []
         for what, call in calls:
-            error = self._with_retries(call, deadline)
+            error = self._with_retries(
+                call, deadline, f"{what} of {candidate.name} version {candidate.version}"
+            )
             if error is not None:
                 self._report(
                     "False",
@@ -187,7 +203,7 @@ class RegistryAnnouncer:
             message = f"{candidate.name} version {candidate.version} tagged rolled-back; alias {self.alias} not moved"
         self._report("True", "AliasMoved" if promoted else "Tagged", message, at)
 
-    def _with_retries(self, call: Callable[[], None], deadline: float) -> Exception | None:
+    def _with_retries(self, call: Callable[[], None], deadline: float, what: str) -> Exception | None:
         error: Exception | None = None
         for attempt in range(self.attempts):
             try:
@@ -200,17 +216,21 @@ class RegistryAnnouncer:
             pause = min(self.backoff_s * 2**attempt, 10.0)
             if attempt + 1 >= self.attempts or time.monotonic() + pause >= deadline:
                 break
+            if self.retrying is not None:
+                self.retrying(
+                    condition_document(
+                        "Unknown",
+                        "Retrying",
+                        f"could not {what} (try {attempt + 1} of at most {self.attempts}), "
+                        f"trying again in {pause:g}s: {redact(str(error))}",
+                        self.clock(),
+                    )
+                )
             self.sleep(pause)
         return error
 
     def _report(self, status: str, reason: str, message: str, at: float) -> None:
-        condition = {
-            "type": CONDITION,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": _now_iso(at),
-        }
+        condition = condition_document(status, reason, message, at)
         level = logging.INFO if status == "True" else logging.WARNING
         log.log(level, "model registry: %s", message, extra={"rollout": self.rollout, "event": CONDITION})
         try:
@@ -219,6 +239,20 @@ class RegistryAnnouncer:
             log.exception("could not save the %s condition", CONDITION)
         # Shown once saved: whoever sees the condition finds it in the state too.
         self.condition = condition
+
+
+def condition_document(
+    status: str, reason: str, message: str, at: float, type_: str = CONDITION
+) -> dict[str, Any]:
+    """A registry condition (default ``RegistryUpdated``) as saved: type, status, reason, message,
+    lastTransitionTime."""
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": _now_iso(at),
+    }
 
 
 @dataclass(frozen=True)
@@ -230,6 +264,20 @@ class RegistryRun:
     versions: Mapping[str, ModelVersion]
 
 
+def registry_record(policy: Policy, versions: Mapping[str, ModelVersion]) -> dict[str, Any]:
+    """What is saved under ``modelRegistry`` at start (and logged): the provider, the policy's
+    fingerprint (whose restart reuses the versions) and each role's resolved version."""
+    for role, v in versions.items():
+        log.info("%s model %s is %s version %s", role, v.uri, v.name, v.version)
+    return {
+        "provider": policy.registry.provider if policy.registry is not None else "",
+        "policyFingerprint": engine.policy_fingerprint(policy),
+        "versions": {
+            role: {"uri": v.uri, "name": v.name, "version": v.version} for role, v in versions.items()
+        },
+    }
+
+
 def start_registry_run(
     policy: Policy, store: StateStore, registry: ModelRegistry | None = None, **announcer_options: Any
 ) -> RegistryRun | None:
@@ -238,15 +286,7 @@ def start_registry_run(
         return None
     registry = registry if registry is not None else registry_for(policy.registry)
     versions = resolve_versions(policy, registry, store.load())
-    record: dict[str, Any] = {
-        "provider": policy.registry.provider,
-        "policyFingerprint": engine.policy_fingerprint(policy),
-        "versions": {
-            role: {"uri": v.uri, "name": v.name, "version": v.version} for role, v in versions.items()
-        },
-    }
-    for role, v in versions.items():
-        log.info("%s model %s is %s version %s", role, v.uri, v.name, v.version)
+    record = registry_record(policy, versions)
     recording = RecordingStore(store, record)
     announcer = RegistryAnnouncer(registry, policy, versions, recording.record_condition, **announcer_options)
     return RegistryRun(recording, announcer, versions)

@@ -18,12 +18,13 @@ import sys
 
 import pytest
 
+from mesh_canary.localmesh.prometheus import free_port
 from mesh_canary.routing.kube_route import ANNOTATION_ROLLBACK
 from tests.crd_schema import load_yaml
 from tests.integration.test_kserve_router import KSERVE_CRD, NEW, NS, OLD, RES, canary_field, create, live
-from tests.integration.test_mlflow_registry import Mlflow, free_port
-from tests.integration.test_mlflow_registry import mlflow_server as mlflow_server  # the fixture
 from tests.kube_standin import KubeStandIn
+from tests.mlflow_server import Mlflow
+from tests.mlflow_server import mlflow_server as mlflow_server  # the fixture
 
 pytestmark = pytest.mark.e2e
 

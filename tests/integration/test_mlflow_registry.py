@@ -6,21 +6,14 @@ A registry that never answers is a real socket on 127.0.0.1 that accepts and sta
 
 from __future__ import annotations
 
-import os
 import pathlib
-import shutil
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-import httpx
 import pytest
 
 from mesh_canary.core.model import Policy, RegistrySpec
@@ -33,101 +26,14 @@ from mesh_canary.registry.mlflow import MlflowRegistry, RegistryRefused, Registr
 from mesh_canary.run.clock import VirtualClock
 from mesh_canary.run.runner import RolloutRunner
 from mesh_canary.run.stores import FileStateStore
+from tests.mlflow_server import Mlflow
+from tests.mlflow_server import mlflow_server as mlflow_server  # the fixture
+from tests.mlflow_server import model as model  # the fixture
 from tests.test_engine import ScriptedJudge, make_policy
 from tests.test_runner import FakeMetrics, FakeRouter, Journal
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-MODEL = "fraud-scorer"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Mlflow:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.api = httpx.Client(base_url=f"{url}/api/2.0/mlflow", timeout=30)
-
-    def post(self, path: str, **body: Any) -> dict[str, Any]:
-        answer = self.api.post(path, json=body)
-        answer.raise_for_status()
-        return dict(answer.json())
-
-    def model(self, name: str, versions: int, aliases: dict[str, str]) -> None:
-        self.post("registered-models/create", name=name)
-        for v in range(1, versions + 1):
-            self.post("model-versions/create", name=name, source=f"s3://models/{name}/{v}")
-        for alias, version in aliases.items():
-            self.post("registered-models/alias", name=name, alias=alias, version=version)
-
-    def alias(self, name: str, alias: str) -> str | None:
-        answer = self.api.get("registered-models/alias", params={"name": name, "alias": alias})
-        return None if answer.status_code != 200 else str(answer.json()["model_version"]["version"])
-
-    def tags(self, name: str, version: str) -> dict[str, str]:
-        answer = self.api.get("model-versions/get", params={"name": name, "version": version})
-        answer.raise_for_status()
-        return {t["key"]: t["value"] for t in answer.json()["model_version"].get("tags", [])}
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mlflow]:
-    binary = shutil.which("mlflow", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("mlflow")
-    if binary is None:
-        pytest.fail("mlflow is not installed: pip install -e '.[test]' (mlflow is in the test extra)")
-    work = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = (work / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{work}/mlflow.db",
-            "--default-artifact-root",
-            str(work / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=work,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its workers go with it
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(
-            "mlflow server /health",
-            lambda: proc.poll() is None and httpx.get(f"{url}/health", timeout=5).status_code == 200,
-            timeout_s=180,
-            every_s=0.5,
-        )
-        yield Mlflow(url)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
-        log.close()
-
-
-@pytest.fixture
-def model(mlflow_server: Mlflow, request: pytest.FixtureRequest) -> str:
-    """A fresh registered model: versions 1..3, champion -> 1, challenger -> 2."""
-    name = f"{MODEL}-{request.node.name.replace('_', '-')[:40]}"
-    mlflow_server.model(name, 3, {"champion": "1", "challenger": "2"})
-    return name
 
 
 def policy(url: str, name: str) -> Policy:
