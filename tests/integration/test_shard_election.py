@@ -8,11 +8,14 @@ owned by two at once. Short Lease timings (6 s); every wait is for a condition, 
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import threading
 from collections.abc import Iterator
 
 import pytest
+from click.testing import CliRunner
 
+from mesh_canary.cli import main as cli_main
 from mesh_canary.controller.leader import ShardElector
 from mesh_canary.controller.settings import ControllerSettings
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
@@ -98,3 +101,27 @@ def test_a_lone_process_holds_every_shard_hands_half_over_and_takes_them_back(ku
         assert owners.count() == {"a": SHARDS}
     assert owners.count() == {}  # a released everything on stopping
     assert owners.overlaps == []  # never two owners of one shard at once
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shards", "6", "--leader-elect"], "leave out --leader-elect"),
+        (["--shards", "6", "--lease-duration", "10s", "--renew-deadline", "10s"], "--lease-duration >"),
+        (["--shards", "6", "--lease-duration", "1500ms"], "whole seconds"),
+    ],
+)
+def test_shard_flags_that_cannot_work_are_refused_before_anything_starts(
+    args: list[str], message: str, tmp_path: pathlib.Path
+) -> None:
+    result = CliRunner().invoke(
+        cli_main,
+        ["controller", "--kubeconfig", str(tmp_path / "none"), "--metrics-addr", "127.0.0.1:0", *args],
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_each_process_takes_its_share_rounded_up() -> None:
+    assert [ControllerSettings(shards=k, replicas=3).shard_limit for k in (1, 3, 4, 6, 7)] == [1, 1, 2, 2, 3]
+    assert ControllerSettings(shards=6).shard_lease(5) == "mesh-canary-controller-shard-5"
