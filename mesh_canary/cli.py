@@ -1434,6 +1434,37 @@ def rollout_history(
 )
 @click.option("--lease-namespace", help="Namespace of the Lease (default: $POD_NAMESPACE, else --namespace).")
 @click.option(
+    "--shards",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Split the rollouts into this many shards (hash of namespace/name), one Lease each "
+    "(<lease>-shard-<i>); this process reconciles the shards whose Lease it holds (0: no sharding).",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="With --shards: how many controller processes are expected; each takes at most "
+    "ceil(shards / replicas) while the others live, and more only when a shard is left without one.",
+)
+@click.option(
+    "--lease-duration",
+    default="15s",
+    show_default=True,
+    help="How long a Lease holds without renewal (another process takes it over after this).",
+)
+@click.option(
+    "--renew-deadline",
+    default="10s",
+    show_default=True,
+    help="A holder that could not renew for this long stops reconciling (below --lease-duration).",
+)
+@click.option(
+    "--retry-period", default="2s", show_default=True, help="How often each Lease is renewed or tried."
+)
+@click.option(
     "--metrics-addr",
     default=":8080",
     show_default=True,
@@ -1517,6 +1548,11 @@ def controller(
     namespaces: tuple[str, ...],
     leader_elect: bool,
     lease_namespace: str | None,
+    shards: int,
+    replicas: int,
+    lease_duration: str,
+    renew_deadline: str,
+    retry_period: str,
     metrics_addr: str,
     bind_address: str,
     prometheus_url: str | None,
@@ -1538,6 +1574,7 @@ def controller(
     \b
     Examples:
       mesh-canary controller --namespace models --leader-elect --metrics-addr :8080 --bind-address 0.0.0.0
+      mesh-canary controller --shards 6 --replicas 3 --metrics-addr :8080 --bind-address 0.0.0.0
       mesh-canary controller --kubeconfig ~/.kube/config --dashboard-address 127.0.0.1:8081
     """
     from mesh_canary.controller import Controller, ControllerSettings, MetricsAddress, parse_addr
@@ -1561,6 +1598,14 @@ def controller(
         if registry_token_env is not None and not os.environ.get(registry_token_env):
             raise ValueError(f"--registry-token-env names {registry_token_env}, which is not set")
         slow_s, stuck_s = parse_duration(slow_after), parse_duration(stuck_after)
+        lease_s, renew_s, retry_s = (
+            parse_duration(d) for d in (lease_duration, renew_deadline, retry_period)
+        )
+        if not (lease_s >= 2 and lease_s == int(lease_s) and lease_s > renew_s > retry_s > 0):
+            raise ValueError(
+                "the Leases need whole seconds (2 or more) for --lease-duration, and "
+                "--lease-duration > --renew-deadline > --retry-period > 0"
+            )
     except ValueError as e:
         raise BadInput(str(e)) from e
     for ns in (n.strip() for group in namespaces for n in group.split(",")):
@@ -1570,25 +1615,36 @@ def controller(
         raise BadInput(f"--slow-after ({slow_after}) must be above 0 and below --stuck-after ({stuck_after})")
     if max_workers is not None and max_workers < workers:
         raise BadInput(f"--max-workers ({max_workers}) must be at least --workers ({workers})")
-    settings = ControllerSettings(
-        namespaces=namespaces,
-        prometheus_url=prometheus_url,
-        allowed_metrics_addresses=allowed_metrics,
-        allowed_registries=allowed_registries,
-        registry_token_env=registry_token_env,
-        allow_cross_namespace=allow_cross_namespace,
-        workers=workers,
-        max_workers=max_workers,
-        slow_after_s=slow_s,
-        stuck_after_s=stuck_s,
-        metrics_addr=metrics_addr,
-        bind_address=bind_address,
-        leader_elect=leader_elect,
-        lease_namespace=lease_namespace,
-        dashboard_addr=dashboard_addr,
-        dashboard_allow_writes=dashboard_allow_writes,
-    )
-    Controller(api_client(kubeconfig, kube_context), settings).run()
+    try:
+        settings = ControllerSettings(
+            namespaces=namespaces,
+            prometheus_url=prometheus_url,
+            allowed_metrics_addresses=allowed_metrics,
+            allowed_registries=allowed_registries,
+            registry_token_env=registry_token_env,
+            allow_cross_namespace=allow_cross_namespace,
+            workers=workers,
+            max_workers=max_workers,
+            slow_after_s=slow_s,
+            stuck_after_s=stuck_s,
+            metrics_addr=metrics_addr,
+            bind_address=bind_address,
+            leader_elect=leader_elect,
+            lease_namespace=lease_namespace,
+            shards=shards,
+            replicas=replicas,
+            lease_duration_s=int(lease_s),
+            renew_deadline_s=renew_s,
+            retry_period_s=retry_s,
+            dashboard_addr=dashboard_addr,
+            dashboard_allow_writes=dashboard_allow_writes,
+        )
+    except ValueError as e:
+        raise BadInput(str(e)) from e
+    client = api_client(kubeconfig, kube_context)
+    # Which process wrote what, in the API server's audit log (and the tests' stand-in).
+    client.user_agent = f"mesh-canary-controller/{settings.identity}"
+    Controller(client, settings).run()
 
 
 # --------------------------------------------------------------------------- report

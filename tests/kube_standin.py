@@ -236,6 +236,8 @@ class KubeApi(KubernetesScaffold):
         self.objects = kmock.ObjectsArray()  # with every version kept, for assertions
         self.revision = 0
         self.log: list[tuple[int, resource, dict[str, Any]]] = []
+        # Every successful write: (resourceVersion, plural[/subresource], namespace, name, User-Agent).
+        self.writers: list[tuple[int, str, str | None, str, str]] = []
         self.changed = asyncio.Condition()
         self.write_lock = asyncio.Lock()
         self.stopping = False
@@ -353,18 +355,29 @@ class KubeApi(KubernetesScaffold):
         if method == "GET":
             return self._respond(self._get(request, res, kind), 200)
         if method == "POST" and request.name is None:
-            return self._respond(self._create(request, res, kind), 201)
+            return self._respond(self._create(request, res, kind), 201, request)
         if method in ("PUT", "PATCH") and request.name is not None:
-            return self._respond(self._update(request, res, kind), 200)
+            return self._respond(self._update(request, res, kind), 200, request)
         if method == "DELETE" and request.name is not None:
-            return self._respond(self._delete(request, res, kind), 200)
+            return self._respond(self._delete(request, res, kind), 200, request)
         raise _error(405, "MethodNotAllowed", f"{method} is not supported on {request.url.path}")
 
-    async def _respond(self, coro: Any, status: int) -> Any:
+    async def _respond(self, coro: Any, status: int, write: kmock.Request | None = None) -> Any:
         # One write at a time, from its read of the stored object to its commit: a write
         # can never slip between another's resourceVersion check and its store.
         async with self.write_lock:
             body = await coro
+            meta = (body.get("metadata") or {}) if write is not None and isinstance(body, dict) else {}
+            if write is not None and write.resource is not None and meta.get("resourceVersion"):
+                self.writers.append(
+                    (
+                        int(meta["resourceVersion"]),
+                        f"{write.resource.plural}{'/' + write.subresource if write.subresource else ''}",
+                        meta.get("namespace"),
+                        str(meta.get("name")),
+                        _header(write, "User-Agent"),
+                    )
+                )
         # NB: kmock merges a reaction's headers across responses: always set the same ones.
         return Response(status=status, headers={"Content-Type": "application/json"}, payload=body)
 
@@ -815,6 +828,10 @@ class KubeStandIn:
 
     def install_crd(self, crd: Mapping[str, Any]) -> None:
         self.call(lambda h: h.install_crd(crd))
+
+    def writers(self) -> list[tuple[int, str, str | None, str, str]]:
+        """Every successful write so far: (resourceVersion, plural[/subresource], namespace, name, User-Agent)."""
+        return self.call(lambda h: list(h.writers))
 
     def stored(self, res: str, namespace: str | None, name: str) -> list[dict[str, Any]]:
         """Every stored version of an object, oldest first (deletions left out)."""

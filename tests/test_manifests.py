@@ -90,7 +90,7 @@ def test_rbac_is_least_privilege(installed: dict[tuple[str, str], Any]) -> None:
     role = installed["Role", "mesh-canary-leader-election"]
     assert role["metadata"]["namespace"] == SYSTEM_NS  # leases only in the controller's namespace
     assert rule_set(role["rules"]) == {
-        ("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")
+        ("coordination.k8s.io", "leases", v) for v in ("get", "list", "create", "update", "patch")
     }
     for kind, name, role_kind in [
         ("ClusterRoleBinding", "mesh-canary-controller", "ClusterRole"),

@@ -17,7 +17,9 @@ its own ``analysis.interval``, many at once:
   re-writing any weight;
 - with ``--leader-elect`` only the replica holding the ``coordination.k8s.io`` Lease
   reconciles (the official client's `kubernetes.leaderelection` decides who holds it; this
-  module adds a loop that can stop and releases the Lease on shutdown);
+  module adds a loop that can stop and releases the Lease on shutdown); with ``--shards K``
+  there is one Lease per shard (a hash of namespace/name) and each process reconciles the
+  rollouts of the shards it holds (`leader.ShardElector`);
 - ``/livez``, ``/readyz`` and ``/metrics`` on ``--metrics-addr``.
 
 People's orders arrive as annotations on the resource (see `mesh_canary.kube.status.COMMAND_ANNOTATIONS`).
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 from mesh_canary.controller.controller import Controller, ControllerError, running
 from mesh_canary.controller.handler import RolloutHandler
-from mesh_canary.controller.leader import LeaderElector
+from mesh_canary.controller.leader import LeaderElector, ShardElector
 from mesh_canary.controller.metrics import ControllerMetrics
 from mesh_canary.controller.reconcile import BackendFactory
 from mesh_canary.controller.settings import (
@@ -50,6 +52,7 @@ from mesh_canary.controller.settings import (
     MetricsAddress,
     address_key,
     parse_addr,
+    shard_of,
 )
 from mesh_canary.kube.errors import KubeError
 
@@ -63,7 +66,9 @@ __all__ = [
     "LeaderElector",
     "MetricsAddress",
     "RolloutHandler",
+    "ShardElector",
     "address_key",
     "parse_addr",
     "running",
+    "shard_of",
 ]

@@ -20,11 +20,11 @@ from mesh_canary.controller.finalizer import Finalizer
 from mesh_canary.controller.handler import Key, RolloutHandler
 from mesh_canary.controller.health import HealthServer
 from mesh_canary.controller.informer import Informer
-from mesh_canary.controller.leader import LeaderElector, elector_for
+from mesh_canary.controller.leader import LeaderElector, ShardElector, elector_for
 from mesh_canary.controller.metrics import ControllerMetrics
 from mesh_canary.controller.reconcile import BackendFactory, Reconciler
 from mesh_canary.controller.registry import ControllerRegistry
-from mesh_canary.controller.settings import ControllerSettings
+from mesh_canary.controller.settings import ControllerSettings, shard_of
 from mesh_canary.controller.workqueue import WorkQueue
 from mesh_canary.core.durations import format_duration
 from mesh_canary.core.model import Policy
@@ -111,7 +111,13 @@ class Controller:
             if s.leader_elect
             else None
         )
-        self.metrics.leader.set(1 if self.queue.leading else 0)
+        # --shards: the shards whose Lease this process holds (guarded by the queue's lock).
+        self._shards_held: set[int] = set()
+        self._shards: ShardElector | None = None
+        if s.shards:
+            self.queue.owns = self._owns
+            self._shards = ShardElector(api_client, s, self._started_shard, self._stopped_shard)
+        self.metrics.leader.set(1 if self.queue.leading and not s.shards else 0)
 
     def _health_server(self) -> HealthServer | None:
         s = self.settings
@@ -182,6 +188,9 @@ class Controller:
         if self._elector is not None:
             elector = self._elector
             targets.append(("leader-election", lambda: elector.run(self._stopping)))
+        if self._shards is not None:
+            shards = self._shards
+            targets.append(("shard-election", lambda: shards.run(self._stopping)))
         for name, target in targets:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -194,6 +203,7 @@ class Controller:
             extra={
                 "namespace": ",".join(self.settings.watched) or "*",
                 "leaderElect": self.settings.leader_elect,
+                "shards": self.settings.shards,
                 "identity": self.settings.identity,
             },
         )
@@ -274,6 +284,8 @@ class Controller:
             return False, "the ModelRollout informer has not listed yet"
         if self.settings.leader_elect and not self.queue.leading:
             return False, "not the leader: standing by"
+        if self.settings.shards:
+            return True, f"ok: holding shards {self.shards_held or 'none'} of {self.settings.shards}"
         return True, "ok"
 
     def refresh_gauges(self) -> None:
@@ -295,6 +307,46 @@ class Controller:
         for h in self.queue.set_leading(False):
             # Whoever leads next resumes from the status; our copy may be stale by then.
             h.drop_runner()
+
+    # -- shards (--shards) --------------------------------------------------------------
+
+    @property
+    def shards_held(self) -> list[int]:
+        with self.queue.cond:
+            return sorted(self._shards_held)
+
+    def shard_of(self, key: Key) -> int:
+        return shard_of(key[0], key[1], self.settings.shards)
+
+    def _owns(self, key: Key) -> bool:
+        """Whether a turn of ``key`` may start: its shard held, and its Lease renewed within the
+        renew deadline (the queue calls it holding its lock)."""
+        shard = self.shard_of(key)
+        return shard in self._shards_held and self._shards is not None and self._shards.renewed_lately(shard)
+
+    def _started_shard(self, shard: int) -> None:
+        with self.queue.cond:
+            self._shards_held.add(shard)
+        self.metrics.leader.set(1)
+        log.info(
+            "sharding: reconciling shard %d",
+            shard,
+            extra={"shard": shard, "identity": self.settings.identity},
+        )
+        self.queue.set_leading(True, lambda key: self.shard_of(key) == shard)
+
+    def _stopped_shard(self, shard: int) -> None:
+        """No new turn of the shard's rollouts starts; returns once those in flight ended."""
+        with self.queue.cond:
+            self._shards_held.discard(shard)
+            self.metrics.leader.set(1 if self._shards_held else 0)
+        for h in self.queue.set_leading(False, lambda key: self.shard_of(key) == shard):
+            h.drop_runner()  # whoever holds the shard next resumes from the status
+        log.info(
+            "sharding: stopped reconciling shard %d",
+            shard,
+            extra={"shard": shard, "identity": self.settings.identity},
+        )
 
     # -- what the informer sees ---------------------------------------------------------
 

@@ -9,6 +9,8 @@ secrets) once, here.
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import socket
 import uuid
@@ -19,6 +21,8 @@ from urllib.parse import urlsplit
 from mesh_canary.redact import redact_url, register_secret
 
 DEFAULT_LEASE_NAME = "mesh-canary-controller"
+# With --shards K: shard i is held through the Lease "<lease name>-shard-<i>".
+SHARD_LEASE_INFIX = "-shard-"
 # The policy's default spec.metrics.address: the one Prometheus allowed when nothing is configured.
 DEFAULT_METRICS_ADDRESS = "http://prometheus.istio-system:9090"
 # A reconcile is slow after this long (it stops holding a worker), stuck after this long
@@ -87,6 +91,12 @@ def _namespaces(given: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(n.strip() for ns in names for n in ns.split(",") if n.strip()))
 
 
+def shard_of(namespace: str, name: str, shards: int) -> int:
+    """The shard of a ModelRollout: a stable hash of ``namespace/name`` (the same in every process and release)."""
+    digest = hashlib.sha256(f"{namespace}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
 def _identity() -> str:
     # Unique per process, like client-go's: a restarted container must not pass for the old one.
     return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
@@ -101,7 +111,10 @@ class ControllerSettings:
     what a spec naming none gets; ``workers`` reconciles at once, ``max_workers`` threads in
     all (slow reconciles stop holding a worker after ``slow_after_s``; one running
     ``stuck_after_s`` fails /livez); ``metrics_addr`` (None: no server) on
-    ``bind_address``; the Lease when ``leader_elect``; the API's timings.
+    ``bind_address``; the Lease when ``leader_elect``; with ``shards`` K > 0, one Lease per
+    shard instead (``<lease_name>-shard-<i>``), this process holding at most
+    ``shard_limit`` of them while every expected process (``replicas``) is alive; the
+    API's timings.
     """
 
     namespaces: str | Sequence[str] = ()
@@ -124,6 +137,8 @@ class ControllerSettings:
     dashboard_addr: str | None = None
     dashboard_allow_writes: bool = False
     lease_name: str = DEFAULT_LEASE_NAME
+    shards: int = 0
+    replicas: int = 1
     lease_namespace: str | None = None
     identity: str = field(default_factory=_identity)
     lease_duration_s: int = 15
@@ -138,6 +153,10 @@ class ControllerSettings:
     def __post_init__(self) -> None:
         if self.workers < 1 or not 0 < self.slow_after_s < self.stuck_after_s:
             raise ValueError("the controller needs workers >= 1 and 0 < slow-after < stuck-after")
+        if self.shards < 0 or self.replicas < 1:
+            raise ValueError("the controller needs shards >= 0 and replicas >= 1")
+        if self.shards and self.leader_elect:
+            raise ValueError("--shards elects a holder per shard: leave out --leader-elect")
         if self.metrics_addr is not None:
             parse_addr(self.metrics_addr, self.bind_address)
         if self.dashboard_addr is not None:
@@ -163,6 +182,14 @@ class ControllerSettings:
     def thread_limit(self) -> int:
         """Reconcile threads in all, slow ones included (default 4 x workers, never below workers)."""
         return max(self.max_workers if self.max_workers is not None else 4 * self.workers, self.workers)
+
+    @property
+    def shard_limit(self) -> int:
+        """Shards one process takes while others may want them: ceil(shards / replicas)."""
+        return math.ceil(self.shards / self.replicas)
+
+    def shard_lease(self, shard: int) -> str:
+        return f"{self.lease_name}{SHARD_LEASE_INFIX}{shard}"
 
     def lease_namespace_or_default(self) -> str:
         """Where the Lease lives: the flag, else the pod's namespace, else the first watched one."""

@@ -4,7 +4,8 @@ A heap of next-due times; a scheduler thread hands due rollouts to worker thread
 two turns of one rollout at once. ``workers`` turns run at once; a turn that has run
 ``slow_after_s`` (a stuck outside call) stops holding its worker, so slow rollouts cannot
 starve the others, up to ``max_workers`` threads in all; one running ``stuck_after_s`` is
-what /livez reports. While not leading, nothing new starts.
+what /livez reports. While not leading, nothing new starts; nor does a turn of a rollout
+``owns`` says another process reconciles (``--shards``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class WorkQueue:
         self.cond = threading.Condition()
         self.handlers: dict[Key, RolloutHandler] = {}
         self.leading = not settings.leader_elect
+        # Whether this process reconciles the rollout now (a shard it holds); called under ``cond``.
+        self.owns: Callable[[Key], bool] = lambda key: True
         self._turn = turn
         self._after = after
         self._stopping = stopping
@@ -156,7 +159,7 @@ class WorkQueue:
                 return min(wait, free_in) if free_in is not None else wait
             _, _, token, key = heapq.heappop(self._heap)
             h = self.handlers.get(key)
-            if h is None or h.removed or token != h.token:
+            if h is None or h.removed or token != h.token or not self.owns(key):
                 continue
             self._dispatch_locked(h)
         if self._heap:
@@ -180,7 +183,7 @@ class WorkQueue:
             with self.cond:
                 h.running = False
                 self._inflight.pop(id(h), None)
-                if not h.removed and self.leading and not self._stopping.is_set():
+                if not h.removed and self.leading and self.owns(h.key) and not self._stopping.is_set():
                     if h.rerun:
                         h.rerun = False
                         self.schedule_locked(h, self.clock.now())
@@ -219,23 +222,26 @@ class WorkQueue:
                 self.cond.wait(min(deadline - time.monotonic(), 0.5))
             return sorted(f.handler.ref for f in self._inflight.values())
 
-    def set_leading(self, leading: bool) -> list[RolloutHandler]:
+    def set_leading(self, leading: bool, which: Callable[[Key], bool] | None = None) -> list[RolloutHandler]:
         """Start (every rollout due now) or stop leading; returns the handlers known then.
 
         On stopping, turns in flight finish, no new one starts. Not forever: a wedged one is
         what /livez reports, and it must not hold the caller (the election thread).
+        ``which``: only these rollouts (a shard gained or lost: ``owns`` already says so).
         """
         with self.cond:
-            self.leading = leading
+            if which is None:
+                self.leading = leading
+            handlers = [h for h in self.handlers.values() if which is None or which(h.key)]
             if leading:
-                for h in self.handlers.values():
+                for h in handlers:
                     self.schedule_locked(h, self.clock.now())
             else:
                 deadline = time.monotonic() + self.settings.stuck_after_s
-                while any(h.running for h in self.handlers.values()) and time.monotonic() < deadline:
+                while any(h.running for h in handlers) and time.monotonic() < deadline:
                     self.cond.wait(0.2)
             self.cond.notify_all()
-            return list(self.handlers.values())
+            return handlers
 
     def live(self) -> list[RolloutHandler]:
         with self.cond:
