@@ -179,7 +179,10 @@ class Reconciler:
         for cmd in commands:
             runner.request(cmd)
         state = before
-        if not before.terminal and (commands or self.clock.now() >= before.next_tick_at(target)):
+        now, due = self.clock.now(), before.next_tick_at(target)
+        if not before.terminal and (commands or now >= due):
+            if now >= due:
+                self.metrics.tick_lateness.observe(now - due)
             h.stopwatch.reset()
             state = runner.tick_once()
             self.metrics.ticks.inc(max(state.ticks - before.ticks, 0))
