@@ -34,7 +34,12 @@ lint: install
 	$(BIN)/ruff format --check mesh_canary tests bench
 	$(BIN)/mypy
 
-bench: install
+# The benchmarks' own extra (matplotlib, for bench/controller_scale.py's plot).
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $@
+
+bench: install $(VENV)/.bench-installed
 	$(PY) bench/run_all.py $(if $(filter-out 0,$(BENCH_QUICK)),--quick)
 
 clean:

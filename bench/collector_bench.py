@@ -216,13 +216,13 @@ def section(quick: bool = False) -> list[str]:
     ]
 
 
-def update(path: Path, lines: list[str]) -> None:
-    """Replace this section in ``path`` (or add it before ## Notes, else at the end)."""
+def update(path: Path, lines: list[str], heading: str = HEADING) -> None:
+    """Replace the section ``heading`` in ``path`` (or add it before ## Notes, else at the end)."""
     text = path.read_text() if path.exists() else ""
     block = "\n".join(lines)
-    if HEADING in text:
-        start = text.index(HEADING)
-        after = text.find("\n## ", start + len(HEADING))
+    if heading in text:
+        start = text.index(heading)
+        after = text.find("\n## ", start + len(heading))
         text = text[:start] + block + ("\n" + text[after + 1 :] if after != -1 else "")
     elif "\n## Notes" in text:
         at = text.index("\n## Notes") + 1

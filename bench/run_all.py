@@ -4,7 +4,9 @@
 2. simulate throughput: whole rollouts (engine + judge + traffic) per minute on one core,
    for the default policy (policies/minimal.yaml) and for the benchmark's policy;
 3. bench/collector_bench.py: the prediction-label collector's throughput and footprint;
-4. bench/decision_quality.py: mesh-canary's judge against Flagger-style, Kayenta-style and
+4. bench/controller_scale.py: the controller with 10, 100 and 1,000 rollouts at once (--quick:
+   10 and 100) against a real Prometheus, and head-of-line blocking behind a stalled one;
+5. bench/decision_quality.py: mesh-canary's judge against Flagger-style, Kayenta-style and
    oracle SPRT rules on the same simulated traffic (the tables and the targets).
 
     python bench/run_all.py [--quick] [--out docs/benchmarks.md] [--throughput]
@@ -36,6 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_synthetic  # noqa: E402
 import collector_bench  # noqa: E402
+import controller_scale  # noqa: E402
 import decision_quality as dq  # noqa: E402
 
 from mesh_canary.core.policy import load_policy_text  # noqa: E402
@@ -217,6 +220,8 @@ def main() -> None:
 
     throughput_s = time.time() - t0
     collector_lines = collector_bench.section(args.quick)  # not in the quick run's estimate
+    # Its plot goes next to the file written (docs/controller-scale.png for docs/benchmarks.md).
+    scale_lines = controller_scale.section(args.quick, plot_path=args.out.parent / controller_scale.PLOT.name)
     summary = dq.main(["--workers", str(args.workers)] + (["--quick"] if args.quick else []))
     wall = time.time() - t0
 
@@ -254,6 +259,7 @@ def main() -> None:
         *summary["issue10_lines"],
         "",
         *collector_lines,
+        *scale_lines,
         dq.NOTES,
         "",
     ]

@@ -78,6 +78,27 @@ def model_rollout(
     return doc
 
 
+def virtual_service(name: str, namespace: str = NS) -> dict[str, Any]:
+    """An Istio VirtualService ``name`` whose route ``primary`` sends 100% to subset v1, 0% to v2."""
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "hosts": [name],
+            "http": [
+                {
+                    "name": "primary",
+                    "route": [
+                        {"destination": {"host": name, "subset": "v1"}, "weight": 100},
+                        {"destination": {"host": name, "subset": "v2"}, "weight": 0},
+                    ],
+                }
+            ],
+        },
+    }
+
+
 def make_policy(
     checks: Sequence[Check] = (),
     *,

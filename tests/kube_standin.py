@@ -35,6 +35,7 @@ Unknown fields are rejected (kubectl's ``fieldValidation=Strict``), not pruned.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import copy
 import datetime
@@ -45,6 +46,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -108,6 +110,15 @@ def _age(timestamp: str) -> str:
 def _header(request: kmock.Request, name: str) -> str:
     # kmock keeps the headers as a plain dict: look them up case-insensitively.
     return next((v for k, v in request.headers.items() if k.lower() == name.lower()), "")
+
+
+def _verb(method: str, request: kmock.Request) -> str:
+    """The Kubernetes verb of a request (what RBAC and the API server's metrics call it)."""
+    if method == "GET":
+        if request.params.get("watch") in ("true", "1"):
+            return "watch"
+        return "get" if request.name is not None else "list"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method)
 
 
 def _error(code: int, reason: str, message: str, **details: Any) -> KubernetesError:
@@ -240,6 +251,14 @@ class KubeApi(KubernetesScaffold):
         self.writers: list[tuple[int, str, str | None, str, str]] = []
         self.changed = asyncio.Condition()
         self.write_lock = asyncio.Lock()
+        # For benchmarks (bench/controller_scale.py): requests by (verb, plural), and the wall
+        # time (time.time()) each revision was committed at.
+        self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.committed_at: dict[int, float] = {}
+        # kmock keeps every request and matches each new one against that history (for its
+        # DSL's slices): the cost of a request grows with the requests before it. A benchmark
+        # sending a hundred thousand of them turns that off (no DSL interception then).
+        self.keep_requests = True
         self.stopping = False
         self.fallback[self._is_object_request] << self._serve
         for res, kind, namespaced in [
@@ -346,6 +365,9 @@ class KubeApi(KubernetesScaffold):
                 404, "NotFound", f"the server could not find the requested resource ({request.subresource})"
             )
         method = request.method.value
+        if not self.keep_requests:
+            self._forget_requests()
+        self.requests[_verb(method, request), "/".join(filter(None, [res.plural, request.subresource]))] += 1
         if method == "GET" and request.params.get("watch") in ("true", "1"):
             return Response(
                 status=200,
@@ -361,6 +383,12 @@ class KubeApi(KubernetesScaffold):
         if method == "DELETE" and request.name is not None:
             return self._respond(self._delete(request, res, kind), 200, request)
         raise _error(405, "MethodNotAllowed", f"{method} is not supported on {request.url.path}")
+
+    def _forget_requests(self) -> None:
+        # kmock's private lists: the root's record of requests and each reaction's.
+        del self._requests[:-1]
+        for payload in self._payloads:
+            del payload._requests[:]
 
     async def _respond(self, coro: Any, status: int, write: kmock.Request | None = None) -> Any:
         # One write at a time, from its read of the stored object to its commit: a write
@@ -678,6 +706,7 @@ class KubeApi(KubernetesScaffold):
                 return await self._remove(key, kind, new)
         async with self.changed:
             self.revision += 1
+            self.committed_at[self.revision] = time.time()
             meta["resourceVersion"] = str(self.revision)
             if old is None:
                 self.objects[key] = copy.deepcopy(new)
@@ -725,8 +754,15 @@ class KubeApi(KubernetesScaffold):
 class KubeStandIn:
     """The API stand-in on 127.0.0.1:<free port>, its event loop in a thread of its own."""
 
-    def __init__(self, crds: Sequence[Mapping[str, Any]] = (), workdir: pathlib.Path | None = None) -> None:
+    def __init__(
+        self,
+        crds: Sequence[Mapping[str, Any]] = (),
+        workdir: pathlib.Path | None = None,
+        keep_requests: bool = True,
+    ) -> None:
+        """``keep_requests=False``: kmock forgets each request once served (see `KubeApi.keep_requests`)."""
         self._crds = list(crds)
+        self._keep_requests = keep_requests
         self._own_workdir = workdir is None
         self._workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix="kube-standin-"))
         self._thread: threading.Thread | None = None
@@ -793,6 +829,7 @@ class KubeStandIn:
         self._stop = asyncio.Event()
         async with KubeApi() as handler, kmock.Server(handler) as server:
             self.handler = handler
+            handler.keep_requests = self._keep_requests
             for crd in self._crds:
                 handler.install_crd(crd)
             self.url = f"http://127.0.0.1:{server.port}"

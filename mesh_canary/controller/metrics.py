@@ -41,6 +41,7 @@ ROLLBACK_CATEGORIES = (
 )
 ROLLOUT_LABELS = ("namespace", "rollout")
 CHECK_LABELS = (*ROLLOUT_LABELS, "check", "metric")
+LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 ANALYSIS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 Key = tuple[str, str]  # (namespace, name), as the handlers'
@@ -79,6 +80,13 @@ class ControllerMetrics:
             "mesh_canary_rollbacks", "Rollbacks to 100% stable, by reason.", ["reason"], registry=r
         )
         self.ticks = Counter("mesh_canary_ticks", "Analyses run (engine ticks).", registry=r)
+        self.tick_lateness = Histogram(
+            "mesh_canary_tick_lateness_seconds",
+            "How late an analysis started: its actual start minus the time it was due "
+            "(the last analysis plus analysis.interval). Orders (annotations) run at once and are not counted.",
+            buckets=LATENESS_BUCKETS,
+            registry=r,
+        )
         self.errors = Counter(
             "mesh_canary_reconcile_errors", "Reconciles that failed and were retried.", registry=r
         )

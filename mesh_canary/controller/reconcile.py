@@ -189,6 +189,8 @@ class Reconciler:
         state = before
         now, due = self.clock.now(), due_at(before, target)
         if not before.terminal and (commands or now >= due):
+            if now >= due:
+                self.metrics.tick_lateness.observe(now - due)
             h.stopwatch.reset()
             # A due analysis reads at its grid instant (shared queries); orders are applied now.
             at = None if commands else analysis_instant(now, due, target.analysis.interval_s)

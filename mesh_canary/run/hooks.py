@@ -47,12 +47,23 @@ class HttpHooks:
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        import httpx
-
         self.hooks = hooks
         self.read_secret = read_secret
-        self._client = httpx.Client(transport=transport, follow_redirects=False)
+        self._transport = transport
+        # Made at the first call: an httpx client builds a TLS context (tens of ms of CPU),
+        # and a controller starting a thousand rollouts without hooks should not pay for it.
+        self._made: httpx.Client | None = None
+        self._make_lock = threading.Lock()
         self._clock = clock
+
+    @property
+    def _client(self) -> httpx.Client:
+        with self._make_lock:
+            if self._made is None:
+                import httpx
+
+                self._made = httpx.Client(transport=self._transport, follow_redirects=False)
+            return self._made
 
     def call(self, phase: str, fields: Mapping[str, Any], stop_at_failure: bool) -> HookResult:
         records: list[dict[str, Any]] = []
@@ -140,7 +151,9 @@ class HttpHooks:
         return found
 
     def close(self) -> None:
-        self._client.close()
+        with self._make_lock:
+            if self._made is not None:
+                self._made.close()
 
 
 class SkippedHooks:

@@ -37,6 +37,7 @@ from mesh_canary.kube.status import condition
 from mesh_canary.localmesh.prometheus import free_port
 from mesh_canary.routing.istio import IstioRouter
 from tests.conftest import model_rollout as shared_rollout
+from tests.conftest import virtual_service
 from tests.integration.test_controller import HOLD, wait_reconciles
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
 from tests.kube_standin import KubeStandIn
@@ -158,26 +159,6 @@ def accept(handler: BaseHTTPRequestHandler, rec: Recorded) -> None:
 
 
 # --------------------------------------------------------------------------- the cluster
-
-
-def virtual_service(name: str, namespace: str = NS) -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "hosts": [name],
-            "http": [
-                {
-                    "name": "primary",
-                    "route": [
-                        {"destination": {"host": name, "subset": "v1"}, "weight": 100},
-                        {"destination": {"host": name, "subset": "v2"}, "weight": 0},
-                    ],
-                }
-            ],
-        },
-    }
 
 
 def model_rollout(name: str, candidate: str = "2.0", **spec: Any) -> dict[str, Any]:

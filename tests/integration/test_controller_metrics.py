@@ -79,6 +79,13 @@ def test_per_rollout_series_follow_the_rollout_and_go_with_it(cluster: Cluster) 
         # Analysis time is read + judge: measured, and far below the 1 s interval here.
         total = value(text, "mesh_canary_rollout_analysis_duration_seconds_sum", **ROLLOUT)
         assert total is not None and 0 < total < 30
+        # Every analysis that ran on schedule says how late it started (observed just before
+        # the analysis counts itself in mesh_canary_ticks_total).
+        late = value(text, "mesh_canary_tick_lateness_seconds_count")
+        ticks = value(text, "mesh_canary_ticks_total")
+        assert late is not None and ticks is not None and ticks >= 2 and ticks <= late <= ticks + 1
+        late_sum = value(text, "mesh_canary_tick_lateness_seconds_sum")
+        assert late_sum is not None and late_sum >= 0.0
         in_progress = len(samples(text, **ROLLOUT))
         print(f"series per rollout in progress with one check: {in_progress}")
 

@@ -19,12 +19,14 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.leaderelection.leaderelectionrecord import LeaderElectionRecord
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
+from tests.crd_schema import MODELROLLOUT_CRD, load_yaml
 from tests.kube_fixtures import kube_api as kube_api  # the fixture
 from tests.kube_standin import KubeStandIn
 
 pytestmark = pytest.mark.integration
 
 G, V, P, NS = "mesh-canary.io", "v1alpha1", "modelrollouts", "models"
+MR_PATH = f"{G}/{V}/{P}"
 
 
 def rollout(name: str = "fraud-scorer", **labels: str) -> dict[str, Any]:
@@ -295,3 +297,34 @@ def test_discovery_and_tables(kube_api: KubeStandIn) -> None:
         "Age",
     ]
     assert table["rows"][0]["cells"][:4] == ["fraud-scorer", None, None, None]
+
+
+def test_requests_counted_by_verb_and_commit_times_kept_without_kmocks_request_log() -> None:
+    """What bench/controller_scale.py reads: requests by verb and resource, each revision's
+    commit time; with ``keep_requests=False`` kmock keeps no request (its per-request cost
+    would otherwise grow with every request before) and the API still answers."""
+    with KubeStandIn([load_yaml(MODELROLLOUT_CRD)], keep_requests=False) as kube:
+        custom = api(kube)
+        before = time.time()
+        created = custom.create_namespaced_custom_object(G, V, NS, P, rollout())
+        for phase in ("Progressing", "Succeeded"):
+            custom.patch_namespaced_custom_object_status(
+                G, V, NS, P, "fraud-scorer", {"status": {"phase": phase}}
+            )
+        custom.get_namespaced_custom_object(G, V, NS, P, "fraud-scorer")
+        custom.list_namespaced_custom_object(G, V, NS, P)
+        counts = kube.call(lambda h: dict(h.requests))
+        assert counts == {
+            ("create", P): 1,
+            ("patch", f"{P}/status"): 2,
+            ("get", P): 1,
+            ("list", P): 1,
+        }
+        committed = kube.call(lambda h: dict(h.committed_at))
+        revision = int(created["metadata"]["resourceVersion"])
+        assert before <= committed[revision] <= time.time()
+        assert kube.call(lambda h: len(h._requests)) <= 1  # only the request being served is kept
+        assert [v["status"]["phase"] for v in kube.stored(MR_PATH, NS, "fraud-scorer")[1:]] == [
+            "Progressing",
+            "Succeeded",
+        ]
