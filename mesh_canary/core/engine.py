@@ -669,7 +669,7 @@ def _tick(
     ready = in_step >= strategy.min_duration_s(policy, state.step_index) and all(
         _ready(r, c, final_window) for r, c in zip(results, checks, strict=True)
     )
-    if not ready or _held_for_proof(policy, final_window, results):
+    if not ready or _held_for_proof(policy, final_window, results) or _bursting(results):
         return _check_step_deadline(strategy, policy, state, now, observation) or Decision(state)
     return _gated(policy, state, now, observation, strategy.advance(policy, state, now, observation))
 
@@ -809,6 +809,15 @@ def _ready(result: CheckResult, check: Check, final_window: bool) -> bool:
     if result.enough_data:
         return True
     return _label_based(check) and not final_window
+
+
+def _bursting(results: Sequence[CheckResult]) -> bool:
+    """Is a check setting aside a burst of the candidate's events (checks/dispersion.py)?
+
+    Then the step holds its weight: a burst is set aside for at most burstDuration, and a
+    real change that looks like one at first must not meet more traffic meanwhile. The
+    step's maxStepDuration (then onTimeout) still bounds the hold."""
+    return any(r.tally is not None and r.tally.bursting for r in results)
 
 
 def _label_wait(policy: Policy, state: RolloutState, window: Observation | None) -> str:
