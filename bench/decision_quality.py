@@ -16,6 +16,11 @@ also tuned per service: one success-rate limit per family of scenarios sharing b
 and tolerance, each within 1% over that service's healthy rows.
 
     python bench/decision_quality.py [--quick] [--workers 2] [--json results.json]
+    python bench/decision_quality.py --only errors-0.1-0.4@200,breaks-halfway [--seeds 300]
+
+``--only`` runs just those rows (a row without @RPS at each of its traffic levels),
+mesh-canary at its defaults, on the same seeds a full run gives them, and prints their
+table rows: for measuring a change of the judge on the rows it is about.
 
 The markdown it renders is written into docs/benchmarks.md by bench/run_all.py.
 """
@@ -1205,6 +1210,57 @@ def check_rows(
     return unavailable, flags
 
 
+def parse_only(text: str) -> list[tuple[Spec, float]]:
+    """``SCENARIO[@RPS],...`` as rows: a scenario without @RPS at every traffic level it runs at."""
+    rows: list[tuple[Spec, float]] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, rps = part.partition("@")
+        if name not in SPECS:
+            raise argparse.ArgumentTypeError(f"no row {name!r}; rows: {', '.join(SPECS)}")
+        spec = SPECS[name]
+        if rps and float(rps) not in spec.rps:
+            raise argparse.ArgumentTypeError(f"{name} runs at {', '.join(f'{r:g}' for r in spec.rps)} req/s")
+        rows += [(spec, float(rps))] if rps else [(spec, r) for r in spec.rps]
+    return rows
+
+
+def only_lines(store: Store, rows: Sequence[tuple[Spec, float]]) -> list[str]:
+    """The table rows of ``rows`` for mesh-canary at its defaults: healthy rows' false
+    rollbacks, then the regressions' columns."""
+    rule = RULE["mesh-canary"]
+    healthy = [(s, r) for s, r in rows if s.healthy]
+    regressions = [(s, r) for s, r in rows if not s.healthy]
+    lines: list[str] = []
+    if healthy:
+        lines += ["| scenario | req/s | seeds | false rollbacks |", "| --- | ---: | ---: | ---: |"]
+        for spec, rps in healthy:
+            c = store.cell(rule.name, rule.default, spec, rps)
+            lines.append(f"| {spec.name} | {rps:g} | {c.n:,} | {false_rollbacks(c)} |")
+        lines.append("")
+    if regressions:
+        lines += [
+            "| scenario | req/s | seeds | " + _REGRESSION_HEAD,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for spec, rps in regressions:
+            c = store.cell(rule.name, rule.default, spec, rps)
+            lines.append(f"| {spec.name} | {rps:g} | {c.n:,} | {_regression_line(c, spec)}")
+    return lines
+
+
+def run_only(rows: Sequence[tuple[Spec, float]], workers: int, seeds: int | None) -> dict[str, Any]:
+    """Only ``rows``, mesh-canary at its defaults: seeds 0..n-1 as a full run gives them."""
+    t0 = time.time()
+    rule = RULE["mesh-canary"]
+    with Pool(workers) as pool:
+        store = Store(pool, quick=False)
+        store.ensure((rule.name, rule.default, s, rps, seeds or s.seeds) for s, rps in rows)
+    lines = only_lines(store, rows)
+    print("\n".join(lines))
+    print(f"decision quality (--only): {time.time() - t0:.0f}s wall", flush=True)
+    return {"markdown": "\n".join(lines)}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
@@ -1213,8 +1269,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--tune-seeds", type=int, default=500, help="seeds per healthy row when tuning")
     parser.add_argument("--json", type=Path, help="write the summary and the markdown here")
+    parser.add_argument(
+        "--only",
+        type=parse_only,
+        help="SCENARIO[@RPS],...: run only these rows, mesh-canary at its defaults, on the seeds "
+        "a full run gives them (the same seeds), and print their table rows; no tuning",
+    )
+    parser.add_argument("--seeds", type=int, help="with --only: this many seeds per row (0..N-1)")
     args = parser.parse_args(argv)
     t0 = time.time()
+    if args.only is not None:
+        return run_only(args.only, args.workers, args.seeds)
 
     unavailable, flags = check_rows(SCENARIOS, {n: load_policy_file(p) for n, p in POLICIES.items()})
     for (name, rps), why in unavailable.items():

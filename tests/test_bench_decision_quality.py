@@ -5,6 +5,7 @@ rule. Real rollouts through `simulate_rollout` (the Flagger-style judge: a few m
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 from dataclasses import replace
 from multiprocessing import Pool
@@ -103,3 +104,29 @@ def test_false_rollbacks_show_statistical_and_timeout_apart_with_the_upper_bound
     )
     assert dq.false_rollbacks(cell) == "2.0% (1.0% stat + 1.0% timeout; ≤7.0%)"
     assert dq.wilson_upper(0.0, 500) == pytest.approx(0.0076, abs=1e-4)
+
+
+def test_only_picks_rows_by_name_and_traffic_and_names_the_known_ones() -> None:
+    rows = dq.parse_only("errors-0.1-0.4@200, breaks-halfway")
+    assert [(s.name, r) for s, r in rows] == [
+        ("errors-0.1-0.4", 200.0),
+        ("breaks-halfway", 200.0),
+        ("breaks-halfway", 10.0),
+    ]
+    with pytest.raises(argparse.ArgumentTypeError, match=r"no row .nope.; rows: aa-0\.1"):
+        dq.parse_only("nope")
+    with pytest.raises(argparse.ArgumentTypeError, match="runs at 200 req/s"):
+        dq.parse_only("errors-x1.5@10")
+
+
+def test_only_runs_the_rows_on_the_seeds_a_full_run_gives_them(pool: Any) -> None:
+    """`--only` prints mesh-canary's table rows from the same cells (seeds 0..n-1) a full run fills."""
+    rows = dq.parse_only("aa-0.5@200,breaks-halfway@200")
+    store = dq.Store(pool, quick=False)
+    mesh = dq.RULE["mesh-canary"]
+    store.ensure((mesh.name, mesh.default, s, r, 3) for s, r in rows)
+    lines = dq.only_lines(store, rows)
+    aa, broken = (store.cell(mesh.name, mesh.default, s, r) for s, r in rows)
+    assert [x["outcome"] for x in broken.runs] == ["rolled_back"] * 3 and aa.n == 3
+    assert lines[2] == f"| aa-0.5 | 200 | 3 | {dq.false_rollbacks(aa)} |"
+    assert lines[-1].startswith("| breaks-halfway | 200 | 3 | 100.0% |")

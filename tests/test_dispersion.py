@@ -3,6 +3,7 @@ tally, and what a rollout through the real engine does on bursty traffic."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,29 @@ def test_an_elevation_that_outlasts_burst_duration_is_judged_in_full() -> None:
     assert results[-1].split < 1.5 and results[-1].own < 1.5
 
 
+def test_the_tally_says_while_a_burst_is_set_aside_so_the_engine_holds_the_step() -> None:
+    """``bursting`` (the engine holds the weight on it): from the interval that stands out
+    until a closed interval no longer does; never for a change that outlasts burstDuration."""
+    rng = np.random.default_rng(5)
+    calm = independent(rng, 10, 0.005, 0.005)
+    burst = [(30.0, 600.0, 57.0, 11_400.0)] * 3  # 90 s at 5%: inside the 3-minute default
+    results = run_intervals(calm + burst + independent(rng, 5, 0.005, 0.005))
+    flags = [r.tally.bursting for r in results]
+    assert flags[10:13] == [True] * 3 and not any(flags[14:])
+    assert flags.count(True) <= 5  # the burst's intervals, and a stray 3-sigma one at most
+    assert Tally.from_dict(results[11].tally.to_dict()) == results[11].tally
+    # The open interval counts: a burst shows before its interval closes.
+    before = results[9].tally
+    clock = dispersion.Clock(at=330.0, step_since=0.0, burst_s=180.0)
+    last = before.last
+    opened = (last[0] + 8.0, last[1] + 150.0, last[2] + 1.0, last[3] + 2_850.0)  # 9 events: still open
+    d = dispersion.measure("errorRate", 0, opened, before, clock)
+    assert d.set_aside(0) > 0.0 and d.tally.bursting and d.tally.intervals == before.intervals
+    # A change that outlasts burstDuration is judged in full: no hold.
+    change = run_intervals(calm + independent(rng, 20, 0.03, 0.005))
+    assert change[11].tally.bursting and not any(r.tally.bursting for r in change[17:])
+
+
 def test_burst_duration_zero_sets_nothing_aside() -> None:
     rng = np.random.default_rng(2)
     intervals = independent(rng, 20, 0.005, 0.005)
@@ -99,7 +123,8 @@ def test_the_open_interval_counts_before_it_closes() -> None:
     # Too few events to close an interval, yet a burst's share already shows.
     clock = dispersion.Clock(at=30.0, step_since=0.0, burst_s=180.0)
     d = dispersion.measure("errorRate", 0, (10.0, 6300.0, 61.0, 119_700.0), before, clock)
-    assert d.tally == before  # not carried until it closes
+    # Its counts are not carried until it closes; that a burst is under way is (the step holds).
+    assert d.tally == replace(before, bursting=True)
     assert d.split > 1.0
 
 

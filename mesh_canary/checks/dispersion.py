@@ -85,7 +85,9 @@ class Dispersion:
 
 
 def unchanged(name: str, step: int, before: Tally | None) -> Dispersion:
-    return Dispersion(1.0, 1.0, before or Tally(name, step))
+    """No discount and nothing set aside (one window, or nothing to split)."""
+    tally = before or Tally(name, step)
+    return Dispersion(1.0, 1.0, replace(tally, bursting=False) if tally.bursting else tally)
 
 
 def _phi(x2: float, df: int) -> float:
@@ -144,7 +146,16 @@ def measure(
 
 
 def _dispersion(now: Tally, keep: Tally) -> Dispersion:
-    return Dispersion(_phi(now.x2_split, now.df_split), _phi(now.x2_own, now.df_own), keep, now.clipped)
+    # A burst is under way if this look (the open interval included) or the last closed
+    # interval says so: only a closed interval, with enough events to tell, ends a burst.
+    bursting = _under_way(now) or _under_way(keep)
+    carried = keep if keep.bursting == bursting else replace(keep, bursting=bursting)
+    return Dispersion(_phi(now.x2_split, now.df_split), _phi(now.x2_own, now.df_own), carried, now.clipped)
+
+
+def _under_way(tally: Tally) -> bool:
+    """Is a burst of the candidate's events being set aside (it has not outlasted burstDuration)?"""
+    return tally.burst_since is not None and not tally.burst_outlasted
 
 
 def _judgeable(interval: Counts, min_events: float) -> bool:

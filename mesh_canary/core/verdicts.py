@@ -48,6 +48,9 @@ class Tally:
     burst_outlasted: bool = False
     burst_pearson: tuple[float, ...] = ()  # the burst's share of the Pearson statistics
     burst_seen: tuple[float, ...] = ()  # the candidate's events and trials during the burst
+    # At the latest look (the open interval included): a burst is being set aside. The engine
+    # holds the step's weight meanwhile (it never advances while a burst is set aside).
+    bursting: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +70,8 @@ class Tally:
             "burstOutlasted": self.burst_outlasted,
             "burstPearson": list(self.burst_pearson),
             "burstSeen": list(self.burst_seen),
+            # Only while true: a tally without a burst under way reads as before the field.
+            **({"bursting": True} if self.bursting else {}),
         }
 
     @classmethod
@@ -88,6 +93,7 @@ class Tally:
             burst_outlasted=bool(d.get("burstOutlasted", False)),
             burst_pearson=tuple(float(x) for x in d.get("burstPearson", ())),
             burst_seen=tuple(float(x) for x in d.get("burstSeen", ())),
+            bursting=bool(d.get("bursting", False)),
         )
 
 
