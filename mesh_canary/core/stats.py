@@ -606,8 +606,8 @@ class RatioProfile:
             return 0.0
         if ratio <= 0.0:
             return 1.0
-        log_post = self.log_lik - 0.5 * (self.log_r / prior_sd) ** 2
-        w = np.exp(log_post - np.max(log_post))
+        log_post = self.log_lik - _log_prior_term(self.log_r, prior_sd)
+        w = np.exp(log_post - log_post.max())
         return float(w[self.log_r > math.log(ratio)].sum() / w.sum())
 
     def _open(self, kept_low: npt.NDArray[np.bool_], kept_high: npt.NDArray[np.bool_]) -> tuple[float, float]:
@@ -620,6 +620,23 @@ class RatioProfile:
         lo = 0.0 if first <= 0 else math.exp(float(self.log_r[first - 1]))
         hi = INF if top >= last else math.exp(float(self.log_r[top + 1]))
         return lo, max(hi, lo)
+
+
+def _log_prior_term(log_r: FloatArray, prior_sd: float) -> FloatArray:
+    """``0.5 * (log_r / prior_sd) ** 2``, remembered per grid (the grids are shared)."""
+    key = (id(log_r), prior_sd)
+    seen = _PRIOR_TERMS.get(key)
+    if seen is None or seen[0] is not log_r:
+        if len(_PRIOR_TERMS) >= _TERMS_MAX:
+            _PRIOR_TERMS.clear()
+        term = 0.5 * (log_r / prior_sd) ** 2
+        term.setflags(write=False)
+        seen = (log_r, term)
+        _PRIOR_TERMS[key] = seen
+    return seen[1]
+
+
+_PRIOR_TERMS: dict[tuple[int, float], tuple[FloatArray, FloatArray]] = {}
 
 
 def _stratified_log_lik(
