@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mesh_canary.checks.words import FORMATS, Format, confidence_level, times
 from mesh_canary.core.model import Check
@@ -55,6 +55,11 @@ class Outcome:
         if self.kind in ("min", "maxDecrease"):
             return e.est < self.limit
         return e.est > self.limit
+
+
+def with_leaning(o: Outcome, leaning: bool) -> Outcome:
+    """``o`` leaning (or not) towards failure: itself when it already does (speed only)."""
+    return o if o.leaning == leaning else replace(o, leaning=leaning)
 
 
 def bounds_of(check: Check) -> list[tuple[str, float]]:

@@ -127,7 +127,7 @@ def _evaluate_quantile(
         # has more mass than stable above the bucket bound below its estimate.
         heavier = _heavier_tail(judge, ev, ctx, hc, cand.est, level, tail_ratio)
         rising = ("maxIncrease", "maxIncreaseRatio")
-        return [replace(o, failed=o.failed or (o.kind in rising and heavier)) for o in outs]
+        return [replace(o, failed=True) if heavier and o.kind in rising and not o.failed else o for o in outs]
 
     # Quantile point estimates are interpolations inside coarse buckets: never lean on
     # them alone, whatever the step.

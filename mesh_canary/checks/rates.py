@@ -27,6 +27,7 @@ from mesh_canary.checks.bounds import (
     intersect,
     judge_bound,
     ratio_from_arms,
+    with_leaning,
 )
 from mesh_canary.checks.evidence import Evidence, concurrent, labelled, min_samples, stable_counts
 from mesh_canary.core import stats
@@ -140,7 +141,7 @@ def evaluate_rate(
         outcomes = [
             o
             if o.failed or not o.relative
-            else replace(o, leaning=beyond_probability(judge, o, plan.up, plan.down, stable) >= p_lean)
+            else with_leaning(o, beyond_probability(judge, o, plan.up, plan.down, stable) >= p_lean)
             for o in outcomes
         ]
     if kind.labels:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from mesh_canary.checks import REGISTRY
-from mesh_canary.checks.bounds import Est, Outcome, inconclusive
+from mesh_canary.checks.bounds import Est, Outcome, inconclusive, with_leaning
 from mesh_canary.checks.drift import drift_counts
 from mesh_canary.checks.evidence import (
     Evidence,
@@ -285,12 +285,12 @@ class AnytimeJudge:
                 return outcomes
             lenient = judged_at(2.0 * (1.0 - p))
             return [
-                o if o.failed or not o.leaning else replace(o, leaning=easy.failed)
+                o if o.failed or not o.leaning else with_leaning(o, easy.failed)
                 for o, easy in zip(outcomes, lenient, strict=True)
             ]
         strict = judged_at(max(2.0 * p, 1e-12))
         return [
-            o if o.failed else replace(o, leaning=o.leaning or not easy.passed)
+            o if o.failed else with_leaning(o, o.leaning or not easy.passed)
             for o, easy in zip(outcomes, strict, strict=True)
         ]
 

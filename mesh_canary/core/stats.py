@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import functools
 import math
+import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -91,6 +93,16 @@ def _clean_counts(successes: float, trials: float) -> tuple[float, float]:
     n = float(trials) if _MIN_COUNT <= trials < INF else 0.0
     s = float(successes) if _MIN_COUNT <= successes < INF else 0.0
     return min(s, n), n
+
+
+def _float_list(x: object) -> TypeGuard[list[float]]:
+    """A list of Python floats (the fast paths' input; anything else goes through numpy)."""
+    return type(x) is list and all(type(v) is float for v in x)
+
+
+def _clean_floats(counts: list[float]) -> list[float]:
+    """:func:`_clean_array` on a list of floats, as floats."""
+    return [x if _MIN_COUNT <= x < INF else 0.0 for x in counts]
 
 
 def _clean_array(counts: npt.ArrayLike) -> FloatArray:
@@ -229,6 +241,10 @@ def rate_cs_array(
     """:func:`rate_cs` for arrays of counts at once: the same roots by the same monotone
     Newton iterations, vectorised with numpy (scipy's ``betaln`` for the marginal)."""
     _check_alpha(alpha)
+    if LIBM_EXACT and _small_floats(successes) and _small_floats(trials) and len(successes) == len(trials):
+        got = _rate_cs_scalars(successes.tolist(), trials.tolist(), alpha, prior)
+        if got is not None:
+            return np.array(got[0], dtype=np.float64), np.array(got[1], dtype=np.float64)
     n = _clean_array(trials)
     s = np.minimum(_clean_array(successes), n)
     s, n = np.broadcast_arrays(s, n)
@@ -274,6 +290,119 @@ def rate_cs_array(
     return lower.astype(np.float64), upper.astype(np.float64)
 
 
+# Speed only. numpy's float64 log, log1p, exp and expm1 are the C library's on x86-64
+# without AVX-512 (numpy dispatches its own SIMD versions only there): then the same
+# operations on Python floats give the very same bits, and small arrays run faster that
+# way than through numpy's per-call overhead. Elsewhere the numpy code runs as it is.
+def _cpu_features() -> dict[str, bool]:
+    umath = getattr(getattr(np, "_core", None), "_multiarray_umath", None)
+    return dict(getattr(umath, "__cpu_features__", {}))
+
+
+_FEATURES = _cpu_features()
+LIBM_EXACT = (
+    platform.machine().lower() in ("x86_64", "amd64")
+    and _FEATURES.get("AVX2", False)
+    and not any(_FEATURES.get(f, False) for f in ("AVX512F", "X86_V4"))
+)
+_SCALAR_MAX = 64  # longer arrays: numpy is faster
+
+
+def _small_floats(x: object) -> TypeGuard[FloatArray]:
+    return isinstance(x, np.ndarray) and x.dtype == np.float64 and x.ndim == 1 and x.size <= _SCALAR_MAX
+
+
+def _max(a: float, b: float) -> float:
+    """``np.maximum(a, b)`` (``b`` never NaN here)."""
+    return b if b > a else a
+
+
+def _clip(x: float, lo: float, hi: float) -> float:
+    """``np.clip(x, lo, hi)`` for one float: the same comparisons, so the same zero's sign."""
+    m = x if x != x or x > lo else lo
+    return m if m != m or m < hi else hi
+
+
+def _rate_cs_scalars(
+    successes: list[float], trials: list[float], alpha: float, prior: BetaPrior
+) -> tuple[list[float], list[float]] | None:
+    """:func:`rate_cs_array` on Python floats (see :data:`LIBM_EXACT`): every element gets
+    the very operations of the numpy code in the same order, and the loop stops at the same
+    iteration (when every element has converged). None where numpy would meet a NaN, an
+    infinity or a division by zero: the caller then runs the numpy code."""
+    k = len(trials)
+    n = [x if _MIN_COUNT <= x < INF else 0.0 for x in trials]
+    s = [x if _MIN_COUNT <= x < INF else 0.0 for x in successes]
+    s = [min(a, b) for a, b in zip(s, n, strict=True)]
+    try:
+        log_marg0 = float(betaln(prior.a, prior.b))
+        marg = betaln(
+            np.array([prior.a + x for x in s]), np.array([prior.b + y - x for x, y in zip(s, n, strict=True)])
+        ).tolist()
+        log_alpha = math.log(1.0 / alpha)
+        qs, rns, ts, us = [], [], [], []
+        for i in range(k):
+            si, ni = s[i], n[i]
+            n1 = ni if ni > 0 else 1.0
+            q = si / n1
+            lik = (si * math.log(q) if si > 0 else 0.0) + ((ni - si) * math.log1p(-q) if ni - si > 0 else 0.0)
+            rn = _max((log_alpha + lik - (marg[i] - log_marg0)) / n1, 0.0)
+            qi = _clip(q, 1e-300, 1.0 - 1e-16)
+            xlogx = qi * math.log(qi)
+            ylogy = (1.0 - qi) * math.log1p(-qi)
+            t = math.log1p(-qi) + (xlogx - rn) / (1.0 - qi)
+            p_b = qi + rn + math.sqrt(2.0 * qi * rn + rn * rn)
+            if p_b < 1.0:
+                t = _max(t, math.log1p(-min(p_b, 1.0 - 1e-16)))
+            u = math.log(qi) + (ylogy - rn) / qi
+            p_c = qi - math.sqrt(2.0 * qi * rn)
+            if p_c > 0.0:
+                u = _max(u, math.log(_max(p_c, 1e-300)))
+            u = _max(u, -745.0)
+            qs.append(qi)
+            rns.append(rn)
+            ts.append(t)
+            us.append(u)
+        one_minus = [1.0 - qi for qi in qs]
+        log1p_minus = [math.log1p(-qi) for qi in qs]
+        log_q = [math.log(qi) for qi in qs]
+        for _ in range(_NEWTON_MAX_ITER):
+            done = True
+            for i in range(k):
+                qi, t, u = qs[i], ts[i], us[i]
+                p_up = -math.expm1(t)
+                step_t = 0.0
+                if p_up > qi:
+                    h_up = qi * math.log(qi / p_up) + one_minus[i] * (log1p_minus[i] - t) - rns[i]
+                    step_t = h_up * p_up / (qi - p_up)
+                t = t - step_t
+                p_lo = math.exp(u)
+                step_u = 0.0
+                if p_lo < qi:
+                    h_lo = qi * (log_q[i] - u) + one_minus[i] * math.log(one_minus[i] / (1.0 - p_lo)) - rns[i]
+                    step_u = h_lo * (1.0 - p_lo) / (p_lo - qi)
+                u = u - step_u
+                ts[i], us[i] = t, u
+                if not (
+                    abs(step_t) <= _NEWTON_TOL * _max(1.0, abs(t))
+                    and abs(step_u) <= _NEWTON_TOL * _max(1.0, abs(u))
+                ):
+                    done = False
+            if done:
+                break
+        lower, upper = [], []
+        for i in range(k):
+            t, u, si, ni = ts[i], us[i], s[i], n[i]
+            if t != t or u != u:
+                return None
+            q = si / (ni if ni > 0 else 1.0)
+            lower.append(_clip(math.exp(u), 0.0, q) if ni > 0 and si > 0 else 0.0)
+            upper.append(_clip(-math.expm1(t), q, 1.0) if ni > 0 and si < ni else 1.0)
+    except (ArithmeticError, ValueError):
+        return None
+    return lower, upper
+
+
 def likelihood_interval(successes: float, trials: float, alpha: float) -> tuple[float, float]:
     """The fixed-sample likelihood-ratio interval ``{p : n kl(p_hat, p) <= z^2 / 2}``, with
     ``z`` the two-sided normal quantile at ``alpha``.
@@ -286,12 +415,18 @@ def likelihood_interval(successes: float, trials: float, alpha: float) -> tuple[
     s, n = _clean_counts(successes, trials)
     if n <= 0.0:
         return 0.0, 1.0
-    z = float(ndtri(1.0 - alpha / 2.0))
+    z = _two_sided_z(alpha)
     rn = 0.5 * z * z / n
     q = s / n
     lower = 0.0 if s <= 0.0 else _lower_root(q, rn)
     upper = 1.0 if s >= n else _upper_root(q, rn)
     return lower, upper
+
+
+@functools.lru_cache(maxsize=1024)
+def _two_sided_z(alpha: float) -> float:
+    """The two-sided normal quantile at ``alpha`` (a judge asks for a few levels, many times)."""
+    return float(ndtri(1.0 - alpha / 2.0))
 
 
 def _check_alpha(alpha: float) -> None:
@@ -450,7 +585,7 @@ class RatioProfile:
         """The fixed-sample likelihood-ratio interval ``{R : log L(R_hat) - log L(R) <= z^2/2}``,
         open as in :meth:`cs` (NOT anytime-valid: for leaning only)."""
         _check_alpha(alpha)
-        z = float(ndtri(1.0 - alpha / 2.0))
+        z = _two_sided_z(alpha)
         inside = self.log_lik >= np.max(self.log_lik) - 0.5 * z * z
         return self._open(inside, inside)
 
@@ -471,8 +606,8 @@ class RatioProfile:
             return 0.0
         if ratio <= 0.0:
             return 1.0
-        log_post = self.log_lik - 0.5 * (self.log_r / prior_sd) ** 2
-        w = np.exp(log_post - np.max(log_post))
+        log_post = self.log_lik - _log_prior_term(self.log_r, prior_sd)
+        w = np.exp(log_post - log_post.max())
         return float(w[self.log_r > math.log(ratio)].sum() / w.sum())
 
     def _open(self, kept_low: npt.NDArray[np.bool_], kept_high: npt.NDArray[np.bool_]) -> tuple[float, float]:
@@ -485,6 +620,23 @@ class RatioProfile:
         lo = 0.0 if first <= 0 else math.exp(float(self.log_r[first - 1]))
         hi = INF if top >= last else math.exp(float(self.log_r[top + 1]))
         return lo, max(hi, lo)
+
+
+def _log_prior_term(log_r: FloatArray, prior_sd: float) -> FloatArray:
+    """``0.5 * (log_r / prior_sd) ** 2``, remembered per grid (the grids are shared)."""
+    key = (id(log_r), prior_sd)
+    seen = _PRIOR_TERMS.get(key)
+    if seen is None or seen[0] is not log_r:
+        if len(_PRIOR_TERMS) >= _TERMS_MAX:
+            _PRIOR_TERMS.clear()
+        term = 0.5 * (log_r / prior_sd) ** 2
+        term.setflags(write=False)
+        seen = (log_r, term)
+        _PRIOR_TERMS[key] = seen
+    return seen[1]
+
+
+_PRIOR_TERMS: dict[tuple[int, float], tuple[FloatArray, FloatArray]] = {}
 
 
 def _stratified_log_lik(
@@ -511,6 +663,35 @@ PYTHON_RECURSIONS = 2000
 _python_recursions = 0
 
 
+def _summed_log_lik(
+    events_c: FloatArray, events_s: FloatArray, shares: FloatArray, log_r: FloatArray, grid: tuple[float, ...]
+) -> FloatArray:
+    """:func:`_stratified_log_lik` for one batch of strata (K,) on the grid ``log_r``, each
+    stratum's term remembered: a finished canary step's counts come back at every later
+    tick. The terms are summed in the order numpy's sum over strata adds them (first to
+    last), so every value is the same to the last bit."""
+    a = np.log1p(-shares) - np.log(shares)  # as in _stratified_log_lik
+    total: FloatArray | None = None
+    for c, s, rho, a_k in zip(events_c.tolist(), events_s.tolist(), shares.tolist(), a, strict=True):
+        key = (c, s, rho, *grid)
+        term = _TERMS_SEEN.get(key)
+        if term is None:
+            d = log_r - a_k
+            term = c * np.logaddexp(0.0, -d) + s * np.logaddexp(0.0, d)
+            if len(_TERMS_SEEN) >= _TERMS_MAX:
+                _TERMS_SEEN.clear()
+            term.setflags(write=False)
+            _TERMS_SEEN[key] = term
+        total = term.copy() if total is None else total + term
+    assert total is not None
+    out: FloatArray = -total
+    return out
+
+
+_TERMS_MAX = 512
+_TERMS_SEEN: dict[tuple[float, ...], FloatArray] = {}
+
+
 def _geometric_recursion(x: FloatArray, q: float, python: bool | None = None) -> FloatArray:
     """``y[..., n] = x[..., n] + q * y[..., n - 1]`` along the last axis (``y[..., 0] = x[..., 0]``),
     as ``lfilter([1], [1, -q], x, axis=-1)``. ``python``: force (True) or skip (False) the
@@ -520,9 +701,7 @@ def _geometric_recursion(x: FloatArray, q: float, python: bool | None = None) ->
         python = _python_recursions < PYTHON_RECURSIONS and "scipy.signal" not in sys.modules
         _python_recursions += python
     if not python:
-        from scipy.signal import lfilter
-
-        out: FloatArray = lfilter([1.0], [1.0, -q], x, axis=-1)
+        out: FloatArray = _linear_filter()(np.ones(1), np.array([1.0, -q]), x, -1)
         return out
     rows = np.reshape(x, (-1, x.shape[-1])).tolist()
     for row in rows:
@@ -533,15 +712,31 @@ def _geometric_recursion(x: FloatArray, q: float, python: bool | None = None) ->
     return np.array(rows, dtype=np.float64).reshape(x.shape)
 
 
+@functools.cache
+def _linear_filter() -> Callable[..., FloatArray]:
+    """What ``lfilter(b, a, x, axis)`` calls for these float64 arrays, without its checks
+    (speed only; its own lfilter where scipy has moved it)."""
+    from scipy.signal import lfilter
+
+    try:
+        from scipy.signal._sigtools import _linear_filter as direct
+    except ImportError:
+        return lambda b, a, x, axis: lfilter(b, a, x, axis=axis)  # type: ignore[no-any-return]
+    return direct  # type: ignore[no-any-return]
+
+
 def _geometric_mixtures(log_lik: FloatArray, step: float, scale: float) -> tuple[FloatArray, FloatArray]:
     """For every grid point i, the log of ``sum_{j>=i} w_{j-i} L_j / L_i`` and of
     ``sum_{j<=i} w_{i-j} L_j / L_i`` with ``w_d = (1 - q) q^d``, ``q = exp(-step / scale)``
     (weights summing to at most 1: a valid mixture). One linear recursion each way."""
     q = math.exp(-step / scale)
-    top = np.max(log_lik, axis=-1, keepdims=True)
+    top = log_lik.max(axis=-1, keepdims=True)
     x = np.exp(log_lik - top)
     # Both directions in one call (half the calls; every element as computed alone).
-    both = _geometric_recursion(np.stack((x[..., ::-1], x)), q)
+    stacked = np.empty((2, *x.shape))
+    stacked[0] = x[..., ::-1]
+    stacked[1] = x
+    both = _geometric_recursion(stacked, q)
     with np.errstate(divide="ignore"):
         base = math.log1p(-q) + top - log_lik
         logs = np.log(np.maximum(both, 0.0))
@@ -590,15 +785,25 @@ def ratio_profile(
     stratum k; ``shares[k]``: the candidate's share of that stratum's trials. Strata whose
     share is not strictly between 0 and 1, or without events, carry no information about R.
     """
-    c, s, rho = _strata(events_c, events_s, shares)
-    used = (rho > 0.0) & (rho < 1.0) & ((c + s) > 0.0)
-    c, s, rho = c[used], s[used], rho[used]
+    if (
+        _float_list(events_c)
+        and _float_list(events_s)
+        and _float_list(shares)
+        and len(events_c) == len(events_s) == len(shares)
+    ):
+        cleaned = zip(_clean_floats(events_c), _clean_floats(events_s), shares, strict=True)
+        kept = [(x, y, r) for x, y, r in cleaned if 0.0 < r < 1.0 and x + y > 0.0]
+        c, s, rho = (np.array([k[i] for k in kept], dtype=np.float64) for i in range(3))
+    else:
+        c, s, rho = _strata(events_c, events_s, shares)
+        used = (rho > 0.0) & (rho < 1.0) & ((c + s) > 0.0)
+        c, s, rho = c[used], s[used], rho[used]
     log_r, i0 = _ratio_grid(r0, step, span)
     if c.size == 0:
         zeros = np.zeros_like(log_r)
         low = np.full_like(log_r, -INF)
         return RatioProfile(log_r, zeros, low, low, i0, 0.0)
-    log_lik = _stratified_log_lik(c, s, rho, log_r)
+    log_lik = _summed_log_lik(c, s, rho, log_r, (r0, step, span))
     log_above, log_below = _geometric_mixtures(log_lik, step, scale)
     return RatioProfile(log_r, log_lik, log_above, log_below, i0, float(c.sum() + s.sum()))
 
