@@ -6,6 +6,10 @@ two turns of one rollout at once. ``workers`` turns run at once; a turn that has
 starve the others, up to ``max_workers`` threads in all; one running ``stuck_after_s`` is
 what /livez reports. While not leading, nothing new starts; nor does a turn of a rollout
 ``owns`` says another process reconciles (``--shards``).
+
+Two queues, each oldest due first: turns of rollouts already running (analyses, rollback
+retries, orders, deletions) go before the first turn of a rollout not started yet, so a burst
+of new rollouts never delays an analysis or a rollback of the others.
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ from typing import Any
 from mesh_canary.controller.handler import Key, RolloutHandler, command_values, key_of, meta
 from mesh_canary.controller.settings import ControllerSettings
 from mesh_canary.protocols import Clock
+
+
+def _is_start(h: RolloutHandler) -> bool:
+    """Whether the turn would start a rollout that is not running yet: no runner, not deleted, and
+    its status shows no rollout in progress (a resumed one may owe a rollback: not a start)."""
+    return h.runner is None and not h.deleted and h.phase in ("Pending", "")
+
 
 # One turn of one rollout: (when it is next due, None: only on a change; whether it failed).
 Turn = Callable[[RolloutHandler], tuple[float | None, bool]]
@@ -53,7 +64,9 @@ class WorkQueue:
         self._turn = turn
         self._after = after
         self._stopping = stopping
+        # Due turns of started rollouts (and deletions), and first turns of new ones (`_is_start`).
         self._heap: list[tuple[float, int, int, Key]] = []
+        self._starts: list[tuple[float, int, int, Key]] = []
         self._seq = itertools.count()
         self._inflight: dict[int, _InFlight] = {}  # by id(handler): turns running now
 
@@ -62,7 +75,8 @@ class WorkQueue:
     def schedule_locked(self, h: RolloutHandler, due: float) -> None:
         h.token += 1
         h.due = due
-        heapq.heappush(self._heap, (due, next(self._seq), h.token, h.key))
+        heap = self._starts if _is_start(h) else self._heap
+        heapq.heappush(heap, (due, next(self._seq), h.token, h.key))
         self.cond.notify_all()
 
     def kick_locked(self, h: RolloutHandler) -> None:
@@ -149,21 +163,26 @@ class WorkQueue:
                 self.cond.wait(max(self._dispatch_due_locked(), 0.01))
 
     def _dispatch_due_locked(self) -> float:
-        """Start every due rollout a worker is free for; returns how long to wait then."""
+        """Start every due rollout a worker is free for, started rollouts' turns before new
+        rollouts' first turns; returns how long to wait then."""
         now = self.clock.now()
         wait = 1.0
-        while self._heap and self._heap[0][0] <= now:
+        while True:
+            heap = next((q for q in (self._heap, self._starts) if q and q[0][0] <= now), None)
+            if heap is None:
+                break
             free_in = self.free_worker_locked(time.monotonic())
             if free_in != 0.0:
                 # Due but no worker: wake when one turns slow, or when one finishes.
                 return min(wait, free_in) if free_in is not None else wait
-            _, _, token, key = heapq.heappop(self._heap)
+            _, _, token, key = heapq.heappop(heap)
             h = self.handlers.get(key)
             if h is None or h.removed or token != h.token or not self.owns(key):
                 continue
             self._dispatch_locked(h)
-        if self._heap:
-            wait = min(self._heap[0][0] - now, 1.0)
+        for q in (self._heap, self._starts):
+            if q:
+                wait = min(wait, q[0][0] - now)
         return wait
 
     def _dispatch_locked(self, h: RolloutHandler) -> None:
