@@ -8,12 +8,14 @@ every second); one real Prometheus (Debian ``prometheus``) scrapes it; ``mesh-ca
 controller`` runs as a separate process against the stand-in's kubeconfig. Every 20th
 rollout has a bad candidate (20% errors) and is rolled back. Measured:
 
-- tick lateness: each analysis's start (``status.rollout.lastTickAt`` of every stored status
-  version) minus when it was due (the previous state's ``next_tick_at``, as the controller
-  computes it), p50/p99/max; the controller's own ``mesh_canary_tick_lateness_seconds``
-  histogram is read too;
-- failed check to 100%-stable write: from the start of the analysis that failed to the
-  commit of the VirtualService write (the stand-in's clock), p50/p99;
+- tick lateness: the controller's own ``mesh_canary_tick_lateness_seconds`` histogram (wall
+  time at the start of each analysis's turn minus when it was due), p50/p99/max as the upper
+  bound of the bucket that holds them, and its mean (sum / count). Not ``lastTickAt``: with
+  analyses on the grid of the interval, a status's ``lastTickAt`` is the grid instant the
+  analysis read at, not when it ran, so it cannot show lateness;
+- failed check to 100%-stable write: from the instant the analysis that failed read at (its
+  due grid instant, ``lastTickAt``: so its lateness is included) to the commit of the
+  VirtualService write (the stand-in's clock), p50/p99;
 - Prometheus queries per second and per analysis (Prometheus's own
   ``prometheus_http_requests_total``, the controller's ``mesh_canary_ticks_total``);
 - API requests per second by verb (the stand-in counts them);
@@ -66,6 +68,7 @@ LATENCY_LE = (5, 10, 25, 50, 100, 250, 500, 1000, 2500)  # ms; +Inf after
 LATENCY_P = (0.05, 0.25, 0.35, 0.2, 0.1, 0.04, 0.007, 0.002, 0.0008)  # per bucket; the rest past 2.5s
 ERRORS = {"good": 0.005, "bad": 0.2}
 RUN_LIMIT_S = 900.0
+LATENESS_TOP_S = 60.0  # the largest finite bucket of mesh_canary_tick_lateness_seconds
 MR = "mesh-canary.io/v1alpha1/modelrollouts"
 VS = "networking.istio.io/v1/virtualservices"
 
@@ -222,7 +225,7 @@ class Result:
     wall_s: float
     finished: int
     phases: dict[str, int]
-    late_s: tuple[float, float, float]  # the non-slow rollouts' analyses: p50, p99, max
+    late_s: tuple[float, float, float]  # every analysis (the histogram's bucket bounds): p50, p99, max
     late_n: int
     rollback_s: tuple[float, float]  # failed check to 100%-stable write: p50, p99
     rollback_n: int
@@ -232,6 +235,8 @@ class Result:
     cpu_s: float
     peak_rss_mib: float
     lateness_hist: dict[str, float] = field(default_factory=dict)  # the controller's: le -> count
+    late_mean_s: float = math.nan  # the histogram's sum / count
+    peak_threads: int = -1  # the controller's threads, sampled every second
 
     @property
     def queries_per_tick(self) -> float:
@@ -243,6 +248,16 @@ def quantile(values: list[float], q: float) -> float:
         return math.nan
     s = sorted(values)
     return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+def hist_quantile(hist: dict[str, float], q: float) -> float:
+    """The upper bound of the bucket of a cumulative histogram (le -> count) that holds the
+    ``q`` quantile (inf: past the last finite bound; nan: no observation)."""
+    bounds = sorted((float(le), count) for le, count in hist.items())
+    total = bounds[-1][1] if bounds else 0.0
+    if not total:
+        return math.nan
+    return next(le for le, count in bounds if count >= q * total)
 
 
 def _child(*args: str) -> subprocess.Popen[bytes]:
@@ -268,11 +283,17 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _proc_peak_rss_mib(pid: int) -> float:
+def _proc_status(pid: int, key: str) -> int:
+    """A number from /proc/<pid>/status (``VmHWM`` in KiB, ``Threads``); -1 when absent."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return math.nan
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return -1
+
+
+def _proc_peak_rss_mib(pid: int) -> float:
+    kib = _proc_status(pid, "VmHWM")
+    return kib / 1024 if kib >= 0 else math.nan
 
 
 def _weights(handler: Any) -> dict[str, int]:
@@ -331,7 +352,6 @@ def _prometheus_queries(prom: Any) -> float:
 def run(n: int, slow_share: float = 0.0, workers: int | None = None) -> Result:
     import kubernetes.client
 
-    from mesh_canary.core.policy import load_policy
     from mesh_canary.kube.status import saved_state
     from mesh_canary.localmesh.prometheus import PrometheusServer, ScrapeJob, free_port
     from tests.conftest import virtual_service
@@ -403,9 +423,11 @@ def run(n: int, slow_share: float = 0.0, workers: int | None = None) -> Result:
         stack.callback(_stop, controller)
         deadline = time.monotonic() + RUN_LIMIT_S
         done_at = math.nan
+        threads = 0
         while time.monotonic() < deadline:
             if controller.poll() is not None:
                 raise RuntimeError(f"the controller exited: {(tmp / 'controller.log').read_text()[-2000:]}")
+            threads = max(threads, _proc_status(controller.pid, "Threads"))
             phases = kube.call(_phases)
             if sum(phases[p] for p in ("Succeeded", "RolledBack", "Aborted")) == n:
                 done_at = time.time()
@@ -426,22 +448,16 @@ def run(n: int, slow_share: float = 0.0, workers: int | None = None) -> Result:
             by_verb[verb] += count
         ticks = sum(v for _, v in own.get("mesh_canary_ticks_total", []))
         hist = {lbl["le"]: v for lbl, v in own.get("mesh_canary_tick_lateness_seconds_bucket", [])}
+        late_sum = sum(v for _, v in own.get("mesh_canary_tick_lateness_seconds_sum", []))
+        late_n = sum(v for _, v in own.get("mesh_canary_tick_lateness_seconds_count", []))
 
         committed = kube.call(lambda h: dict(h.committed_at))
-        lateness: list[float] = []
         rollback: list[float] = []
         for name in names:
             if name in slow:
                 continue
-            policy = load_policy(docs[name])
             states = [saved_state(v.get("status")) for v in kube.stored(MR, NS, name)]
-            prev = None
-            for state in states:
-                if state is None:
-                    continue
-                if prev is not None and state.ticks > prev.ticks and state.last_tick_at is not None:
-                    lateness.append(state.last_tick_at - prev.next_tick_at(policy))
-                prev = state
+            prev = next((state for state in reversed(states) if state is not None), None)
             if prev is not None and prev.phase.value == "RolledBack" and prev.last_tick_at is not None:
                 for v in kube.stored(VS, NS, name):
                     weight = v["spec"]["http"][0]["route"][1].get("weight", 0)
@@ -455,8 +471,8 @@ def run(n: int, slow_share: float = 0.0, workers: int | None = None) -> Result:
             wall_s=wall,
             finished=sum(phases[p] for p in ("Succeeded", "RolledBack", "Aborted")),
             phases=dict(phases),
-            late_s=(quantile(lateness, 0.5), quantile(lateness, 0.99), max(lateness, default=math.nan)),
-            late_n=len(lateness),
+            late_s=(hist_quantile(hist, 0.5), hist_quantile(hist, 0.99), hist_quantile(hist, 1.0)),
+            late_n=int(late_n),
             rollback_s=(quantile(rollback, 0.5), quantile(rollback, 0.99)),
             rollback_n=len(rollback),
             ticks=ticks,
@@ -465,6 +481,8 @@ def run(n: int, slow_share: float = 0.0, workers: int | None = None) -> Result:
             cpu_s=cpu,
             peak_rss_mib=rss,
             lateness_hist=hist,
+            late_mean_s=late_sum / late_n if late_n else math.nan,
+            peak_threads=threads,
         )
 
 
@@ -472,6 +490,8 @@ def run(n: int, slow_share: float = 0.0, workers: int | None = None) -> Result:
 
 
 def _ms(x: float) -> str:
+    if x == math.inf:
+        return f"> {1000 * LATENESS_TOP_S:,.0f}"
     return "-" if x != x else f"{1000 * x:,.0f}"
 
 
@@ -479,9 +499,9 @@ def row(r: Result) -> str:
     api = ", ".join(f"{verb} {rate:.1f}" for verb, rate in r.api.items())
     p50, p99, top = r.late_s
     return (
-        f"| {r.n:,} | {r.slow} | {r.finished:,}/{r.n:,} | {r.wall_s:,.0f} | {_ms(p50)} / {_ms(p99)} / {_ms(top)} "
-        f"({r.late_n:,}) | {_ms(r.rollback_s[0])} / {_ms(r.rollback_s[1])} ({r.rollback_n}) | "
-        f"{r.queries / r.wall_s:,.1f} | {r.queries_per_tick:.2f} | {api} | {r.cpu_s:,.1f} | {r.peak_rss_mib:,.0f} |"
+        f"| {r.n:,} | {r.slow} | {r.finished:,}/{r.n:,} | {r.wall_s:,.0f} | ≤ {_ms(p50)} / ≤ {_ms(p99)} / ≤ {_ms(top)}; "
+        f"mean {_ms(r.late_mean_s)} ({r.late_n:,}) | {_ms(r.rollback_s[0])} / {_ms(r.rollback_s[1])} ({r.rollback_n}) | "
+        f"{r.queries / r.wall_s:,.1f} | {r.queries_per_tick:.2f} | {api} | {r.cpu_s:,.1f} | {r.peak_rss_mib:,.0f} | {r.peak_threads if r.peak_threads >= 0 else '-'} |"
     )
 
 
@@ -571,16 +591,21 @@ def lines(results: list[Result], plot_path: Path | None) -> list[str]:
         "Prometheus address that accepts connections and never answers (their lateness is left out; they end "
         "rolled back on noData).",
         "",
-        "Tick lateness: each analysis's start (`lastTickAt` of every stored status) minus when it was due "
-        "(the previous state's last analysis + interval), over every analysis of every non-slow rollout. "
-        "Rollback: from the start of the analysis that failed (its read included) to the commit of the "
-        "100%-stable VirtualService write. Prometheus queries: Prometheus's own `prometheus_http_requests_total` "
+        "Tick lateness: the controller's `mesh_canary_tick_lateness_seconds` histogram (wall time when an "
+        "analysis's turn starts minus when it was due), every analysis of every rollout (in the slow row, the "
+        "slow rollouts' too); p50 / p99 / max are the upper bounds of the histogram buckets that hold them "
+        "(buckets 5 ms ... 60 s), the mean is its sum / count. (Earlier tables took `lastTickAt` from the "
+        "statuses: with analyses on the grid of the interval that is the grid instant read at, not when the "
+        "analysis ran, so it showed no lateness.) "
+        "Rollback: from the instant the analysis that failed read at (its due grid instant, so its lateness "
+        "is included) to the commit of the 100%-stable VirtualService write. Peak threads: the controller's "
+        "`Threads` in /proc, sampled every second. Prometheus queries: Prometheus's own `prometheus_http_requests_total` "
         "(slow rollouts' queries never reach it); per analysis: over the controller's `mesh_canary_ticks_total`. "
         "API requests by verb per second, counted by the stand-in from the controller's start (creating the "
         "resources not counted). CPU and peak RSS (VmHWM) of the controller process from /proc.",
         "",
-        "| rollouts | slow | finished | wall s | tick lateness p50 / p99 / max ms (analyses) | failed check to stable write p50 / p99 ms (rollbacks) | Prometheus queries/s | queries per analysis | API requests/s by verb | controller CPU s | peak RSS MiB |",
-        "| ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | --- | ---: | ---: |",
+        "| rollouts | slow | finished | wall s | tick lateness p50 / p99 / max ms (analyses) | failed check to stable write p50 / p99 ms (rollbacks) | Prometheus queries/s | queries per analysis | API requests/s by verb | controller CPU s | peak RSS MiB | peak threads |",
+        "| ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | --- | ---: | ---: | ---: |",
         *(row(r) for r in results),
         "",
     ]
@@ -591,7 +616,7 @@ def lines(results: list[Result], plot_path: Path | None) -> list[str]:
         if r.slow and r.n in plain:
             out += [
                 f"Head-of-line blocking at N = {r.n:,}: with {r.slow} rollouts behind a stalled Prometheus, the "
-                f"others' tick lateness p50 / p99 / max was {_ms(r.late_s[0])} / {_ms(r.late_s[1])} / "
+                f"tick lateness (every rollout's, the slow ones' included) p50 / p99 / max was {_ms(r.late_s[0])} / {_ms(r.late_s[1])} / "
                 f"{_ms(r.late_s[2])} ms, against {_ms(plain[r.n].late_s[0])} / {_ms(plain[r.n].late_s[1])} / "
                 f"{_ms(plain[r.n].late_s[2])} ms without. A stalled read holds its thread for `metrics.timeout` "
                 "(10 s) at every interval; after `--slow-after` it stops holding a worker, but threads in all are "
