@@ -266,8 +266,10 @@ def test_metrics_address_parsing_is_unchanged() -> None:
     assert MetricsAddress.parse("https://prom/").key == ("https", "prom", 443, "")
 
 
-def test_turns_of_started_rollouts_go_before_new_starts_however_old_those_are() -> None:
-    """A burst of new rollouts never delays an analysis or a rollback retry of a started one."""
+def test_started_rollouts_turns_never_wait_behind_new_starts_and_starts_go_on() -> None:
+    """A burst of new rollouts never holds the worker an analysis or a rollback retry of a
+    started one needs (starts have workers of their own), and starts go on while analyses
+    keep every worker busy."""
     ran: list[str] = []
 
     def turn(h: RolloutHandler) -> tuple[float | None, bool]:
@@ -276,6 +278,7 @@ def test_turns_of_started_rollouts_go_before_new_starts_however_old_those_are() 
 
     clock = VirtualClock(T0)
     q = WorkQueue(ControllerSettings(workers=1), clock, turn, threading.Event())
+    assert workqueue.start_workers(1) == 1 and workqueue.start_workers(4) == 2
 
     def obj(name: str, phase: str) -> dict[str, Any]:
         return {"metadata": {"name": name, "namespace": "ns", "uid": name}, "status": {"phase": phase}}
@@ -283,9 +286,7 @@ def test_turns_of_started_rollouts_go_before_new_starts_however_old_those_are() 
     for i in range(3):  # new rollouts, due first
         q.upsert(obj(f"new-{i}", "Pending"))
     running = q.handlers[q.upsert(obj("running", "Progressing"))]
-    running.runner = cast(
-        RolloutRunner, types.SimpleNamespace(state=None)
-    )  # started here: its next turn is an analysis
+    running.runner = cast(RolloutRunner, types.SimpleNamespace(state=None))  # started here
     clock.sleep(5)
     with q.cond:
         q.schedule_locked(running, clock.now())  # its analysis, due after every new one
@@ -294,12 +295,14 @@ def test_turns_of_started_rollouts_go_before_new_starts_however_old_those_are() 
     # so it is not a start either.
     q.upsert(obj("resumed", "Progressing"))
     clock.sleep(5)
+    at_once = []
     with q.cond:
-        for _ in range(5):  # one worker: one turn at a time, the first due in its queue
+        for _ in range(3):  # one worker and one start worker: one turn of each lane at a time
             q._dispatch_due_locked()
-            assert len(q._inflight) == 1
+            at_once.append(sorted(f.handler.key[1] for f in q._inflight.values()))
             q.drain(time.monotonic() + 10)
-    assert ran == ["running", "resumed", "new-0", "new-1", "new-2"]
+    assert at_once == [["new-0", "running"], ["new-1", "resumed"], ["new-2"]]
+    assert sorted(ran) == ["new-0", "new-1", "new-2", "resumed", "running"]
 
 
 def test_dropping_a_runner_closes_its_metrics_source_once() -> None:

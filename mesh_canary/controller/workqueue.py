@@ -7,9 +7,11 @@ starve the others, up to ``max_workers`` threads in all; one running ``stuck_aft
 what /livez reports. While not leading, nothing new starts; nor does a turn of a rollout
 ``owns`` says another process reconciles (``--shards``).
 
-Two queues, each oldest due first: turns of rollouts already running (analyses, rollback
-retries, orders, deletions) go before the first turn of a rollout not started yet, so a burst
-of new rollouts never delays an analysis or a rollback of the others.
+Two queues, each oldest due first, each with its own workers: turns of rollouts already
+running (analyses, rollback retries, orders, deletions) on ``workers`` threads, and first turns
+of rollouts not started yet on ``start_workers(workers)`` more. A burst of new rollouts never
+holds a worker an analysis or a rollback waits for, and starts go on while analyses keep
+every worker busy.
 """
 
 from __future__ import annotations
@@ -37,10 +39,16 @@ def _is_start(h: RolloutHandler) -> bool:
 Turn = Callable[[RolloutHandler], tuple[float | None, bool]]
 
 
+def start_workers(workers: int) -> int:
+    """Threads for first turns (starts) besides ``workers``: half as many, at least one."""
+    return max(1, workers // 2)
+
+
 @dataclass
 class _InFlight:
     handler: RolloutHandler
     started: float  # time.monotonic()
+    start: bool = False  # a first turn (counted against start_workers, not workers)
 
 
 class WorkQueue:
@@ -86,8 +94,10 @@ class WorkQueue:
         else:
             self.schedule_locked(h, self.clock.now())
 
-    def free_worker_locked(self, mono: float) -> float | None:
+    def free_worker_locked(self, mono: float, start: bool = False) -> float | None:
         """0 if a due rollout may start now; else seconds until a busy worker turns slow (None: never).
+
+        ``start``: for a first turn, whose workers (``start_workers``) are apart from the others.
 
         ``workers`` reconciles run at once; one that has run ``slow_after_s`` (a stuck outside
         call) stops counting, so slow rollouts cannot hold every worker: a due rollout waits
@@ -96,9 +106,9 @@ class WorkQueue:
         """
         if len(self._inflight) >= self.settings.thread_limit:
             return None
-        ages = [mono - f.started for f in self._inflight.values()]
+        ages = [mono - f.started for f in self._inflight.values() if f.start == start]
         busy = [age for age in ages if age < self.settings.slow_after_s]
-        if len(busy) < self.settings.workers:
+        if len(busy) < (start_workers(self.settings.workers) if start else self.settings.workers):
             return 0.0
         return self.settings.slow_after_s - max(busy)
 
@@ -167,30 +177,30 @@ class WorkQueue:
         rollouts' first turns; returns how long to wait then."""
         now = self.clock.now()
         wait = 1.0
-        while True:
-            heap = next((q for q in (self._heap, self._starts) if q and q[0][0] <= now), None)
-            if heap is None:
-                break
-            free_in = self.free_worker_locked(time.monotonic())
-            if free_in != 0.0:
-                # Due but no worker: wake when one turns slow, or when one finishes.
-                return min(wait, free_in) if free_in is not None else wait
-            _, _, token, key = heapq.heappop(heap)
-            h = self.handlers.get(key)
-            if h is None or h.removed or token != h.token or not self.owns(key):
-                continue
-            self._dispatch_locked(h)
-        for q in (self._heap, self._starts):
-            if q:
-                wait = min(wait, q[0][0] - now)
+        for heap, start in ((self._heap, False), (self._starts, True)):
+            while heap and heap[0][0] <= now:
+                free_in = self.free_worker_locked(time.monotonic(), start)
+                if free_in != 0.0:
+                    # Due but no worker: wake when one turns slow, or when one finishes.
+                    if free_in is not None:
+                        wait = min(wait, free_in)
+                    break
+                _, _, token, key = heapq.heappop(heap)
+                h = self.handlers.get(key)
+                if h is None or h.removed or token != h.token or not self.owns(key):
+                    continue
+                self._dispatch_locked(h, start)
+            else:
+                if heap:
+                    wait = min(wait, heap[0][0] - now)
         return wait
 
-    def _dispatch_locked(self, h: RolloutHandler) -> None:
+    def _dispatch_locked(self, h: RolloutHandler, start: bool = False) -> None:
         h.running, h.due = True, None
         # A daemon thread per turn, counted in `_inflight`: one stuck on an outside call
         # can neither hold a pool slot forever nor keep a stopping process alive.
         thread = threading.Thread(target=self._run_turn, args=(h,), name=f"rollout {h.ref}", daemon=True)
-        self._inflight[id(h)] = _InFlight(h, time.monotonic())
+        self._inflight[id(h)] = _InFlight(h, time.monotonic(), start)
         thread.start()
 
     def _run_turn(self, h: RolloutHandler) -> None:
