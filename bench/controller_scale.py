@@ -237,6 +237,7 @@ class Result:
     lateness_hist: dict[str, float] = field(default_factory=dict)  # the controller's: le -> count
     late_mean_s: float = math.nan  # the histogram's sum / count
     peak_threads: int = -1  # the controller's threads, sampled every second
+    workers: int | None = None  # the controller's --workers (None: its default)
 
     @property
     def queries_per_tick(self) -> float:
@@ -483,6 +484,7 @@ def run(n: int, slow_share: float = 0.0, workers: int | None = None) -> Result:
             lateness_hist=hist,
             late_mean_s=late_sum / late_n if late_n else math.nan,
             peak_threads=threads,
+            workers=workers,
         )
 
 
@@ -499,7 +501,7 @@ def row(r: Result) -> str:
     api = ", ".join(f"{verb} {rate:.1f}" for verb, rate in r.api.items())
     p50, p99, top = r.late_s
     return (
-        f"| {r.n:,} | {r.slow} | {r.finished:,}/{r.n:,} | {r.wall_s:,.0f} | ≤ {_ms(p50)} / ≤ {_ms(p99)} / ≤ {_ms(top)}; "
+        f"| {r.n:,}{'' if r.workers is None else f' (`--workers {r.workers}`)'} | {r.slow} | {r.finished:,}/{r.n:,} | {r.wall_s:,.0f} | ≤ {_ms(p50)} / ≤ {_ms(p99)} / ≤ {_ms(top)}; "
         f"mean {_ms(r.late_mean_s)} ({r.late_n:,}) | {_ms(r.rollback_s[0])} / {_ms(r.rollback_s[1])} ({r.rollback_n}) | "
         f"{r.queries / r.wall_s:,.1f} | {r.queries_per_tick:.2f} | {api} | {r.cpu_s:,.1f} | {r.peak_rss_mib:,.0f} | {r.peak_threads if r.peak_threads >= 0 else '-'} |"
     )
@@ -511,7 +513,7 @@ def plot(results: list[Result], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plain = [r for r in results if not r.slow]
+    plain = [r for r in results if not r.slow and r.workers is None]
     ns = [r.n for r in plain]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     ax = axes[0]
@@ -543,6 +545,7 @@ def section(
     plot_path: Path | None = PLOT,
     slow_n: int | None = None,
     saved: Path | None = None,
+    workers: int | None = None,
 ) -> list[str]:
     """Run every size, then ``slow_n`` (default: 100) with SLOW_SHARE slow rollouts.
 
@@ -552,8 +555,8 @@ def section(
     sizes = sizes or ([10, 100] if quick else [10, 100, 1000])
     # The slow run at N = 100 by default: at 1,000 the controller does not finish in RUN_LIMIT_S
     # on this machine yet, and two such runs would take the benchmark past half an hour.
-    slow_n = slow_n or (100 if 100 in sizes else sizes[-1])
-    plan = [(n, 0.0) for n in sizes] + [(slow_n, SLOW_SHARE)]
+    slow_n = (100 if 100 in sizes else sizes[-1]) if slow_n is None else slow_n
+    plan = [(n, 0.0) for n in sizes] + ([(slow_n, SLOW_SHARE)] if slow_n else [])
     known = (
         {(r["n"], r["slow"] > 0): r for r in json.loads(saved.read_text())}
         if saved and saved.exists()
@@ -561,14 +564,14 @@ def section(
     )
     results = []
     for n, share in plan:
-        if (n, share > 0) in known:
+        if (n, share > 0) in known and known[(n, share > 0)].get("workers") == workers:
             results.append(Result(**known[(n, share > 0)]))
             continue
         print(
             f"controller scale: N={n}" + (f", {share:.0%} behind a stalled Prometheus" if share else ""),
             flush=True,
         )
-        results.append(run(n, share))
+        results.append(run(n, share, workers))
         print(row(results[-1]), flush=True)
         if saved is not None:
             saved.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1))
@@ -611,7 +614,7 @@ def lines(results: list[Result], plot_path: Path | None) -> list[str]:
     ]
     if plot_path is not None:
         out += [f"![controller at scale]({plot_path.name})", ""]
-    plain = {r.n: r for r in results if not r.slow}
+    plain = {r.n: r for r in results if not r.slow and r.workers is None}
     for r in results:
         if r.slow and r.n in plain:
             out += [
@@ -672,14 +675,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 10 and 100 only")
     parser.add_argument("--sizes", help="comma-separated N (default 10,100,1000)")
-    parser.add_argument("--slow-n", type=int, help="N of the run with slow rollouts (default: 100)")
+    parser.add_argument("--slow-n", type=int, help="N of the run with slow rollouts (default: 100; 0: none)")
+    parser.add_argument("--workers", type=int, help="the controller's --workers (default: its default)")
     parser.add_argument("--saved", type=Path, help="a JSON file of results: those in it are not run again")
     parser.add_argument(
         "--update", type=Path, help="replace this section of a markdown file (and write the plot)"
     )
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else None
-    out = section(args.quick, sizes, PLOT if args.update else None, args.slow_n, args.saved)
+    out = section(args.quick, sizes, PLOT if args.update else None, args.slow_n, args.saved, args.workers)
     print("\n".join(out))
     if args.update:
         update(args.update, out, HEADING)
