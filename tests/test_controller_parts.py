@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
+import types
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import kubernetes.client
@@ -17,13 +19,14 @@ from mesh_canary.controller import ControllerSettings, MetricsAddress, workqueue
 from mesh_canary.controller.admission import Admission
 from mesh_canary.controller.handler import RolloutHandler
 from mesh_canary.controller.health import HealthServer
-from mesh_canary.controller.metrics import ControllerMetrics
+from mesh_canary.controller.metrics import ControllerMetrics, TimedSource
 from mesh_canary.controller.workqueue import WorkQueue, _InFlight
 from mesh_canary.core import engine
 from mesh_canary.core.policy import PolicyError
 from mesh_canary.kube.errors import KubeError
 from mesh_canary.kube.status import KubeStatusStore, StatusFacts
 from mesh_canary.run.clock import VirtualClock
+from mesh_canary.run.runner import RolloutRunner
 from tests.test_engine import make_policy
 
 T0 = 1_700_000_000.0
@@ -261,3 +264,60 @@ def test_the_store_retries_only_what_may_work_and_raises_kube_error(fake_api: Fa
 
 def test_metrics_address_parsing_is_unchanged() -> None:
     assert MetricsAddress.parse("https://prom/").key == ("https", "prom", 443, "")
+
+
+def test_started_rollouts_turns_never_wait_behind_new_starts_and_starts_go_on() -> None:
+    """A burst of new rollouts never holds the worker an analysis or a rollback retry of a
+    started one needs (starts have workers of their own), and starts go on while analyses
+    keep every worker busy."""
+    ran: list[str] = []
+
+    def turn(h: RolloutHandler) -> tuple[float | None, bool]:
+        ran.append(h.key[1])
+        return None, False
+
+    clock = VirtualClock(T0)
+    q = WorkQueue(ControllerSettings(workers=1), clock, turn, threading.Event())
+    assert workqueue.start_workers(1) == 1 and workqueue.start_workers(4) == 2
+
+    def obj(name: str, phase: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": "ns", "uid": name}, "status": {"phase": phase}}
+
+    for i in range(3):  # new rollouts, due first
+        q.upsert(obj(f"new-{i}", "Pending"))
+    running = q.handlers[q.upsert(obj("running", "Progressing"))]
+    running.runner = cast(RolloutRunner, types.SimpleNamespace(state=None))  # started here
+    clock.sleep(5)
+    with q.cond:
+        q.schedule_locked(running, clock.now())  # its analysis, due after every new one
+    clock.sleep(1)
+    # In progress but started by another process (no runner here): it may owe a rollback retry,
+    # so it is not a start either.
+    q.upsert(obj("resumed", "Progressing"))
+    clock.sleep(5)
+    at_once = []
+    with q.cond:
+        for _ in range(3):  # one worker and one start worker: one turn of each lane at a time
+            q._dispatch_due_locked()
+            at_once.append(sorted(f.handler.key[1] for f in q._inflight.values()))
+            q.drain(time.monotonic() + 10)
+    assert at_once == [["new-0", "running"], ["new-1", "resumed"], ["new-2"]]
+    assert sorted(ran) == ["new-0", "new-1", "new-2", "resumed", "running"]
+
+
+def test_dropping_a_runner_closes_its_metrics_source_once() -> None:
+    """A restarted or finished rollout gives its Prometheus client back (a shared one loses a user)."""
+    closed: list[str] = []
+
+    class Source:
+        def read(self, since: float, now: float) -> Any:
+            raise AssertionError("not read")
+
+        def close(self) -> None:
+            closed.append("closed")
+
+    h = RolloutHandler(key=("ns", "a"), obj=rollout_obj())
+    h.runner = cast(RolloutRunner, types.SimpleNamespace(metrics=TimedSource(Source(), h.stopwatch)))
+    h.drop_runner()
+    h.drop_runner()
+    assert closed == ["closed"] and h.runner is None

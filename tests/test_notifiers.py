@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -24,6 +25,7 @@ from mesh_canary.notify import (
 from mesh_canary.protocols import Announcement
 from tests.conftest import minimal_rollout
 from tests.http_receiver import Receiver, serve
+from tests.waiting import wait_for
 
 ROLLED_BACK = Announcement(
     rollout="fraud-scorer",
@@ -201,3 +203,36 @@ def test_failure_logs_never_carry_the_webhook_token(caplog: pytest.LogCaptureFix
     with caplog.at_level("WARNING"):
         n.notify(ROLLED_BACK)
     assert "failed" in caplog.text and "SECRETTOKEN" not in caplog.text
+
+
+def test_a_receiver_holds_a_thread_only_while_it_has_announcements() -> None:
+    """No worker thread while idle (a thousand quiet rollouts hold no notifier threads); one
+    while announcements wait, in order; none after; closing delivers what is queued."""
+    delivered: list[str] = []
+    gate = threading.Event()
+
+    class Slow:
+        def notify(self, a: Announcement) -> None:
+            gate.wait(10)
+            delivered.append(a.kind)
+
+    def workers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "notify-idle-test"]
+
+    notifier = BackgroundNotifier(Slow(), 10, name="idle-test")
+    assert workers() == []
+    for kind in ("Started", "Progressed", "Promoted"):
+        notifier.notify(Announcement(rollout="r", kind=kind, message=kind))
+    assert len(workers()) == 1  # one worker for all three, in order
+    gate.set()
+    wait_for("all delivered", lambda: delivered == ["Started", "Progressed", "Promoted"])
+    wait_for("the worker ended", lambda: workers() == [])
+    gate.clear()
+    notifier.notify(Announcement(rollout="r", kind="RolledBack", message="back"))
+    assert len(workers()) == 1  # the next announcement starts one again
+    gate.set()
+    notifier.close(timeout_s=10)
+    assert delivered[-1] == "RolledBack" and workers() == []
+    idle = BackgroundNotifier(Slow(), 10, name="idle-test")
+    idle.close(timeout_s=10)  # never announced: nothing to wait for
+    assert workers() == []

@@ -85,11 +85,19 @@ class RolloutHandler:
             expect(state.window_start, due)
 
     def drop_runner(self) -> None:
+        """Forget the runner: its notifier delivers what is queued, its metrics source is closed
+        (a shared Prometheus client only loses a user, and its coalescer forgets the source)."""
         if self.notifier is not None:
             self.notifier.close(timeout_s=5.0)
         self.notifier = None
-        self.runner = None
+        runner, self.runner = self.runner, None
         self.fingerprint = ""
+        close = getattr(runner.metrics, "close", None) if runner is not None else None
+        if callable(close):
+            try:
+                close()
+            except Exception:  # closing must not fail the turn: the next one starts afresh
+                log.warning("closing the metrics source of %s failed", self.ref, exc_info=True)
 
     def reset(self) -> None:
         """Forget the resource's previous life (it was deleted and created again)."""

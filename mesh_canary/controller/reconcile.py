@@ -282,6 +282,9 @@ class Reconciler:
         except BaseException:
             # Nothing half-made stays behind: the next reconcile starts (or resumes) afresh.
             h.drop_runner()
+            close = getattr(source, "close", None)
+            if callable(close):
+                close()
             raise
         h.runner, h.fingerprint = runner, fingerprint
         if announcer is not None:

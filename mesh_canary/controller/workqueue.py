@@ -6,6 +6,12 @@ two turns of one rollout at once. ``workers`` turns run at once; a turn that has
 starve the others, up to ``max_workers`` threads in all; one running ``stuck_after_s`` is
 what /livez reports. While not leading, nothing new starts; nor does a turn of a rollout
 ``owns`` says another process reconciles (``--shards``).
+
+Two queues, each oldest due first, each with its own workers: turns of rollouts already
+running (analyses, rollback retries, orders, deletions) on ``workers`` threads, and first turns
+of rollouts not started yet on ``start_workers(workers)`` more. A burst of new rollouts never
+holds a worker an analysis or a rollback waits for, and starts go on while analyses keep
+every worker busy.
 """
 
 from __future__ import annotations
@@ -22,14 +28,27 @@ from mesh_canary.controller.handler import Key, RolloutHandler, command_values, 
 from mesh_canary.controller.settings import ControllerSettings
 from mesh_canary.protocols import Clock
 
+
+def _is_start(h: RolloutHandler) -> bool:
+    """Whether the turn would start a rollout that is not running yet: no runner, not deleted, and
+    its status shows no rollout in progress (a resumed one may owe a rollback: not a start)."""
+    return h.runner is None and not h.deleted and h.phase in ("Pending", "")
+
+
 # One turn of one rollout: (when it is next due, None: only on a change; whether it failed).
 Turn = Callable[[RolloutHandler], tuple[float | None, bool]]
+
+
+def start_workers(workers: int) -> int:
+    """Threads for first turns (starts) besides ``workers``: half as many, at least one."""
+    return max(1, workers // 2)
 
 
 @dataclass
 class _InFlight:
     handler: RolloutHandler
     started: float  # time.monotonic()
+    start: bool = False  # a first turn (counted against start_workers, not workers)
 
 
 class WorkQueue:
@@ -53,7 +72,9 @@ class WorkQueue:
         self._turn = turn
         self._after = after
         self._stopping = stopping
+        # Due turns of started rollouts (and deletions), and first turns of new ones (`_is_start`).
         self._heap: list[tuple[float, int, int, Key]] = []
+        self._starts: list[tuple[float, int, int, Key]] = []
         self._seq = itertools.count()
         self._inflight: dict[int, _InFlight] = {}  # by id(handler): turns running now
 
@@ -62,7 +83,8 @@ class WorkQueue:
     def schedule_locked(self, h: RolloutHandler, due: float) -> None:
         h.token += 1
         h.due = due
-        heapq.heappush(self._heap, (due, next(self._seq), h.token, h.key))
+        heap = self._starts if _is_start(h) else self._heap
+        heapq.heappush(heap, (due, next(self._seq), h.token, h.key))
         self.cond.notify_all()
 
     def kick_locked(self, h: RolloutHandler) -> None:
@@ -72,8 +94,10 @@ class WorkQueue:
         else:
             self.schedule_locked(h, self.clock.now())
 
-    def free_worker_locked(self, mono: float) -> float | None:
+    def free_worker_locked(self, mono: float, start: bool = False) -> float | None:
         """0 if a due rollout may start now; else seconds until a busy worker turns slow (None: never).
+
+        ``start``: for a first turn, whose workers (``start_workers``) are apart from the others.
 
         ``workers`` reconciles run at once; one that has run ``slow_after_s`` (a stuck outside
         call) stops counting, so slow rollouts cannot hold every worker: a due rollout waits
@@ -82,9 +106,9 @@ class WorkQueue:
         """
         if len(self._inflight) >= self.settings.thread_limit:
             return None
-        ages = [mono - f.started for f in self._inflight.values()]
+        ages = [mono - f.started for f in self._inflight.values() if f.start == start]
         busy = [age for age in ages if age < self.settings.slow_after_s]
-        if len(busy) < self.settings.workers:
+        if len(busy) < (start_workers(self.settings.workers) if start else self.settings.workers):
             return 0.0
         return self.settings.slow_after_s - max(busy)
 
@@ -149,29 +173,34 @@ class WorkQueue:
                 self.cond.wait(max(self._dispatch_due_locked(), 0.01))
 
     def _dispatch_due_locked(self) -> float:
-        """Start every due rollout a worker is free for; returns how long to wait then."""
+        """Start every due rollout a worker is free for, started rollouts' turns before new
+        rollouts' first turns; returns how long to wait then."""
         now = self.clock.now()
         wait = 1.0
-        while self._heap and self._heap[0][0] <= now:
-            free_in = self.free_worker_locked(time.monotonic())
-            if free_in != 0.0:
-                # Due but no worker: wake when one turns slow, or when one finishes.
-                return min(wait, free_in) if free_in is not None else wait
-            _, _, token, key = heapq.heappop(self._heap)
-            h = self.handlers.get(key)
-            if h is None or h.removed or token != h.token or not self.owns(key):
-                continue
-            self._dispatch_locked(h)
-        if self._heap:
-            wait = min(self._heap[0][0] - now, 1.0)
+        for heap, start in ((self._heap, False), (self._starts, True)):
+            while heap and heap[0][0] <= now:
+                free_in = self.free_worker_locked(time.monotonic(), start)
+                if free_in != 0.0:
+                    # Due but no worker: wake when one turns slow, or when one finishes.
+                    if free_in is not None:
+                        wait = min(wait, free_in)
+                    break
+                _, _, token, key = heapq.heappop(heap)
+                h = self.handlers.get(key)
+                if h is None or h.removed or token != h.token or not self.owns(key):
+                    continue
+                self._dispatch_locked(h, start)
+            else:
+                if heap:
+                    wait = min(wait, heap[0][0] - now)
         return wait
 
-    def _dispatch_locked(self, h: RolloutHandler) -> None:
+    def _dispatch_locked(self, h: RolloutHandler, start: bool = False) -> None:
         h.running, h.due = True, None
         # A daemon thread per turn, counted in `_inflight`: one stuck on an outside call
         # can neither hold a pool slot forever nor keep a stopping process alive.
         thread = threading.Thread(target=self._run_turn, args=(h,), name=f"rollout {h.ref}", daemon=True)
-        self._inflight[id(h)] = _InFlight(h, time.monotonic())
+        self._inflight[id(h)] = _InFlight(h, time.monotonic(), start)
         thread.start()
 
     def _run_turn(self, h: RolloutHandler) -> None:

@@ -63,13 +63,15 @@ class DeadlineAdapter(requests.adapters.BaseAdapter):
     does not resolve, TLS failed; its message is a short fixed reason such as ``connection
     refused``), ``NotHTTP`` (a ConnectionError) and ``AnswerTooLarge`` (a RequestException). The Response carries the status,
     the headers and the whole body; its ``reason`` is the standard phrase for the status,
-    never the server's own words.
+    never the server's own words. ``close`` closes the client only when the adapter made it
+    (a client given to it may be shared: its owner closes it).
     """
 
     def __init__(
         self, client: DeadlineClient | None = None, default_timeout_s: float = DEFAULT_TIMEOUT_S
     ) -> None:
         super().__init__()
+        self._owns_client = client is None
         self.client = client if client is not None else DeadlineClient()
         self.default_timeout_s = default_timeout_s
 
@@ -113,7 +115,8 @@ class DeadlineAdapter(requests.adapters.BaseAdapter):
         return response
 
     def close(self) -> None:
-        self.client.close()
+        if self._owns_client:
+            self.client.close()
 
 
 class _NoRedirects(requests.Session):

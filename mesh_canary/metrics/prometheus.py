@@ -52,7 +52,7 @@ from mesh_canary.core.observations import Observation
 from mesh_canary.core.policy import PolicyError, Problem
 from mesh_canary.metrics import promql
 from mesh_canary.metrics.coalesce import QueryCoalescer, grid_ceil, on_grid
-from mesh_canary.metrics.deadline_http import DeadlineClient
+from mesh_canary.metrics.deadline_http import DeadlineClient, SharedClients, origin
 from mesh_canary.metrics.deadline_requests import (
     AnswerTooLarge,
     CannotConnect,
@@ -79,6 +79,9 @@ _ERROR_TYPES = {
     "not_acceptable": "it does not accept the request",
 }
 MIN_READ_BUDGET_S = 5.0
+# One client (keep-alive pool, TLS context made only for https) per Prometheus origin in the
+# process, shared by every source reading it; each read keeps its own total deadline.
+CLIENTS = SharedClients()
 _RESULT_TYPES = frozenset({"vector", "matrix", "scalar", "string"})
 
 
@@ -137,7 +140,8 @@ class PrometheusMetricsSource:
     ``url`` and ``timeout_s`` default to ``policy.metrics.address``/``timeout``; one read
     (all its queries) is bounded by ``min(timeout_s, max(policy.analysis.interval, 5s))``.
     ``client`` is the DeadlineClient to send with (TLS settings, extra headers such as a
-    bearer token), a new one by default. ``transport`` replaces the whole transport (a
+    bearer token; the caller closes it); by default the process's shared client for the
+    address's origin (``CLIENTS``), given back by ``close``. ``transport`` replaces the whole transport (a
     ``requests.adapters.BaseAdapter``, e.g. a fake in a test); it must honour requests'
     ``timeout`` as a total deadline, as the default ``DeadlineAdapter(client)`` does. Raises
     MetricsAddressError for an unusable address and PromQLError when the policy cannot be
@@ -169,6 +173,10 @@ class PrometheusMetricsSource:
         self.queries_per_read = len(promql.plan_queries(policy, "60s"))  # also validates the policy
         self.last_read_queries = 0  # HTTP queries the last read actually sent
         self.coalescer = coalescer
+        self._shared_key: str | None = None
+        if client is None and transport is None:
+            self._shared_key = origin(self.url)
+            client = CLIENTS.acquire(self._shared_key)
         self._transport = transport if transport is not None else DeadlineAdapter(client, self.read_budget_s)
         self._answers = threading.local()  # each thread's last HTTP answer (see _keep)
         session = deadline_session(self._transport)
@@ -187,7 +195,10 @@ class PrometheusMetricsSource:
     def close(self) -> None:
         if self.coalescer is not None:
             self.coalescer.forget(id(self))
-        self._prometheus.close()  # closes the Session, its transport and the client
+        self._prometheus.close()  # closes the Session and its transport (not a shared client)
+        key, self._shared_key = self._shared_key, None
+        if key is not None:  # once, however often close is called
+            CLIENTS.release(key)
 
     def window(self, since: float, now: float) -> float:
         """Where a read over ``[since, now]`` starts: with a coalescer and ``now`` on the grid of

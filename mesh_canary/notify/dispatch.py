@@ -1,7 +1,8 @@
 """Getting announcements out without ever being in the way.
 
-Each receiver has its own worker thread and bounded queue (`BackgroundNotifier`): `notify`
-returns at once, so no receiver can delay the loop (least of all a rollback, which the runner
+Each receiver has its own bounded queue and, while that queue holds announcements, its own
+worker thread (`BackgroundNotifier`; no thread while idle, so a controller with a thousand
+quiet rollouts does not hold thousands of threads): `notify` returns at once, so no receiver can delay the loop (least of all a rollback, which the runner
 writes before it announces anything), and a slow receiver cannot hold up the others. This is
 the one layer that retries a notification (`Retrying`): a failed attempt is retried with
 backoff until the receiver's total deadline; then it is counted as failed and logged, and the
@@ -119,7 +120,12 @@ class Retrying:
 
 class BackgroundNotifier:
     """Queues announcements for a worker thread: `notify` returns at once. A full queue
-    drops its oldest announcement, counts it (`dropped`) and says so in the log."""
+    drops its oldest announcement, counts it (`dropped`) and says so in the log.
+
+    The worker thread runs only while the queue holds something: started by the announcement
+    that finds none running, ended when it finds the queue empty (at most one at a time, so a
+    receiver gets its announcements in order).
+    """
 
     def __init__(
         self,
@@ -135,8 +141,9 @@ class BackgroundNotifier:
         self.counts = counts or Counts()
         self.on_drop = on_drop
         self._queue: queue.Queue[Announcement | None] = queue.Queue(max_queue)
-        self._thread = threading.Thread(target=self._work, name=f"notify-{name}", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()  # guards _thread and _finished
+        self._thread: threading.Thread | None = None  # the worker, while there is work
+        self._finished = False  # the worker reached the stop: no worker any more
 
     @property
     def dropped(self) -> int:
@@ -148,6 +155,7 @@ class BackgroundNotifier:
         while True:
             try:
                 self._queue.put_nowait(announcement)
+                self._wake()
                 return
             except queue.Full:
                 try:
@@ -173,11 +181,25 @@ class BackgroundNotifier:
             dropped,
         )
 
+    def _wake(self) -> None:
+        """A worker for what is queued, unless one runs (it takes what was put before this)."""
+        with self._lock:
+            if self._thread is not None or self._finished:
+                return
+            self._thread = threading.Thread(target=self._work, name=f"notify-{self.name}", daemon=True)
+            self._thread.start()
+
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
+            with self._lock:  # empty: this worker ends, and the next `notify` starts another
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    self._thread = None
+                    return
+                if item is None:
+                    self._finished, self._thread = True, None
+                    return
             try:
                 self.inner.notify(item)
             except Exception:
@@ -192,11 +214,26 @@ class BackgroundNotifier:
         """Asks the worker to stop once the queue before it is delivered (never blocks)."""
         try:
             self._queue.put_nowait(None)
+            self._wake()
         except queue.Full:  # the worker is behind a full queue; it is a daemon and ends with us
-            threading.Thread(target=self._queue.put, args=(None,), daemon=True).start()
+            threading.Thread(target=self._stop_later, daemon=True).start()
+
+    def _stop_later(self) -> None:
+        self._queue.put(None)
+        self._wake()
 
     def join(self, timeout_s: float) -> None:
-        self._thread.join(max(timeout_s, 0.0))
+        """Wait (up to ``timeout_s``) until no worker runs (all queued delivered, or none was)."""
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        while True:
+            with self._lock:
+                worker = self._thread
+            if worker is None or worker is threading.current_thread():
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            worker.join(left)
 
 
 @dataclass

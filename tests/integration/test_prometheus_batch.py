@@ -355,3 +355,42 @@ def test_a_shared_query_that_never_answers_is_no_data_within_each_reads_deadline
     # than the first one's tried their own); the read ended at "down or slow": no latency query.
     assert [c for c in counted.calls if c[1]] == [("traffic", True)]
     assert {c for c in counted.calls if not c[1]} <= {("traffic", False)}
+
+
+def test_the_sources_reading_one_prometheus_share_one_client_until_the_last_closes(
+    prometheus: PrometheusServer,
+) -> None:
+    """One DeadlineClient (keep-alive pool; no TLS context for plain http) per Prometheus origin,
+    shared by every source; closing one source keeps the others reading; the last one closes it."""
+    from mesh_canary.metrics import prometheus as prometheus_module
+    from mesh_canary.metrics.deadline_http import DeadlineClient, origin
+
+    policies = rollouts()
+    key = origin(prometheus.url)
+    assert prometheus_module.CLIENTS.users(key) == 0
+    alone = DeadlineClient()  # a source with a client of its own, as before sharing
+    own = {}
+    for name, p in policies.items():
+        source = PrometheusMetricsSource(p, url=prometheus.url, client=alone)
+        own[name] = source.read(SINCE, NOW)
+        source.close()
+    alone.close()
+    sources = {name: PrometheusMetricsSource(p, url=prometheus.url) for name, p in policies.items()}
+    clients = {id(s._transport.client) for s in sources.values()}  # type: ignore[attr-defined]
+    assert len(clients) == 1 and prometheus_module.CLIENTS.users(key) == len(policies)
+    shared = next(iter(sources.values()))._transport.client  # type: ignore[attr-defined]
+    names = list(sources)
+    first, rest = names[: len(names) // 2], names[len(names) // 2 :]
+    for name in first:
+        assert sources[name].read(SINCE, NOW) == own[name], name
+        sources[name].close()
+        sources[name].close()  # twice: still one user given back
+    assert prometheus_module.CLIENTS.users(key) == len(rest)
+    for name in rest:  # the shared client still reads after others closed
+        assert sources[name].read(SINCE, NOW) == own[name], name
+    assert shared._ssl is None  # plain http never made a TLS context
+    assert shared._pools  # the keep-alive pool is open
+    for name in rest:
+        sources[name].close()
+    assert prometheus_module.CLIENTS.users(key) == 0
+    assert shared._pools == {}  # the last source closed the client
