@@ -34,6 +34,8 @@ EVENTS: tuple[str, ...] = (
     "InvalidPolicy",
     "InvalidCommand",
     "ReconcileError",
+    # the controller could not resolve spec.registry's versions at start (it retries)
+    "RegistryUnresolved",
     # a person, through `mesh-canary rollout ack` (resolves an on-call page)
     "Acknowledged",
 )
