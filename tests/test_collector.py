@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -443,3 +444,139 @@ def test_import_labels_gives_up_on_a_collector_that_never_answers() -> None:
         listener.close()
         for conn in held:
             conn.close()
+
+
+# --- the event-loop server: keep-alive, pipelining, group commit, kill -9 ------------------
+
+
+def binary_request(id_: str, path: str = "/") -> bytes:
+    """One binary-mode response event as the raw bytes of an HTTP/1.1 request."""
+    m = to_binary_event(event({"class": "fraud", "score": 0.9}, id_=id_))
+    head = "".join(f"{k}: {v}\r\n" for k, v in m.headers.items())
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(m.body)}\r\n\r\n".encode() + m.body
+
+
+def read_answer(stream: Any) -> tuple[int, dict[str, Any]]:
+    """(status, JSON body) of the next answer on a buffered socket file."""
+    status = int(stream.readline().split()[1])
+    length = 0
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    return status, json.loads(stream.read(length))
+
+
+def test_many_events_on_one_kept_alive_connection(collector: Collector) -> None:
+    import http.client
+
+    host, port = collector.server.server_address[:2]
+    conn = http.client.HTTPConnection(str(host), int(port), timeout=30)
+    answers = []
+    first_socket = None
+    for i in range(300):
+        m = to_binary_event(event({"class": "fraud", "score": 0.9}, id_=f"k{i}"))
+        conn.request("POST", "/", body=m.body, headers=m.headers)
+        response = conn.getresponse()
+        answers.append((response.status, json.loads(response.read())))
+        first_socket = first_socket or conn.sock
+        assert conn.sock is first_socket  # the same connection, never reopened
+    conn.close()
+    assert answers == [(200, {"stored": 1})] * 300
+    text = httpx.get(f"{collector.url}/metrics").text
+    assert samples(text, "model_predictions_total") == {
+        (("class", "fraud"), ("version", "fraud-predictor-00002")): 300.0
+    }
+
+
+def test_pipelined_requests_are_answered_in_order_and_committed_in_groups(collector: Collector) -> None:
+    """50 requests sent at once on one connection: answers come in request order (each id
+    twice: stored, then duplicate; one malformed in the middle gets its 400 in its place),
+    and fewer transactions than requests were committed."""
+    writer = collector.server.writer
+    groups_before, writes_before = writer.groups, writer.writes
+    requests = [binary_request(f"p{i // 2}") for i in range(50)]
+    requests[25] = b"POST /labels HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{bad}"
+    host, port = collector.server.server_address[:2]
+    with socket.create_connection((str(host), int(port)), timeout=30) as conn:
+        conn.sendall(b"".join(requests))
+        stream = conn.makefile("rb")
+        answers = [read_answer(stream) for _ in requests]
+    expected: list[tuple[int, dict[str, Any]]] = [
+        (200, {"stored": 1}) if i % 2 == 0 else (200, {"duplicate": 1}) for i in range(50)
+    ]
+    expected[25] = (400, {"error": "the body is not JSON"})
+    expected[24] = (200, {"stored": 1})  # p12's first copy (25 was its second)
+    assert answers[:25] == expected[:25] and answers[25] == expected[25]
+    assert answers[26:] == expected[26:]
+    assert writer.writes - writes_before == 50
+    assert writer.groups - groups_before < 50  # group commit: several requests per transaction
+
+
+def test_concurrent_connections_all_get_their_answers(collector: Collector) -> None:
+    import threading
+
+    failures: list[str] = []
+
+    def send(worker: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            for i in range(40):
+                m = to_binary_event(event({"class": "legit", "score": 0.6}, id_=f"c{worker}-{i}"))
+                answer = client.post(collector.url, headers=m.headers, content=m.body)
+                if answer.status_code != 200 or answer.json() != {"stored": 1}:
+                    failures.append(f"{worker}/{i}: {answer.status_code} {answer.text}")
+
+    threads = [threading.Thread(target=send, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    text = httpx.get(f"{collector.url}/metrics").text
+    assert samples(text, "model_predictions_total") == {
+        (("class", "legit"), ("version", "fraud-predictor-00002")): 320.0
+    }
+
+
+def test_an_answered_event_survives_kill_9_of_the_collector(tmp_path: Path) -> None:
+    """Every event that got its 200 was committed: after SIGKILL and a restart on the same
+    store, each is counted and a resend is a duplicate."""
+    server = CollectorProcess(tmp_path / "c.sqlite", tmp_path)
+    try:
+        server.wait_listening(time.monotonic() + 60)
+        with httpx.Client(timeout=30) as client:
+            for i in range(100):
+                m = to_binary_event(event({"class": "fraud", "score": 0.9}, id_=f"d{i}"))
+                assert client.post(server.url, headers=m.headers, content=m.body).json() == {"stored": 1}
+        server.process.kill()  # SIGKILL: no clean shutdown, no WAL checkpoint
+        server.process.wait(timeout=30)
+    finally:
+        server.stop(grace_s=5)
+    again = CollectorProcess(tmp_path / "c.sqlite", tmp_path)
+    try:
+        again.wait_listening(time.monotonic() + 60)
+        text = httpx.get(f"{again.url}/metrics", timeout=30).text
+        assert samples(text, "model_predictions_total") == {
+            (("class", "fraud"), ("version", "fraud-predictor-00002")): 100.0
+        }
+        m = to_binary_event(event({"class": "fraud", "score": 0.9}, id_="d99"))
+        assert httpx.post(again.url, headers=m.headers, content=m.body, timeout=30).json() == {"duplicate": 1}
+    finally:
+        again.stop(grace_s=30)
+
+
+def test_http_limits_answer_and_close(collector: Collector) -> None:
+    """A chunked body (no Content-Length) gets 411, an oversized head 431; both close."""
+    host, port = collector.server.server_address[:2]
+    for raw, status in (
+        (
+            b"POST /labels HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{bad}\r\n0\r\n\r\n",
+            411,
+        ),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+    ):
+        with socket.create_connection((str(host), int(port)), timeout=30) as conn:
+            conn.sendall(raw)
+            stream = conn.makefile("rb")
+            assert read_answer(stream)[0] == status
+            assert stream.read() == b""  # closed after the answer

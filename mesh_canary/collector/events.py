@@ -4,7 +4,9 @@
 Predictions come as:
 
 - KServe payload-logger CloudEvents (binary or structured mode, or a JSON batch of
-  structured events), parsed with the ``cloudevents`` SDK. KServe's logger
+  structured events). Binary mode (what KServe's logger sends) is read straight from the
+  headers (``binary_attributes``: one event per HTTP request must be cheap); structured
+  mode, batches and spec versions other than 1.0 go through the ``cloudevents`` SDK. KServe's logger
   (pkg/logger/worker.go in kserve/kserve, Apache-2.0) sends one event per request and one
   per response, both with ``ce-id`` = the request id, ``ce-type``
   ``org.kubeflow.serving.inference.request`` / ``.response``, and the extensions
@@ -33,10 +35,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
 CE_CONTENT_TYPES = ("application/cloudevents+json", "application/cloudevents-batch+json")
+CE_PREFIX = "ce-"  # a binary-mode event's attribute headers
+REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
+OPTIONAL_ATTRIBUTES = ("datacontenttype", "dataschema", "subject", "time")
 # A Knative revision name inside ce-source, e.g. http://fraud-predictor-00002-deployment-7d9.../
 REVISION = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?-predictor(-default)?-\d{5})")
 MAX_TEXT = 253  # longest id, version or class kept (a Kubernetes name's limit)
@@ -162,6 +168,7 @@ def _event_time(attributes: Mapping[str, Any], received: float) -> float:
 def from_cloudevent(attributes: Mapping[str, Any], data: Any, received: float) -> Parsed:
     """One payload-logger event (its attributes and its data, decoded) -> predictions."""
     event_type = attributes.get("type")
+    at = min(_event_time(attributes, received), received)  # a clock ahead must not make delays negative
     if event_type == REQUEST_TYPE:
         return Parsed([], requests=1)
     if event_type != RESPONSE_TYPE:
@@ -176,18 +183,16 @@ def from_cloudevent(attributes: Mapping[str, Any], data: Any, received: float) -
         raise Malformed("a response event's data must be a JSON object")
     found = response_predictions(data)
     version = _version(data, attributes)
-    at = min(_event_time(attributes, received), received)  # a clock ahead must not make delays negative
     ids = [event_id] if len(found) == 1 else [f"{event_id}/{i}" for i in range(len(found))]
     return Parsed([Prediction(i, version, c, s, at) for i, (c, s) in zip(ids, found, strict=True)])
 
 
-def parse_cloudevents(headers: Mapping[str, str], body: bytes, received: float) -> Parsed:
-    """A binary-mode, structured-mode or batch HTTP request -> predictions."""
-    from cloudevents.core.bindings.http import HTTPMessage, from_http
-    from cloudevents.core.exceptions import BaseCloudEventException
-    from cloudevents.core.formats.json import JSONFormat
-
-    lower = {k.lower(): v for k, v in headers.items()}
+def parse_cloudevents(
+    headers: Mapping[str, str], body: bytes, received: float, *, lowered: bool = False
+) -> Parsed:
+    """A binary-mode, structured-mode or batch HTTP request -> predictions (``lowered``:
+    the header names are in lower case already)."""
+    lower = headers if lowered else {k.lower(): v for k, v in headers.items()}
     if lower.get("content-type", "").startswith("application/cloudevents-batch+json"):
         try:
             raw = json.loads(body)
@@ -198,8 +203,50 @@ def parse_cloudevents(headers: Mapping[str, str], body: bytes, received: float) 
         one = {"content-type": "application/cloudevents+json"}
         parts = [parse_cloudevents(one, json.dumps(item).encode(), received) for item in raw]
         return Parsed([p for part in parts for p in part.predictions], sum(p.requests for p in parts))
+    if any(k.startswith(CE_PREFIX) for k in lower):
+        attributes = binary_attributes(lower)
+        if attributes is not None:
+            return from_cloudevent(attributes, body or None, received)
+    return _parse_with_sdk(lower, body, received)
+
+
+def binary_attributes(lower: Mapping[str, str]) -> dict[str, str] | None:
+    """A binary-mode CloudEvents 1.0 event's attributes, read straight from its headers
+    (lower-case names) as the HTTP binding says: each ``ce-NAME`` header is attribute NAME,
+    percent-decoded; Content-Type is ``datacontenttype``. Checks what the SDK checks: the
+    required attributes present and not empty, and extension names of a-z and 0-9 only.
+    ``time`` stays text (``from_cloudevent`` reads it). None for a specversion other than
+    1.0: the SDK then decides (0.3, or its error message)."""
+    attributes = {}
+    for name, value in lower.items():
+        if name.startswith(CE_PREFIX):
+            attributes[name[3:]] = unquote(value) if "%" in value else value
+    if attributes.get("specversion") != "1.0":
+        return None
+    missing = [name for name in REQUIRED_ATTRIBUTES if not attributes.get(name)]
+    if missing:
+        raise Malformed(f"not a CloudEvent: {', '.join(CE_PREFIX + m for m in missing)} missing or empty")
+    for name, value in attributes.items():
+        if name in OPTIONAL_ATTRIBUTES:
+            if not value:
+                raise Malformed(f"not a CloudEvent: {CE_PREFIX}{name} is empty")
+        elif name not in REQUIRED_ATTRIBUTES and (name == "data" or not (name.isascii() and name.isalnum())):
+            raise Malformed(
+                f"not a CloudEvent: {CE_PREFIX}{name} is no valid extension (a-z and 0-9 only; not 'data')"
+            )
+    if "content-type" in lower:
+        attributes["datacontenttype"] = lower["content-type"]
+    return attributes
+
+
+def _parse_with_sdk(lower: Mapping[str, str], body: bytes, received: float) -> Parsed:
+    """Structured mode, and binary mode of other spec versions: the cloudevents SDK."""
+    from cloudevents.core.bindings.http import HTTPMessage, from_http
+    from cloudevents.core.exceptions import BaseCloudEventException
+    from cloudevents.core.formats.json import JSONFormat
+
     try:
-        event = from_http(HTTPMessage(lower, body), JSONFormat())
+        event = from_http(HTTPMessage(dict(lower), body), JSONFormat())
     except (BaseCloudEventException, ValueError, TypeError, KeyError, AttributeError) as exc:
         text = str(exc).split("::", 1)[-1].strip() or type(exc).__name__
         raise Malformed(f"not a CloudEvent: {text.splitlines()[0][:200]}") from None

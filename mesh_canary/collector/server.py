@@ -12,11 +12,19 @@ Answers: 200 with what became of each item ({"stored": n, "duplicate": n, ...});
 {"error": one sentence} for anything malformed (nothing of that request is kept); 411 with
 no Content-Length; 413 over ``max_body_bytes``; 503 if the store fails.
 
+How: one asyncio event loop, in one thread, serves every connection (keep-alive and
+pipelining; http.py), parses each request and commits their writes in groups
+(``GroupCommit``): every request that arrived while the previous commit ran goes into the
+next transaction together. A request is answered (2xx, or 400 for a malformed one, which
+is counted in the same transaction) only after the transaction holding it committed. The
+retention thread is the only other one touching the store (under the store's lock).
+
 Bounds: at most ``max_connections`` connections are served at once (more wait in the
-kernel's backlog); each request (from waiting for it on a kept-alive connection to the last
-byte of the answer) has ``request_timeout_s``, after which a watchdog shuts the connection;
-a body over ``max_body_bytes`` is refused unread; versions and classes are capped by the
-store's Limits. Nothing else grows with traffic in memory: rows live in sqlite.
+kernel's backlog); each request (from waiting for it on a kept-alive connection to its
+answer) has ``request_timeout_s``, after which its connection is cut; a body over
+``max_body_bytes`` is refused unread; at most ``MAX_GROUP`` writes go in one transaction;
+versions and classes are capped by the store's Limits. Nothing else grows with traffic in
+memory: rows live in sqlite.
 """
 
 from __future__ import annotations
@@ -24,30 +32,37 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from mesh_canary.collector.events import (
     CE_CONTENT_TYPES,
+    CE_PREFIX,
     Malformed,
     parse_cloudevents,
     parse_labels,
     parse_plain,
 )
 from mesh_canary.collector.export import render
-from mesh_canary.collector.store import Limits, Outcome, Store
+from mesh_canary.collector.http import HTTPServer, Request, Respond, json_answer
+from mesh_canary.collector.store import Labels, Limits, Outcome, Predictions, Refused, Rejected, Store, Write
 
 log = logging.getLogger("mesh_canary.collector")
 
 LISTENING = "listening on "
+POST_PATHS = ("/", "/events", "/predictions", "/labels")
+MAX_GROUP = 1000  # writes in one transaction at most (a commit's latency stays bounded)
+STORE_FAILED = {"error": "the store failed; retry later"}
+
+Result = Outcome | Refused | Exception
+Done = Callable[[Result], None]
 
 
 @dataclass(frozen=True)
@@ -62,176 +77,131 @@ class Settings:
     expire_every_s: float = 60.0
 
 
-class _Watchdog:
-    """Shuts any connection whose current request has outlived its deadline (one thread for
-    all: a timer per request would cost more than the request)."""
+class GroupCommit:
+    """Group commit on the event loop's thread: the writes submitted while the loop handles
+    one round of ready connections are committed together in ONE transaction, run as the
+    loop's next callback; requests that arrive while that commit runs wait in the kernel's
+    buffers and go into the next one. Each write's ``done(result)`` is called only after
+    its transaction committed. A store error fails the whole group: each ``done`` gets the
+    exception. (A writer thread would cost more CPU than the commit saves: sqlite releases
+    the GIL at every statement, and two busy threads then hand it back and forth.)"""
 
-    def __init__(self, period_s: float = 0.25) -> None:
-        self._deadlines: dict[socket.socket, float] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(period_s,), name="collector-watchdog", daemon=True
-        )
-        self._thread.start()
+    def __init__(self, store: Store, call_soon: Callable[..., object]) -> None:
+        self._store = store
+        self._call_soon = call_soon
+        self._queue: list[tuple[Write, Done]] = []
+        self.groups = 0
+        self.writes = 0
 
-    def arm(self, conn: socket.socket, deadline: float) -> None:
-        with self._lock:
-            self._deadlines[conn] = deadline
+    def submit(self, write: Write, done: Done) -> None:
+        self._queue.append((write, done))
+        if len(self._queue) == 1:
+            self._call_soon(self._commit)
 
-    def disarm(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._deadlines.pop(conn, None)
-
-    def _run(self, period_s: float) -> None:
-        while not self._stop.wait(period_s):
-            now = time.monotonic()
-            with self._lock:
-                late = [c for c, d in self._deadlines.items() if d <= now]
-                for conn in late:
-                    del self._deadlines[conn]
-            for conn in late:
-                with contextlib.suppress(OSError):  # already gone
-                    conn.shutdown(socket.SHUT_RDWR)
-
-    def stop(self) -> None:
-        self._stop.set()
+    def _commit(self) -> None:
+        group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+        if self._queue:
+            self._call_soon(self._commit)
+        results: list[Result]
+        try:
+            results = list(self._store.write([w for w, _ in group]))
+        except Exception as exc:  # sqlite3.Error: the disk, or a store closed at shutdown
+            log.error("the collector's store failed: %s", exc)
+            results = [exc] * len(group)
+        self.groups += 1
+        self.writes += len(group)
+        for (_, done), result in zip(group, results, strict=True):
+            done(result)
 
 
-class CollectorHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True  # a restarted collector takes its port back
+class CollectorHTTPServer(HTTPServer):
+    """The collector's routes on the HTTP front end, its writes through one GroupCommit."""
 
     def __init__(self, address: tuple[str, int], settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.watchdog = _Watchdog()
-        self._slots = threading.BoundedSemaphore(settings.max_connections)
-        super().__init__(address, _Handler)
+        super().__init__(
+            address,
+            self.handle,
+            max_body_bytes=settings.max_body_bytes,
+            request_timeout_s=settings.request_timeout_s,
+            max_connections=settings.max_connections,
+        )
+        self.writer = GroupCommit(store, self.loop.call_soon)
 
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        self._slots.acquire()  # bounded threads: the next connection waits in the backlog
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def server_close(self) -> None:
-        super().server_close()
-        self.watchdog.stop()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: CollectorHTTPServer
-    protocol_version = "HTTP/1.1"
-    wbufsize = -1
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # a line per event would cost more than the event
-
-    def handle_one_request(self) -> None:
-        watchdog = self.server.watchdog
-        watchdog.arm(self.connection, time.monotonic() + self.server.settings.request_timeout_s)
-        try:
-            super().handle_one_request()
-        except OSError:
-            self.close_connection = True  # shut by the watchdog, or the client left
-        finally:
-            watchdog.disarm(self.connection)
-
-    def _send(self, code: int, body: bytes, content_type: str = "application/json") -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, code: int, body: dict[str, Any]) -> None:
-        self._send(code, json.dumps(body).encode())
-
-    def _body(self) -> bytes | None:
-        """The body, or None once an error was answered (411, 413)."""
-        length_text = self.headers.get("Content-Length")
-        if length_text is None or not length_text.isdigit():
-            self.close_connection = True
-            self._json(411, {"error": "a Content-Length header is required"})
-            return None
-        length = int(length_text)
-        if length > self.server.settings.max_body_bytes:
-            self.close_connection = True  # the body stays unread: the connection cannot be reused
-            self._json(
-                413,
-                {"error": f"the body is {length} bytes; the limit is {self.server.settings.max_body_bytes}"},
-            )
-            return None
-        return self.rfile.read(length)
-
-    def do_GET(self) -> None:
-        url = urlsplit(self.path)
-        store = self.server.store
-        if url.path == "/metrics":
-            self._send(200, render(store, self.server.settings.version_label), CONTENT_TYPE_LATEST)
-        elif url.path == "/unmatched":
-            limit = parse_qs(url.query).get("limit", ["20"])[0]
-            self._json(200, store.report(min(int(limit), 1000) if limit.isdigit() else 20))
-        elif url.path == "/healthz":
-            ok = store.healthy()
-            self._json(200 if ok else 503, {"status": "ok" if ok else "the store does not answer"})
+    def handle(self, request: Request, respond: Respond) -> None:
+        path, _, query = request.target.partition("?")
+        if request.method == "POST":
+            self._post(path, request, respond)
+        elif request.method == "GET":
+            self._get(path, query, respond)
         else:
-            self._json(404, {"error": f"no such path {url.path}"})
+            json_answer(respond, 501, {"error": f"method {request.method} is not supported"})
 
-    def do_POST(self) -> None:
-        path = urlsplit(self.path).path
-        if path not in ("/", "/events", "/predictions", "/labels"):
-            self._json(404, {"error": f"no such path {path}"})
-            return
-        body = self._body()
-        if body is None:
-            return
-        kind = "label" if path == "/labels" else "prediction"
-        store = self.server.store
-        received = time.time()
+    def _get(self, path: str, query: str, respond: Respond) -> None:
+        store = self.store
+        if path == "/metrics":
+            self._read(
+                respond, lambda: (200, render(store, self.settings.version_label), CONTENT_TYPE_LATEST)
+            )
+        elif path == "/unmatched":
+            limit = parse_qs(query).get("limit", ["20"])[0]
+            n = min(int(limit), 1000) if limit.isdigit() else 20
+            self._read(respond, lambda: (200, json.dumps(store.report(n)).encode(), "application/json"))
+        elif path == "/healthz":
+            self._read(respond, self._health)
+        else:
+            json_answer(respond, 404, {"error": f"no such path {path}"})
+
+    def _health(self) -> tuple[int, bytes, str]:
+        ok = self.store.healthy()
+        body = {"status": "ok" if ok else "the store does not answer"}
+        return 200 if ok else 503, json.dumps(body).encode(), "application/json"
+
+    def _read(self, respond: Respond, read: Callable[[], tuple[int, bytes, str]]) -> None:
         try:
-            try:
-                outcome = self._ingest(path, body, received)
-            except Malformed as exc:
-                store.count_rejected(kind)
-                self._json(400, {"error": str(exc)})
-                return
-        except sqlite3.Error as exc:  # the disk, or a store closed at shutdown
+            respond(*read())
+        except sqlite3.Error as exc:
             log.error("the collector's store failed: %s", exc)
-            self._json(503, {"error": "the store failed; retry later"})
-            return
-        self._json(200, outcome.counts)
+            json_answer(respond, 503, STORE_FAILED)
 
-    def _ingest(self, path: str, body: bytes, received: float) -> Outcome:
-        store = self.server.store
+    def _post(self, path: str, request: Request, respond: Respond) -> None:
+        if path not in POST_PATHS:
+            json_answer(respond, 404, {"error": f"no such path {path}"})
+            return
+        try:
+            write: Write = self._parse(path, request, time.time())
+        except Malformed as exc:
+            reason = str(exc)
+            write = Rejected("label" if path == "/labels" else "prediction")
+            self.writer.submit(write, lambda result: _answer(respond, result, reason))
+            return
+        self.writer.submit(write, lambda result: _answer(respond, result))
+
+    def _parse(self, path: str, request: Request, received: float) -> Write:
         if path == "/labels":
-            return store.add_labels(parse_labels(_json_body(body), received))
-        content_type = self.headers.get("Content-Type", "")
-        is_event = any(h.lower().startswith("ce-") for h in self.headers) or content_type.startswith(
-            CE_CONTENT_TYPES
+            return Labels(parse_labels(_json_body(request.body), received))
+        headers = request.headers
+        is_event = headers.get("content-type", "").startswith(CE_CONTENT_TYPES) or any(
+            h.startswith(CE_PREFIX) for h in headers
         )
         if path != "/predictions" and is_event:
-            parsed = parse_cloudevents(dict(self.headers.items()), body, received)
+            parsed = parse_cloudevents(headers, request.body, received, lowered=True)
         else:
-            parsed = parse_plain(_json_body(body), received)
-        return store.add_predictions(parsed.predictions, parsed.requests)
+            parsed = parse_plain(_json_body(request.body), received)
+        return Predictions(parsed.predictions, parsed.requests)
+
+
+def _answer(respond: Respond, result: Result, malformed: str | None = None) -> None:
+    """The answer once the request's transaction committed (or failed)."""
+    if isinstance(result, Refused):
+        json_answer(respond, 400, {"error": str(result)})
+    elif isinstance(result, Exception):
+        json_answer(respond, 503, STORE_FAILED)
+    elif malformed is not None:
+        json_answer(respond, 400, {"error": malformed})
+    else:
+        json_answer(respond, 200, result.counts)
 
 
 def _json_body(body: bytes) -> Any:
@@ -269,7 +239,7 @@ class Collector:
     def start(self) -> Collector:
         self.store.expire(time.time())
         self._threads = [
-            threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True),
+            threading.Thread(target=self.server.serve_forever, name="collector-http", daemon=True),
             threading.Thread(target=self._expire_loop, name="collector-retention", daemon=True),
         ]
         for thread in self._threads:
@@ -279,10 +249,11 @@ class Collector:
     def stop(self) -> None:
         self._stop.set()
         self.server.shutdown()
-        self.server.server_close()
+        self.server.server_close()  # the writer commits what it was given, then ends
         for thread in self._threads:
             thread.join(timeout=10.0)
-        self.store.close()
+        with contextlib.suppress(sqlite3.Error):
+            self.store.close()
 
     def __enter__(self) -> Collector:
         return self.start()

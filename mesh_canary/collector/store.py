@@ -12,8 +12,10 @@ Tables:
   counters are read back from it, so a restarted collector carries on from the values it
   had: Prometheus sees no reset, and deleting old rows (retention) never lowers a counter.
 
-One lock serialises writers (sqlite allows one anyway); each call is one transaction, so a
-batch is all-or-nothing. ``synchronous=NORMAL`` in WAL mode: a committed batch survives the
+One lock serialises writers (sqlite allows one anyway); each call is one transaction.
+``write`` takes several writes (the HTTP server's group commit: every request that arrived
+while the previous commit ran) and does them in one transaction, each all-or-nothing: a
+write over a limit is refused before it changes anything. ``synchronous=NORMAL`` in WAL mode: a committed batch survives the
 process dying (a power cut may lose the last ones; a label is then unmatched, never wrong).
 """
 
@@ -26,7 +28,7 @@ import threading
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,47 @@ class Outcome:
     counts: dict[str, int]
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """A write: predictions (and how many request events came with them, acknowledged)."""
+
+    items: Sequence[Prediction]
+    requests: int = 0
+
+
+@dataclass(frozen=True)
+class Labels:
+    """A write: labels."""
+
+    items: Sequence[Label]
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A write: one malformed request of this kind ("prediction" or "label"), counted."""
+
+    kind: str
+
+
+Write = Predictions | Labels | Rejected
+
+
+@dataclass
+class _InMemory:
+    """The in-memory gauges' changes of a transaction: applied only once it committed."""
+
+    unlabelled: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    unmatched_labels: int = 0
+    early_labels: int = 0
+
+
+def _only(results: list[Outcome | Refused]) -> Outcome:
+    (result,) = results
+    if isinstance(result, Refused):
+        raise result
+    return result
+
+
 class Store:
     def __init__(self, path: str | Path, retention_s: float, limits: Limits = Limits()) -> None:
         self.path = str(path)
@@ -107,110 +150,135 @@ class Store:
                 self._label_values.add(key[3])
         # Labels still waiting for their prediction count towards the limit too.
         self._label_values |= {row[0] for row in self._db.execute("SELECT DISTINCT label FROM labels")}
+        # Rows in ``labels`` (labels that came before their prediction): while there are none,
+        # a new prediction has no early label to look up.
+        self.early_labels: int = self._db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+        self._key_text: dict[Key, str] = {}  # a counter's key as stored in ``totals``
 
     # --- writes ---------------------------------------------------------------------------
 
+    def write(self, writes: Sequence[Write]) -> list[Outcome | Refused]:
+        """Do ``writes`` in order in ONE transaction (the server's group commit): the outcome
+        of each, or ``Refused`` for one over a limit (nothing of it is kept; it is counted
+        as rejected). A store error rolls the whole group back and is raised."""
+        with self._lock:
+            results: list[Outcome | Refused] = []
+            memory = _InMemory()
+            with self._transaction() as delta:
+                for w in writes:
+                    try:
+                        if isinstance(w, Predictions):
+                            results.append(self._add_predictions(w.items, w.requests, delta, memory))
+                        elif isinstance(w, Labels):
+                            results.append(self._add_labels(w.items, delta, memory))
+                        else:
+                            delta[(EVENTS, w.kind, "rejected")] += 1
+                            results.append(Outcome({"rejected": 1}))
+                    except Refused as exc:
+                        delta[(EVENTS, "label" if isinstance(w, Labels) else "prediction", "rejected")] += 1
+                        results.append(exc)
+            for version, n in memory.unlabelled.items():
+                self.unlabelled[version] += n
+            self.unmatched_labels += memory.unmatched_labels
+            self.early_labels += memory.early_labels
+            return results
+
     def add_predictions(self, predictions: Sequence[Prediction], requests: int = 0) -> Outcome:
         """Store new predictions (a known (id, version) is a duplicate: ignored), join each to
-        a label that came first; all in one transaction."""
-        with self._lock:
-            self._check_limits(predictions)
-            outcome: dict[str, int] = defaultdict(int)
-            unlabelled: dict[str, int] = defaultdict(int)
-            matched_labels = 0
-            db = self._db
-            with self._transaction() as delta:
-                for p in predictions:
-                    cursor = db.execute(
-                        "INSERT OR IGNORE INTO predictions (id, version, predicted, score, at) VALUES (?, ?, ?, ?, ?)",
-                        (p.id, p.version, p.predicted, p.score, p.at),
-                    )
-                    if cursor.rowcount == 0:
-                        outcome["duplicate"] += 1
-                        continue
-                    outcome["stored"] += 1
-                    delta[(PRED, p.version, p.predicted)] += 1
-                    if p.score is not None:
-                        delta[(SCORE, p.version, str(bisect_left(SCORE_BUCKETS, p.score)))] += 1
-                        delta[(SCORE_SUM, p.version)] += p.score
-                    early = db.execute(
-                        "SELECT label, at, matched FROM labels WHERE id = ?", (p.id,)
-                    ).fetchone()
-                    if early is None:
-                        unlabelled[p.version] += 1
-                        continue
-                    label, label_at, was_matched = early
-                    db.execute(
-                        "UPDATE predictions SET label = ?, labelled_at = ? WHERE id = ? AND version = ?",
-                        (label, label_at, p.id, p.version),
-                    )
-                    if not was_matched:
-                        db.execute("UPDATE labels SET matched = 1 WHERE id = ?", (p.id,))
-                        matched_labels += 1
-                    _joined(delta, p.version, p.predicted, label, label_at - p.at)
-                    outcome["joined"] += 1
-                for name, n in outcome.items():
-                    delta[(EVENTS, "prediction", name)] += n
-                if requests:
-                    delta[(EVENTS, "request", "ignored")] += requests
-                    outcome["ignored"] = requests
-            for version, n in unlabelled.items():
-                self.unlabelled[version] += n
-            self.unmatched_labels -= matched_labels
-            return Outcome(dict(outcome))
+        a label that came first; all in one transaction. Raises Refused over a limit."""
+        return _only(self.write([Predictions(predictions, requests)]))
 
     def add_labels(self, labels: Iterable[Label]) -> Outcome:
         """Join each label to its predictions; keep the ones that came first. A label that
         came before counts once; a different label for a labelled id is a conflict (the
-        first one stays)."""
-        labels = list(labels)
-        with self._lock:
-            self._check_label_values(labels)
-            outcome: dict[str, int] = defaultdict(int)
-            joined: dict[str, int] = defaultdict(int)
-            new_unmatched = 0
-            db = self._db
-            with self._transaction() as delta:
-                for label in labels:
-                    rows = db.execute(
-                        "SELECT version, predicted, at, label FROM predictions WHERE id = ?", (label.id,)
-                    ).fetchall()
-                    if not rows:
-                        kept = db.execute("SELECT label FROM labels WHERE id = ?", (label.id,)).fetchone()
-                        if kept is None:
-                            db.execute(
-                                "INSERT INTO labels (id, label, at) VALUES (?, ?, ?)",
-                                (label.id, label.label, label.at),
-                            )
-                            outcome["unmatched"] += 1
-                            new_unmatched += 1
-                        else:
-                            outcome["duplicate" if kept[0] == label.label else "conflict"] += 1
-                        continue
-                    name = "duplicate"
-                    for version, predicted, at, old in rows:
-                        if old is None:
-                            db.execute(
-                                "UPDATE predictions SET label = ?, labelled_at = ? WHERE id = ? AND version = ?",
-                                (label.label, label.at, label.id, version),
-                            )
-                            _joined(delta, version, predicted, label.label, label.at - at)
-                            joined[version] += 1
-                            name = "joined"
-                        elif old != label.label and name == "duplicate":
-                            name = "conflict"
-                    outcome[name] += 1
-                for name, n in outcome.items():
-                    delta[(EVENTS, "label", name)] += n
-            for version, n in joined.items():
-                self.unlabelled[version] -= n
-            self.unmatched_labels += new_unmatched
-            return Outcome(dict(outcome))
+        first one stays). Raises Refused over a limit."""
+        return _only(self.write([Labels(list(labels))]))
 
     def count_rejected(self, kind: str) -> None:
         """A malformed request: counted (persisted) so operators see senders in trouble."""
-        with self._lock, self._transaction() as delta:
-            delta[(EVENTS, kind, "rejected")] += 1
+        self.write([Rejected(kind)])
+
+    def _add_predictions(
+        self, predictions: Sequence[Prediction], requests: int, delta: dict[Key, float], memory: _InMemory
+    ) -> Outcome:
+        self._check_limits(predictions)
+        outcome: dict[str, int] = defaultdict(int)
+        db = self._db
+        for p in predictions:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO predictions (id, version, predicted, score, at) VALUES (?, ?, ?, ?, ?)",
+                (p.id, p.version, p.predicted, p.score, p.at),
+            )
+            if cursor.rowcount == 0:
+                outcome["duplicate"] += 1
+                continue
+            outcome["stored"] += 1
+            delta[(PRED, p.version, p.predicted)] += 1
+            if p.score is not None:
+                delta[(SCORE, p.version, str(bisect_left(SCORE_BUCKETS, p.score)))] += 1
+                delta[(SCORE_SUM, p.version)] += p.score
+            early = (
+                db.execute("SELECT label, at, matched FROM labels WHERE id = ?", (p.id,)).fetchone()
+                if self.early_labels + memory.early_labels
+                else None
+            )
+            if early is None:
+                memory.unlabelled[p.version] += 1
+                continue
+            label, label_at, was_matched = early
+            db.execute(
+                "UPDATE predictions SET label = ?, labelled_at = ? WHERE id = ? AND version = ?",
+                (label, label_at, p.id, p.version),
+            )
+            if not was_matched:
+                db.execute("UPDATE labels SET matched = 1 WHERE id = ?", (p.id,))
+                memory.unmatched_labels -= 1
+            _joined(delta, p.version, p.predicted, label, label_at - p.at)
+            outcome["joined"] += 1
+        for name, n in outcome.items():
+            delta[(EVENTS, "prediction", name)] += n
+        if requests:
+            delta[(EVENTS, "request", "ignored")] += requests
+            outcome["ignored"] = requests
+        return Outcome(dict(outcome))
+
+    def _add_labels(self, labels: Sequence[Label], delta: dict[Key, float], memory: _InMemory) -> Outcome:
+        self._check_label_values(labels)
+        outcome: dict[str, int] = defaultdict(int)
+        db = self._db
+        for label in labels:
+            rows = db.execute(
+                "SELECT version, predicted, at, label FROM predictions WHERE id = ?", (label.id,)
+            ).fetchall()
+            if not rows:
+                kept = db.execute("SELECT label FROM labels WHERE id = ?", (label.id,)).fetchone()
+                if kept is None:
+                    db.execute(
+                        "INSERT INTO labels (id, label, at) VALUES (?, ?, ?)",
+                        (label.id, label.label, label.at),
+                    )
+                    outcome["unmatched"] += 1
+                    memory.unmatched_labels += 1
+                    memory.early_labels += 1
+                else:
+                    outcome["duplicate" if kept[0] == label.label else "conflict"] += 1
+                continue
+            name = "duplicate"
+            for version, predicted, at, old in rows:
+                if old is None:
+                    db.execute(
+                        "UPDATE predictions SET label = ?, labelled_at = ? WHERE id = ? AND version = ?",
+                        (label.label, label.at, label.id, version),
+                    )
+                    _joined(delta, version, predicted, label.label, label.at - at)
+                    memory.unlabelled[version] -= 1
+                    name = "joined"
+                elif old != label.label and name == "duplicate":
+                    name = "conflict"
+            outcome[name] += 1
+        for name, n in outcome.items():
+            delta[(EVENTS, "label", name)] += n
+        return Outcome(dict(outcome))
 
     def expire(self, now: float, batch: int = 10_000) -> int:
         """Delete predictions and early labels older than the retention window, counting the
@@ -243,6 +311,7 @@ class Store:
                 for version, n in gone.items():
                     self.unlabelled[version] -= n
                 self.unmatched_labels -= unmatched_gone
+                self.early_labels -= len(labels)
             deleted += len(rows) + len(labels)
             if len(rows) < batch and len(labels) < batch:
                 return deleted
@@ -292,20 +361,30 @@ class Store:
     # --- inside ---------------------------------------------------------------------------
 
     def _check_limits(self, predictions: Sequence[Prediction]) -> None:
+        """Raise Refused (nothing counted) if these predictions bring too many versions or
+        classes; else count their new ones."""
+        known = self._classes
+        if all(p.predicted in known.get(p.version, ()) for p in predictions):
+            return
         new_versions = {p.version for p in predictions} - set(self._classes)
         if len(self._classes) + len(new_versions) > self.limits.max_versions:
             raise Refused(
                 f"the collector already counts {len(self._classes)} versions (--max-versions "
                 f"{self.limits.max_versions}): version {sorted(new_versions)[0]!r} refused"
             )
+        added: dict[str, set[str]] = defaultdict(set)
         for p in predictions:
-            classes = self._classes[p.version]
-            if p.predicted not in classes and len(classes) >= self.limits.max_classes:
+            classes = known.get(p.version, set())
+            if p.predicted in classes or p.predicted in added[p.version]:
+                continue
+            if len(classes) + len(added[p.version]) >= self.limits.max_classes:
                 raise Refused(
-                    f"version {p.version!r} already has {len(classes)} classes (--max-classes "
-                    f"{self.limits.max_classes}): class {p.predicted!r} refused"
+                    f"version {p.version!r} already has {len(classes) + len(added[p.version])} classes "
+                    f"(--max-classes {self.limits.max_classes}): class {p.predicted!r} refused"
                 )
-            classes.add(p.predicted)
+            added[p.version].add(p.predicted)
+        for version, classes in added.items():
+            self._classes[version] |= classes
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[dict[Key, float]]:
@@ -332,9 +411,10 @@ class Store:
         self._label_values |= new
 
     def _save(self, delta: dict[Key, float]) -> None:
+        texts = self._key_text  # as many as counters (bounded by the Limits)
         self._db.executemany(
             "INSERT INTO totals (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
-            [(json.dumps(k), v) for k, v in delta.items() if v],
+            [(texts.get(k) or texts.setdefault(k, json.dumps(k)), v) for k, v in delta.items() if v],
         )
 
     def _apply(self, delta: dict[Key, float]) -> None:
