@@ -133,7 +133,8 @@ def _post_within(client: httpx.Client, url: str, body: object, timeout_s: float)
     worker = threading.Thread(target=send, name="import-labels-post", daemon=True)
     worker.start()
     worker.join(timeout_s)
-    if not done:
+    # httpx's own per-step timeout may fire first (it races the join): the same sentence.
+    if not done or isinstance(done[0], httpx.TimeoutException):
         raise TimeoutError(f"no answer within {timeout_s:g}s")
     if isinstance(done[0], httpx.HTTPError):
         raise done[0]
