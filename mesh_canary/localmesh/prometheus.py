@@ -183,6 +183,23 @@ class PrometheusServer:
             time.sleep(0.2)
         raise TimeoutError(f"{promql} returned {len(result)} series, not {count}, within {timeout_s:g}s")
 
+    def wait_for_scrapes(self, after: float, scrapes: int = 1, timeout_s: float = 60.0) -> float:
+        """Wait until every target has been scraped ``scrapes`` times after the Unix time
+        ``after`` (each round: every target's latest ``up`` sample is later than the last
+        round's); the time of the last round's oldest scrape. A slow machine waits longer."""
+        deadline = time.monotonic() + timeout_s
+        for _ in range(scrapes):
+            while True:
+                with contextlib.suppress(OSError, urllib.error.URLError, ValueError, KeyError):
+                    stamps = [float(r["value"][1]) for r in self.query("timestamp(up)")]
+                    if stamps and min(stamps) > after:
+                        after = min(stamps)
+                        break
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"targets not scraped {scrapes} times within {timeout_s:g}s")
+                time.sleep(0.1)
+        return after
+
     def log_tail(self, lines: int = 15) -> str:
         if self._workdir is None or not (self._workdir / "prometheus.log").exists():
             return ""

@@ -411,9 +411,13 @@ def test_a_metrics_address_the_controller_was_not_given_is_rejected_and_never_co
     ):
         cluster.add_vs("ssrf")
         cluster.add_vs("swallow")
+        cluster.add_vs("sentinel")
         cluster.add_rollout(model_rollout("ssrf", metrics={"address": probe_url}))
         # A `?` that would swallow the API path of the allowed Prometheus itself.
         cluster.add_rollout(model_rollout("swallow", metrics={"address": f"{allowed_url}/x?y="}))
+        # A valid rollout on the allowed Prometheus: its analyses are the clock the refused
+        # two would have run on, had they been let through.
+        cluster.add_rollout(model_rollout("sentinel"))
         settings = ControllerSettings(namespaces=NS, prometheus_url=allowed_url, watch_timeout_s=5)
         with running(Controller(cluster.client, settings)):
             started = time.monotonic()
@@ -424,8 +428,15 @@ def test_a_metrics_address_the_controller_was_not_given_is_rejected_and_never_co
                     "the InvalidPolicy Event", lambda n=name: "InvalidPolicy" in cluster.event_reasons(n)
                 )
             print(f"\nitem 10: both refused {time.monotonic() - started:.1f}s after start; never contacted")
-            time.sleep(2.0)  # a couple of intervals: still nobody may be contacted
-    assert probe.hits == 0 and allowed.hits == 0
+            ticks = int((cluster.status("sentinel").get("rollout") or {}).get("ticks") or 0)
+            wait_for(
+                "two more analyses of the sentinel",
+                lambda: int((cluster.status("sentinel").get("rollout") or {}).get("ticks") or 0) >= ticks + 2,
+                60,
+            )
+    assert probe.hits == 0
+    paths = [path for _, path, _, _ in allowed.requests]
+    assert paths and all(path.startswith("/api/v1/") for path in paths), paths
     assert cluster.vs_history("ssrf") == [[100, 0]] and cluster.vs_history("swallow") == [[100, 0]]
 
 

@@ -57,14 +57,16 @@ def test_prometheus_scraping_the_local_mesh_reports_what_the_mesh_served() -> No
         mesh.start_load(LoadSettings(rate=40, label_delay_s=0.2), duration_s=1.5).join(15)
         prometheus.wait_for_series('envoy_cluster_upstream_rq_xx{envoy_cluster_name=~"v1|v2"} > 0', count=3)
         prometheus.wait_for_series('sum by (version) (model_feedback_total{version=~"v1|v2"}) > 0', count=2)
-        time.sleep(2 * SCRAPE_S)  # Envoy's histograms flush each second: let them settle
+        # Envoy's histograms flush each second: two scrapes later the warm-up has settled.
+        prometheus.wait_for_scrapes(time.time(), scrapes=2)
 
         truth_source = mesh.metrics_source()
         since = time.time()
         truth_source.read(since - 1, since)  # the mesh's own counters at the window's start
-        time.sleep(1.5 * SCRAPE_S)  # a flat sample inside the window before traffic starts
+        prometheus.wait_for_scrapes(since, scrapes=1)  # a flat sample inside the window first
         mesh.start_load(LoadSettings(rate=50, label_delay_s=0.2), duration_s=6).join(20)
-        time.sleep(2.5 * SCRAPE_S)  # flat samples at the end: scraped, flushed, labels in
+        # Flat samples at the end: the last requests flushed by Envoy, scraped, labels in.
+        prometheus.wait_for_scrapes(time.time(), scrapes=3)
         now = time.time()
         truth = truth_source.read(since, now)
 
