@@ -32,7 +32,7 @@ from mesh_canary.core.model import Policy
 from mesh_canary.kube.status import RegistryShown, condition
 from mesh_canary.protocols import Announcement, Clock, ModelRegistry
 from mesh_canary.redact import redact, register_secret
-from mesh_canary.registry import REGISTRIES, RegistryInputError
+from mesh_canary.registry import RegistryInputError, registry_builder
 from mesh_canary.registry.announce import (
     CONDITION,
     KEY,
@@ -171,11 +171,7 @@ class ControllerRegistry:
         """The registry at the controller's own URL for it, with the controller's token."""
         spec = policy.registry
         assert spec is not None
-        build = REGISTRIES.get(spec.provider)
-        if build is None:
-            raise RegistryInputError(
-                f"no model registry {spec.provider!r}; known registries: {', '.join(sorted(REGISTRIES))}"
-            )
+        build = registry_builder(spec.provider)
         token = os.environ.get(self.token_env) if self.token_env else None
         register_secret(token)
         url = self.admission.registry_url(spec.tracking_uri)

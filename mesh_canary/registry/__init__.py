@@ -58,13 +58,19 @@ REGISTRIES: dict[str, Callable[[RegistrySpec, str | None], ModelRegistry]] = {
 }
 
 
-def registry_for(spec: RegistrySpec) -> ModelRegistry:
-    """The registry the policy names, with its token (never logged) from the environment."""
-    build = REGISTRIES.get(spec.provider)
+def registry_builder(provider: str) -> Callable[[RegistrySpec, str | None], ModelRegistry]:
+    """What builds the registry ``provider`` names (RegistryInputError for an unknown one)."""
+    build = REGISTRIES.get(provider)
     if build is None:
         raise RegistryInputError(
-            f"no model registry {spec.provider!r}; known registries: {', '.join(sorted(REGISTRIES))}"
+            f"no model registry {provider!r}; known registries: {', '.join(sorted(REGISTRIES))}"
         )
+    return build
+
+
+def registry_for(spec: RegistrySpec) -> ModelRegistry:
+    """The registry the policy names, with its token (never logged) from the environment."""
+    build = registry_builder(spec.provider)
     token = None
     if spec.token_from_env:
         token = os.environ.get(spec.token_from_env)
