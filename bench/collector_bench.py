@@ -216,7 +216,7 @@ def section(quick: bool = False) -> list[str]:
         "",
         f"Goal (issue 12): >= 5,000 predictions/s ingested and joined on one core: store alone "
         f"**{verdict(alone['both_per_s'])}**, batched HTTP **{verdict(http['batched_per_cpu_s'])}**, one event per "
-        f"HTTP request **{verdict(http['events_per_cpu_s'])}** (the server: one asyncio loop, httptools, group "
+        f"HTTP request **{verdict(http['events_per_cpu_s'])}** (the server: one event loop (uvloop), httptools, group "
         "commit; an event per request still pays the event loop and a small transaction, so KServe's logger with "
         "`mode: response` halves the load).",
         "",

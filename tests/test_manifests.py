@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -233,3 +234,35 @@ def test_example_fits_together(example: dict[tuple[str, str], Any]) -> None:
         assert pod_labels["version"] == version.metrics_version
     ports = {p["name"] for p in service["spec"]["ports"]}
     assert "http" in ports  # Istio picks the protocol from the port name
+
+
+@pytest.mark.parametrize("install", ["", "namespaced"])
+def test_mlflow_registry_component_adds_the_registry_flags_with_the_token_from_a_secret(
+    install: str, tmp_path: Path
+) -> None:
+    # The install with the component enabled, as the commented `components:` lines do.
+    base = MANIFESTS / install
+    component = MANIFESTS / "components" / "mlflow-registry"
+    commented = (base / "kustomization.yaml").read_text()
+    assert f"#   - {os.path.relpath(component, base)}\n" in commented
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(base, tmp_path)],
+                "components": [os.path.relpath(component, tmp_path)],
+            }
+        )
+    )
+    plain = {(d["kind"], d["metadata"]["name"]): d for d in kustomize(base)}
+    rendered = {(d["kind"], d["metadata"]["name"]): d for d in kustomize(tmp_path)}
+    assert set(rendered) == set(plain)  # only the Deployment changes
+    [container] = rendered["Deployment", "mesh-canary-controller"]["spec"]["template"]["spec"]["containers"]
+    [before] = plain["Deployment", "mesh-canary-controller"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"][: len(before["args"])] == before["args"]
+    options = controller_options(container["args"])  # options the CLI knows
+    assert options["allowed_registries"] == ("http://mlflow.mlflow.svc.cluster.local:5000",)
+    token_env = options["registry_token_env"]
+    env = {e["name"]: e for e in container["env"]}
+    # The variable the controller reads is set, from a Secret, never as a literal value.
+    assert "value" not in env[token_env]
+    assert env[token_env]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-registry-token", "key": "token"}

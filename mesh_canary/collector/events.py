@@ -43,6 +43,8 @@ CE_CONTENT_TYPES = ("application/cloudevents+json", "application/cloudevents-bat
 CE_PREFIX = "ce-"  # a binary-mode event's attribute headers
 REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
 OPTIONAL_ATTRIBUTES = ("datacontenttype", "dataschema", "subject", "time")
+_REQUIRED = frozenset(REQUIRED_ATTRIBUTES)
+_OPTIONAL = frozenset(OPTIONAL_ATTRIBUTES)
 # A Knative revision name inside ce-source, e.g. http://fraud-predictor-00002-deployment-7d9.../
 REVISION = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?-predictor(-default)?-\d{5})")
 MAX_TEXT = 253  # longest id, version or class kept (a Kubernetes name's limit)
@@ -76,12 +78,16 @@ class Parsed:
     requests: int = 0  # request events: acknowledged, not kept
 
 
-def _text(value: Any, what: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise Malformed(f"{what} must be a string (or an integer), not {type(value).__name__}")
+def _text(value: Any, what: str, of: str = "") -> str:
+    """``value`` as a class, id or version text; ``what + of`` names it in an error."""
+    if type(value) is str:  # the usual case first
+        if 0 < len(value) <= MAX_TEXT:
+            return value
+    elif isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise Malformed(f"{what}{of} must be a string (or an integer), not {type(value).__name__}")
     text = str(value)
     if not text or len(text) > MAX_TEXT:
-        raise Malformed(f"{what} must be 1 to {MAX_TEXT} characters long")
+        raise Malformed(f"{what}{of} must be 1 to {MAX_TEXT} characters long")
     return text
 
 
@@ -96,12 +102,18 @@ def _score(value: Any) -> float | None:
 def _one(item: Any, what: str) -> tuple[str, float | None]:
     """(class, score) of one prediction: a bare class or a dict naming it."""
     if isinstance(item, Mapping):
-        key = next((k for k in CLASS_KEYS if k in item), None)
-        if key is None:
+        for key in CLASS_KEYS:
+            if key in item:
+                break
+        else:
             raise Malformed(f"{what} names no class (one of {', '.join(CLASS_KEYS)})")
-        score = next((item[k] for k in SCORE_KEYS if k in item), None)
-        return _text(item[key], f"{what}'s class"), _score(score)
-    return _text(item, f"{what}'s class"), None
+        score = None
+        for name in SCORE_KEYS:
+            if name in item:
+                score = item[name]
+                break
+        return _text(item[key], what, "'s class"), _score(score)
+    return _text(item, what, "'s class"), None
 
 
 def response_predictions(body: Any) -> list[tuple[str, float | None]]:
@@ -210,6 +222,29 @@ def parse_cloudevents(
     return _parse_with_sdk(lower, body, received)
 
 
+def parse_event_request(lower: Mapping[str, str], body: bytes, received: float) -> Parsed | None:
+    """What ``parse_cloudevents`` gives for a request that is a CloudEvent (a ``ce-`` header
+    or a CloudEvents content type; header names in lower case), else None (plain JSON).
+    One pass over the headers: KServe's logger sends one binary-mode event per request."""
+    if lower.get("content-type", "").startswith(CE_CONTENT_TYPES):
+        return parse_cloudevents(lower, body, received, lowered=True)
+    attributes = _ce_headers(lower)
+    if not attributes:
+        return None
+    if _check_binary(attributes, lower):
+        return from_cloudevent(attributes, body or None, received)
+    return _parse_with_sdk(lower, body, received)
+
+
+def _ce_headers(lower: Mapping[str, str]) -> dict[str, str]:
+    """Each ``ce-NAME`` header as attribute NAME, percent-decoded (the HTTP binding)."""
+    return {
+        name[3:]: unquote(value) if "%" in value else value
+        for name, value in lower.items()
+        if name[:3] == CE_PREFIX
+    }
+
+
 def binary_attributes(lower: Mapping[str, str]) -> dict[str, str] | None:
     """A binary-mode CloudEvents 1.0 event's attributes, read straight from its headers
     (lower-case names) as the HTTP binding says: each ``ce-NAME`` header is attribute NAME,
@@ -217,26 +252,31 @@ def binary_attributes(lower: Mapping[str, str]) -> dict[str, str] | None:
     required attributes present and not empty, and extension names of a-z and 0-9 only.
     ``time`` stays text (``from_cloudevent`` reads it). None for a specversion other than
     1.0: the SDK then decides (0.3, or its error message)."""
-    attributes = {}
-    for name, value in lower.items():
-        if name.startswith(CE_PREFIX):
-            attributes[name[3:]] = unquote(value) if "%" in value else value
+    attributes = _ce_headers(lower)
+    return attributes if _check_binary(attributes, lower) else None
+
+
+def _check_binary(attributes: dict[str, str], lower: Mapping[str, str]) -> bool:
+    """``binary_attributes``'s checks on the ``ce-`` headers' attributes (Malformed), and the
+    content type added; False for a specversion other than 1.0 (nothing checked)."""
     if attributes.get("specversion") != "1.0":
-        return None
-    missing = [name for name in REQUIRED_ATTRIBUTES if not attributes.get(name)]
-    if missing:
+        return False
+    if not (attributes.get("id") and attributes.get("source") and attributes.get("type")):
+        missing = [name for name in REQUIRED_ATTRIBUTES if not attributes.get(name)]
         raise Malformed(f"not a CloudEvent: {', '.join(CE_PREFIX + m for m in missing)} missing or empty")
     for name, value in attributes.items():
-        if name in OPTIONAL_ATTRIBUTES:
+        if name in _REQUIRED:
+            continue
+        if name in _OPTIONAL:
             if not value:
                 raise Malformed(f"not a CloudEvent: {CE_PREFIX}{name} is empty")
-        elif name not in REQUIRED_ATTRIBUTES and (name == "data" or not (name.isascii() and name.isalnum())):
+        elif name == "data" or not (name.isascii() and name.isalnum()):
             raise Malformed(
                 f"not a CloudEvent: {CE_PREFIX}{name} is no valid extension (a-z and 0-9 only; not 'data')"
             )
     if "content-type" in lower:
         attributes["datacontenttype"] = lower["content-type"]
-    return attributes
+    return True
 
 
 def _parse_with_sdk(lower: Mapping[str, str], body: bytes, received: float) -> Parsed:

@@ -1,5 +1,7 @@
 """The collector's HTTP/1.1 front end: one asyncio event loop (no thread per connection),
-requests parsed by ``httptools`` (llhttp, the parser of Node.js and uvicorn).
+requests parsed by ``httptools`` (llhttp, the parser of Node.js and uvicorn). The loop is
+uvloop's (libuv) when it imports, else asyncio's own (``new_event_loop``): the same
+behaviour, uvloop costs less CPU per request.
 
 Keep-alive and pipelining: a connection's requests are handed to the handler as they are
 parsed, and their answers are written in request order as they become ready (a handler may
@@ -26,7 +28,7 @@ import json
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
@@ -52,6 +54,16 @@ class Request:
 # loop's thread (now or later).
 Respond = Callable[[int, bytes, str], None]
 Handler = Callable[[Request, Respond], None]
+
+
+def new_event_loop() -> tuple[asyncio.AbstractEventLoop, str]:
+    """(a new event loop, "uvloop" or "asyncio"): uvloop's if it imports (a wheel for this
+    platform), else the standard library's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop(), "asyncio"
+    return uvloop.new_event_loop(), "uvloop"
 
 
 def json_answer(respond: Respond, status: int, body: Any) -> None:
@@ -88,6 +100,7 @@ class _Connection(asyncio.Protocol):
         self._head_size = 0
         self._closing = False  # nothing more is read: the last slot's answer closes
         self._paused = False
+        self._held = False  # in the server's held list: answers to write once a group is done
         self.deadline = 0.0
 
     # --- asyncio ------------------------------------------------------------------------
@@ -190,10 +203,17 @@ class _Connection(asyncio.Protocol):
         self._answer(slot, status, json.dumps({"error": reason}).encode(), "application/json")
 
     def _answer(self, slot: _Slot, status: int, body: bytes, content_type: str) -> None:
-        slot.data = self._server.response(status, body, content_type, slot.close)
-        self._flush()
+        server = self._server
+        slot.data = server.response(status, body, content_type, slot.close)
+        held = server.held
+        if held is None:
+            self._flush()
+        elif not self._held:  # the server writes it after the others of its group
+            self._held = True
+            held.append(self)
 
     def _flush(self) -> None:
+        self._held = False
         transport = self._transport
         if transport is None or transport.is_closing():
             return
@@ -209,6 +229,7 @@ class _Connection(asyncio.Protocol):
         if not out:
             return
         transport.write(b"".join(out) if len(out) > 1 else out[0])  # type: ignore[arg-type]
+        self._server.writes += 1
         self.deadline = self._loop.time() + self._server.request_timeout_s  # the next request's
         if close:
             transport.close()
@@ -239,7 +260,7 @@ class HTTPServer:
         self.request_timeout_s = request_timeout_s
         self.max_connections = max_connections
         self.connections: set[_Connection] = set()
-        self.loop = asyncio.new_event_loop()
+        self.loop, self.loop_kind = new_event_loop()
         self._sock = socket.create_server(address, backlog=max(128, max_connections))  # SO_REUSEADDR
         self._sock.setblocking(False)
         self.server_address: tuple[str, int] = self._sock.getsockname()[:2]
@@ -249,6 +270,21 @@ class HTTPServer:
         self._stopped = threading.Event()
         self._date = b""
         self._heads: dict[tuple[int, str, bool], bytes] = {}
+        self.held: list[_Connection] | None = None  # while answers are held (hold_answers)
+        self.writes = 0  # transport writes of answers (a pipelined group's answers go in one)
+
+    @contextlib.contextmanager
+    def hold_answers(self) -> Iterator[None]:
+        """Answers given inside are written when it ends, each connection's in one write
+        (a group of pipelined requests answered together: one send, not one per answer)."""
+        held: list[_Connection] = []
+        self.held = held
+        try:
+            yield
+        finally:
+            self.held = None
+            for connection in held:
+                connection._flush()
 
     @property
     def url(self) -> str:

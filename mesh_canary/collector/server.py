@@ -42,14 +42,7 @@ from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from mesh_canary.collector.events import (
-    CE_CONTENT_TYPES,
-    CE_PREFIX,
-    Malformed,
-    parse_cloudevents,
-    parse_labels,
-    parse_plain,
-)
+from mesh_canary.collector.events import Malformed, parse_event_request, parse_labels, parse_plain
 from mesh_canary.collector.export import render
 from mesh_canary.collector.http import HTTPServer, Request, Respond, json_answer
 from mesh_canary.collector.store import Labels, Limits, Outcome, Predictions, Refused, Rejected, Store, Write
@@ -86,9 +79,15 @@ class GroupCommit:
     exception. (A writer thread would cost more CPU than the commit saves: sqlite releases
     the GIL at every statement, and two busy threads then hand it back and forth.)"""
 
-    def __init__(self, store: Store, call_soon: Callable[..., object]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        call_soon: Callable[..., object],
+        answering: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
         self._store = store
         self._call_soon = call_soon
+        self._answering = answering  # around a group's answers (the server holds its writes)
         self._queue: list[tuple[Write, Done]] = []
         self.groups = 0
         self.writes = 0
@@ -110,8 +109,9 @@ class GroupCommit:
             results = [exc] * len(group)
         self.groups += 1
         self.writes += len(group)
-        for (_, done), result in zip(group, results, strict=True):
-            done(result)
+        with self._answering():
+            for (_, done), result in zip(group, results, strict=True):
+                done(result)
 
 
 class CollectorHTTPServer(HTTPServer):
@@ -127,7 +127,7 @@ class CollectorHTTPServer(HTTPServer):
             request_timeout_s=settings.request_timeout_s,
             max_connections=settings.max_connections,
         )
-        self.writer = GroupCommit(store, self.loop.call_soon)
+        self.writer = GroupCommit(store, self.loop.call_soon, self.hold_answers)
 
     def handle(self, request: Request, respond: Respond) -> None:
         path, _, query = request.target.partition("?")
@@ -181,13 +181,10 @@ class CollectorHTTPServer(HTTPServer):
     def _parse(self, path: str, request: Request, received: float) -> Write:
         if path == "/labels":
             return Labels(parse_labels(_json_body(request.body), received))
-        headers = request.headers
-        is_event = headers.get("content-type", "").startswith(CE_CONTENT_TYPES) or any(
-            h.startswith(CE_PREFIX) for h in headers
+        parsed = (
+            None if path == "/predictions" else parse_event_request(request.headers, request.body, received)
         )
-        if path != "/predictions" and is_event:
-            parsed = parse_cloudevents(headers, request.body, received, lowered=True)
-        else:
+        if parsed is None:
             parsed = parse_plain(_json_body(request.body), received)
         return Predictions(parsed.predictions, parsed.requests)
 
@@ -201,7 +198,21 @@ def _answer(respond: Respond, result: Result, malformed: str | None = None) -> N
     elif malformed is not None:
         json_answer(respond, 400, {"error": malformed})
     else:
-        json_answer(respond, 200, result.counts)
+        respond(200, _counts_body(result.counts), "application/json")
+
+
+_COUNTS_BODIES: dict[tuple[tuple[str, int], ...], bytes] = {}  # {"stored": 1} and the like
+
+
+def _counts_body(counts: dict[str, int]) -> bytes:
+    """The JSON of an outcome's counts; the few common ones encoded once (at most 1,024 kept)."""
+    key = tuple(counts.items())
+    body = _COUNTS_BODIES.get(key)
+    if body is None:
+        body = json.dumps(counts).encode()
+        if len(_COUNTS_BODIES) < 1024:
+            _COUNTS_BODIES[key] = body
+    return body
 
 
 def _json_body(body: bytes) -> Any:

@@ -61,6 +61,11 @@ EXPIRED_LABELS = "expired_labels"  # (): labels deleted without a prediction
 
 Key = tuple[str, ...]
 
+INSERT_PREDICTION = (
+    "INSERT OR IGNORE INTO predictions (id, version, predicted, score, at) VALUES (?, ?, ?, ?, ?)"
+)
+_SCORE_INDEX = [str(i) for i in range(len(SCORE_BUCKETS) + 1)]  # a score's bucket index, as its key says
+
 
 class Refused(Malformed):
     """Well-formed but over a limit (too many versions or classes): bounded memory."""
@@ -202,45 +207,46 @@ class Store:
         self, predictions: Sequence[Prediction], requests: int, delta: dict[Key, float], memory: _InMemory
     ) -> Outcome:
         self._check_limits(predictions)
-        outcome: dict[str, int] = defaultdict(int)
-        db = self._db
+        stored = duplicate = joined = 0
+        execute = self._db.execute
         for p in predictions:
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO predictions (id, version, predicted, score, at) VALUES (?, ?, ?, ?, ?)",
-                (p.id, p.version, p.predicted, p.score, p.at),
-            )
-            if cursor.rowcount == 0:
-                outcome["duplicate"] += 1
+            version = p.version
+            if not execute(INSERT_PREDICTION, (p.id, version, p.predicted, p.score, p.at)).rowcount:
+                duplicate += 1
                 continue
-            outcome["stored"] += 1
-            delta[(PRED, p.version, p.predicted)] += 1
-            if p.score is not None:
-                delta[(SCORE, p.version, str(bisect_left(SCORE_BUCKETS, p.score)))] += 1
-                delta[(SCORE_SUM, p.version)] += p.score
+            stored += 1
+            delta[(PRED, version, p.predicted)] += 1
+            score = p.score
+            if score is not None:
+                delta[(SCORE, version, _SCORE_INDEX[bisect_left(SCORE_BUCKETS, score)])] += 1
+                delta[(SCORE_SUM, version)] += score
             early = (
-                db.execute("SELECT label, at, matched FROM labels WHERE id = ?", (p.id,)).fetchone()
+                execute("SELECT label, at, matched FROM labels WHERE id = ?", (p.id,)).fetchone()
                 if self.early_labels + memory.early_labels
                 else None
             )
             if early is None:
-                memory.unlabelled[p.version] += 1
+                memory.unlabelled[version] += 1
                 continue
             label, label_at, was_matched = early
-            db.execute(
+            execute(
                 "UPDATE predictions SET label = ?, labelled_at = ? WHERE id = ? AND version = ?",
-                (label, label_at, p.id, p.version),
+                (label, label_at, p.id, version),
             )
             if not was_matched:
-                db.execute("UPDATE labels SET matched = 1 WHERE id = ?", (p.id,))
+                execute("UPDATE labels SET matched = 1 WHERE id = ?", (p.id,))
                 memory.unmatched_labels -= 1
-            _joined(delta, p.version, p.predicted, label, label_at - p.at)
-            outcome["joined"] += 1
-        for name, n in outcome.items():
-            delta[(EVENTS, "prediction", name)] += n
+            _joined(delta, version, p.predicted, label, label_at - p.at)
+            joined += 1
+        outcome: dict[str, int] = {}
+        for name, n in (("stored", stored), ("duplicate", duplicate), ("joined", joined)):
+            if n:
+                outcome[name] = n
+                delta[(EVENTS, "prediction", name)] += n
         if requests:
             delta[(EVENTS, "request", "ignored")] += requests
             outcome["ignored"] = requests
-        return Outcome(dict(outcome))
+        return Outcome(outcome)
 
     def _add_labels(self, labels: Sequence[Label], delta: dict[Key, float], memory: _InMemory) -> Outcome:
         self._check_label_values(labels)
