@@ -40,6 +40,8 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
 	touch $@
 
 bench: install $(VENV)/.bench-installed
+	@command -v wrk >/dev/null || \
+	  ( $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends wrk )
 	$(PY) bench/run_all.py $(if $(filter-out 0,$(BENCH_QUICK)),--quick)
 
 clean:
