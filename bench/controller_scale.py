@@ -69,8 +69,9 @@ LATENCY_P = (0.05, 0.25, 0.35, 0.2, 0.1, 0.04, 0.007, 0.002, 0.0008)  # per buck
 ERRORS = {"good": 0.005, "bad": 0.2}
 RUN_LIMIT_S = 900.0
 LATENESS_TOP_S = 60.0  # the largest finite bucket of mesh_canary_tick_lateness_seconds
-MR = "mesh-canary.io/v1alpha1/modelrollouts"
-VS = "networking.istio.io/v1/virtualservices"
+MR_RES = "mesh-canary.io/v1alpha1/modelrollouts"
+VS_RES = "networking.istio.io/v1/virtualservices"
+STANDIN_KEY = b"controller-scale"  # the stand-in process's question socket (127.0.0.1 only)
 
 
 def name_of(i: int) -> str:
@@ -239,6 +240,7 @@ class Result:
     peak_threads: int = -1  # the controller's threads, sampled every second
     workers: int | None = None  # the controller's --workers (None: its default)
     load_avg: float = math.nan  # the highest 1-minute load average sampled during the run
+    api_calls: dict[str, float] = field(default_factory=dict)  # "verb resource" -> requests in the run
 
     @property
     def queries_per_tick(self) -> float:
@@ -315,6 +317,110 @@ def _phases(handler: Any) -> Counter[str]:
     )
 
 
+def _rollbacks(handler: Any, names: list[str]) -> list[float]:
+    """Failed check to 100%-stable write, per rolled-back rollout among ``names``: from the
+    instant the failing analysis read at (its ``lastTickAt``) to the commit of the write."""
+    from mesh_canary.kube.status import saved_state
+
+    out: list[float] = []
+    for name in names:
+        states = [
+            saved_state(v.raw.get("status"))
+            for v in handler.objects[MR_RES, NS, name].history
+            if v is not None
+        ]
+        prev = next((state for state in reversed(states) if state is not None), None)
+        if prev is None or prev.phase.value != "RolledBack" or prev.last_tick_at is None:
+            continue
+        for v in handler.objects[VS_RES, NS, name].history:
+            if v is None:
+                continue
+            weight = v.raw["spec"]["http"][0]["route"][1].get("weight", 0)
+            at = handler.committed_at.get(int(v.raw["metadata"]["resourceVersion"]), 0.0)
+            if weight == 0 and at >= prev.last_tick_at:
+                out.append(at - prev.last_tick_at)
+                break
+    return out
+
+
+# What the benchmark asks the stand-in's process (`standin_main`): a name and its arguments.
+STANDIN_CALLS: dict[str, Any] = {
+    "phases": lambda h: dict(_phases(h)),
+    "requests": lambda h: dict(h.requests),
+    "rollbacks": _rollbacks,
+}
+
+
+def standin_main(workdir: str, weights_path: str, address_path: str) -> None:
+    """A child process: the API stand-in (tests/kube_standin.py), as a real API server runs
+    apart from the controller and from whoever measures it. It writes each VirtualService's
+    candidate weight to ``weights_path`` every second (for the exporter) and answers the
+    benchmark's questions (`STANDIN_CALLS`) on a local socket whose address it writes to
+    ``address_path`` once the server is up."""
+    from multiprocessing.connection import Listener
+
+    from tests.crd_schema import ISTIO_CRDS, MODELROLLOUT_CRD, load_yaml
+    from tests.kube_standin import KubeStandIn
+
+    crds = [load_yaml(p) for p in [*ISTIO_CRDS, MODELROLLOUT_CRD]]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with (
+        KubeStandIn(crds, workdir=Path(workdir), keep_requests=False) as kube,
+        Listener(("127.0.0.1", 0), authkey=STANDIN_KEY) as listener,
+    ):
+        path = Path(address_path)
+        path.with_suffix(".tmp").write_text(json.dumps([kube.url, *listener.address]))
+        path.with_suffix(".tmp").replace(path)
+        with _weights_file(kube, Path(weights_path), stop):
+
+            def serve() -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(EOFError, OSError), listener.accept() as conn:
+                        while True:
+                            name, args = conn.recv()
+                            fn = STANDIN_CALLS[name]
+                            conn.send(kube.call(lambda h, fn=fn, args=args: fn(h, *args)))
+
+            threading.Thread(target=serve, daemon=True).start()
+            stop.wait()
+
+
+class StandIn:
+    """The benchmark's side of `standin_main`: the stand-in's URL and its answers."""
+
+    def __init__(self, workdir: Path, weights_path: Path) -> None:
+        address = workdir / "address.json"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = _child("standin", str(workdir), str(weights_path), str(address))
+        deadline = time.monotonic() + 60
+        while not address.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                _stop(self.proc)
+                raise RuntimeError("the API stand-in's process did not start")
+            time.sleep(0.1)
+        self.url, host, port = json.loads(address.read_text())
+        self.kubeconfig_path = workdir / "kubeconfig"
+        from multiprocessing.connection import Client
+
+        self._conn = Client((host, port), authkey=STANDIN_KEY)
+
+    def call(self, name: str, *args: Any) -> Any:
+        self._conn.send((name, args))
+        return self._conn.recv()
+
+    def api_client(self) -> Any:
+        import kubernetes.client
+
+        config = kubernetes.client.Configuration()
+        config.host = self.url
+        return kubernetes.client.ApiClient(config)
+
+    def close(self) -> None:
+        self._conn.close()
+        _stop(self.proc)
+
+
 @contextlib.contextmanager
 def _weights_file(kube: Any, path: Path, stop: threading.Event) -> Iterator[None]:
     def loop() -> None:
@@ -354,11 +460,8 @@ def _prometheus_queries(prom: Any) -> float:
 def run(n: int, slow_share: float = 0.0, workers: int | None = None) -> Result:
     import kubernetes.client
 
-    from mesh_canary.kube.status import saved_state
     from mesh_canary.localmesh.prometheus import PrometheusServer, ScrapeJob, free_port
     from tests.conftest import virtual_service
-    from tests.crd_schema import ISTIO_CRDS, MODELROLLOUT_CRD, load_yaml
-    from tests.kube_standin import KubeStandIn
 
     names = [name_of(i) for i in range(n)]
     slow = set(names[: max(1, round(n * slow_share))]) if slow_share else set()
@@ -366,13 +469,14 @@ def run(n: int, slow_share: float = 0.0, workers: int | None = None) -> Result:
     bad = [x for i, x in enumerate(reversed(names)) if i % BAD_EVERY == BAD_EVERY - 1 and x not in slow]
     if not bad:
         bad = [names[-1]]
-    stop = threading.Event()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mesh-canary-scale-")))
-        crds = [load_yaml(p) for p in [*ISTIO_CRDS, MODELROLLOUT_CRD]]
-        kube = stack.enter_context(KubeStandIn(crds, workdir=tmp / "kube", keep_requests=False))
         weights_path = tmp / "weights.json"
         weights_path.write_text(json.dumps(dict.fromkeys(names, 0)))
+        # The API stand-in in a process of its own: a real API server does not share the
+        # controller's (nor the benchmark's) cores and interpreter lock.
+        kube = StandIn(tmp / "kube", weights_path)
+        stack.callback(kube.close)
         exporter_port, stall_port, metrics_port = free_port(), free_port(), free_port()
         exporter = _child("exporter", str(weights_path), str(exporter_port), ",".join(bad))
         stack.callback(_stop, exporter)
@@ -389,18 +493,19 @@ def run(n: int, slow_share: float = 0.0, workers: int | None = None) -> Result:
 
         api = kube.api_client()
         custom = kubernetes.client.CustomObjectsApi(api)
-        docs = {}
         for name in names:
             custom.create_namespaced_custom_object(
                 "networking.istio.io", "v1", NS, "virtualservices", virtual_service(name, NS)
             )
-            docs[name] = model_rollout(name, stall_url if name in slow else prom.url)
             custom.create_namespaced_custom_object(
-                "mesh-canary.io", "v1alpha1", NS, "modelrollouts", docs[name]
+                "mesh-canary.io",
+                "v1alpha1",
+                NS,
+                "modelrollouts",
+                model_rollout(name, stall_url if name in slow else prom.url),
             )
-        stack.enter_context(_weights_file(kube, weights_path, stop))
 
-        requests_before = Counter(kube.call(lambda h: dict(h.requests)))
+        requests_before = Counter(kube.call("requests"))
         queries_before = _prometheus_queries(prom)
         log = (tmp / "controller.log").open("wb")
         stack.callback(log.close)
@@ -432,7 +537,7 @@ def run(n: int, slow_share: float = 0.0, workers: int | None = None) -> Result:
                 raise RuntimeError(f"the controller exited: {(tmp / 'controller.log').read_text()[-2000:]}")
             threads = max(threads, _proc_status(controller.pid, "Threads"))
             load = max(load, os.getloadavg()[0])
-            phases = kube.call(_phases)
+            phases = Counter(kube.call("phases"))
             if sum(phases[p] for p in ("Succeeded", "RolledBack", "Aborted")) == n:
                 done_at = time.time()
                 break
@@ -442,9 +547,9 @@ def run(n: int, slow_share: float = 0.0, workers: int | None = None) -> Result:
         rss = _proc_peak_rss_mib(controller.pid)
         own = _scrape(f"http://127.0.0.1:{metrics_port}/metrics")
         queries = _prometheus_queries(prom) - queries_before
-        requests = Counter(kube.call(lambda h: dict(h.requests)))
+        requests = Counter(kube.call("requests"))
         requests.subtract(requests_before)
-        phases = kube.call(_phases)
+        phases = Counter(kube.call("phases"))
         _stop(controller)
 
         by_verb: Counter[str] = Counter()
@@ -455,20 +560,7 @@ def run(n: int, slow_share: float = 0.0, workers: int | None = None) -> Result:
         late_sum = sum(v for _, v in own.get("mesh_canary_tick_lateness_seconds_sum", []))
         late_n = sum(v for _, v in own.get("mesh_canary_tick_lateness_seconds_count", []))
 
-        committed = kube.call(lambda h: dict(h.committed_at))
-        rollback: list[float] = []
-        for name in names:
-            if name in slow:
-                continue
-            states = [saved_state(v.get("status")) for v in kube.stored(MR, NS, name)]
-            prev = next((state for state in reversed(states) if state is not None), None)
-            if prev is not None and prev.phase.value == "RolledBack" and prev.last_tick_at is not None:
-                for v in kube.stored(VS, NS, name):
-                    weight = v["spec"]["http"][0]["route"][1].get("weight", 0)
-                    at = committed.get(int(v["metadata"]["resourceVersion"]), 0.0)
-                    if weight == 0 and at >= prev.last_tick_at:
-                        rollback.append(at - prev.last_tick_at)
-                        break
+        rollback: list[float] = kube.call("rollbacks", [x for x in names if x not in slow])
         return Result(
             n=n,
             slow=len(slow),
@@ -482,6 +574,7 @@ def run(n: int, slow_share: float = 0.0, workers: int | None = None) -> Result:
             ticks=ticks,
             queries=queries,
             api={verb: count / wall for verb, count in sorted(by_verb.items())},
+            api_calls={f"{verb} {res}": count for (verb, res), count in sorted(requests.items()) if count},
             cpu_s=cpu,
             peak_rss_mib=rss,
             lateness_hist=hist,
@@ -509,6 +602,12 @@ def row(r: Result) -> str:
         f"mean {_ms(r.late_mean_s)} ({r.late_n:,}) | {_ms(r.rollback_s[0])} / {_ms(r.rollback_s[1])} ({r.rollback_n}) | "
         f"{r.queries / r.wall_s:,.1f} | {r.queries_per_tick:.2f} | {api} | {r.cpu_s:,.1f} | {r.peak_rss_mib:,.0f} | {r.peak_threads if r.peak_threads >= 0 else '-'} | {'-' if r.load_avg != r.load_avg else f'{r.load_avg:.1f}'} |"
     )
+
+
+def calls(r: Result) -> str:
+    """API requests per analysis by verb and resource (the stand-in's count over the controller's ticks)."""
+    per = ", ".join(f"{k} {v / r.ticks:.2f}" for k, v in r.api_calls.items()) if r.ticks else "-"
+    return f"N={r.n:,}: API requests per analysis: {per}"
 
 
 def plot(results: list[Result], path: Path) -> None:
@@ -577,6 +676,7 @@ def section(
         )
         results.append(run(n, share, workers))
         print(row(results[-1]), flush=True)
+        print(calls(results[-1]), flush=True)
         if saved is not None:
             saved.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1))
     if plot_path is not None:
@@ -693,6 +793,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["exporter"]:
         exporter_main(argv[1], int(argv[2]), [x for x in argv[3].split(",") if x])
+        return
+    if argv[:1] == ["standin"]:
+        standin_main(argv[1], argv[2], argv[3])
         return
     if argv[:1] == ["stall"]:
         stall_main(int(argv[1]))
