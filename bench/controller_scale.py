@@ -1,6 +1,6 @@
 """The controller at scale: N ModelRollouts at once against one real Prometheus (issue 14).
 
-For each N (10, 100, 1,000): the API stand-in (tests/kube_standin.py, in this process) holds
+For each N (10, 100, 1,000): the API stand-in (tests/kube_standin.py, in a child process) holds
 N VirtualServices and N ModelRollouts created before the controller starts; a synthetic
 exporter (a child process) counts requests and latency for each service and version at a
 fixed total rate, split by each VirtualService's current weights (read from the stand-in
@@ -368,22 +368,27 @@ def standin_main(workdir: str, weights_path: str, address_path: str) -> None:
     with (
         KubeStandIn(crds, workdir=Path(workdir), keep_requests=False) as kube,
         Listener(("127.0.0.1", 0), authkey=STANDIN_KEY) as listener,
+        contextlib.ExitStack() as weights,
     ):
         path = Path(address_path)
         path.with_suffix(".tmp").write_text(json.dumps([kube.url, *listener.address]))
         path.with_suffix(".tmp").replace(path)
-        with _weights_file(kube, Path(weights_path), stop):
 
-            def serve() -> None:
-                while not stop.is_set():
-                    with contextlib.suppress(EOFError, OSError), listener.accept() as conn:
-                        while True:
-                            name, args = conn.recv()
-                            fn = STANDIN_CALLS[name]
-                            conn.send(kube.call(lambda h, fn=fn, args=args: fn(h, *args)))
+        def answer(name: str, args: tuple[Any, ...]) -> Any:
+            if name == "write_weights":  # once every VirtualService exists (the exporter read their names)
+                return weights.enter_context(_weights_file(kube, Path(weights_path), stop))
+            fn = STANDIN_CALLS[name]
+            return kube.call(lambda h: fn(h, *args))
 
-            threading.Thread(target=serve, daemon=True).start()
-            stop.wait()
+        def serve() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(EOFError, OSError), listener.accept() as conn:
+                    while True:
+                        name, args = conn.recv()
+                        conn.send(answer(name, args))
+
+        threading.Thread(target=serve, daemon=True).start()
+        stop.wait()
 
 
 class StandIn:
@@ -505,6 +510,7 @@ def run(n: int, slow_share: float = 0.0, workers: int | None = None) -> Result:
                 model_rollout(name, stall_url if name in slow else prom.url),
             )
 
+        kube.call("write_weights")
         requests_before = Counter(kube.call("requests"))
         queries_before = _prometheus_queries(prom)
         log = (tmp / "controller.log").open("wb")
@@ -689,7 +695,7 @@ def lines(results: list[Result], plot_path: Path | None) -> list[str]:
         HEADING,
         "",
         "`bench/controller_scale.py` (run by `make bench`): N ModelRollouts created at once in the API "
-        "stand-in (tests/kube_standin.py, over real HTTP), each with its own VirtualService; "
+        "stand-in (tests/kube_standin.py, over real HTTP, in a process of its own), each with its own VirtualService; "
         f"`mesh-canary controller` in its own process (default `--workers`); one real Prometheus scraping every "
         f"{SCRAPE_S:.0f} s a synthetic exporter whose Istio-profile counters and latency buckets follow each "
         f"VirtualService's current weights at {RATE:.0f} requests/s per service; analysis interval "
