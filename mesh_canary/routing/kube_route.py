@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from mesh_canary.core.model import Policy
 from mesh_canary.core.weights import Weights
+from mesh_canary.kube.watchcache import WatchCache, newer_or_same, resource_version
 from mesh_canary.routing.base import (
     RollbackRecord,
     RouteConflict,
@@ -54,8 +55,12 @@ class KubeRouteRouter:
         *,
         request_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
+        caches: Callable[[str, str, str], WatchCache | None] | None = None,
         **_retry_options: float,  # attempts/backoff_s/...: retries moved to the runner; ignored
     ) -> None:
+        """``caches``: the controller's watch caches by (group, version, plural); this kind's is
+        looked at instead of a GET when the live weights are only looked at (`get_weights`);
+        every write still reads the object from the API server."""
         self.name = policy.route.name
         self.namespace = policy.route.namespace
         self.rollout = f"{policy.namespace}/{policy.name}"
@@ -65,6 +70,11 @@ class KubeRouteRouter:
         self.last_written: Weights | None = None
         self.writes = 0  # replace calls that went through (for metrics and tests)
         self.conflicts = 0  # 409 answers seen
+        self.reads = 0  # GETs sent (for tests: how many looks the cache saved)
+        self._cache = caches(self.GROUP, self.VERSION, self.PLURAL) if caches is not None else None
+        # The newest resourceVersion this router read or wrote: a cached copy older than it is
+        # not the live object (e.g. our own write not yet seen by the watch).
+        self._seen_rv: int | None = None
 
     # -- the kind's pure functions ------------------------------------------------------------
 
@@ -86,6 +96,7 @@ class KubeRouteRouter:
 
     def read(self) -> dict[str, Any]:
         """The object as the API server holds it."""
+        self.reads += 1
         try:
             obj: Any = self._api.get_namespaced_custom_object(
                 self.GROUP,
@@ -103,10 +114,26 @@ class KubeRouteRouter:
             raise self.Error(f"could not reach the API server to read {self.ref}: {e}") from e
         if not isinstance(obj, dict):
             raise self.Error(f"the API server answered something other than an object for {self.ref}.")
+        self._saw(obj)
         return obj
 
+    def _saw(self, obj: Any) -> None:
+        rv = resource_version(obj)
+        if rv is not None and (self._seen_rv is None or rv > self._seen_rv):
+            self._seen_rv = rv
+
+    def look(self) -> dict[str, Any]:
+        """The object to look at (never to write from): the watch cache's copy when it has one at
+        least as new as anything this router read or wrote, else a GET."""
+        if self._cache is not None:
+            cached = self._cache.get(self.namespace, self.name)
+            if cached is not None and newer_or_same(cached, self._seen_rv):
+                self._saw(cached)
+                return cached
+        return self.read()
+
     def get_weights(self) -> Weights:
-        return self.weights_of(self.read())
+        return self.weights_of(self.look())
 
     def set_weights(self, weights: Weights) -> None:
         """Write ``weights`` to every managed route: one attempt, no checks (see `write`)."""
@@ -180,10 +207,11 @@ class KubeRouteRouter:
             return None
         return self.drift_of(self.read(), expected)
 
-    def _send(self, desired: dict[str, Any]) -> None:
-        """The write call itself: a replace (a kind may send a patch instead, see routing.kserve)."""
+    def _send(self, desired: dict[str, Any]) -> Any:
+        """The write call itself: a replace (a kind may send a patch instead, see routing.kserve);
+        returns the object as written (with its new resourceVersion) when the server says."""
         # `desired` carries the resourceVersion we read: a stale one is a 409.
-        self._api.replace_namespaced_custom_object(
+        return self._api.replace_namespaced_custom_object(
             self.GROUP,
             self.VERSION,
             self.namespace,
@@ -195,7 +223,7 @@ class KubeRouteRouter:
 
     def _replace(self, desired: dict[str, Any], what: str) -> None:
         try:
-            self._send(desired)
+            written = self._send(desired)
         except ApiException as e:
             if e.status == 409:
                 self.conflicts += 1
@@ -205,6 +233,7 @@ class KubeRouteRouter:
             raise self.Error(f"could not {what} {self.ref}: HTTP {e.status} {e.reason}: {_message(e)}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise self.Error(f"could not reach the API server to {what} {self.ref}: {e}") from e
+        self._saw(written)
         self.writes += 1
 
     def _owned_sentence(self, holder: dict[str, Any]) -> str:
