@@ -113,7 +113,7 @@ class WatchCache:
                 )
                 self._threads[namespace] = t
                 t.start()
-            if namespace not in self._fresh:
+            if namespace not in self._fresh or self._stopping.is_set():
                 return None
             obj = self._objects.get(namespace, {}).get(name)
         return copy.deepcopy(obj) if obj is not None else None

@@ -122,15 +122,20 @@ class KubeRouteRouter:
         if rv is not None and (self._seen_rv is None or rv > self._seen_rv):
             self._seen_rv = rv
 
+    def _cached(self) -> dict[str, Any] | None:
+        """The watch cache's copy when it is at least as new as anything this router read or wrote."""
+        if self._cache is None:
+            return None
+        cached = self._cache.get(self.namespace, self.name)
+        if cached is None or not newer_or_same(cached, self._seen_rv):
+            return None
+        self._saw(cached)
+        return cached
+
     def look(self) -> dict[str, Any]:
-        """The object to look at (never to write from): the watch cache's copy when it has one at
-        least as new as anything this router read or wrote, else a GET."""
-        if self._cache is not None:
-            cached = self._cache.get(self.namespace, self.name)
-            if cached is not None and newer_or_same(cached, self._seen_rv):
-                self._saw(cached)
-                return cached
-        return self.read()
+        """The object to look at: the watch cache's copy (`_cached`), else a GET."""
+        cached = self._cached()
+        return cached if cached is not None else self.read()
 
     def get_weights(self) -> Weights:
         return self.weights_of(self.look())
@@ -148,48 +153,70 @@ class KubeRouteRouter:
         rollback: RollbackRecord | None = None,
     ) -> None:
         """One attempt: read, check (forward writes only), replace with the resourceVersion read."""
-        current = self.read()
-        if rollback is None:
-            holder = _owner(current)
-            if owner and holder is not None and holder.get("runId") != owner:
-                raise RouteOwned(self._owned_sentence(holder))
-            if expected is not None:
-                live = self.weights_of(current)
-                if live not in (expected, weights):
-                    raise WeightsMoved(live, expected, self.ref)
-        desired = self.with_weights(current, weights)  # a config error: not retried
-        if rollback is not None:
-            _annotations(desired)[ANNOTATION_ROLLBACK] = rollback.to_json()
-        if desired != current:
-            self._replace(desired, "write weights to")
+
+        def attempt(current: dict[str, Any]) -> None:
+            if rollback is None:
+                holder = _owner(current)
+                if owner and holder is not None and holder.get("runId") != owner:
+                    raise RouteOwned(self._owned_sentence(holder))
+                if expected is not None:
+                    live = self.weights_of(current)
+                    if live not in (expected, weights):
+                        raise WeightsMoved(live, expected, self.ref)
+            desired = self.with_weights(current, weights)  # a config error: not retried
+            if rollback is not None:
+                _annotations(desired)[ANNOTATION_ROLLBACK] = rollback.to_json()
+            if desired != current:
+                self._replace(desired, "write weights to")
+
+        self._from_base(attempt)
         self.last_written = weights
 
     def claim(self, owner: str, rollout: str, previous: str = "") -> None:
         """Annotate the object as owned by run ``owner`` (checked and set with its resourceVersion)."""
-        current = self.read()
-        holder = _owner(current)
-        if holder is not None and holder.get("runId") not in (owner, previous):
-            raise RouteOwned(self._owned_sentence(holder))
-        desired = copy.deepcopy(current)
-        ann = _annotations(desired)
-        if holder is None or holder.get("runId") != owner:
-            ann[ANNOTATION_OWNER] = json.dumps(
-                {"rollout": rollout, "runId": owner, "since": round(self._clock(), 3)}, sort_keys=True
-            )
-        record = RollbackRecord.from_json(str(ann.get(ANNOTATION_ROLLBACK, "")))
-        if ANNOTATION_ROLLBACK in ann and (record is None or record.run_id != owner):
-            del ann[ANNOTATION_ROLLBACK]  # an earlier run's rollback says nothing about this one
-        if desired != current:
-            self._replace(desired, "take ownership of")
+
+        def attempt(current: dict[str, Any]) -> None:
+            holder = _owner(current)
+            if holder is not None and holder.get("runId") not in (owner, previous):
+                raise RouteOwned(self._owned_sentence(holder))
+            desired = copy.deepcopy(current)
+            ann = _annotations(desired)
+            if holder is None or holder.get("runId") != owner:
+                ann[ANNOTATION_OWNER] = json.dumps(
+                    {"rollout": rollout, "runId": owner, "since": round(self._clock(), 3)}, sort_keys=True
+                )
+            record = RollbackRecord.from_json(str(ann.get(ANNOTATION_ROLLBACK, "")))
+            if ANNOTATION_ROLLBACK in ann and (record is None or record.run_id != owner):
+                del ann[ANNOTATION_ROLLBACK]  # an earlier run's rollback says nothing about this one
+            if desired != current:
+                self._replace(desired, "take ownership of")
+
+        self._from_base(attempt)
 
     def release(self, owner: str) -> None:
-        current = self.read()
-        holder = _owner(current)
-        if holder is None or holder.get("runId") != owner:
+        def attempt(current: dict[str, Any]) -> None:
+            holder = _owner(current)
+            if holder is None or holder.get("runId") != owner:
+                return
+            desired = copy.deepcopy(current)
+            del _annotations(desired)[ANNOTATION_OWNER]
+            self._replace(desired, "release")
+
+        self._from_base(attempt)
+
+    def _from_base(self, attempt: Callable[[dict[str, Any]], None]) -> None:
+        """Run one write ``attempt`` from the watch cache's copy when it is at least as new as
+        anything this router saw (no GET), else from a read. The replace carries that copy's
+        resourceVersion, so a copy gone stale is a 409: then the attempt runs once more from a
+        fresh read (its checks again, on the live object), and only that one's 409 is raised."""
+        cached = self._cached()
+        if cached is None:
+            attempt(self.read())
             return
-        desired = copy.deepcopy(current)
-        del _annotations(desired)[ANNOTATION_OWNER]
-        self._replace(desired, "release")
+        try:
+            attempt(cached)
+        except self.Conflict:
+            attempt(self.read())
 
     def recorded_rollback(self) -> RollbackRecord | None:
         ann = (self.read().get("metadata") or {}).get("annotations") or {}
