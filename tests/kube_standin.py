@@ -35,6 +35,7 @@ Unknown fields are rejected (kubectl's ``fieldValidation=Strict``), not pruned.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import copy
@@ -516,7 +517,10 @@ class KubeApi(KubernetesScaffold):
         else:
             cursor = int(since)
         while not self.stopping:
-            for rv, r, event in [e for e in self.log if e[0] > cursor]:
+            # The log is in resourceVersion order: start after the cursor (not a scan of all of it,
+            # which made every write cost O(writes so far) per watcher in benchmarks).
+            start = bisect.bisect_right(self.log, cursor, key=lambda e: e[0])
+            for rv, r, event in self.log[start:]:
                 cursor = rv
                 if r == res and wanted(event["object"]):
                     yield event

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from mesh_canary.controller.handler import analysis_instant, due_at
+from mesh_canary.controller.handler import LATE_READ_S, analysis_instant, due_at, next_due
 from mesh_canary.core import engine
 from mesh_canary.metrics import promql
 from mesh_canary.metrics.coalesce import QueryCoalescer, grid_ceil, grid_floor, on_grid
@@ -32,8 +32,22 @@ def test_the_first_analysis_moves_to_the_next_grid_instant_and_then_stays_on_it(
 
 def test_a_due_analysis_reads_at_its_grid_instant_never_after_now() -> None:
     assert analysis_instant(1020.4, 1020.0, 10.0) == 1020.0  # a little late: still its instant
-    assert analysis_instant(1033.0, 1020.0, 10.0) == 1030.0  # more than an interval late: a later one
+    # More than an interval late: still the instant it announced (its shared queries), up to LATE_READ_S.
+    assert analysis_instant(1033.0, 1020.0, 10.0) == 1020.0
+    assert analysis_instant(1020.0 + LATE_READ_S, 1020.0, 10.0) == 1020.0
+    # Later than that: the last grid instant (its batch's answers may be gone).
+    assert analysis_instant(1020.0 + LATE_READ_S + 3.0, 1020.0, 10.0) == 1080.0
     assert analysis_instant(1020.4, 1004.2, 10.0) is None  # due off the grid: read now
+
+
+def test_after_a_late_analysis_the_next_is_due_at_the_next_instant_not_one_by_one() -> None:
+    p = policy()
+    state = dataclasses.replace(engine.start(p, 1003.7).state, last_tick_at=1020.0)
+    assert next_due(state, p, 1024.0) == 1030.0  # on time: the engine's due instant
+    assert next_due(state, p, 1047.5) == 1050.0  # read 1020 at 1047.5: next at 1050, not 1030 and 1040
+    # A pending rollback's retry is never moved.
+    pending = dataclasses.replace(state, rollback_pending=True, retry_at=1030.5)
+    assert next_due(pending, p, 1047.5) == 1030.5
 
 
 def test_grid_arithmetic() -> None:

@@ -31,6 +31,7 @@ from mesh_canary.core.model import Policy
 from mesh_canary.core.verdicts import Judge
 from mesh_canary.errors import CouldNotWork
 from mesh_canary.kube.errors import describe_error
+from mesh_canary.kube.watchcache import WatchCache
 from mesh_canary.metrics import MetricsTarget, metrics_for
 from mesh_canary.metrics.coalesce import QueryCoalescer
 from mesh_canary.protocols import Clock, MetricsSource, TrafficRouter
@@ -65,6 +66,10 @@ class Controller:
         self.coalescer = QueryCoalescer(count=self.metrics.prometheus_query)
         self._stopping = threading.Event()
         self._stop_requested = threading.Event()
+        # Watch caches of the routing objects, by (group, version, plural): a turn looks at its
+        # route's live weights there instead of a GET (writes still read; kube/watchcache.py).
+        self._route_caches: dict[tuple[str, str, str], WatchCache] = {}
+        self._route_caches_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.queue = WorkQueue(s, self.clock, self._turn, self._stopping, after=self.refresh_gauges)
         self.backend: BackendFactory = backend or self._istio_backend
@@ -227,6 +232,10 @@ class Controller:
             t.join(max(deadline - time.monotonic(), 0.1))
         for h in list(self.handlers.values()):
             h.drop_runner()
+        with self._route_caches_lock:
+            caches = list(self._route_caches.values())
+        for cache in caches:
+            cache.stop()
         if self._health is not None:
             self._health.stop()
         self._dashboard.close()
@@ -406,8 +415,27 @@ class Controller:
 
     # -- default backend ----------------------------------------------------------------
 
+    def route_cache(self, group: str, version: str, plural: str) -> WatchCache | None:
+        """The watch cache of one kind of routing object (started on first use); None once stopping."""
+        with self._route_caches_lock:
+            if self._stopping.is_set():
+                return None
+            key = (group, version, plural)
+            cache = self._route_caches.get(key)
+            if cache is None:
+                cache = self._route_caches[key] = WatchCache(
+                    self.api,
+                    group,
+                    version,
+                    plural,
+                    stopping=self._stopping,
+                    request_timeout_s=self.settings.request_timeout_s,
+                    watch_timeout_s=self.settings.watch_timeout_s,
+                )
+            return cache
+
     def _istio_backend(self, policy: Policy) -> tuple[TrafficRouter, MetricsSource]:
-        router = router_for_route(policy, RouterTarget(api_client=self.api))
+        router = router_for_route(policy, RouterTarget(api_client=self.api, caches=self.route_cache))
         url = self.admission.metrics_url(policy)
         return router, metrics_for("prometheus", policy, MetricsTarget(url=url, coalescer=self.coalescer))
 

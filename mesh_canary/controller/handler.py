@@ -50,6 +50,9 @@ class RolloutHandler:
     rerun: bool = False
     token: int = 0
     due: float | None = None
+    # The grid instant the next analysis was announced for (`expect_read`): later than
+    # `due_at` after an analysis that ran more than an interval late (`next_due`).
+    announced: float | None = None
     phase: str = "Pending"
     finalized: bool = False  # traffic already restored after a deletion
     stopwatch: Stopwatch = field(default_factory=Stopwatch)  # one analysis's read + judge time
@@ -76,6 +79,7 @@ class RolloutHandler:
 
     def expect_read(self, due: float | None) -> None:
         """Tell the metrics source (if it shares queries) what the analysis due at ``due`` reads."""
+        self.announced = due
         runner = self.runner
         state = runner.state if runner is not None else None
         if due is None or runner is None or state is None or state.terminal or state.rollback_pending:
@@ -110,12 +114,17 @@ class RolloutHandler:
             False,
         )
         self.facts = StatusFacts()
+        self.announced = None
 
 
 # --- when analyses run ----------------------------------------------------------------------------
 # Analyses are due on a grid: multiples of the analysis interval since the epoch, so that every
 # rollout with the same interval reads Prometheus at the same instant and one query per metric
 # family serves them all (mesh_canary.metrics.coalesce). A rollback retry is never moved.
+
+# An analysis late by at most this still reads at the instant it announced (its shared queries'
+# answers are kept for coalesce.KEEP_S); later, it reads at the last grid instant.
+LATE_READ_S = 60.0
 
 
 def due_at(state: RolloutState, policy: Policy) -> float:
@@ -129,13 +138,27 @@ def due_at(state: RolloutState, policy: Policy) -> float:
 
 
 def analysis_instant(now: float, due: float, interval_s: float) -> float | None:
-    """The instant a due analysis reads at: the grid instant it was due at (or a later one, if
-    the analysis runs more than an interval late), never after ``now``; None: read at ``now``
-    (``due`` is off the grid, e.g. a rollback retry)."""
+    """The instant a due analysis reads at: the grid instant it was due at (the one it announced,
+    so a late analysis still takes its part of that instant's shared queries: a past instant,
+    which Prometheus answers as it would have then), if at most ``LATE_READ_S`` ago; later than
+    that, the last grid instant before ``now``. None: read at ``now`` (``due`` is off the grid,
+    e.g. a rollback retry)."""
     if not on_grid(due, interval_s):
         return None
+    if due - 1e-6 <= now <= due + LATE_READ_S:
+        return due
     at = grid_floor(now, interval_s)
     return at if at >= due - 1e-6 else None
+
+
+def next_due(state: RolloutState, policy: Policy, now: float) -> float:
+    """When the analysis after one that read at a past instant is due: `due_at`, or, when that
+    has passed already (the analysis ran more than an interval late), the next grid instant
+    after ``now``: one analysis at the next shared instant instead of catching up one by one."""
+    due = due_at(state, policy)
+    if state.rollback_pending or due > now:
+        return due
+    return grid_ceil(now, policy.analysis.interval_s)
 
 
 class RedactingNotifier:

@@ -18,8 +18,9 @@ import kubernetes.client
 
 from mesh_canary.controller.handler import Key, meta
 from mesh_canary.controller.settings import ControllerSettings
-from mesh_canary.kube.errors import KubeError, kube_call
+from mesh_canary.kube.errors import kube_call
 from mesh_canary.kube.names import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from mesh_canary.kube.watchcache import list_then_watch, watch_events
 
 log = logging.getLogger("mesh_canary.controller")
 
@@ -64,26 +65,14 @@ class Informer:
             w.stop()
 
     def run(self, namespace: str | None = None) -> None:
-        backoff = 0.5
-        while not self._stopping.is_set():
-            try:
-                rv = self._relist(namespace)
-                backoff = 0.5
-                while not self._stopping.is_set():
-                    rv = self._watch_from(rv, namespace)
-            except KubeError as e:
-                if self._stopping.is_set():
-                    return
-                if e.status == 410:
-                    log.info("watch expired (410 Gone): listing again")
-                    continue
-                log.warning("ModelRollout watch failed: %s; retrying in %.1fs", e.detail, backoff)
-            except Exception as e:
-                if self._stopping.is_set():
-                    return
-                log.warning("ModelRollout watch failed: %s; retrying in %.1fs", e, backoff)
-            self._stopping.wait(backoff)
-            backoff = min(backoff * 2, 30.0)
+        list_then_watch(
+            lambda: self._relist(namespace),
+            lambda rv: self._watch_from(rv, namespace),
+            self._stopping,
+            lambda why, backoff: log.warning(
+                "ModelRollout watch failed: %s; retrying in %.1fs", why, backoff
+            ),
+        )
 
     def _list_fn(self, namespace: str | None) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         if namespace:
@@ -114,21 +103,8 @@ class Informer:
         fn, args = self._list_fn(namespace)
         w: Any = _watch_module().Watch()
         self._watches[namespace] = w
-        kwargs: dict[str, Any] = {
-            "timeout_seconds": self.settings.watch_timeout_s,
-            "allow_watch_bookmarks": True,
-            "_request_timeout": self.settings.watch_timeout_s + 10,
-        }
-        if rv:
-            kwargs["resource_version"] = rv
         with kube_call(f"watching ModelRollouts in {namespace or 'every namespace'}"):
-            for event in w.stream(fn, *args, **kwargs):
-                if self._stopping.is_set():
-                    w.stop()
-                    break
-                kind, obj = event.get("type"), event.get("raw_object")
-                if not isinstance(obj, dict):
-                    continue
+            for kind, obj in watch_events(w, fn, args, rv, self.settings.watch_timeout_s, self._stopping):
                 rv = str(meta(obj).get("resourceVersion") or rv)
                 if kind in ("ADDED", "MODIFIED"):
                     self._upsert(obj)

@@ -29,6 +29,7 @@ from mesh_canary.controller.handler import (
     due_at,
     involved_object,
     meta,
+    next_due,
     policy_from_spec,
 )
 from mesh_canary.controller.metrics import ControllerMetrics, TimedJudge, TimedSource
@@ -188,6 +189,8 @@ class Reconciler:
             runner.request(cmd)
         state = before
         now, due = self.clock.now(), due_at(before, target)
+        if h.announced is not None and h.announced > due and not before.rollback_pending:
+            due = h.announced  # moved to a later instant after a late analysis (`next_due`)
         if not before.terminal and (commands or now >= due):
             if now >= due:
                 self.metrics.tick_lateness.observe(now - due)
@@ -204,7 +207,7 @@ class Reconciler:
         h.phase = state.phase.value
         self.metrics.show_rollout(h.key, h.phase, state, target)
         self.finalizer.ensure(h, present=not state.terminal)
-        return None if state.terminal else due_at(state, target)
+        return None if state.terminal else next_due(state, target, self.clock.now())
 
     def _store_for(self, h: RolloutHandler, obj: Mapping[str, Any]) -> KubeStatusStore:
         if h.store is None:

@@ -44,6 +44,9 @@ class RouterTarget:
 
     api_client: Any = None  # a kubernetes ApiClient, for routers that write cluster resources
     envoy_admin_url: str | None = None  # the local mesh's Envoy admin address
+    # The controller's watch caches: (group, version, plural) -> a kube.watchcache.WatchCache
+    # (or None), looked at instead of a GET when a router only checks the live weights.
+    caches: Any = None
 
 
 class RouterFactory(Protocol):
@@ -61,13 +64,13 @@ class Router:
 def _istio(policy: Policy, target: RouterTarget) -> TrafficRouter:
     from mesh_canary.routing.istio import IstioRouter
 
-    return IstioRouter(policy, target.api_client)
+    return IstioRouter(policy, target.api_client, caches=target.caches)
 
 
 def _gateway(policy: Policy, target: RouterTarget) -> TrafficRouter:
     from mesh_canary.routing.gateway import GatewayRouter
 
-    return GatewayRouter(policy, target.api_client)
+    return GatewayRouter(policy, target.api_client, caches=target.caches)
 
 
 def _kserve(policy: Policy, target: RouterTarget) -> TrafficRouter:

@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from mesh_canary.core.model import Policy
 from mesh_canary.core.weights import Weights
+from mesh_canary.kube.watchcache import WatchCache, newer_or_same, resource_version
 from mesh_canary.routing.base import (
     RollbackRecord,
     RouteConflict,
@@ -54,8 +55,12 @@ class KubeRouteRouter:
         *,
         request_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
+        caches: Callable[[str, str, str], WatchCache | None] | None = None,
         **_retry_options: float,  # attempts/backoff_s/...: retries moved to the runner; ignored
     ) -> None:
+        """``caches``: the controller's watch caches by (group, version, plural); this kind's is
+        looked at instead of a GET when the live weights are only looked at (`get_weights`);
+        every write still reads the object from the API server."""
         self.name = policy.route.name
         self.namespace = policy.route.namespace
         self.rollout = f"{policy.namespace}/{policy.name}"
@@ -65,6 +70,11 @@ class KubeRouteRouter:
         self.last_written: Weights | None = None
         self.writes = 0  # replace calls that went through (for metrics and tests)
         self.conflicts = 0  # 409 answers seen
+        self.reads = 0  # GETs sent (for tests: how many looks the cache saved)
+        self._cache = caches(self.GROUP, self.VERSION, self.PLURAL) if caches is not None else None
+        # The newest resourceVersion this router read or wrote: a cached copy older than it is
+        # not the live object (e.g. our own write not yet seen by the watch).
+        self._seen_rv: int | None = None
 
     # -- the kind's pure functions ------------------------------------------------------------
 
@@ -86,6 +96,7 @@ class KubeRouteRouter:
 
     def read(self) -> dict[str, Any]:
         """The object as the API server holds it."""
+        self.reads += 1
         try:
             obj: Any = self._api.get_namespaced_custom_object(
                 self.GROUP,
@@ -103,10 +114,31 @@ class KubeRouteRouter:
             raise self.Error(f"could not reach the API server to read {self.ref}: {e}") from e
         if not isinstance(obj, dict):
             raise self.Error(f"the API server answered something other than an object for {self.ref}.")
+        self._saw(obj)
         return obj
 
+    def _saw(self, obj: Any) -> None:
+        rv = resource_version(obj)
+        if rv is not None and (self._seen_rv is None or rv > self._seen_rv):
+            self._seen_rv = rv
+
+    def _cached(self) -> dict[str, Any] | None:
+        """The watch cache's copy when it is at least as new as anything this router read or wrote."""
+        if self._cache is None:
+            return None
+        cached = self._cache.get(self.namespace, self.name)
+        if cached is None or not newer_or_same(cached, self._seen_rv):
+            return None
+        self._saw(cached)
+        return cached
+
+    def look(self) -> dict[str, Any]:
+        """The object to look at: the watch cache's copy (`_cached`), else a GET."""
+        cached = self._cached()
+        return cached if cached is not None else self.read()
+
     def get_weights(self) -> Weights:
-        return self.weights_of(self.read())
+        return self.weights_of(self.look())
 
     def set_weights(self, weights: Weights) -> None:
         """Write ``weights`` to every managed route: one attempt, no checks (see `write`)."""
@@ -121,48 +153,70 @@ class KubeRouteRouter:
         rollback: RollbackRecord | None = None,
     ) -> None:
         """One attempt: read, check (forward writes only), replace with the resourceVersion read."""
-        current = self.read()
-        if rollback is None:
-            holder = _owner(current)
-            if owner and holder is not None and holder.get("runId") != owner:
-                raise RouteOwned(self._owned_sentence(holder))
-            if expected is not None:
-                live = self.weights_of(current)
-                if live not in (expected, weights):
-                    raise WeightsMoved(live, expected, self.ref)
-        desired = self.with_weights(current, weights)  # a config error: not retried
-        if rollback is not None:
-            _annotations(desired)[ANNOTATION_ROLLBACK] = rollback.to_json()
-        if desired != current:
-            self._replace(desired, "write weights to")
+
+        def attempt(current: dict[str, Any]) -> None:
+            if rollback is None:
+                holder = _owner(current)
+                if owner and holder is not None and holder.get("runId") != owner:
+                    raise RouteOwned(self._owned_sentence(holder))
+                if expected is not None:
+                    live = self.weights_of(current)
+                    if live not in (expected, weights):
+                        raise WeightsMoved(live, expected, self.ref)
+            desired = self.with_weights(current, weights)  # a config error: not retried
+            if rollback is not None:
+                _annotations(desired)[ANNOTATION_ROLLBACK] = rollback.to_json()
+            if desired != current:
+                self._replace(desired, "write weights to")
+
+        self._from_base(attempt)
         self.last_written = weights
 
     def claim(self, owner: str, rollout: str, previous: str = "") -> None:
         """Annotate the object as owned by run ``owner`` (checked and set with its resourceVersion)."""
-        current = self.read()
-        holder = _owner(current)
-        if holder is not None and holder.get("runId") not in (owner, previous):
-            raise RouteOwned(self._owned_sentence(holder))
-        desired = copy.deepcopy(current)
-        ann = _annotations(desired)
-        if holder is None or holder.get("runId") != owner:
-            ann[ANNOTATION_OWNER] = json.dumps(
-                {"rollout": rollout, "runId": owner, "since": round(self._clock(), 3)}, sort_keys=True
-            )
-        record = RollbackRecord.from_json(str(ann.get(ANNOTATION_ROLLBACK, "")))
-        if ANNOTATION_ROLLBACK in ann and (record is None or record.run_id != owner):
-            del ann[ANNOTATION_ROLLBACK]  # an earlier run's rollback says nothing about this one
-        if desired != current:
-            self._replace(desired, "take ownership of")
+
+        def attempt(current: dict[str, Any]) -> None:
+            holder = _owner(current)
+            if holder is not None and holder.get("runId") not in (owner, previous):
+                raise RouteOwned(self._owned_sentence(holder))
+            desired = copy.deepcopy(current)
+            ann = _annotations(desired)
+            if holder is None or holder.get("runId") != owner:
+                ann[ANNOTATION_OWNER] = json.dumps(
+                    {"rollout": rollout, "runId": owner, "since": round(self._clock(), 3)}, sort_keys=True
+                )
+            record = RollbackRecord.from_json(str(ann.get(ANNOTATION_ROLLBACK, "")))
+            if ANNOTATION_ROLLBACK in ann and (record is None or record.run_id != owner):
+                del ann[ANNOTATION_ROLLBACK]  # an earlier run's rollback says nothing about this one
+            if desired != current:
+                self._replace(desired, "take ownership of")
+
+        self._from_base(attempt)
 
     def release(self, owner: str) -> None:
-        current = self.read()
-        holder = _owner(current)
-        if holder is None or holder.get("runId") != owner:
+        def attempt(current: dict[str, Any]) -> None:
+            holder = _owner(current)
+            if holder is None or holder.get("runId") != owner:
+                return
+            desired = copy.deepcopy(current)
+            del _annotations(desired)[ANNOTATION_OWNER]
+            self._replace(desired, "release")
+
+        self._from_base(attempt)
+
+    def _from_base(self, attempt: Callable[[dict[str, Any]], None]) -> None:
+        """Run one write ``attempt`` from the watch cache's copy when it is at least as new as
+        anything this router saw (no GET), else from a read. The replace carries that copy's
+        resourceVersion, so a copy gone stale is a 409: then the attempt runs once more from a
+        fresh read (its checks again, on the live object), and only that one's 409 is raised."""
+        cached = self._cached()
+        if cached is None:
+            attempt(self.read())
             return
-        desired = copy.deepcopy(current)
-        del _annotations(desired)[ANNOTATION_OWNER]
-        self._replace(desired, "release")
+        try:
+            attempt(cached)
+        except self.Conflict:
+            attempt(self.read())
 
     def recorded_rollback(self) -> RollbackRecord | None:
         ann = (self.read().get("metadata") or {}).get("annotations") or {}
@@ -180,10 +234,11 @@ class KubeRouteRouter:
             return None
         return self.drift_of(self.read(), expected)
 
-    def _send(self, desired: dict[str, Any]) -> None:
-        """The write call itself: a replace (a kind may send a patch instead, see routing.kserve)."""
+    def _send(self, desired: dict[str, Any]) -> Any:
+        """The write call itself: a replace (a kind may send a patch instead, see routing.kserve);
+        returns the object as written (with its new resourceVersion) when the server says."""
         # `desired` carries the resourceVersion we read: a stale one is a 409.
-        self._api.replace_namespaced_custom_object(
+        return self._api.replace_namespaced_custom_object(
             self.GROUP,
             self.VERSION,
             self.namespace,
@@ -195,7 +250,7 @@ class KubeRouteRouter:
 
     def _replace(self, desired: dict[str, Any], what: str) -> None:
         try:
-            self._send(desired)
+            written = self._send(desired)
         except ApiException as e:
             if e.status == 409:
                 self.conflicts += 1
@@ -205,6 +260,7 @@ class KubeRouteRouter:
             raise self.Error(f"could not {what} {self.ref}: HTTP {e.status} {e.reason}: {_message(e)}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise self.Error(f"could not reach the API server to {what} {self.ref}: {e}") from e
+        self._saw(written)
         self.writes += 1
 
     def _owned_sentence(self, holder: dict[str, Any]) -> str:

@@ -1,0 +1,158 @@
+"""An analysis turn whose weights do not change looks at its VirtualService in the controller's
+watch cache (no GET), and a person's move of the VirtualService between turns is still seen.
+
+A real Controller against the API stand-in (over HTTP), the real IstioRouter given the
+controller's watch caches (`Controller.route_cache`), a healthy in-process metrics source
+(tests/integration/test_controller.py's). The stand-in counts requests by verb and resource.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from mesh_canary.controller import Controller, ControllerSettings
+from mesh_canary.core.model import Policy
+from mesh_canary.core.policy import resource_document
+from mesh_canary.core.weights import Weights
+from mesh_canary.kube.status import saved_state
+from mesh_canary.kube.watchcache import WatchCache
+from mesh_canary.routing.base import WeightsMoved
+from mesh_canary.routing.istio import IstioRouter
+from mesh_canary.run.policy_loading import load_checked_policy
+from tests.conftest import NS, model_rollout
+from tests.integration.test_controller import HOLD, Cluster, Metrics, running
+from tests.integration.test_controller import cluster as cluster  # the fixture
+from tests.kube_fixtures import kube_api as kube_api  # the fixture
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+VS_RES = "networking.istio.io/v1/virtualservices"
+VS_GVP = ("networking.istio.io", "v1", "virtualservices")
+
+
+def cached_controller(cluster: Cluster) -> Controller:
+    """A controller whose routers look at its watch caches, as its default backend's do."""
+    metrics = Metrics()
+    settings = ControllerSettings(namespaces=NS, watch_timeout_s=5, error_retry_s=0.5)
+    ctl: Controller
+
+    def backend(policy: Policy) -> tuple[IstioRouter, Metrics]:
+        return IstioRouter(policy, cluster.client, caches=ctl.route_cache), metrics
+
+    ctl = Controller(cluster.client, settings, backend=backend)
+    return ctl
+
+
+def ticks(cluster: Cluster) -> int:
+    state = saved_state(cluster.status())
+    return state.ticks if state is not None else 0
+
+
+def at_first_step_analysed(cluster: Cluster) -> None:
+    """Wait for the first step's weights, then for an analysis after their write (the first
+    look after a write may come before the watch shows it, and then reads)."""
+    wait_for("the first step", lambda: cluster.vs_weights() == [90, 10])
+    start = ticks(cluster) + 1
+    wait_for("an analysis at 10%", lambda: ticks(cluster) >= start)
+
+
+def stored_weights(cluster: Cluster) -> list[int]:
+    vs = cluster.kube.stored(VS_RES, NS, "fraud-scorer")[-1]
+    return [r.get("weight", 0) for r in vs["spec"]["http"][1]["route"]]
+
+
+def requests(cluster: Cluster) -> dict[tuple[str, str], int]:
+    return cluster.kube.call(lambda h: dict(h.requests))
+
+
+def test_analyses_with_unchanged_weights_send_no_virtual_service_get(cluster: Cluster) -> None:
+    cluster.add_vs()
+    cluster.add_rollout(model_rollout(canary=HOLD))
+    with running(cached_controller(cluster)):
+        at_first_step_analysed(cluster)
+        before, first = requests(cluster), ticks(cluster)
+        wait_for("three more analyses", lambda: ticks(cluster) >= first + 3)
+        after, last = requests(cluster), ticks(cluster)
+    gets = after.get(("get", "virtualservices"), 0) - before.get(("get", "virtualservices"), 0)
+    writes = sum(
+        after.get((verb, "virtualservices"), 0) - before.get((verb, "virtualservices"), 0)
+        for verb in ("update", "patch")
+    )
+    assert last - first >= 3
+    assert writes == 0
+    assert gets == 0, f"{gets} GETs of the VirtualService in {last - first} analyses with unchanged weights"
+
+
+def test_a_person_moving_the_virtual_service_towards_stable_between_turns_is_seen(cluster: Cluster) -> None:
+    cluster.add_vs()
+    cluster.add_rollout(model_rollout(canary=HOLD))
+    with running(cached_controller(cluster)):
+        at_first_step_analysed(cluster)
+
+        def person(vs: dict[str, Any]) -> None:
+            vs["spec"]["http"][1]["route"][0]["weight"] = 100
+            vs["spec"]["http"][1]["route"][1]["weight"] = 0
+
+        moved = cluster.kube.write(VS_RES, NS, "fraud-scorer", person)
+        wait_for("Aborted", lambda: cluster.status().get("phase") == "Aborted")
+    assert "outside mesh-canary" in str(cluster.status().get("message") or cluster.status())
+    # Never overwritten: every version stored since the person's holds their weights (only
+    # mesh-canary's own annotation may have been released since).
+    since = [
+        [r.get("weight", 0) for r in v["spec"]["http"][1]["route"]]
+        for v in cluster.kube.stored(VS_RES, NS, "fraud-scorer")
+        if int(v["metadata"]["resourceVersion"]) >= int(moved["metadata"]["resourceVersion"])
+    ]
+    assert since and all(w == [100, 0] for w in since), since
+
+
+def test_a_step_write_from_a_fresh_cache_sends_one_replace_and_no_get(cluster: Cluster) -> None:
+    cluster.add_vs()
+    steps = {"steps": [10, 50, 100], "minStepDuration": "3s", "maxStepDuration": "1h"}
+    cluster.add_rollout(model_rollout(canary=steps))
+    with running(cached_controller(cluster)):
+        at_first_step_analysed(cluster)
+        before = requests(cluster)
+        # Read from the stand-in's store (not over HTTP: a GET of ours would be counted).
+        wait_for("the second step", lambda: stored_weights(cluster) == [50, 50])
+        after = requests(cluster)
+    assert after.get(("update", "virtualservices"), 0) - before.get(("update", "virtualservices"), 0) == 1
+    assert after.get(("get", "virtualservices"), 0) - before.get(("get", "virtualservices"), 0) == 0
+
+
+def test_a_write_right_after_a_persons_change_never_overwrites_it(cluster: Cluster) -> None:
+    """The person's change may or may not be in the watch cache yet when the write starts: either
+    the check sees their weights, or the replace carries a resourceVersion that is no longer the
+    live one (409) and the write is checked again on a fresh read. Nothing of theirs is overwritten."""
+    cluster.add_vs()
+    policy = load_checked_policy(resource_document(model_rollout()))
+    stopping = threading.Event()
+    cache = WatchCache(cluster.client, *VS_GVP, stopping=stopping, watch_timeout_s=5)
+    try:
+        router = IstioRouter(policy, cluster.client, caches=lambda *gvp: cache if gvp == VS_GVP else None)
+        router.claim("run-1", "models/fraud-scorer")
+        router.write(Weights(90, 10), owner="run-1")
+        live_rv = cluster.kube.stored(VS_RES, NS, "fraud-scorer")[-1]["metadata"]["resourceVersion"]
+        wait_for(
+            "the cache holds our write",
+            lambda: (
+                ((cache.get(NS, "fraud-scorer") or {}).get("metadata") or {}).get("resourceVersion")
+                == live_rv
+            ),
+        )
+
+        def person(vs: dict[str, Any]) -> None:
+            vs["spec"]["http"][1]["route"][0]["weight"] = 60
+            vs["spec"]["http"][1]["route"][1]["weight"] = 40
+
+        cluster.kube.write(VS_RES, NS, "fraud-scorer", person)
+        with pytest.raises(WeightsMoved):
+            router.write(Weights(50, 50), owner="run-1", expected=Weights(90, 10))
+    finally:
+        stopping.set()
+        cache.stop()
+    assert cluster.vs_weights() == [60, 40]
