@@ -127,3 +127,20 @@ def test_remembered_strata_give_the_same_profile() -> None:
             for field in ("log_r", "log_lik", "log_e_above", "log_e_below", "events"):
                 assert _bits(getattr(got, field)) == _bits(getattr(fresh, field)), (c, s, shares, field)
             assert _bits(got.prob_above_ratio(1.3, 1.0)) == _bits(fresh.prob_above_ratio(1.3, 1.0))
+
+
+def test_exp_and_log_skipping_underflow_give_numpys_bits() -> None:
+    """stats._exp and stats._log skip the elements where exp underflows to 0 (and log's
+    zeros): every element, NaN and infinities included, exactly as np.exp and np.log."""
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        z = rng.uniform(-1000.0, 5.0, size=(2, 351))
+        z[0, :5] = [np.nan, -np.inf, np.inf, -746.0, -745.13]
+        z[1, :4] = [-745.2, -744.0, -708.5, 0.0]
+        got, want = stats._exp(z), np.exp(z)
+        assert np.array_equal(got, want, equal_nan=True)
+        assert np.array_equal(np.signbit(got), np.signbit(want))
+        x = np.abs(rng.normal(size=(2, 351))) * (rng.random((2, 351)) < 0.5)
+        x[1, :5] = [-0.0, np.nan, -1.0, np.inf, 5e-324]
+        with np.errstate(all="ignore"):
+            assert np.array_equal(stats._log(x), np.log(x), equal_nan=True)

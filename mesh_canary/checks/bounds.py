@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from mesh_canary.checks.words import FORMATS, Format, confidence_level, times
+from mesh_canary.core.frozen import replace
 from mesh_canary.core.model import Check
 from mesh_canary.core.verdicts import CheckResult, Verdict
 

@@ -41,8 +41,9 @@ the benchmark's burst scenarios measure what it holds and what it costs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+from mesh_canary.core.frozen import replace
 from mesh_canary.core.verdicts import Tally
 
 MIN_INTERVAL_EVENTS = 10.0

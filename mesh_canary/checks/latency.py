@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from mesh_canary.checks.base import CheckKind, Judging, is_number, milliseconds
@@ -24,6 +24,7 @@ from mesh_canary.checks.evidence import Evidence, latency_histograms, num, stabl
 from mesh_canary.checks.rates import Prepared, RateKind, evaluate_rate
 from mesh_canary.checks.words import millis, quantile_name
 from mesh_canary.core import stats
+from mesh_canary.core.frozen import replace
 from mesh_canary.core.model import Check
 from mesh_canary.core.observations import Histogram, VersionCounts
 from mesh_canary.core.verdicts import CheckResult, JudgeContext

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from mesh_canary.checks import dispersion
 from mesh_canary.checks.base import Judging
@@ -31,6 +31,7 @@ from mesh_canary.checks.bounds import (
 )
 from mesh_canary.checks.evidence import Evidence, concurrent, labelled, min_samples, stable_counts
 from mesh_canary.core import stats
+from mesh_canary.core.frozen import replace
 from mesh_canary.core.model import Check
 from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.verdicts import CheckResult, JudgeContext

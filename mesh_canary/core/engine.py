@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
 from mesh_canary.checks import REGISTRY
 from mesh_canary.core import audit, timeline
 from mesh_canary.core.durations import format_duration
+from mesh_canary.core.frozen import replace
 from mesh_canary.core.hooks import (
     CONFIRM_PROMOTION,
     DECIDING,

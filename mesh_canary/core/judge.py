@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 from mesh_canary.checks import REGISTRY
 from mesh_canary.checks.bounds import Est, Outcome, inconclusive, with_leaning
@@ -41,6 +40,7 @@ from mesh_canary.checks.evidence import (
     stable_counts,
 )
 from mesh_canary.core import stats
+from mesh_canary.core.frozen import replace
 from mesh_canary.core.model import Check
 from mesh_canary.core.observations import Observation, VersionCounts
 from mesh_canary.core.verdicts import CheckResult, JudgeContext, Verdict
