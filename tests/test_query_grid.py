@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from mesh_canary.controller.handler import LATE_READ_S, analysis_instant, due_at, next_due
+from mesh_canary.controller.handler import analysis_instant, due_at, next_due
 from mesh_canary.core import engine
 from mesh_canary.metrics import promql
 from mesh_canary.metrics.coalesce import QueryCoalescer, grid_ceil, grid_floor, on_grid
@@ -32,11 +32,11 @@ def test_the_first_analysis_moves_to_the_next_grid_instant_and_then_stays_on_it(
 
 def test_a_due_analysis_reads_at_its_grid_instant_never_after_now() -> None:
     assert analysis_instant(1020.4, 1020.0, 10.0) == 1020.0  # a little late: still its instant
-    # More than an interval late: still the instant it announced (its shared queries), up to LATE_READ_S.
-    assert analysis_instant(1033.0, 1020.0, 10.0) == 1020.0
-    assert analysis_instant(1020.0 + LATE_READ_S, 1020.0, 10.0) == 1020.0
-    # Later than that: the last grid instant (its batch's answers may be gone).
-    assert analysis_instant(1020.0 + LATE_READ_S + 3.0, 1020.0, 10.0) == 1080.0
+    # Up to an interval late: still the instant it announced (its shared queries).
+    assert analysis_instant(1030.0, 1020.0, 10.0) == 1020.0
+    # More than an interval late: the last grid instant, never staler data than that.
+    assert analysis_instant(1033.0, 1020.0, 10.0) == 1030.0
+    assert analysis_instant(1083.0, 1020.0, 10.0) == 1080.0
     assert analysis_instant(1020.4, 1004.2, 10.0) is None  # due off the grid: read now
 
 

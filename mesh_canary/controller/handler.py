@@ -122,9 +122,10 @@ class RolloutHandler:
 # rollout with the same interval reads Prometheus at the same instant and one query per metric
 # family serves them all (mesh_canary.metrics.coalesce). A rollback retry is never moved.
 
-# An analysis late by at most this still reads at the instant it announced (its shared queries'
-# answers are kept for coalesce.KEEP_S); later, it reads at the last grid instant.
-LATE_READ_S = 60.0
+# A late analysis reads at the instant it announced while that is at most one interval ago (its
+# shared queries' answers are kept for coalesce.KEEP_S); later, at the last grid instant. Never
+# older: an overloaded controller shares queries but never judges staler data than an on-time
+# analysis would have by then (a failure is never seen later for the sake of a query).
 
 
 def due_at(state: RolloutState, policy: Policy) -> float:
@@ -140,12 +141,12 @@ def due_at(state: RolloutState, policy: Policy) -> float:
 def analysis_instant(now: float, due: float, interval_s: float) -> float | None:
     """The instant a due analysis reads at: the grid instant it was due at (the one it announced,
     so a late analysis still takes its part of that instant's shared queries: a past instant,
-    which Prometheus answers as it would have then), if at most ``LATE_READ_S`` ago; later than
+    which Prometheus answers as it would have then), if at most one interval ago; later than
     that, the last grid instant before ``now``. None: read at ``now`` (``due`` is off the grid,
     e.g. a rollback retry)."""
     if not on_grid(due, interval_s):
         return None
-    if due - 1e-6 <= now <= due + LATE_READ_S:
+    if due - 1e-6 <= now <= due + interval_s:
         return due
     at = grid_floor(now, interval_s)
     return at if at >= due - 1e-6 else None
