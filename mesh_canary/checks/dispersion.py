@@ -29,6 +29,9 @@ Nelder, *Generalized Linear Models*, 1989, section 4.5, as in quasi-binomial reg
   Under independent requests an interval that far out almost never happens. A quasi-
   likelihood discount alone is not enough: a burst's variance grows with the square of the
   traffic, so at high traffic one burst outweighs any constant factor;
+* a split term counts only where the candidate is predicted :data:`MIN_SPLIT_EXPECTED`
+  events or the interval stands out (Cochran 1954): at a fraction of an event predicted, a
+  regression read against a prediction still learning it would count as dispersion;
 * the dispersion is ``(X^2 + K) / (df + K)`` with :data:`PRIOR_INTERVALS` pseudo-intervals
   at 1, never below 1: independent traffic keeps it near 1, a lone odd interval does not
   swing it far, bursty traffic raises it.
