@@ -62,6 +62,17 @@ def test_a_burst_in_the_candidate_is_set_aside_and_raises_the_dispersion() -> No
     assert "discounted" in (results[12].note() or "")
 
 
+def test_a_low_count_regression_is_not_taken_for_dispersion() -> None:
+    """Errors 0.1% -> 0.4% at 5% of 200 req/s: the candidate is predicted under one error
+    per interval, so one error more weighs like many in Pearson's split term; counted, the
+    regression itself read as dispersion (about 3x) for the whole rollout. Such terms count
+    only once the candidate is predicted MIN_SPLIT_EXPECTED events (Cochran's rule)."""
+    rng = np.random.default_rng(1)
+    results = run_intervals(independent(rng, 30, 0.004, 0.001))
+    assert all(d.set_aside(0) == 0.0 for d in results)  # no interval stands out as a burst
+    assert results[-1].split < 1.3
+
+
 def test_a_burst_within_burst_duration_stays_set_aside_and_the_prediction_does_not_learn_it() -> None:
     rng = np.random.default_rng(5)
     intervals = independent(rng, 10, 0.005, 0.005)

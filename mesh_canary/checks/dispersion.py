@@ -29,6 +29,9 @@ Nelder, *Generalized Linear Models*, 1989, section 4.5, as in quasi-binomial reg
   Under independent requests an interval that far out almost never happens. A quasi-
   likelihood discount alone is not enough: a burst's variance grows with the square of the
   traffic, so at high traffic one burst outweighs any constant factor;
+* a split term counts only where the candidate is predicted :data:`MIN_SPLIT_EXPECTED`
+  events or the interval stands out (Cochran 1954): at a fraction of an event predicted, a
+  regression read against a prediction still learning it would count as dispersion;
 * the dispersion is ``(X^2 + K) / (df + K)`` with :data:`PRIOR_INTERVALS` pseudo-intervals
   at 1, never below 1: independent traffic keeps it near 1, a lone odd interval does not
   swing it far, bursty traffic raises it.
@@ -57,6 +60,9 @@ MIN_HISTORY = 0
 _MIN_OPEN_EVENTS = 3.0
 # An arm's own Pearson term needs this many expected events in the interval.
 _MIN_EXPECTED = 2.0
+# The split's Pearson term needs the candidate to be predicted this many of the interval's
+# events (Cochran's rule of thumb for chi-squared cells: expected counts of at least 5).
+MIN_SPLIT_EXPECTED = 5.0
 
 Counts = tuple[float, float, float, float]  # events_c, trials_c, events_s, trials_s
 _ZERO: Counts = (0.0, 0.0, 0.0, 0.0)
@@ -197,8 +203,13 @@ def _closed(tally: Tally, counts: Counts, interval: Counts, clock: Clock) -> Tal
             excess = de_c - m * pi if stands_out else 0.0
             # Counted in full: a burst's variance grows with the square of the traffic, and
             # setting aside its excess alone leaves the part within the cap to prove it.
-            x2_split = (de_c - m * pi) ** 2 / var
-            df_split = 1
+            # Only where it stands out (a burst) or the candidate is predicted enough events
+            # for Pearson's term to mean something (Cochran 1954): below, one event more than
+            # a fraction predicted weighs like many, and a regression read against a
+            # prediction still learning it was taken for dispersion for the whole rollout.
+            if stands_out or m * pi >= MIN_SPLIT_EXPECTED:
+                x2_split = (de_c - m * pi) ** 2 / var
+                df_split = 1
     for de, dn, p in ((de_c, dn_c, p_c), (de_s, dn_s, p_s)):
         var = dn * p * (1.0 - p)
         if not learning and dn * p >= _MIN_EXPECTED and math.isfinite(var) and var > 0:
