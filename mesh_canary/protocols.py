@@ -23,6 +23,7 @@ __all__ = [
     "ModelRegistry",
     "ModelVersion",
     "Notifier",
+    "ObjectCache",
     "StateStore",
     "TrafficRouter",
     "Weights",
@@ -93,6 +94,14 @@ class ModelRegistry(Protocol):
     def set_alias(self, model: ModelVersion, alias: str) -> None: ...
 
     def set_tags(self, model: ModelVersion, tags: Mapping[str, str]) -> None: ...
+
+
+class ObjectCache(Protocol):
+    """A watch cache of one kind of namespaced object (the controller's, kube.watchcache)."""
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The newest copy seen of the object; None when unknown (then read it yourself)."""
+        ...
 
 
 class Clock(Protocol):

@@ -7,11 +7,12 @@ reconnecting with backoff on errors), keeping the newest copy of each object. Wh
 namespace is not listed, or its watch failed and is not connected again, `get` answers None
 and the caller reads the object from the API server itself: the cache only ever saves reads.
 
-The cache is only for looking (is the route still what we wrote? did a person move it?);
-writes keep reading the object and replacing it with the resourceVersion read (a
-compare-and-swap), so a stale copy can never overwrite anyone's change. Callers also compare
-resourceVersions (`newer_or_same`) so that a copy older than what they wrote or read
-themselves is never taken for the live object.
+A router looks at its route here (is it still what we wrote? did a person move it?) and may
+start a write from the copy: the replace carries the copy's resourceVersion (a
+compare-and-swap), so a stale copy is a 409 and never overwrites anyone's change. Routers also
+compare resourceVersions (routing.kube_route) so that a copy older than what they wrote or
+read themselves is never taken for the live object. `WatchCache` is a
+`mesh_canary.protocols.ObjectCache`.
 """
 
 from __future__ import annotations
@@ -28,20 +29,6 @@ import kubernetes.client
 from mesh_canary.kube.errors import KubeError, kube_call
 
 log = logging.getLogger("mesh_canary.controller")
-
-
-def resource_version(obj: Any) -> int | None:
-    """An object's resourceVersion as a number (etcd's revision), None when it is not one."""
-    rv = ((obj or {}).get("metadata") or {}).get("resourceVersion") if isinstance(obj, dict) else None
-    text = str(rv or "")
-    return int(text) if text.isdigit() else None
-
-
-def newer_or_same(obj: Any, floor: int | None) -> bool:
-    """Whether ``obj`` is at least as new as the resourceVersion ``floor`` (None: nothing seen yet).
-    Not comparable (a resourceVersion that is not a number): False, so the caller reads."""
-    rv = resource_version(obj)
-    return rv is not None and (floor is None or rv >= floor)
 
 
 def list_then_watch(

@@ -44,7 +44,7 @@ class RouterTarget:
 
     api_client: Any = None  # a kubernetes ApiClient, for routers that write cluster resources
     envoy_admin_url: str | None = None  # the local mesh's Envoy admin address
-    # The controller's watch caches: (group, version, plural) -> a kube.watchcache.WatchCache
+    # The controller's watch caches: (group, version, plural) -> a protocols.ObjectCache
     # (or None), looked at instead of a GET when a router only checks the live weights.
     caches: Any = None
 

@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from mesh_canary.core.model import Policy
 from mesh_canary.core.weights import Weights
-from mesh_canary.kube.watchcache import WatchCache, newer_or_same, resource_version
+from mesh_canary.protocols import ObjectCache
 from mesh_canary.routing.base import (
     RollbackRecord,
     RouteConflict,
@@ -35,6 +35,20 @@ from mesh_canary.routing.base import (
 # Which rollout run owns the route's weights, and the last rollback's record.
 ANNOTATION_OWNER = "mesh-canary.io/owner"
 ANNOTATION_ROLLBACK = "mesh-canary.io/rollback"
+
+
+def resource_version(obj: Any) -> int | None:
+    """An object's resourceVersion as a number (etcd's revision), None when it is not one."""
+    rv = ((obj or {}).get("metadata") or {}).get("resourceVersion") if isinstance(obj, dict) else None
+    text = str(rv or "")
+    return int(text) if text.isdigit() else None
+
+
+def newer_or_same(obj: Any, floor: int | None) -> bool:
+    """Whether ``obj`` is at least as new as the resourceVersion ``floor`` (None: nothing seen yet).
+    Not comparable (a resourceVersion that is not a number): False, so the caller reads."""
+    rv = resource_version(obj)
+    return rv is not None and (floor is None or rv >= floor)
 
 
 class KubeRouteRouter:
@@ -55,7 +69,7 @@ class KubeRouteRouter:
         *,
         request_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
-        caches: Callable[[str, str, str], WatchCache | None] | None = None,
+        caches: Callable[[str, str, str], ObjectCache | None] | None = None,
         **_retry_options: float,  # attempts/backoff_s/...: retries moved to the runner; ignored
     ) -> None:
         """``caches``: the controller's watch caches by (group, version, plural); this kind's is

@@ -236,10 +236,13 @@ def policy_valid_false(cluster: Cluster, name: str) -> Callable[[], dict[str, An
 def test_two_trickling_prometheus_rollouts_do_not_starve_a_third_with_a_bad_candidate(
     cluster: Cluster,
 ) -> None:
-    """Two rollouts read from a Prometheus that sends headers, then a byte a second; with two
-    workers, a third rollout whose candidate answers 30% errors is still rolled back at once."""
+    """Two rollouts read from Prometheus servers that send headers, then a byte a second; with
+    two workers, a third rollout whose candidate answers 30% errors is still rolled back at once."""
     with (
-        http_server(trickle) as (slow_url, slow),
+        # One server each: reads of one Prometheus at one instant are shared (one query for
+        # both rollouts), and this test needs both workers inside a read of their own.
+        http_server(trickle) as (slow_a_url, slow_a),
+        http_server(trickle) as (slow_b_url, slow_b),
         http_server(bad_candidate({"1.0": (2000, 0), "2.0": (2000, 600)})) as (bad_url, bad),
     ):
         ctl = Controller(
@@ -247,26 +250,31 @@ def test_two_trickling_prometheus_rollouts_do_not_starve_a_third_with_a_bad_cand
             ControllerSettings(
                 namespaces=NS,
                 prometheus_url=bad_url,
-                allowed_metrics_addresses=[slow_url],
+                allowed_metrics_addresses=[slow_a_url, slow_b_url],
                 workers=2,
                 watch_timeout_s=5,
                 error_retry_s=0.5,
             ),
         )
-        for name in ("slow-a", "slow-b"):
+        for name, url in (("slow-a", slow_a_url), ("slow-b", slow_b_url)):
             cluster.add_vs(name)
-            cluster.add_rollout(model_rollout(name, metrics={"address": slow_url, "timeout": "2s"}))
+            cluster.add_rollout(model_rollout(name, metrics={"address": url, "timeout": "2s"}))
         try:
             ctl.start()
             # Both workers are now inside a read that (without a total deadline) never ends.
-            wait_for("two reads stuck on the trickling Prometheus", lambda: slow.open_now >= 2, 30)
+            wait_for(
+                "a read stuck on each trickling Prometheus",
+                lambda: slow_a.open_now >= 1 and slow_b.open_now >= 1,
+                30,
+            )
             cluster.add_vs("bad")
             created = time.monotonic()
             cluster.add_rollout(model_rollout("bad"))
             wait_for("the bad candidate rolled back", phase_is(cluster, "bad", "RolledBack"), 60)
             safe_after = time.monotonic() - created
         finally:
-            slow.stop.set()  # let the stuck reads end, so that stop() does not wait for them
+            slow_a.stop.set()  # let the stuck reads end, so that stop() does not wait for them
+            slow_b.stop.set()
             ctl.stop(timeout_s=20)
     assert cluster.vs_history("bad") == [[100, 0], [80, 20], [100, 0]]
     status = cluster.status("bad")
