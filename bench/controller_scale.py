@@ -758,11 +758,9 @@ def lines(results: list[Result], plot_path: Path | None) -> list[str]:
             "",
         ]
     out += [
-        "**Provisional**: measured on a 2-core machine shared with other jobs (a full test run and another "
-        "benchmark at the time); the stand-in, the exporter and Prometheus run on the same two cores as the "
-        "controller. The 1-minute load average read by hand during the N = 1,000 run of 2 December 2026 was "
-        "5.5 to 7.5; the `load` column (rows run since) is the highest 1-minute load average sampled every "
-        "second during the run.",
+        "**Provisional**: measured on a 2-core machine that may be shared with other jobs; the stand-in, the "
+        "exporter and Prometheus run on the same two cores as the controller. The `load` column is the highest "
+        "1-minute load average sampled every second during each run (the benchmark's own processes included).",
         "",
         "What limits N (profiled by hand with py-spy and /proc during the runs of 2 December 2026, not by "
         "this script):",
