@@ -67,7 +67,7 @@ def test_the_route_lock_refuses_a_second_owner_and_dies_with_its_process(
     code = (
         "import sys, time; from mesh_canary.routing.local import LocalRouter; "
         f"r = LocalRouter({mesh.admin_url!r}, 'v1', 'v2', lock_dir={str(tmp_path)!r}); "
-        "r.claim('run-k', 'models/scorer'); print('held', flush=True); time.sleep(60)"
+        "r.claim('run-k', 'models/scorer'); print('held', flush=True); time.sleep(3600)"  # until SIGKILL
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
