@@ -60,6 +60,7 @@ import yaml
 from kmock import KubernetesError, KubernetesScaffold, resource
 from kmock._internal.rendering import Response
 
+from mesh_canary.kube.rollouts import json_api_client
 from tests.crd_schema import CrdValidator, structural_problems
 
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
@@ -855,7 +856,7 @@ class KubeStandIn:
     def api_client(self) -> kubernetes.client.ApiClient:
         config = kubernetes.client.Configuration()
         config.host = self.url
-        return kubernetes.client.ApiClient(config)
+        return json_api_client(config)  # the client mesh-canary's commands make
 
     def write(
         self, res: str, namespace: str | None, name: str, mutate: Callable[[dict[str, Any]], None]

@@ -321,3 +321,78 @@ def test_dropping_a_runner_closes_its_metrics_source_once() -> None:
     h.drop_runner()
     h.drop_runner()
     assert closed == ["closed"] and h.runner is None
+
+
+def test_a_turn_checks_the_policy_only_when_its_document_changed() -> None:
+    """Checking a policy costs a turn's CPU; an unchanged document reuses the answer (the same
+    Policy object), a changed one is checked again, and an invalid one stays invalid."""
+    from mesh_canary.controller.reconcile import Reconciler
+    from tests.conftest import model_rollout
+
+    unused = cast(Any, None)
+    reconciler = Reconciler(
+        unused,
+        backend=unused,
+        admission=Admission(ControllerSettings()),
+        finalizer=unused,
+        metrics=unused,
+        clock=VirtualClock(T0),
+        judge=None,
+        lock=threading.Condition(),
+        request_timeout_s=1.0,
+        registry=unused,
+    )
+    doc = model_rollout()
+    doc["metadata"].update(uid="u1", generation=1, resourceVersion="7")
+    h = RolloutHandler(("ns", "fraud-scorer"), doc)
+    first = reconciler._valid_policy(h, doc)
+    assert first is not None
+    doc["metadata"]["resourceVersion"] = "8"  # a status write: the document is the same
+    assert reconciler._valid_policy(h, doc) is first
+    doc["spec"]["candidate"]["version"] = "3.0"
+    doc["metadata"]["generation"] = 2
+    second = reconciler._valid_policy(h, doc)
+    assert second is not None and second is not first and second.candidate.version == "3.0"
+    doc["spec"]["analysis"]["interval"] = "soon"
+    doc["metadata"]["generation"] = 3
+    assert reconciler._valid_policy(h, doc) is None
+    assert reconciler._valid_policy(h, doc) is None
+    assert h.facts.problems and "interval" in " ".join(h.facts.problems)
+
+
+def test_late_analyses_are_handed_to_the_first_late_reader_once_per_instant() -> None:
+    """An analysis more than an interval late reads at the last grid instant; the queue names
+    every other rollout that will read there too (due more than an interval before it, waiting,
+    same interval), once per instant, so the first late reader announces them all."""
+    q, _ = queue()
+    runner = cast(Any, types.SimpleNamespace(policy=make_policy()))
+    interval = make_policy().analysis.interval_s
+    at = 1000 * interval
+
+    def waiting(name: str, due: float, **extra: Any) -> RolloutHandler:
+        h = RolloutHandler(key=("ns", name), obj=rollout_obj(), runner=runner, **extra)
+        q.handlers[h.key] = h
+        with q.cond:
+            q.schedule_locked(h, due)
+        return h
+
+    late = [waiting("late-1", at - 3 * interval), waiting("late-2", at - 1.5 * interval)]
+    waiting("on-time", at - interval)  # reads at its own instant (at most one interval late)
+    waiting("running", at - 3 * interval, running=True)
+    other = RolloutHandler(
+        key=("ns", "slower"),
+        obj=rollout_obj(),
+        runner=cast(
+            Any,
+            types.SimpleNamespace(
+                policy=types.SimpleNamespace(analysis=types.SimpleNamespace(interval_s=60.0))
+            ),
+        ),
+    )
+    q.handlers[other.key] = other
+    with q.cond:
+        q.schedule_locked(other, at - 3 * interval)
+    assert sorted(h.key[1] for h in q.overdue(at, interval)) == [h.key[1] for h in late]
+    assert q.overdue(at, interval) == []  # handed out once
+    assert q.overdue(at - interval, interval) == []  # never an older instant
+    assert sorted(h.key[1] for h in q.overdue(at + interval, interval)) == ["late-1", "late-2", "on-time"]

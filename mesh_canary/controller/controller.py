@@ -99,6 +99,7 @@ class Controller:
                 token_env=s.registry_token_env,
                 retry_s=s.error_retry_s,
             ),
+            overdue=self.queue.overdue,
         )
         self.informer = Informer(
             api_client,

@@ -108,15 +108,23 @@ class Finalizer:
         if (FINALIZER in (meta(current).get("finalizers") or [])) == present:
             return
         what = f"the finalizer of ModelRollout {h.ref}"
+        # Our own status writes move the resourceVersion on: the first attempt starts from the
+        # answer to the last of them (no GET); a conflict (someone else wrote since) reads afresh.
+        known = h.store.metadata if h.store is not None else None
         for attempt in range(CONFLICT_ATTEMPTS):
-            # Our own status writes move the resourceVersion on: start from a fresh read.
-            with kube_call(f"reading {what}"):
-                current = self._custom.get_namespaced_custom_object(
-                    GROUP, VERSION, h.key[0], PLURAL, h.key[1], _request_timeout=self._timeout
-                )
-            m = meta(current)
+            from_known = known is not None
+            if known is not None:
+                m, known = dict(known), None  # used once: a conflict or a doubt reads afresh
+            else:
+                with kube_call(f"reading {what}"):
+                    current = self._custom.get_namespaced_custom_object(
+                        GROUP, VERSION, h.key[0], PLURAL, h.key[1], _request_timeout=self._timeout
+                    )
+                m = meta(current)
             finalizers = list(m.get("finalizers") or [])
             if (FINALIZER in finalizers) == present:
+                if from_known:
+                    continue  # our last answer disagrees with the informer's copy: ask the server
                 return
             finalizers = [*finalizers, FINALIZER] if present else [f for f in finalizers if f != FINALIZER]
             body = {"metadata": {"finalizers": finalizers, "resourceVersion": m.get("resourceVersion")}}
@@ -131,6 +139,8 @@ class Finalizer:
                 if not e.conflict or attempt == CONFLICT_ATTEMPTS - 1:
                     raise
                 continue
+            if h.store is not None:
+                h.store.saw(updated)
             with self._lock:
                 if isinstance(updated, dict) and not h.deleted:
                     h.obj = updated

@@ -44,6 +44,8 @@ class RolloutHandler:
     deleted: bool = False
     removed: bool = False
     invalid_reported: int | None = None  # generation whose InvalidPolicy Event was sent
+    # The last policy document checked (as canonical JSON) and what checking it gave.
+    checked: tuple[str, Policy | tuple[str, ...]] | None = None
     last_error: str = ""
     # scheduling, guarded by the work queue's lock
     running: bool = False
@@ -80,13 +82,18 @@ class RolloutHandler:
     def expect_read(self, due: float | None) -> None:
         """Tell the metrics source (if it shares queries) what the analysis due at ``due`` reads."""
         self.announced = due
+        self.expect_at(due)
+
+    def expect_at(self, at: float | None) -> None:
+        """Tell the metrics source (if it shares queries) that the next analysis reads at ``at``
+        (when it is due stays as it was: `expect_read`)."""
         runner = self.runner
         state = runner.state if runner is not None else None
-        if due is None or runner is None or state is None or state.terminal or state.rollback_pending:
+        if at is None or runner is None or state is None or state.terminal or state.rollback_pending:
             return
         expect = getattr(runner.metrics, "expect", None)
         if callable(expect):
-            expect(state.window_start, due)
+            expect(state.window_start, at)
 
     def drop_runner(self) -> None:
         """Forget the runner: its notifier delivers what is queued, its metrics source is closed
@@ -115,6 +122,7 @@ class RolloutHandler:
         )
         self.facts = StatusFacts()
         self.announced = None
+        self.checked = None
 
 
 # --- when analyses run ----------------------------------------------------------------------------

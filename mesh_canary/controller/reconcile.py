@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -98,7 +99,10 @@ class Reconciler:
         lock: threading.Condition,
         request_timeout_s: float,
         registry: ControllerRegistry,
+        overdue: Callable[[float, float], list[RolloutHandler]] = lambda at, interval_s: [],
     ) -> None:
+        """``overdue(at, interval_s)``: the waiting rollouts that will read at the grid instant
+        ``at`` because they run late (`WorkQueue.overdue`)."""
         self.api = api_client
         self.backend = backend
         self.admission = admission
@@ -109,6 +113,7 @@ class Reconciler:
         self._lock = lock
         self._timeout = request_timeout_s
         self.registry = registry
+        self.overdue = overdue
 
     def reconcile(self, h: RolloutHandler) -> float | None:
         """One turn for one rollout; returns when it is next due (None: only on a change)."""
@@ -133,7 +138,10 @@ class Reconciler:
         target = policy or self._last_valid(h, obj, store)
         if target is None:
             return None
-        if h.runner is None or h.fingerprint != engine.policy_fingerprint(target):
+        # The same policy object as the runner's is the same rollout (the check is remembered).
+        if h.runner is None or (
+            target is not h.runner.policy and h.fingerprint != engine.policy_fingerprint(target)
+        ):
             waiting = self._switch(h, obj, target, store, spec_valid=policy is not None)
             if waiting is not None:
                 return waiting  # the model registry could not resolve: nothing was started
@@ -142,12 +150,15 @@ class Reconciler:
     def _valid_policy(self, h: RolloutHandler, obj: Mapping[str, Any]) -> Policy | None:
         """The spec's policy, or None when it is invalid (said in the facts and, once, an Event)."""
         generation = meta(obj).get("generation")
-        try:
-            # Every check `validate` makes, so a query that cannot be built is PolicyValid=False.
-            policy = load_checked_policy(resource_document(obj))
-            self.admission.admit(obj, policy)
-        except PolicyError as e:
-            problems = tuple(redact(str(p)) for p in e.problems)
+        document = resource_document(obj)
+        # Checking a policy is a pure function of its document (and this controller's fixed
+        # settings): a turn whose document is unchanged reuses the last answer.
+        key = json.dumps(document, sort_keys=True, default=str)
+        if h.checked is None or h.checked[0] != key:
+            h.checked = (key, self._check(obj, document))
+        answer = h.checked[1]
+        if not isinstance(answer, Policy):
+            problems = answer
             h.facts = dataclasses.replace(h.facts, generation=generation, problems=problems)
             if h.invalid_reported != generation:
                 h.invalid_reported = generation
@@ -158,6 +169,16 @@ class Reconciler:
                 )
             return None
         h.facts = dataclasses.replace(h.facts, generation=generation, problems=())
+        return answer
+
+    def _check(self, obj: Mapping[str, Any], document: dict[str, Any]) -> Policy | tuple[str, ...]:
+        """The policy of a resource's document, or the problems that make it invalid."""
+        try:
+            # Every check `validate` makes, so a query that cannot be built is PolicyValid=False.
+            policy = load_checked_policy(document)
+            self.admission.admit(obj, policy)
+        except PolicyError as e:
+            return tuple(redact(str(p)) for p in e.problems)
         return policy
 
     def _last_valid(self, h: RolloutHandler, obj: Mapping[str, Any], store: KubeStatusStore) -> Policy | None:
@@ -197,6 +218,13 @@ class Reconciler:
             h.stopwatch.reset()
             # A due analysis reads at its grid instant (shared queries); orders are applied now.
             at = None if commands else analysis_instant(now, due, target.analysis.interval_s)
+            if at is not None and at > due + 1e-6:
+                # More than an interval late: this reads at a later grid instant than it
+                # announced, and so will every analysis as late as it. Announce them all there,
+                # so the first to read sends one shared query for them (a controller behind its
+                # schedule keeps its query load flat instead of one query per late rollout).
+                for other in (h, *self.overdue(at, target.analysis.interval_s)):
+                    other.expect_at(at)
             state = runner.tick_once(at=at)
             self.metrics.ticks.inc(max(state.ticks - before.ticks, 0))
             if h.stopwatch.reads:

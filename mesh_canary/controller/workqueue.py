@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -77,6 +78,7 @@ class WorkQueue:
         self._starts: list[tuple[float, int, int, Key]] = []
         self._seq = itertools.count()
         self._inflight: dict[int, _InFlight] = {}  # by id(handler): turns running now
+        self._carried: dict[float, float] = {}  # analysis interval -> last instant carried to
 
     # -- scheduling (callers hold ``cond``) ----------------------------------------------
 
@@ -224,6 +226,32 @@ class WorkQueue:
             if not failed:
                 h.expect_read(next_due)  # so that its next read is in that instant's shared queries
             self._after()
+
+    def overdue(self, at: float, interval_s: float) -> list[RolloutHandler]:
+        """The waiting rollouts with this analysis interval whose analysis was due more than one
+        interval before the grid instant ``at``: when they run before ``at + interval_s``, they
+        read at ``at`` (`handler.analysis_instant`). Each instant is handed out once (to the
+        first late analysis that reads there), so that one caller announces them all."""
+        with self.cond:
+            if self._carried.get(interval_s, -math.inf) >= at - 1e-6:
+                return []
+            self._carried[interval_s] = at
+            found = []
+            for due, _, token, key in self._heap:
+                if due + interval_s >= at - 1e-6:
+                    continue
+                h = self.handlers.get(key)
+                runner = h.runner if h is not None else None
+                if (
+                    h is not None
+                    and runner is not None
+                    and token == h.token
+                    and not h.running
+                    and not h.removed
+                    and runner.policy.analysis.interval_s == interval_s
+                ):
+                    found.append(h)
+            return found
 
     # -- what runs now ------------------------------------------------------------------
 

@@ -431,6 +431,10 @@ class KubeStatusStore:
         self._drift = drift
         self._status: dict[str, Any] = {}  # as last read or written
         self._handled: dict[str, str] = {}
+        self._unused_read = False  # read() happened and no load() has used it yet
+        # The resource's metadata in the last answer to a read or a write of ours (the newest
+        # resourceVersion we know of: a metadata write can start from it without a GET).
+        self.metadata: dict[str, Any] | None = None
         self._remember(status or {})
         self.writes = 0
         self._new_history: list[dict[str, Any]] = []
@@ -470,10 +474,22 @@ class KubeStatusStore:
                 GROUP, VERSION, self.namespace, PLURAL, self.name, _request_timeout=self._timeout
             )
         self._remember(obj.get("status") or {})
+        self.saw(obj)
+        self._unused_read = True
         return dict(obj)
 
+    def saw(self, obj: Any) -> None:
+        """The resource as an answer of the API server showed it (its metadata is remembered)."""
+        m = obj.get("metadata") if isinstance(obj, Mapping) else None
+        if isinstance(m, Mapping):
+            self.metadata = dict(m)
+
     def load(self) -> dict[str, Any] | None:
-        self.read()
+        """The saved engine state, read fresh; a load right after a `read` (the reconciler's,
+        in the same turn, before the runner starts) uses that read instead of a second GET."""
+        if not self._unused_read:
+            self.read()
+        self._unused_read = False
         raw = self._status.get("rollout")
         return copy.deepcopy(raw) if isinstance(raw, dict) else None
 
@@ -575,6 +591,7 @@ class KubeStatusStore:
                 self._sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
                 continue
             self._status = dict(obj.get("status") or new) if isinstance(obj, dict) else new
+            self.saw(obj)
             self.writes += 1
             return
         raise KubeError(

@@ -156,3 +156,36 @@ def test_a_write_right_after_a_persons_change_never_overwrites_it(cluster: Clust
         stopping.set()
         cache.stop()
     assert cluster.vs_weights() == [60, 40]
+
+
+MR_RES = "modelrollouts"
+
+
+def stored_rollout(cluster: Cluster) -> dict[str, Any]:
+    return dict(cluster.kube.stored("mesh-canary.io/v1alpha1/modelrollouts", NS, "fraud-scorer")[-1])
+
+
+def test_a_whole_rollout_reads_its_model_rollout_once_and_moves_its_finalizer_without_reads(
+    cluster: Cluster,
+) -> None:
+    """Its start reads the resource once (the runner resumes from that read, no second GET); the
+    finalizer is added and removed starting from the answer to our last write (no GET before
+    either patch); and the policy is checked once, not at every turn (the controller's CPU)."""
+    cluster.add_vs()
+    steps = {"steps": [10, 50, 100], "minStepDuration": "2s", "maxStepDuration": "1h"}
+    cluster.add_rollout(model_rollout(canary=steps))
+    with running(cached_controller(cluster)):
+        # Read from the stand-in's store (not over HTTP: a GET of ours would be counted).
+        wait_for(
+            "Succeeded",
+            lambda: (stored_rollout(cluster).get("status") or {}).get("phase") == "Succeeded",
+            timeout_s=120,
+        )
+        wait_for("finalizer removed", lambda: not stored_rollout(cluster)["metadata"].get("finalizers"))
+        counts = requests(cluster)
+    gets = {k: v for k, v in counts.items() if k[0] == "get" and k[1].startswith(MR_RES)}
+    patches = {k: v for k, v in counts.items() if k[0] == "patch" and k[1] == MR_RES}
+    assert sum(gets.values()) == 1, f"GETs of the ModelRollout in a whole rollout: {gets}"
+    assert sum(patches.values()) == 2, f"finalizer patches (one to add, one to remove): {patches}"
+    state = saved_state(stored_rollout(cluster)["status"])
+    assert state is not None and state.ticks >= 3
