@@ -71,7 +71,9 @@ class Controller:
         self._route_caches: dict[tuple[str, str, str], WatchCache] = {}
         self._route_caches_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self.queue = WorkQueue(s, self.clock, self._turn, self._stopping, after=self.refresh_gauges)
+        # The gauges are refreshed when /metrics is read (`_exposition`), not after every turn:
+        # that walked every rollout under the queue's lock, N times per interval at N rollouts.
+        self.queue = WorkQueue(s, self.clock, self._turn, self._stopping)
         self.backend: BackendFactory = backend or self._istio_backend
         self.finalizer = Finalizer(
             api_client,

@@ -118,8 +118,9 @@ class Reconciler:
     def reconcile(self, h: RolloutHandler) -> float | None:
         """One turn for one rollout; returns when it is next due (None: only on a change)."""
         with self._lock:
-            obj = copy.deepcopy(h.obj)
-            deleted = h.deleted
+            current, deleted = h.obj, h.deleted
+        # Copied outside the lock every turn waits on: h.obj is replaced, never changed in place.
+        obj = copy.deepcopy(current)
         m = meta(obj)
         if h.uid is not None and m.get("uid") != h.uid:
             # Deleted and created again between two looks: the old rollout is over.

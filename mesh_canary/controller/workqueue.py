@@ -61,7 +61,6 @@ class WorkQueue:
         clock: Clock,
         turn: Turn,
         stopping: threading.Event,
-        after: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -71,7 +70,6 @@ class WorkQueue:
         # Whether this process reconciles the rollout now (a shard it holds); called under ``cond``.
         self.owns: Callable[[Key], bool] = lambda key: True
         self._turn = turn
-        self._after = after
         self._stopping = stopping
         # Due turns of started rollouts (and deletions), and first turns of new ones (`_is_start`).
         self._heap: list[tuple[float, int, int, Key]] = []
@@ -225,7 +223,6 @@ class WorkQueue:
                 self.cond.notify_all()
             if not failed:
                 h.expect_read(next_due)  # so that its next read is in that instant's shared queries
-            self._after()
 
     def overdue(self, at: float, interval_s: float) -> list[RolloutHandler]:
         """The waiting rollouts with this analysis interval whose analysis was due more than one
