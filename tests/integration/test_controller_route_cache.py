@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from mesh_canary.controller import Controller, ControllerSettings
+from mesh_canary.controller.handler import RolloutHandler
 from mesh_canary.core.model import Policy
 from mesh_canary.core.policy import resource_document
 from mesh_canary.core.weights import Weights
-from mesh_canary.kube.status import saved_state
+from mesh_canary.kube.status import FINALIZER, KubeStatusStore, saved_state
 from mesh_canary.kube.watchcache import WatchCache
 from mesh_canary.routing.base import WeightsMoved
 from mesh_canary.routing.istio import IstioRouter
@@ -159,10 +160,11 @@ def test_a_write_right_after_a_persons_change_never_overwrites_it(cluster: Clust
 
 
 MR_RES = "modelrollouts"
+MR_FULL = "mesh-canary.io/v1alpha1/modelrollouts"
 
 
 def stored_rollout(cluster: Cluster) -> dict[str, Any]:
-    return dict(cluster.kube.stored("mesh-canary.io/v1alpha1/modelrollouts", NS, "fraud-scorer")[-1])
+    return dict(cluster.kube.stored(MR_FULL, NS, "fraud-scorer")[-1])
 
 
 def test_a_whole_rollout_reads_its_model_rollout_once_and_moves_its_finalizer_without_reads(
@@ -189,3 +191,36 @@ def test_a_whole_rollout_reads_its_model_rollout_once_and_moves_its_finalizer_wi
     assert sum(patches.values()) == 2, f"finalizer patches (one to add, one to remove): {patches}"
     state = saved_state(stored_rollout(cluster)["status"])
     assert state is not None and state.ticks >= 3
+
+
+def test_a_finalizer_write_from_our_last_answer_that_is_stale_reads_again_and_keeps_the_other_change(
+    cluster: Cluster,
+) -> None:
+    """The finalizer patch starts from the metadata of our last write's answer; when someone has
+    written since (a person's annotation), the API server refuses it (409) and it is retried on a
+    fresh read: the finalizer is added and the person's change stays."""
+    ctl = cached_controller(cluster)  # not started: only its Finalizer is used
+    cluster.add_rollout(model_rollout())
+    ours = cluster.rollout()
+    store = KubeStatusStore(cluster.client, NS, "fraud-scorer")
+    store.saw(ours)  # as if our last write's answer was this version
+
+    def person(obj: dict[str, Any]) -> None:
+        obj["metadata"].setdefault("annotations", {})["team"] = "fraud"
+        obj["metadata"]["finalizers"] = ["someone/else"]
+
+    cluster.kube.write(MR_FULL, NS, "fraud-scorer", person)
+    before = requests(cluster)
+    h = RolloutHandler((NS, "fraud-scorer"), ours, store=store)
+    ctl.finalizer.ensure(h, present=True)
+    after = requests(cluster)
+    stored = stored_rollout(cluster)
+    assert stored["metadata"]["finalizers"] == ["someone/else", FINALIZER]
+    assert stored["metadata"]["annotations"]["team"] == "fraud"
+    assert after.get(("get", MR_RES), 0) - before.get(("get", MR_RES), 0) == 1  # after the 409 only
+    # The refused patch (409) and the one that went through.
+    assert after.get(("patch", MR_RES), 0) - before.get(("patch", MR_RES), 0) == 2
+    assert (
+        store.metadata is not None
+        and store.metadata["resourceVersion"] == stored["metadata"]["resourceVersion"]
+    )
