@@ -733,7 +733,8 @@ def lines(results: list[Result], plot_path: Path | None) -> list[str]:
                 f"{_ms(r.late_s[2])} ms (mean {_ms(r.late_mean_s)}), against <= {_ms(plain[r.n].late_s[0])} / "
                 f"{_ms(plain[r.n].late_s[1])} / {_ms(plain[r.n].late_s[2])} ms (mean {_ms(plain[r.n].late_mean_s)}) "
                 "without. A stalled read holds its thread for `metrics.timeout` "
-                "(10 s) at every interval; after `--slow-after` it stops holding a worker, but threads in all are "
+                "(10 s) at every interval; after `--slow-after` it stops holding a worker, and from its second "
+                "analysis on (its last turn ran that long) it holds none from the start; but threads in all are "
                 "capped by `--max-workers` (default 16): past 12 stalled rollouts the others get fewer than "
                 "`--workers` threads, and 16 stalled ones hold every thread and stop every other rollout, "
                 "rollbacks included (docs/controller.md, Sizing the worker pool).",
