@@ -128,55 +128,6 @@ def test_a_slow_turn_stops_holding_its_worker_up_to_the_thread_limit() -> None:
         assert q.free_worker_locked(107.0) is None  # two threads: the limit
 
 
-def test_a_rollout_whose_last_turn_was_slow_holds_no_worker_from_its_next_turns_start() -> None:
-    """Rollouts behind a stalled Prometheus all read at the same grid instant: if each held a
-    worker for ``slow_after_s``, every other rollout would wait that long at every instant."""
-    q, _ = queue(workers=1, max_workers=3, slow_after_s=5.0, stuck_after_s=60.0)
-    stalled = RolloutHandler(key=("ns", "stalled"), obj=rollout_obj(), last_turn_s=10.0)
-    healthy = RolloutHandler(key=("ns", "healthy"), obj=rollout_obj(), last_turn_s=0.2)
-    with q.cond:
-        q._inflight[id(stalled)] = _InFlight(stalled, 100.0, slow=stalled.last_turn_s >= 5.0)
-        assert q.free_worker_locked(100.5) == 0.0  # the stalled one's turn holds no worker
-        q._inflight[id(healthy)] = _InFlight(healthy, 100.5, slow=healthy.last_turn_s >= 5.0)
-        assert q.free_worker_locked(101.0) == pytest.approx(4.5)  # the healthy one does
-        in_flight(q, "third", 101.0)
-        assert q.free_worker_locked(101.0) is None  # three threads: the limit still holds
-
-
-def test_the_queue_marks_a_turn_slow_from_how_long_the_rollouts_last_turn_ran(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    ran = threading.Event()
-    release = threading.Event()
-    now = [1000.0]
-    monkeypatch.setattr(workqueue.time, "monotonic", lambda: now[0])  # type: ignore[attr-defined]
-
-    def turn(h: RolloutHandler) -> tuple[float | None, bool]:
-        ran.set()
-        release.wait(10)
-        return None, False
-
-    q = WorkQueue(
-        ControllerSettings(workers=1, slow_after_s=5.0, stuck_after_s=60.0),
-        VirtualClock(T0),
-        turn,
-        threading.Event(),
-    )
-    key = q.upsert(rollout_obj())
-    h = q.handlers[key]
-    h.last_turn_s = 7.0
-    with q.cond:
-        q._dispatch_locked(h)
-        assert next(iter(q._inflight.values())).slow
-    assert ran.wait(10)
-    now[0] = 1000.5  # this turn ran half a second
-    release.set()
-    with q.cond:
-        while h.running:
-            q.cond.wait(1)
-    assert h.last_turn_s == pytest.approx(0.5)  # so the next turn holds a worker again
-
-
 def test_turns_in_flight_are_counted_normal_slow_and_stuck(monkeypatch: pytest.MonkeyPatch) -> None:
     q, _ = queue(slow_after_s=5.0, stuck_after_s=60.0)
     for name, started in (("a", 999.0), ("b", 990.0), ("c", 900.0)):

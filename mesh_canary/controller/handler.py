@@ -52,7 +52,6 @@ class RolloutHandler:
     rerun: bool = False
     token: int = 0
     due: float | None = None
-    last_turn_s: float = 0.0  # how long its last turn ran (`WorkQueue.free_worker_locked`)
     # The grid instant the next analysis was announced for (`expect_read`): later than
     # `due_at` after an analysis that ran more than an interval late (`next_due`).
     announced: float | None = None

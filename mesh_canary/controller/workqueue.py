@@ -50,9 +50,6 @@ class _InFlight:
     handler: RolloutHandler
     started: float  # time.monotonic()
     start: bool = False  # a first turn (counted against start_workers, not workers)
-    # Its rollout's last turn ran slow (a stalled Prometheus, say): this one holds no worker
-    # from its start instead of for ``slow_after_s`` (threads in all are still capped).
-    slow: bool = False
 
 
 class WorkQueue:
@@ -105,14 +102,11 @@ class WorkQueue:
         ``workers`` reconciles run at once; one that has run ``slow_after_s`` (a stuck outside
         call) stops counting, so slow rollouts cannot hold every worker: a due rollout waits
         behind another rollout's slow reconcile at most ``slow_after_s``. ``max_workers``
-        caps the threads in all (then /livez reports the stuck ones). A turn of a rollout whose
-        last turn ran ``slow_after_s`` or longer holds no worker at all: at every analysis
-        instant, rollouts behind a stalled Prometheus would otherwise take every worker at once
-        for ``slow_after_s`` (their reads all start at the same grid instant).
+        caps the threads in all (then /livez reports the stuck ones).
         """
         if len(self._inflight) >= self.settings.thread_limit:
             return None
-        ages = [mono - f.started for f in self._inflight.values() if f.start == start and not f.slow]
+        ages = [mono - f.started for f in self._inflight.values() if f.start == start]
         busy = [age for age in ages if age < self.settings.slow_after_s]
         if len(busy) < (start_workers(self.settings.workers) if start else self.settings.workers):
             return 0.0
@@ -206,8 +200,7 @@ class WorkQueue:
         # A daemon thread per turn, counted in `_inflight`: one stuck on an outside call
         # can neither hold a pool slot forever nor keep a stopping process alive.
         thread = threading.Thread(target=self._run_turn, args=(h,), name=f"rollout {h.ref}", daemon=True)
-        slow = h.last_turn_s >= self.settings.slow_after_s
-        self._inflight[id(h)] = _InFlight(h, time.monotonic(), start, slow)
+        self._inflight[id(h)] = _InFlight(h, time.monotonic(), start)
         thread.start()
 
     def _run_turn(self, h: RolloutHandler) -> None:
@@ -218,9 +211,7 @@ class WorkQueue:
         finally:
             with self.cond:
                 h.running = False
-                done = self._inflight.pop(id(h), None)
-                if done is not None:
-                    h.last_turn_s = time.monotonic() - done.started
+                self._inflight.pop(id(h), None)
                 if not h.removed and self.leading and self.owns(h.key) and not self._stopping.is_set():
                     if h.rerun:
                         h.rerun = False
