@@ -212,7 +212,8 @@ def main() -> None:
             kept = json.loads(path.read_text())
             walls[name] = kept.get("wall_s", 0.0)
             print(f"{name}: reused {path}", flush=True)
-            return kept["result"]
+            # Ours wrap the result; `decision_quality.py --json` writes its summary (with wall_s) bare.
+            return kept.get("result", kept)
         t = time.time()
         result = measure()
         walls[name] = time.time() - t
